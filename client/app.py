@@ -1,0 +1,122 @@
+"""The Flower ClientApp: one node is one user's device.
+
+Each train message brings the shared parameters; the node restores its private state (user
+embedding, user features) from its :class:`~fedrec.client.store.StateStore`, trains locally,
+saves the private state back and replies with the **shared** parameters and scalar metrics
+only. Evaluation ranks the user's own held-out items on the device and replies with hit/NDCG
+numbers, never item ids. Every reply passes the shared-only guard mod before it leaves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedrec.client.data import PARTITION_ID, ShardSource, SimulationShards
+from fedrec.client.local import (
+    LocalTrainConfig,
+    build_local_model,
+    local_evaluate,
+    local_train,
+)
+from fedrec.client.mods import make_message_recorder, make_shared_only_guard
+from fedrec.client.store import ContextStateStore, StateStore
+from fedrec.common import keys
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.model import private_state, shared_state
+from fedrec.common.shard import Catalog, UserShard, initial_shared_state
+
+
+def make_client_app(
+    fixed_config: FederationConfig | None = None, source: ShardSource | None = None
+) -> ClientApp:
+    """Build the ClientApp; ``fixed_config`` overrides ``context.run_config`` (simulation)."""
+    shards = source if source is not None else SimulationShards()
+
+    def config_of(context: Context) -> FederationConfig:
+        return fixed_config or FederationConfig.from_mapping(context.run_config)
+
+    shapes: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
+
+    def shared_shapes(context: Context) -> dict[str, tuple[int, ...]]:
+        config = config_of(context)
+        catalog = shards.catalog(config)
+        key = (id(catalog), config.dim)
+        if key not in shapes:
+            shapes.clear()
+            shapes[key] = expected_shared_shapes(catalog, config.dim)
+        return shapes[key]
+
+    app = ClientApp(
+        mods=[
+            make_message_recorder(lambda ctx: config_of(ctx).audit_log),
+            make_shared_only_guard(shared_shapes),
+        ]
+    )
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        config = config_of(context)
+        catalog, shard = shards.catalog(config), shards.shard(config, context)
+        store: StateStore = ContextStateStore(context.state)
+        model = _local_model(msg, context, config, catalog, shard, store)
+        round_ = int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0))
+        rng = np.random.default_rng([config.seed, _user(context), round_])
+        loss, examples = local_train(model, shard, _local_config(config), rng)
+        store.save(keys.STATE_PRIVATE, private_state(model))
+        metrics = MetricRecord({keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss})
+        content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)
+        config = config_of(context)
+        catalog, shard = shards.catalog(config), shards.shard(config, context)
+        model = _local_model(msg, context, config, catalog, shard, ContextStateStore(context.state))
+        values = local_evaluate(model, shard)
+        evaluated = 1 if values else 0
+        metrics = MetricRecord({keys.USERS: evaluated, keys.NUM_EXAMPLES: evaluated, **values})
+        return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
+
+    return app
+
+
+def expected_shared_shapes(catalog: Catalog, dim: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the shared group for this catalog (what may leave a device)."""
+    return {k: tuple(v.shape) for k, v in initial_shared_state(catalog, dim, seed=0).items()}
+
+
+def _local_model(
+    msg: Message,
+    context: Context,
+    config: FederationConfig,
+    catalog: Catalog,
+    shard: UserShard,
+    store: StateStore,
+):
+    shared = msg.content[keys.ARRAYS].to_torch_state_dict()
+    private = store.load(keys.STATE_PRIVATE)
+    seed = int(np.random.default_rng([config.seed, _user(context)]).integers(2**31))
+    return build_local_model(catalog, shard, config.dim, shared, private, seed)
+
+
+def _local_config(config: FederationConfig) -> LocalTrainConfig:
+    return LocalTrainConfig(
+        epochs=config.local_epochs,
+        lr=config.local_lr,
+        batch_size=config.local_batch_size,
+        negatives=config.negatives,
+        proximal_mu=config.proximal_mu,
+    )
+
+
+def _user(context: Context) -> int:
+    return int(context.node_config.get(PARTITION_ID, context.node_id))
+
+
+# Entry point for `flwr run` (settings from [tool.flwr.app.config] in pyproject.toml)
+app = make_client_app()

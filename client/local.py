@@ -1,0 +1,157 @@
+"""What a device does with its own data: train, evaluate and recommend, with no server needed.
+
+The local model is the seed model with a single user row (this device's user). Its shared
+parameters come from the server each round; its private parameters (the user-id embedding and
+the user features) come from the device's own state store and never leave it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrec.common.metrics import full_ranks, loo_ranks, summarize
+from fedrec.common.model import (
+    ModelConfig,
+    SeedModel,
+    load_private_state,
+    load_shared_state,
+)
+from fedrec.common.shard import Catalog, UserShard
+
+ME = torch.zeros(1, dtype=torch.long)  # the only user row of a device's model
+
+
+@dataclass(frozen=True)
+class LocalTrainConfig:
+    epochs: int = 1  # passes over the user's train items per round
+    lr: float = 0.01  # Adam learning rate on the device
+    batch_size: int = 64
+    negatives: int = 4  # sampled negatives per positive
+    proximal_mu: float = 0.0  # FedProx: μ/2·‖w − w_global‖² on the shared parameters
+
+
+def build_local_model(
+    catalog: Catalog,
+    shard: UserShard,
+    dim: int,
+    shared: Mapping[str, torch.Tensor] | None,
+    private: Mapping[str, torch.Tensor] | None,
+    seed: int,
+) -> SeedModel:
+    """A one-user seed model: server's shared weights + this device's private state.
+
+    Without stored private state (first participation) the user embedding is initialised
+    from ``seed``, so a device's first round is reproducible.
+    """
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        num_users=1,
+        num_items=catalog.num_items,
+        user_feature_dim=catalog.user_feature_dim,
+        item_feature_dim=catalog.item_features.shape[1],
+        id_dim=dim,
+        dim=dim,
+    )
+    model = SeedModel(
+        config,
+        torch.from_numpy(np.asarray(shard.user_features, dtype=np.float32)[None, :]),
+        torch.from_numpy(catalog.item_features),
+    )
+    if shared is not None:
+        load_shared_state(model, shared)
+    if private is not None:
+        load_private_state(model, private)
+    return model
+
+
+def local_train(
+    model: SeedModel,
+    shard: UserShard,
+    config: LocalTrainConfig,
+    rng: np.random.Generator,
+) -> tuple[float, int]:
+    """Train on the user's items + fresh leak-free negatives; returns (mean loss, examples)."""
+    positives = shard.train_items
+    if len(positives) == 0:
+        return 0.0, 0
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+    loss_fn = nn.BCEWithLogitsLoss()
+    total, seen = 0.0, 0
+    model.train()
+    for _ in range(config.epochs):
+        negatives = shard.sample_negatives(len(positives) * config.negatives, rng)
+        items = np.concatenate([positives, negatives])
+        labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
+        order = rng.permutation(len(items))
+        items_t = torch.from_numpy(items[order])
+        labels_t = torch.from_numpy(labels[order].astype(np.float32))
+        for start in range(0, len(items_t), config.batch_size):
+            batch = items_t[start : start + config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(
+                model(ME.expand(len(batch)), batch), labels_t[start : start + len(batch)]
+            )
+            if config.proximal_mu > 0:
+                loss = loss + _proximal_term(model, anchor, config.proximal_mu)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+            seen += len(batch)
+    return total / max(seen, 1), seen
+
+
+def _proximal_term(model: SeedModel, anchor: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx (Li et al., 2020): μ/2 · ‖w − w_t‖² over the shared parameters."""
+    shared = [(p, anchor[n]) for n, p in model.named_parameters() if n != "user_embedding.weight"]
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in shared)
+
+
+@torch.no_grad()
+def local_evaluate(model: SeedModel, shard: UserShard, k: int = 10) -> dict[str, float]:
+    """Rank this user's validation and test items (LOO-99 and full ranking) on the device.
+
+    Returns hit/NDCG numbers only: ``val-hr@10``, ``hr@10`` (test), ``full_hr@10``, ...
+    """
+    if not shard.evaluable:
+        return {}
+    model.eval()
+    scores = model.score_all(ME)[0].numpy()  # (I,)
+    out: dict[str, float] = {}
+    for prefix, target, other in (
+        ("val-", shard.val_item, shard.test_item),
+        ("", shard.test_item, shard.val_item),
+    ):
+        sampled = loo_ranks(scores[np.concatenate([[target], shard.candidates])][None, :])
+        excluded = np.zeros((1, shard.num_items), dtype=bool)
+        excluded[0, shard.train_items] = True
+        excluded[0, other] = True
+        full = full_ranks(scores[None, :], np.array([target]), excluded)
+        out.update({prefix + key: v for key, v in summarize(sampled, k).items()})
+        out.update({prefix + key: v for key, v in summarize(full, k, prefix="full_").items()})
+    return out
+
+
+@torch.no_grad()
+def recommend(
+    model: SeedModel, shard: UserShard, k: int = 10, exclude_seen: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items over the whole catalog for this device's user, best first.
+
+    Runs entirely on the device (global item vectors × private user vector); items the user
+    already interacted with (train and held-out) are excluded. Returns (items, scores σ(r)).
+    """
+    model.eval()
+    scores = torch.sigmoid(model.score_all(ME)[0])  # (I,)
+    if exclude_seen:
+        seen = np.concatenate([shard.train_items, [shard.val_item, shard.test_item]])
+        seen = seen[seen >= 0]
+        scores[torch.from_numpy(seen)] = -1.0
+    k = min(k, int((scores >= 0).sum()))
+    top = torch.topk(scores, k)
+    return top.indices.numpy(), top.values.numpy()

@@ -1,0 +1,106 @@
+"""Client mods on the real message path: enforce and record what leaves the device.
+
+* :func:`make_shared_only_guard` checks every reply before it leaves: arrays only under the
+  ``arrays`` record and only with the declared shared names and shapes; metrics only scalar
+  numbers (so no list of item ids can ride along); nothing else. A violating reply is replaced
+  by an error Message, so private state cannot leak even through a bug in the handler.
+* :func:`make_message_recorder` appends a description of every reply (record names, array
+  names/shapes/dtypes, metric keys and values, bytes) to a JSON-lines file. The simulation's
+  ClientApps run in Ray worker processes, so a file is the way a test sees their messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord
+
+from fedrec.common import keys
+
+Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
+
+
+def describe(message: Message) -> dict[str, object]:
+    """A JSON-able description of what a message carries."""
+    if not message.has_content():
+        return {"type": message.metadata.message_type, "error": True}
+    records: dict[str, object] = {}
+    for name, record in message.content.items():
+        if isinstance(record, ArrayRecord):
+            records[name] = {
+                "kind": "arrays",
+                "arrays": {
+                    k: {"shape": list(a.shape), "dtype": a.dtype} for k, a in record.items()
+                },
+            }
+        elif isinstance(record, MetricRecord):
+            records[name] = {"kind": "metrics", "values": dict(record)}
+        else:
+            records[name] = {"kind": type(record).__name__, "keys": list(record.keys())}
+    return {
+        "type": message.metadata.message_type,
+        "bytes": sum(r.count_bytes() for r in message.content.values()),
+        "records": records,
+    }
+
+
+def violations(message: Message, shared_shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """Everything in ``message`` that is not a declared shared array or a scalar metric."""
+    if not message.has_content():
+        return []
+    problems: list[str] = []
+    for name, record in message.content.items():
+        if isinstance(record, ArrayRecord):
+            if name != keys.ARRAYS:
+                problems.append(f"array record '{name}' is not '{keys.ARRAYS}'")
+            for key, array in record.items():
+                if key not in shared_shapes:
+                    problems.append(f"array '{key}' is not in the shared group")
+                elif tuple(array.shape) != tuple(shared_shapes[key]):
+                    problems.append(f"array '{key}' has shape {array.shape}")
+        elif isinstance(record, MetricRecord):
+            for key, value in record.items():
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    problems.append(f"metric '{key}' is not a scalar number")
+        else:
+            problems.append(f"record '{name}' of type {type(record).__name__} is not allowed")
+    return problems
+
+
+def make_shared_only_guard(
+    shared_shapes: Callable[[Context], Mapping[str, tuple[int, ...]]],
+) -> Mod:
+    """A mod that blocks any reply carrying more than the shared group and scalar metrics."""
+
+    def shared_only_guard(
+        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        reply = call_next(msg, context)
+        problems = violations(reply, shared_shapes(context))
+        if problems:
+            reason = "privacy guard blocked the reply: " + "; ".join(problems)
+            return Message(error=Error(code=PRIVACY_GUARD_ERROR, reason=reason), reply_to=msg)
+        return reply
+
+    return shared_only_guard
+
+
+def make_message_recorder(path_of: Callable[[Context], str]) -> Mod:
+    """A mod that appends :func:`describe` of every reply to the file ``path_of(context)``."""
+
+    def message_recorder(
+        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        reply = call_next(msg, context)
+        path = path_of(context)
+        if path:
+            line = json.dumps({"node": context.node_id, "pid": os.getpid(), **describe(reply)})
+            with Path(path).open("a", encoding="utf-8") as fh:  # one short line: atomic append
+                fh.write(line + "\n")
+        return reply
+
+    return message_recorder

@@ -1,0 +1,51 @@
+"""Where a device keeps its private state between rounds.
+
+:class:`StateStore` is the small interface the client code depends on. In simulation it is
+backed by Flower's per-node ``context.state`` (memory only); a real device backs the same
+interface with its encrypted on-disk store, so the training code does not change.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, RecordDict
+
+
+class StateStore(Protocol):
+    def load(self, key: str) -> dict[str, torch.Tensor] | None: ...
+    def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None: ...
+
+
+class ContextStateStore:
+    """A :class:`StateStore` over ``context.state`` (a RecordDict kept per node by Flower)."""
+
+    def __init__(self, state: RecordDict) -> None:
+        self._state = state
+
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        if key not in self._state:
+            return None
+        record = self._state[key]
+        if not isinstance(record, ArrayRecord):
+            raise TypeError(f"node state '{key}' holds a {type(record).__name__}, not arrays")
+        return {name: torch.from_numpy(np.array(arr.numpy())) for name, arr in record.items()}
+
+    def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:
+        self._state[key] = ArrayRecord({k: v.detach().cpu().clone() for k, v in arrays.items()})
+
+
+class MemoryStateStore:
+    """A plain-dict :class:`StateStore` for tests and offline use."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, dict[str, torch.Tensor]] = {}
+
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        stored = self._data.get(key)
+        return None if stored is None else {k: v.clone() for k, v in stored.items()}
+
+    def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:
+        self._data[key] = {k: v.detach().clone() for k, v in arrays.items()}

@@ -1,0 +1,119 @@
+"""The federation's settings, parsed once from Flower's run config into a frozen dataclass.
+
+Every tunable lives in ``[tool.flwr.app.config]`` (pyproject.toml) and in the scenario TOML
+files under ``simulations/`` with the same kebab-case keys; :meth:`FederationConfig.from_mapping`
+is the only place that reads them. Unknown keys are errors, not silently ignored typos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fedrec.common.synthetic import SyntheticConfig
+
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    # data: every node derives its own user's shard from the same source and split seed
+    data: str = "synthetic"  # a data-set path or "synthetic"
+    threshold: float = 0.0  # ratings >= threshold are interactions
+    seed: int = 0  # split, evaluation candidates, client sampling, model init
+    synthetic_users: int = 500  # size of the synthetic default (ignored for real data)
+    synthetic_items: int = 1000
+    # model
+    dim: int = 64  # id-embedding and tower width
+    # rounds and sampling
+    num_rounds: int = 20
+    clients_per_round: int = 50  # exact count per round (0: use fraction-train)
+    fraction_train: float = 0.1  # used when clients-per-round is 0
+    min_clients: int = 2  # a round needs at least this many nodes
+    eval_every: int = 5  # federated evaluation every k rounds (and after the last)
+    eval_clients: int = 0  # clients per evaluation (0: all nodes)
+    # server optimizer
+    strategy: str = "fedavg"  # fedavg | fedavgm | fedadam | fedyogi | fedprox
+    server_lr: float = 1.0  # FedAvg: step on the averaged update; FedAdam/Yogi: eta
+    server_beta1: float = 0.9  # FedAdam/FedYogi momentum
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3  # FedAdam/FedYogi adaptivity
+    proximal_mu: float = 0.0  # FedProx μ (also sent to clients)
+    # local training on the device
+    local_epochs: int = 1
+    local_lr: float = 0.01
+    local_batch_size: int = 64
+    negatives: int = 4
+    # outputs
+    out_dir: str = ""  # run folder the server writes records, checkpoints, model into
+    resume: str = ""  # checkpoint (.npz) of the shared model to resume from
+    audit_log: str = ""  # if set, every client reply is recorded here (JSON lines)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        positive = (
+            "dim",
+            "num_rounds",
+            "eval_every",
+            "local_epochs",
+            "local_batch_size",
+            "min_clients",
+            "synthetic_users",
+            "synthetic_items",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_kebab(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("clients_per_round", "eval_clients", "negatives", "proximal_mu"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+        for name in ("server_lr", "local_lr", "server_tau"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{_kebab(name)} must be > 0, got {getattr(self, name)}")
+        for name in ("server_beta1", "server_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{_kebab(name)} must be in [0, 1), got {getattr(self, name)}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FederationConfig:
+        """Parse kebab-case keys (Flower run config or a scenario's ``[run]`` table)."""
+        known = {_kebab(f.name): f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown federation setting(s) {unknown}; known: {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            f = known[key]
+            kwargs[f.name] = _coerce(key, value, f.type)
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Kebab-case dict, the inverse of :meth:`from_mapping`."""
+        return {_kebab(k): v for k, v in asdict(self).items()}
+
+    def synthetic(self) -> SyntheticConfig:
+        """The generator settings when ``data`` is "synthetic"."""
+        return SyntheticConfig(
+            num_users=self.synthetic_users, num_items=self.synthetic_items, seed=self.seed
+        )
+
+    def replace(self, **changes: Any) -> FederationConfig:
+        return FederationConfig(**{**asdict(self), **changes})
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    kind = {"int": int, "float": float, "str": str}[str(annotation)]
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{key} must be an integer, got {value}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{key} must be {kind.__name__}, got {value!r}") from err

@@ -1,0 +1,29 @@
+"""Names of message records, metric keys and run-config keys: one place, no string typos.
+
+Config keys are kebab-case, as Flower's ``[tool.flwr.app.config]`` expects.
+"""
+
+from __future__ import annotations
+
+# Records inside a Message's RecordDict
+ARRAYS = "arrays"  # ArrayRecord: the shared parameters (down) or their update (up)
+CONFIG = "config"  # ConfigRecord: per-round instructions
+METRICS = "metrics"  # MetricRecord: numbers only, never item ids
+
+# Keys in the node's context.state
+STATE_PRIVATE = "fedrec.private"  # ArrayRecord: user embedding row + user features
+STATE_COUNTERS = "fedrec.counters"  # MetricRecord: rounds trained, examples seen
+
+# Metric keys
+NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
+TRAIN_LOSS = "train-loss"
+USERS = "users"
+HR = "hr@10"
+NDCG = "ndcg@10"
+FULL_HR = "full_hr@10"
+FULL_NDCG = "full_ndcg@10"
+VAL_PREFIX = "val-"  # val-hr@10 etc.: the validation item, used to pick the best round
+
+# Config keys sent by the server each round
+SERVER_ROUND = "server-round"
+EVAL_SPLIT = "eval-split"  # "val" or "test"

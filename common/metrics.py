@@ -1,0 +1,75 @@
+"""Ranking metrics: HR@K and NDCG@K from the 0-based rank of the held-out item.
+
+Two protocols share the same rank -> metric functions:
+  * **LOO-99** (sampled): the held-out item is ranked among itself + 99 sampled negatives.
+  * **Full ranking**: the held-out item is ranked among every item not in the user's train set.
+
+Ties are broken **pessimistically** and deterministically: a candidate whose score equals the
+held-out item's score counts as ranked above it. A model that scores everything equal therefore
+gets rank = (number of candidates) - 1, never a lucky hit (a constant model scores 0, not 1).
+
+  rank  = #{c : s_c > s_target} + #{c : s_c == s_target, c != target}      (0-based)
+  HR@K  = 1[rank < K]
+  NDCG@K = 1[rank < K] / log2(rank + 2)                                    (one relevant item)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rank_among(target_score: np.ndarray, other_scores: np.ndarray) -> np.ndarray:
+    """0-based rank of each row's target among that row's others, ties counted against it.
+
+    target_score: (U,); other_scores: (U, C) -> (U,) int64 in [0, C].
+    NaN scores are rejected: a NaN would silently rank anywhere.
+    """
+    target_score = np.asarray(target_score, dtype=np.float64)
+    other_scores = np.asarray(other_scores, dtype=np.float64)
+    if np.isnan(target_score).any() or np.isnan(other_scores).any():
+        raise ValueError("scores contain NaN: the model diverged or an input is broken")
+    return (other_scores >= target_score[:, None]).sum(axis=1).astype(np.int64)
+
+
+def hit_ratio(ranks: np.ndarray, k: int) -> float:
+    """Fraction of users whose held-out item ranks in the top ``k``."""
+    ranks = np.asarray(ranks)
+    if ranks.size == 0:
+        return 0.0
+    return float((ranks < k).mean())
+
+
+def ndcg(ranks: np.ndarray, k: int) -> float:
+    """Mean NDCG@k with one relevant item per user: 1 / log2(rank + 2) inside the top ``k``."""
+    ranks = np.asarray(ranks)
+    if ranks.size == 0:
+        return 0.0
+    gains = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    return float(gains.mean())
+
+
+def loo_ranks(scores: np.ndarray) -> np.ndarray:
+    """Ranks under LOO sampling: ``scores`` (U, 1 + C) with the held-out item in column 0."""
+    scores = np.asarray(scores)
+    return rank_among(scores[:, 0], scores[:, 1:])
+
+
+def full_ranks(scores: np.ndarray, target: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """Ranks under full ranking.
+
+    scores: (U, I) score of every item; target: (U,) held-out item; excluded: (U, I) bool,
+    True for items that are not candidates (the user's train items and other known positives).
+    The target itself must not be excluded.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    rows = np.arange(len(target))
+    if excluded[rows, target].any():
+        raise ValueError("a held-out item is marked as excluded from its own ranking")
+    masked = np.where(excluded, -np.inf, scores)
+    masked[rows, target] = -np.inf  # the target is not its own competitor
+    return rank_among(scores[rows, target], masked)
+
+
+def summarize(ranks: np.ndarray, k: int = 10, prefix: str = "") -> dict[str, float]:
+    """``{prefix+"hr@k": ..., prefix+"ndcg@k": ...}`` from ranks."""
+    return {f"{prefix}hr@{k}": hit_ratio(ranks, k), f"{prefix}ndcg@{k}": ndcg(ranks, k)}

@@ -1,0 +1,142 @@
+"""The seed model: two towers over id embeddings and features, a linear head on u ⊙ v.
+
+    h = [user-id embedding ; user features]      g = [item-id embedding ; item features]
+    u = ReLU(W_u·h + b_u)                         v = ReLU(W_v·g + b_v)
+    r = σ(w_r·(u ⊙ v) + b_r)                      trained with BCE on positives + negatives
+
+Parameters fall in two named groups, and the federation exchanges only the **shared** one:
+  * private — the user-id embedding table and the user features (computed only from the user's
+    own data; on a device this is a single row that never leaves it);
+  * shared  — item-id embeddings, W_v/b_v, W_u/b_u and the head w_r/b_r.
+Item features are public catalog metadata (genres now, a text embedding later): a buffer that
+every party builds from the catalog, so it is neither trained nor exchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PRIVATE_KEYS = ("user_embedding.weight", "user_features")
+CATALOG_KEYS = ("item_features",)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_users: int  # rows of the user-id table (1 on a device: its own user)
+    num_items: int  # catalog size
+    user_feature_dim: int  # width of the user feature vector (0 if none)
+    item_feature_dim: int  # width of the item feature vector (genres, text embedding)
+    id_dim: int = 32  # width of the user-id and item-id embeddings
+    dim: int = 32  # width of u and v
+    init_std: float = 0.1  # std of the id-embedding initialisation
+
+    def __post_init__(self) -> None:
+        for name in ("num_users", "num_items", "id_dim", "dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("user_feature_dim", "item_feature_dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+class SeedModel(nn.Module):
+    """u = ReLU(W_u·h + b_u), v = ReLU(W_v·g + b_v), logit = w_r·(u ⊙ v) + b_r."""
+
+    def __init__(
+        self, config: ModelConfig, user_features: torch.Tensor, item_features: torch.Tensor
+    ) -> None:
+        super().__init__()
+        _check_features("user_features", user_features, config.num_users, config.user_feature_dim)
+        _check_features("item_features", item_features, config.num_items, config.item_feature_dim)
+        self.config = config
+        self.user_embedding = nn.Embedding(config.num_users, config.id_dim)
+        self.item_embedding = nn.Embedding(config.num_items, config.id_dim)
+        nn.init.normal_(self.user_embedding.weight, std=config.init_std)
+        nn.init.normal_(self.item_embedding.weight, std=config.init_std)
+        self.register_buffer("user_features", user_features.float().clone())
+        self.register_buffer("item_features", item_features.float().clone())
+        self.user_tower = nn.Linear(config.id_dim + config.user_feature_dim, config.dim)  # W_u
+        self.item_tower = nn.Linear(config.id_dim + config.item_feature_dim, config.dim)  # W_v
+        self.head = nn.Linear(config.dim, 1)  # w_r, b_r
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """(B,) user indices -> (B, dim) u."""
+        h = torch.cat([self.user_embedding(users), self.user_features[users]], dim=-1)
+        return torch.relu(self.user_tower(h))
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) item indices (or the whole catalog when None) -> (B, dim) v."""
+        if items is None:
+            g = torch.cat([self.item_embedding.weight, self.item_features], dim=-1)
+        else:
+            g = torch.cat([self.item_embedding(items), self.item_features[items]], dim=-1)
+        return torch.relu(self.item_tower(g))
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B,) users, (B,) items -> (B,) logits (apply σ for the score r)."""
+        uv = self.user_vectors(users) * self.item_vectors(items)  # (B, dim)
+        return self.head(uv).squeeze(-1)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        """(B,) users -> (B, num_items) logits over the whole catalog."""
+        u = self.user_vectors(users) * self.head.weight  # (B, dim): w_r folded into u
+        return u @ self.item_vectors().T + self.head.bias  # (B, I)
+
+
+def shared_parameter_names(model: nn.Module) -> list[str]:
+    """Names of the trainable parameters the federation exchanges (everything not private)."""
+    return [n for n, _ in model.named_parameters() if n not in PRIVATE_KEYS]
+
+
+def private_state_names(model: nn.Module) -> list[str]:
+    """Names of the state that must never leave the device."""
+    return [n for n in model.state_dict() if n in PRIVATE_KEYS]
+
+
+def shared_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the shared parameters, in a stable order."""
+    params = dict(model.named_parameters())
+    return {n: params[n].detach().clone() for n in shared_parameter_names(model)}
+
+
+def private_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    return {n: state[n].detach().clone() for n in private_state_names(model)}
+
+
+def load_shared_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy exactly the shared parameters into ``model``; any other key or shape is an error."""
+    _load_exact(model, state, shared_parameter_names(model), "shared")
+
+
+def load_private_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    _load_exact(model, state, private_state_names(model), "private")
+
+
+def _load_exact(
+    model: nn.Module, state: Mapping[str, torch.Tensor], expected: list[str], group: str
+) -> None:
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ValueError(f"{group} state mismatch: missing {missing}, unexpected {extra}")
+    current = model.state_dict()
+    values = {name: torch.as_tensor(state[name]) for name in expected}
+    for name, value in values.items():  # check every shape first: a rejected load changes nothing
+        if value.shape != current[name].shape:
+            raise ValueError(
+                f"{group} state '{name}': expected shape {tuple(current[name].shape)},"
+                f" got {tuple(value.shape)}"
+            )
+    with torch.no_grad():
+        for name, value in values.items():
+            current[name].copy_(value)
+
+
+def _check_features(name: str, features: torch.Tensor, rows: int, width: int) -> None:
+    if tuple(features.shape) != (rows, width):
+        raise ValueError(f"{name}: expected shape ({rows}, {width}), got {tuple(features.shape)}")

@@ -1,0 +1,159 @@
+"""Temporal leave-one-out split, evaluation candidates and leak-free training negatives.
+
+For each user, interactions are ordered by timestamp (ties keep the file order: a stable sort);
+the last one is the test item, the second-to-last the validation item, the rest train. Users
+with fewer than ``MIN_INTERACTIONS_TO_EVALUATE`` interactions are train-only and counted.
+
+Each evaluated user gets ``num_candidates`` (99) negatives sampled once, from a fixed seed,
+among items the user never interacted with. Training negatives (:class:`NegativeSampler`) are
+drawn from items outside the user's train set **and** outside the user's held-out items and
+evaluation candidates, so the model never learns "this candidate is a negative" (no leakage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.common.dataset import Interactions
+
+MIN_INTERACTIONS_TO_EVALUATE = 3
+NO_ITEM = -1
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train interactions in CSR form per user plus the held-out items and candidates."""
+
+    num_users: int
+    num_items: int
+    train_indptr: np.ndarray  # (num_users + 1,) int64: user u's train items are
+    train_items: np.ndarray  # train_items[train_indptr[u]:train_indptr[u + 1]], time order
+    val_item: np.ndarray  # (num_users,) int64, NO_ITEM for train-only users
+    test_item: np.ndarray  # (num_users,) int64, NO_ITEM for train-only users
+    candidates: np.ndarray  # (num_users, num_candidates) int64 negatives, NO_ITEM rows if none
+    train_only_users: int
+    seed: int
+
+    @property
+    def eval_users(self) -> np.ndarray:
+        """Users with a validation and a test item, ascending."""
+        return np.flatnonzero(self.test_item != NO_ITEM)
+
+    @property
+    def train_user(self) -> np.ndarray:
+        """(N_train,) user index of every train interaction, aligned with ``train_items``."""
+        return np.repeat(np.arange(self.num_users), np.diff(self.train_indptr))
+
+    def train_items_of(self, user: int) -> np.ndarray:
+        return self.train_items[self.train_indptr[user] : self.train_indptr[user + 1]]
+
+    def item_counts(self) -> np.ndarray:
+        """(num_items,) number of train interactions per item (popularity)."""
+        return np.bincount(self.train_items, minlength=self.num_items)
+
+    def excluded_for_training(self, user: int) -> np.ndarray:
+        """Sorted items a training negative of ``user`` must never be."""
+        held = [self.val_item[user], self.test_item[user]]
+        parts = [self.train_items_of(user), np.array(held), self.candidates[user]]
+        out = np.unique(np.concatenate(parts))
+        return out[out != NO_ITEM]
+
+
+def temporal_leave_one_out(data: Interactions, *, num_candidates: int = 99, seed: int = 0) -> Split:
+    """Split ``data`` per user by time and sample the evaluation candidates once from ``seed``."""
+    if num_candidates < 0:
+        raise ValueError(f"num_candidates must be >= 0, got {num_candidates}")
+    order = np.lexsort((data.timestamp, data.user))  # by user, then time; stable on ties
+    users = data.user[order]
+    items = data.item[order]
+    counts = np.bincount(users, minlength=data.num_users)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    evaluated = counts >= MIN_INTERACTIONS_TO_EVALUATE
+
+    val_item = np.full(data.num_users, NO_ITEM, dtype=np.int64)
+    test_item = np.full(data.num_users, NO_ITEM, dtype=np.int64)
+    test_item[evaluated] = items[starts[1:][evaluated] - 1]
+    val_item[evaluated] = items[starts[1:][evaluated] - 2]
+    held_out = np.zeros(len(items), dtype=bool)
+    ends = starts[1:][evaluated]
+    held_out[ends - 1] = True
+    held_out[ends - 2] = True
+
+    train_counts = counts - 2 * evaluated
+    train_indptr = np.concatenate([[0], np.cumsum(train_counts)]).astype(np.int64)
+    train_items = items[~held_out].astype(np.int64)
+
+    all_items = _csr_sets(users, items, data.num_users)
+    candidates = _sample_candidates(all_items, evaluated, data.num_items, num_candidates, seed)
+    return Split(
+        num_users=data.num_users,
+        num_items=data.num_items,
+        train_indptr=train_indptr,
+        train_items=train_items,
+        val_item=val_item,
+        test_item=test_item,
+        candidates=candidates,
+        train_only_users=int((~evaluated).sum()),
+        seed=seed,
+    )
+
+
+def _csr_sets(users: np.ndarray, items: np.ndarray, num_users: int) -> list[np.ndarray]:
+    counts = np.bincount(users, minlength=num_users)
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [np.unique(items[bounds[u] : bounds[u + 1]]) for u in range(num_users)]
+
+
+def _sample_candidates(
+    interacted: list[np.ndarray],
+    evaluated: np.ndarray,
+    num_items: int,
+    k: int,
+    seed: int,
+) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.full((len(interacted), k), NO_ITEM, dtype=np.int64)
+    for u in np.flatnonzero(evaluated):
+        pool = np.setdiff1d(np.arange(num_items), interacted[u], assume_unique=True)
+        if len(pool) < k:
+            raise ValueError(
+                f"user {u} interacted with {len(interacted[u])} of {num_items} items: fewer than"
+                f" {k} items remain to sample evaluation candidates from"
+            )
+        out[u] = rng.choice(pool, size=k, replace=False)
+    return out
+
+
+class NegativeSampler:
+    """Uniform training negatives that avoid each user's train, held-out and candidate items.
+
+    Exclusions are kept as one sorted array of keys ``user * num_items + item``; sampling draws
+    uniformly and redraws the excluded ones (vectorized), which terminates quickly because every
+    user excludes a small fraction of the catalog.
+    """
+
+    def __init__(self, split: Split, users: np.ndarray | None = None) -> None:
+        users = np.arange(split.num_users) if users is None else np.asarray(users)
+        self.num_items = split.num_items
+        keys = [u * split.num_items + split.excluded_for_training(int(u)) for u in users]
+        self._excluded = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        per_user = np.bincount(self._excluded // self.num_items, minlength=split.num_users)
+        if per_user.max(initial=0) >= self.num_items:
+            raise ValueError("a user excludes the whole catalog: no training negative exists")
+
+    def is_excluded(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        keys = users.astype(np.int64) * self.num_items + items
+        pos = np.searchsorted(self._excluded, keys)
+        pos = np.minimum(pos, len(self._excluded) - 1)
+        return self._excluded[pos] == keys if len(self._excluded) else np.zeros_like(keys, bool)
+
+    def sample(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One negative item per entry of ``users`` (B,) -> (B,) int64."""
+        items = rng.integers(0, self.num_items, size=len(users))
+        bad = self.is_excluded(users, items)
+        while bad.any():
+            items[bad] = rng.integers(0, self.num_items, size=int(bad.sum()))
+            bad[bad] = self.is_excluded(users[bad], items[bad])
+        return items

@@ -1,0 +1,147 @@
+"""The Flower ServerApp: coordinates rounds of the shared model and writes the run folder.
+
+The server holds only the shared group of the seed model (item side, W_u, head). It never
+sees a user embedding, a user feature or an item id list: clients keep those and reply with
+shared parameters and scalar metrics. What it writes into ``out-dir``:
+  config.json, metrics.json (per-round records, final metrics, bytes per client per round),
+  checkpoint.npz (+ .json) after every round, model.npz (the final shared model).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrec.common import keys
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, run_header, write_json
+from fedrec.common.shard import initial_shared_state, load_catalog
+from fedrec.server.strategy import load_checkpoint, make_strategy
+
+FINAL_MODEL = "model.npz"
+SELECTION = keys.VAL_PREFIX + keys.HR  # the best round is picked on validation HR@10
+ROUND_TIMEOUT_S = 3600.0
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def make_server_app(
+    fixed_config: FederationConfig | None = None,
+    on_round: RoundCallback | None = None,
+    results: dict[str, Any] | None = None,
+) -> ServerApp:
+    """Build the ServerApp; ``fixed_config`` overrides ``context.run_config`` (simulation).
+
+    ``results`` (if given) receives the final metrics dict: the ServerApp runs in a thread of
+    the caller's process under the simulation engine, so the runner reads it from there.
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = fixed_config or FederationConfig.from_mapping(context.run_config)
+        metrics = run_federation(grid, config, on_round)
+        if results is not None:
+            results.update(metrics)
+
+    return app
+
+
+def run_federation(
+    grid: Grid, config: FederationConfig, on_round: RoundCallback | None = None
+) -> dict[str, Any]:
+    """Run ``config.num_rounds`` rounds (fewer if resuming) and write the run folder."""
+    run_dir = Path(config.out_dir) if config.out_dir else None
+    catalog = load_catalog(config)
+    initial = ArrayRecord(initial_shared_state(catalog, config.dim, config.seed))
+    start_round, optimizer_state = 0, {}
+    if config.resume:
+        initial, optimizer_state, start_round = load_checkpoint(Path(config.resume))
+    remaining = config.num_rounds - start_round
+    if remaining < 1:
+        raise ValueError(
+            f"checkpoint is at round {start_round}; num-rounds {config.num_rounds} leaves none"
+        )
+    num_nodes = _wait_for_nodes(grid, config.min_clients)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            run_dir / CONFIG_FILE,
+            {"job": "simulate", "config": config.to_mapping(), "nodes": num_nodes, **run_header()},
+        )
+    strategy = make_strategy(
+        config,
+        num_nodes=num_nodes,
+        run_dir=run_dir,
+        round_offset=start_round,
+        num_rounds=remaining,
+        on_round=on_round,
+    )
+    strategy.restore_optimizer_state(optimizer_state)
+    started = time.perf_counter()
+    if start_round == 0:
+        strategy.evaluate_initial(grid, initial, ROUND_TIMEOUT_S)
+    result = strategy.start(  # type: ignore[attr-defined]
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=remaining,
+        timeout=ROUND_TIMEOUT_S,
+        train_config=ConfigRecord({"proximal-mu": config.proximal_mu}),
+        evaluate_config=ConfigRecord(),
+    )
+    metrics = summarize_rounds(strategy.records)
+    metrics["train_seconds"] = time.perf_counter() - started
+    metrics["nodes"] = num_nodes
+    metrics["shared_parameters"] = int(sum(a.numpy().size for a in result.arrays.values()))
+    if run_dir is not None:
+        import numpy as np
+
+        np.savez(run_dir / FINAL_MODEL, **{k: v.numpy() for k, v in result.arrays.items()})
+        write_json(run_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+def summarize_rounds(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json content: rounds, the best-validation round's test metrics, bytes."""
+    evaluated = [r for r in records if "eval" in r and SELECTION in r["eval"]]
+    final: dict[str, float] = {}
+    best_round = None
+    if evaluated:
+        best = max(evaluated, key=lambda r: (r["eval"][SELECTION], r["round"]))
+        best_round = best["round"]
+        final = {k: best["eval"][k] for k in (keys.HR, keys.NDCG, keys.FULL_HR, keys.FULL_NDCG)}
+        final["users"] = best["eval"].get(keys.USERS, 0.0)
+    down = [r["bytes_down_per_client"] for r in records if r.get("clients_sampled")]
+    up = [r["bytes_up_per_client"] for r in records if r.get("clients_replied")]
+    return {
+        "rounds": records,
+        "final": final,
+        "final_split": "test",
+        "best_round": best_round,
+        "selection": f"federated {SELECTION}",
+        "last": records[-1].get("eval", {}) if records else {},
+        "bytes_per_client_round": {
+            "down": float(sum(down) / len(down)) if down else 0.0,
+            "up": float(sum(up) / len(up)) if up else 0.0,
+        },
+    }
+
+
+def _wait_for_nodes(grid: Grid, minimum: int, timeout_s: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        count = len(list(grid.get_node_ids()))
+        if count >= minimum or time.monotonic() > deadline:
+            if count < minimum:
+                raise RuntimeError(f"only {count} nodes connected, {minimum} needed")
+            return count
+        time.sleep(0.5)
+
+
+# Entry point for `flwr run` (settings from [tool.flwr.app.config] in pyproject.toml)
+app = make_server_app()

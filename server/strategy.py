@@ -1,0 +1,262 @@
+"""Server strategies: Flower's FedAvg / FedAvgM / FedAdam / FedYogi / FedProx plus a recorder.
+
+:class:`RoundRecorder` is a mixin composed in front of any Flower Message-API strategy (see
+:func:`make_strategy`); it adds, without touching the aggregation math:
+  * an exact number of clients per round (or a fraction), and evaluation every k rounds;
+  * a per-round record: clients sampled/replied/failed, train loss, bytes down and up per
+    client, round seconds, evaluation metrics;
+  * a checkpoint of the shared model (and server-optimizer state) after every round, so a run
+    can resume from it.
+Evaluation metrics are aggregated as sums over users (each user holds one held-out item), so
+a user that cannot be evaluated (fewer than 3 interactions) counts as nothing, not as a zero.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+
+from fedrec.common import keys
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.runs import write_json
+
+CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_META = "checkpoint.json"
+
+
+def message_bytes(message: Message) -> int:
+    """Payload bytes of a message's records (what travels, without framing)."""
+    return sum(r.count_bytes() for r in message.content.values()) if message.has_content() else 0
+
+
+def aggregate_user_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Mean of each metric over evaluated users (weight = ``users``: 1 or 0 per client)."""
+    totals: dict[str, float] = {}
+    users = 0
+    for rd in records:
+        metrics = rd[keys.METRICS]
+        n = int(metrics.get(keys.USERS, 0))
+        users += n
+        for k, v in metrics.items():
+            if k not in (keys.USERS, keys.NUM_EXAMPLES) and n:
+                totals[k] = totals.get(k, 0.0) + float(v) * n
+    means = {k: v / users for k, v in totals.items()} if users else {}
+    return MetricRecord({keys.USERS: users, **means})
+
+
+class RoundRecorder:
+    """Mixin: put it before a Flower strategy class in the bases (see :func:`make_strategy`)."""
+
+    def setup_recorder(
+        self,
+        *,
+        clients_per_round: int,
+        eval_every: int,
+        eval_clients: int,
+        num_rounds: int,
+        run_dir: Path | None,
+        round_offset: int = 0,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.clients_per_round = clients_per_round
+        self.eval_every = eval_every
+        self.eval_clients = eval_clients
+        self.num_rounds = num_rounds
+        self.run_dir = run_dir
+        self.round_offset = round_offset
+        self.on_round = on_round
+        self.records: list[dict[str, Any]] = []
+        self._current: dict[str, Any] = {}
+        self._t0 = 0.0
+
+    # --- training -----------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._t0 = time.perf_counter()
+        if self.clients_per_round:
+            self._exact(grid, self.clients_per_round, "train")
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        down = message_bytes(messages[0]) if messages else 0
+        self._current = {
+            "round": server_round + self.round_offset,
+            "clients_sampled": len(messages),
+            "bytes_down_per_client": down,
+        }
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        ok = [m for m in replies if not m.has_error()]
+        ups = [message_bytes(m) for m in ok]
+        if replies and not ok:
+            reason = (replies[0].error.reason or "")[-2000:]
+            raise RuntimeError(
+                f"round {server_round + self.round_offset}: all {len(replies)} clients failed;"
+                f" first error: {reason}"
+            )
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        rec = self._current
+        rec.update(
+            clients_replied=len(ok),
+            clients_failed=len(replies) - len(ok),
+            errors=sorted({(m.error.reason or "")[-300:] for m in replies if m.has_error()})[:3],
+            bytes_up_per_client=float(np.mean(ups)) if ups else 0.0,
+            bytes_up_total=int(sum(ups)),
+            bytes_down_total=rec["bytes_down_per_client"] * rec["clients_sampled"],
+            train_loss=float(metrics[keys.TRAIN_LOSS]) if metrics else None,
+            train_seconds=time.perf_counter() - self._t0,
+        )
+        if arrays is not None and self.run_dir is not None:
+            self._checkpoint(arrays, server_round + self.round_offset)
+        return arrays, metrics
+
+    # --- evaluation ---------------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        absolute = server_round + self.round_offset
+        if absolute % self.eval_every != 0 and server_round != self.num_rounds:
+            return []
+        if self.eval_clients:
+            self._exact(grid, self.eval_clients, "evaluate")
+        else:
+            self.fraction_evaluate = 1.0  # type: ignore[attr-defined]
+            self.min_evaluate_nodes = 1  # type: ignore[attr-defined]
+        return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        rec = self._current
+        if metrics is not None:
+            rec["eval"] = {k: float(v) for k, v in metrics.items()}
+            rec["clients_evaluated"] = len(replies)
+        rec["round_seconds"] = time.perf_counter() - self._t0
+        self.records.append(dict(rec))
+        if self.on_round:
+            self.on_round(dict(rec))
+        return metrics
+
+    def evaluate_initial(self, grid: Grid, arrays: ArrayRecord, timeout: float) -> None:
+        """Federated evaluation of the initial model, recorded as round 0 (the baseline)."""
+        self._t0 = time.perf_counter()
+        self._current = {
+            "round": self.round_offset,
+            "clients_sampled": 0,
+            "bytes_down_per_client": 0,
+        }
+        messages = self.configure_evaluate(0, arrays, ConfigRecord(), grid)
+        replies = grid.send_and_receive(messages=messages, timeout=timeout)
+        self.aggregate_evaluate(0, replies)
+
+    # --- helpers ------------------------------------------------------------------------
+    def _exact(self, grid: Grid, count: int, phase: str) -> None:
+        """Make Flower's fraction sampling pick exactly ``count`` nodes."""
+        available = len(list(grid.get_node_ids()))
+        fraction = min(1.0, count / max(available, 1))
+        setattr(self, f"fraction_{phase}", fraction)
+        setattr(self, f"min_{phase}_nodes", min(count, available))
+
+    def _checkpoint(self, arrays: ArrayRecord, absolute_round: int) -> None:
+        assert self.run_dir is not None
+        state = {f"model/{k}": v.numpy() for k, v in arrays.items()}
+        for name in ("m_t", "v_t", "momentum_vector"):  # server-optimizer state, if any
+            value = getattr(self, name, None)
+            if isinstance(value, list):  # FedAvgM: a list in the order of the model's arrays
+                value = dict(zip(arrays.keys(), value, strict=True))
+            if isinstance(value, dict):
+                state.update({f"{name}/{k}": np.asarray(v) for k, v in value.items()})
+        tmp = self.run_dir / f".{CHECKPOINT}.tmp.npz"
+        np.savez(tmp, **state)
+        tmp.replace(self.run_dir / CHECKPOINT)
+        write_json(self.run_dir / CHECKPOINT_META, {"round": absolute_round})
+
+    def restore_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        for name in ("m_t", "v_t", "momentum_vector"):
+            part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(name + "/")}
+            if part and name == "momentum_vector":  # FedAvgM wants it as a list, model order
+                order = [k.split("/", 1)[1] for k in state if k.startswith("model/")]
+                setattr(self, name, [part[k] for k in order])
+            elif part:
+                setattr(self, name, part)
+
+
+def load_checkpoint(path: Path) -> tuple[ArrayRecord, dict[str, np.ndarray], int]:
+    """(shared model, server-optimizer state, round) from a run folder or checkpoint file."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    file = folder / CHECKPOINT if path.is_dir() else path
+    if not file.exists():
+        raise FileNotFoundError(f"no checkpoint at {file}")
+    import json
+
+    meta = json.loads((folder / CHECKPOINT_META).read_text())
+    with np.load(file) as data:
+        state = {k: data[k] for k in data.files}
+    model = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("model/")}
+    arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in model.items()})
+    return arrays, state, int(meta["round"])
+
+
+STRATEGY_CLASSES = {
+    "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedprox": FedProx,
+}
+
+
+def make_strategy(
+    config: FederationConfig,
+    *,
+    num_nodes: int,
+    run_dir: Path | None,
+    round_offset: int = 0,
+    num_rounds: int | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> RoundRecorder:
+    """The configured Flower strategy with :class:`RoundRecorder` composed in front."""
+    base = STRATEGY_CLASSES[config.strategy]
+    cls = type(f"Recorded{base.__name__}", (RoundRecorder, base), {})
+    common: dict[str, Any] = {
+        "fraction_train": config.fraction_train,
+        "min_train_nodes": config.min_clients,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": num_nodes,
+        "evaluate_metrics_aggr_fn": aggregate_user_metrics,
+    }
+    if config.strategy in ("fedadam", "fedyogi"):
+        common.update(
+            eta=config.server_lr,
+            beta_1=config.server_beta1,
+            beta_2=config.server_beta2,
+            tau=config.server_tau,
+        )
+    elif config.strategy == "fedavgm":
+        common.update(server_learning_rate=config.server_lr, server_momentum=config.server_beta1)
+    elif config.strategy == "fedprox":
+        common.update(proximal_mu=config.proximal_mu)
+    strategy: RoundRecorder = cls(**common)
+    strategy.setup_recorder(
+        clients_per_round=config.clients_per_round,
+        eval_every=config.eval_every,
+        eval_clients=config.eval_clients,
+        num_rounds=num_rounds or config.num_rounds,
+        run_dir=run_dir,
+        round_offset=round_offset,
+        on_round=on_round,
+    )
+    return strategy

@@ -1,0 +1,176 @@
+"""Centralized training of the seed model and its baselines (``fedrec train-central``).
+
+The reference point for the federation: same data, same split, same metrics, all data in one
+place. The best epoch is chosen on the **validation** item; the test item is scored once, at
+the end, with the weights of that epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrec.common.baselines import MatrixFactorization, MostPopular
+from fedrec.common.dataset import Interactions
+from fedrec.common.model import ModelConfig, SeedModel
+from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, prepare_run_dir, run_header, write_json
+from fedrec.common.sources import load_interactions
+from fedrec.common.split import NegativeSampler, Split, temporal_leave_one_out
+from fedrec.common.training import evaluate, make_examples, train_epoch
+
+ModelName = Literal["seed", "mf", "mostpop"]
+MODELS: tuple[str, ...] = ("seed", "mf", "mostpop")
+SELECTION_METRIC = "hr@10"
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    model: str = "seed"  # seed | mf | mostpop
+    data: str = "synthetic"  # a path or "synthetic"
+    epochs: int = 30  # training epochs (the best one on validation is kept)
+    dim: int = 128  # id-embedding and tower width
+    lr: float = 2e-3  # AdamW peak learning rate (cosine schedule over the epochs)
+    negatives: int = 4  # sampled negatives per positive
+    batch_size: int = 1024
+    weight_decay: float = 0.1  # AdamW decoupled weight decay
+    threshold: float = 0.0  # ratings >= threshold are interactions
+    seed: int = 0  # model init, negative sampling and evaluation candidates
+    patience: int = 10  # stop after this many epochs without a better validation HR@10
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        checks = {
+            "epochs": self.epochs >= 1,
+            "dim": self.dim >= 1,
+            "lr": self.lr > 0,
+            "negatives": self.negatives >= 1,
+            "batch_size": self.batch_size >= 1,
+            "weight_decay": self.weight_decay >= 0,
+            "patience": self.patience >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"CentralConfig.{name} has an invalid value {getattr(self, name)}")
+
+
+@dataclass
+class CentralResult:
+    final: dict[str, float]
+    best_epoch: int
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def build_model(config: CentralConfig, data: Interactions, split: Split) -> nn.Module:
+    torch.manual_seed(config.seed)
+    if config.model == "seed":
+        model_config = ModelConfig(
+            num_users=data.num_users,
+            num_items=data.num_items,
+            user_feature_dim=data.user_features.shape[1],
+            item_feature_dim=data.item_features.shape[1],
+            id_dim=config.dim,
+            dim=config.dim,
+        )
+        return SeedModel(
+            model_config,
+            torch.from_numpy(data.user_features),
+            torch.from_numpy(data.item_features),
+        )
+    if config.model == "mf":
+        return MatrixFactorization(data.num_users, data.num_items, config.dim)
+    return MostPopular(split.item_counts())
+
+
+def train_central(
+    config: CentralConfig,
+    data: Interactions,
+    split: Split,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[nn.Module, CentralResult]:
+    """Train ``config.model`` on ``split`` and score the test item with the best-val weights."""
+    model = build_model(config, data, split)
+    if config.model == "mostpop":  # nothing to train: one "epoch" of evaluation
+        val = evaluate(model, split, "val")
+        record = {"epoch": 0, "loss": None, "seconds": 0.0, "val": val}
+        if on_epoch:
+            on_epoch(record)
+        return model, CentralResult(evaluate(model, split, "test"), 0, [record], 0.0)
+
+    rng = np.random.default_rng(config.seed)
+    sampler = NegativeSampler(split)
+    # AdamW (decoupled weight decay) with a cosine learning-rate schedule over the epochs:
+    # measured on ml-100k to beat plain Adam by ~0.01 HR@10 with steadier epoch-to-epoch scores.
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    users, items = split.train_user, split.train_items
+    best_score, best_epoch, best_state = -1.0, -1, None
+    records: list[dict[str, Any]] = []
+    train_seconds = 0.0
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        examples = make_examples(users, items, sampler, config.negatives, rng)
+        loss = train_epoch(model, optimizer, examples, config.batch_size)
+        schedule.step()
+        seconds = time.perf_counter() - start
+        train_seconds += seconds
+        val = evaluate(model, split, "val")
+        record = {"epoch": epoch, "loss": loss, "seconds": seconds, "val": val}
+        records.append(record)
+        if on_epoch:
+            on_epoch(record)
+        if val[SELECTION_METRIC] > best_score:
+            best_score, best_epoch = val[SELECTION_METRIC], epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= config.patience:
+            break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    final = evaluate(model, split, "test")
+    return model, CentralResult(final, best_epoch, records, train_seconds)
+
+
+def run_central(
+    config: CentralConfig,
+    out: str | Path,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Load data, split, train, and write ``out/config.json`` and ``out/metrics.json``."""
+    run_dir = prepare_run_dir(out)
+    data = load_interactions(config.data, threshold=config.threshold)
+    split = temporal_leave_one_out(data, seed=config.seed)
+    write_json(
+        run_dir / CONFIG_FILE,
+        {"job": "train-central", "config": config, "data": data.stats, **run_header()},
+    )
+    model, result = train_central(config, data, split, on_epoch)
+    trained = [r for r in result.epochs if r["loss"] is not None]
+    metrics = {
+        "final": result.final,
+        "final_split": "test",
+        "best_epoch": result.best_epoch,
+        "selection": f"val {SELECTION_METRIC}",
+        "epochs": result.epochs,
+        "train_seconds": result.train_seconds,
+        "seconds_per_epoch": result.train_seconds / len(trained) if trained else 0.0,
+        "data": {
+            **data.stats,
+            "train_only_users": split.train_only_users,
+            "eval_users": len(split.eval_users),
+        },
+    }
+    write_json(run_dir / METRICS_FILE, metrics)
+    if config.model != "mostpop":
+        torch.save(model.state_dict(), run_dir / "model.pt")
+    return metrics

@@ -1,0 +1,51 @@
+"""PNG plots of a run's per-round records (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def plot_rounds(records: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Write ``quality.png`` (HR@10/NDCG@10 sampled and full) and ``loss.png``; return paths."""
+    out = Path(out)
+    written = []
+    evaluated = [r for r in records if "eval" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style in (
+        ("hr@10", "-o"),
+        ("ndcg@10", "-s"),
+        ("full_hr@10", "--o"),
+        ("full_ndcg@10", "--s"),
+    ):
+        xs = [r["round"] for r in evaluated if key in r["eval"]]
+        ys = [r["eval"][key] for r in evaluated if key in r["eval"]]
+        if xs:
+            ax.plot(xs, ys, style, label=key, markersize=3)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test metric")
+    ax.set_title("federated evaluation (test item, on-device)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    written.append(out / "quality.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [r["round"] for r in records if r.get("train_loss") is not None]
+    ax.plot(xs, [r["train_loss"] for r in records if r.get("train_loss") is not None], "-")
+    ax.set_xlabel("round")
+    ax.set_ylabel("mean local BCE loss")
+    ax.set_title("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(out / "loss.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written

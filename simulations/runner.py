@@ -1,0 +1,91 @@
+"""Run a federation through Flower's simulation engine (``fedrec simulate``).
+
+Why ``flwr.simulation.run_simulation`` and not ``flwr run``: in flwr 1.42 ``flwr run`` submits
+the app to a SuperLink (it needs a federation set up in the Flower config and packages the app
+as a FAB, installing its dependencies unless FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1).
+``run_simulation`` drives the same Simulation Runtime (Ray backend, one virtual SuperNode per
+user, the same ServerApp/ClientApp objects and Message API) from this process, so the runner
+can pass the parsed config straight to both apps and watch rounds live. It is marked deprecated
+in 1.42 but is the engine's Python entry point; the apps themselves also run under ``flwr run``
+(``[tool.flwr.app.components]`` in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.runs import prepare_run_dir
+from fedrec.common.sources import load_interactions
+
+SCENARIO_DIR = Path(__file__).resolve().parent
+
+
+def load_scenario(path: str | Path) -> dict[str, Any]:
+    """The ``[run]`` table of a scenario TOML (kebab-case federation settings)."""
+    path = Path(path)
+    if not path.exists() and (SCENARIO_DIR / path.name).exists():
+        path = SCENARIO_DIR / path.name
+    try:
+        with path.open("rb") as fh:
+            document = tomllib.load(fh)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"scenario {path} not found") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from err
+    if "run" not in document:
+        raise ValueError(f"{path}: a scenario needs a [run] table of federation settings")
+    return dict(document["run"])
+
+
+def simulate(
+    config: FederationConfig,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    num_cpus: int | None = None,
+) -> dict[str, Any]:
+    """Run the federation in the simulation engine; returns the metrics written to out-dir."""
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation
+
+    from fedrec.client.app import make_client_app
+    from fedrec.server.app import make_server_app
+
+    if config.out_dir:
+        prepare_run_dir(config.out_dir)
+    data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
+    results: dict[str, Any] = {}
+    cpus = num_cpus or os.cpu_count() or 1
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_simulation(
+            server_app=make_server_app(config, on_round, results),
+            client_app=make_client_app(config),
+            num_supernodes=data.num_users,
+            backend_config={
+                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                "init_args": {
+                    "num_cpus": cpus,
+                    "logging_level": "ERROR",
+                    "log_to_driver": False,
+                    "include_dashboard": False,
+                },
+            },
+        )
+    if not results:
+        raise RuntimeError("the simulation ended without results: see the log above")
+    if config.out_dir:
+        from fedrec.simulations.plots import plot_rounds
+
+        plot_rounds(results["rounds"], Path(config.out_dir))
+    return results

@@ -1,0 +1,304 @@
+"""Tests for fedrec.client.local: on-device training, evaluation and recommendation."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedrec.client.local import (
+    ME,
+    LocalTrainConfig,
+    build_local_model,
+    local_evaluate,
+    local_train,
+    recommend,
+)
+from fedrec.common.dataset import Interactions
+from fedrec.common.model import SeedModel, private_state, shared_parameter_names, shared_state
+from fedrec.common.shard import Catalog, UserShard, initial_shared_state, user_shard
+from fedrec.common.sources import load_interactions
+from fedrec.common.split import NO_ITEM, Split, temporal_leave_one_out
+from fedrec.common.synthetic import SyntheticConfig
+
+DIM = 8
+EVAL_KEYS = {
+    "val-hr@10", "val-ndcg@10", "val-full_hr@10", "val-full_ndcg@10",
+    "hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data() -> Interactions:
+    return load_interactions("synthetic", synthetic=SyntheticConfig(num_users=60, num_items=400))
+
+
+@pytest.fixture(scope="module")
+def split(data: Interactions) -> Split:
+    return temporal_leave_one_out(data, seed=0)
+
+
+@pytest.fixture(scope="module")
+def catalog(data: Interactions) -> Catalog:
+    return Catalog.of(data)
+
+
+@pytest.fixture(scope="module")
+def shard(data: Interactions, split: Split) -> UserShard:
+    user = int(np.argmax(np.diff(split.train_indptr)))  # the user with the most train items
+    return user_shard(data, split, user)
+
+
+def _model(catalog: Catalog, shard: UserShard, seed: int = 0) -> SeedModel:
+    shared = initial_shared_state(catalog, DIM, seed=seed)
+    return build_local_model(catalog, shard, DIM, shared, None, seed=seed)
+
+
+def _bce(model: SeedModel, items: np.ndarray, labels: np.ndarray) -> float:
+    with torch.no_grad():
+        logits = model(ME.expand(len(items)), torch.from_numpy(items))
+        return float(nn.functional.binary_cross_entropy_with_logits(
+            logits, torch.from_numpy(labels.astype(np.float32))))  # fmt: skip
+
+
+def _with_scores(model: SeedModel, scores: np.ndarray) -> SeedModel:
+    """Make ``model`` score the catalog with ``scores`` (an oracle for the ranking code)."""
+    logits = torch.as_tensor(scores, dtype=torch.float32)[None, :]
+    model.score_all = lambda users: logits.expand(len(users), -1).clone()  # type: ignore[method-assign]
+    return model
+
+
+# --- building ---------------------------------------------------------------------------------
+def test_build_local_model_takes_shared_and_private_state(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    shared = initial_shared_state(catalog, DIM, seed=3)
+    private = {"user_embedding.weight": torch.full((1, DIM), 0.5),
+               "user_features": torch.from_numpy(shard.user_features[None, :].copy())}
+    model = build_local_model(catalog, shard, DIM, shared, private, seed=0)
+    for key, value in shared_state(model).items():
+        torch.testing.assert_close(value, shared[key], rtol=0, atol=0)
+    torch.testing.assert_close(model.user_embedding.weight.detach(), torch.full((1, DIM), 0.5))
+    # without private state the user row comes from the seed: reproducible, seed-dependent
+    a = build_local_model(catalog, shard, DIM, shared, None, seed=1).user_embedding.weight
+    b = build_local_model(catalog, shard, DIM, shared, None, seed=1).user_embedding.weight
+    c = build_local_model(catalog, shard, DIM, shared, None, seed=2).user_embedding.weight
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# --- training ---------------------------------------------------------------------------------
+def test_local_train_lowers_the_loss(catalog: Catalog, shard: UserShard) -> None:
+    model = _model(catalog, shard)
+    fixed_negatives = shard.sample_negatives(4 * len(shard.train_items), np.random.default_rng(9))
+    items = np.concatenate([shard.train_items, fixed_negatives])
+    labels = np.concatenate([np.ones(len(shard.train_items)), np.zeros(len(fixed_negatives))])
+    before = _bce(model, items, labels)
+    config = LocalTrainConfig(epochs=1, lr=0.02)
+    losses = []
+    for round_ in range(6):
+        loss, examples = local_train(model, shard, config, np.random.default_rng([0, round_]))
+        losses.append(loss)
+        assert examples == len(shard.train_items) * (1 + config.negatives)
+    after = _bce(model, items, labels)
+    assert after < before * 0.8, (before, after)
+    assert losses[-1] < losses[0], losses
+    assert all(math.isfinite(x) for x in losses)
+
+
+def test_local_train_touches_nothing_but_the_model(catalog: Catalog, shard: UserShard) -> None:
+    shared = initial_shared_state(catalog, DIM, seed=0)
+    shared_before = {k: v.clone() for k, v in shared.items()}
+    model = build_local_model(catalog, shard, DIM, shared, None, seed=0)
+    item_features = catalog.item_features.copy()
+    shard_before = (shard.train_items.copy(), shard.candidates.copy(), shard.user_features.copy())
+    buffers_before = {k: v.clone() for k, v in model.named_buffers()}
+    torch_rng, np_rng = torch.get_rng_state(), np.random.get_state()
+    params_before = shared_state(model)
+
+    local_train(model, shard, LocalTrainConfig(epochs=2), np.random.default_rng(0))
+
+    # the server's arrays are not aliased by the model, so they keep the round's start
+    for key, value in shared.items():
+        assert torch.equal(value, shared_before[key]), key
+    np.testing.assert_array_equal(catalog.item_features, item_features)
+    np.testing.assert_array_equal(shard.train_items, shard_before[0])
+    np.testing.assert_array_equal(shard.candidates, shard_before[1])
+    np.testing.assert_array_equal(shard.user_features, shard_before[2])
+    for key, value in model.named_buffers():  # catalog and user features are not trained
+        assert torch.equal(value, buffers_before[key]), key
+    assert torch.equal(torch.get_rng_state(), torch_rng)  # no global RNG consumed
+    assert all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+               for a, b in zip(np.random.get_state(), np_rng, strict=True))  # fmt: skip
+    # ... while the model itself did train, shared and private parameters alike
+    after = shared_state(model)
+    assert all(not torch.equal(after[k], params_before[k]) for k in after)
+
+
+def test_local_train_on_an_empty_shard(catalog: Catalog, shard: UserShard) -> None:
+    empty = UserShard(shard.user_features, np.zeros(0, np.int64), NO_ITEM, NO_ITEM,
+                      np.zeros(0, np.int64), shard.num_items)  # fmt: skip
+    model = _model(catalog, shard)
+    before = shared_state(model)
+    assert local_train(model, empty, LocalTrainConfig(), np.random.default_rng(0)) == (0.0, 0)
+    assert all(torch.equal(v, before[k]) for k, v in shared_state(model).items())
+
+
+def test_proximal_term_keeps_shared_parameters_near_the_start(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    def drift(mu: float) -> tuple[float, float]:
+        model = _model(catalog, shard)
+        start = shared_state(model)
+        user_start = model.user_embedding.weight.detach().clone()
+        config = LocalTrainConfig(epochs=4, lr=0.05, batch_size=32, proximal_mu=mu)
+        local_train(model, shard, config, np.random.default_rng(0))
+        end = shared_state(model)
+        shared = math.sqrt(sum(float(((end[k] - start[k]) ** 2).sum()) for k in start))
+        user = float((model.user_embedding.weight.detach() - user_start).norm())
+        return shared, user
+
+    free, free_user = drift(0.0)
+    tied, tied_user = drift(50.0)
+    assert tied < 0.5 * free, (tied, free)
+    assert free_user > 0 and tied_user > 0  # the private row is outside the proximal term
+
+
+# --- evaluation -------------------------------------------------------------------------------
+def test_local_evaluate_returns_the_eight_scalar_metrics(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    metrics = local_evaluate(_model(catalog, shard), shard)
+    assert set(metrics) == EVAL_KEYS
+    for key, value in metrics.items():
+        assert type(value) is float, key
+        assert 0.0 <= value <= 1.0, key
+
+
+def test_local_evaluate_of_a_train_only_shard_is_empty(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    train_only = UserShard(shard.user_features, shard.train_items[:2], NO_ITEM, NO_ITEM,
+                           np.zeros(0, np.int64), shard.num_items)  # fmt: skip
+    assert local_evaluate(_model(catalog, shard), train_only) == {}
+
+
+def test_local_evaluate_oracle(catalog: Catalog, shard: UserShard) -> None:
+    """Hand-made scores with known ranks: the test item first, the validation item fourth."""
+    scores = np.zeros(shard.num_items)
+    scores[shard.train_items] = 100.0  # seen items score highest but are never competitors
+    scores[shard.test_item] = 10.0
+    scores[shard.val_item] = 4.0
+    scores[shard.candidates[:3]] = 5.0  # three candidates above the validation item
+    metrics = local_evaluate(_with_scores(_model(catalog, shard), scores), shard)
+    assert metrics["hr@10"] == metrics["ndcg@10"] == 1.0
+    assert metrics["full_hr@10"] == metrics["full_ndcg@10"] == 1.0
+    # validation: rank 3 in both protocols (the test item is excluded from its full ranking)
+    assert metrics["val-hr@10"] == metrics["val-full_hr@10"] == 1.0
+    assert metrics["val-ndcg@10"] == pytest.approx(1 / math.log2(5))
+    assert metrics["val-full_ndcg@10"] == pytest.approx(1 / math.log2(5))
+
+    scores[shard.candidates[:10]] = 20.0  # ten candidates above the test item: a miss
+    metrics = local_evaluate(_with_scores(_model(catalog, shard), scores), shard)
+    assert metrics["hr@10"] == metrics["ndcg@10"] == 0.0
+    assert metrics["full_hr@10"] == 0.0 and metrics["val-hr@10"] == 0.0
+
+
+def test_local_evaluate_agrees_with_manual_scoring(catalog: Catalog, shard: UserShard) -> None:
+    model = _model(catalog, shard, seed=4)
+    local_train(model, shard, LocalTrainConfig(epochs=2), np.random.default_rng(0))
+    metrics = local_evaluate(model, shard)
+    with torch.no_grad():
+        items = torch.arange(shard.num_items)
+        scores = model(ME.expand(shard.num_items), items).numpy()  # forward, not score_all
+    for prefix, target, other in (("val-", shard.val_item, shard.test_item),
+                                  ("", shard.test_item, shard.val_item)):  # fmt: skip
+        rank = int((scores[shard.candidates] >= scores[target]).sum())
+        allowed = np.ones(shard.num_items, bool)
+        allowed[shard.train_items] = allowed[other] = allowed[target] = False
+        full_rank = int((scores[allowed] >= scores[target]).sum())
+        assert metrics[prefix + "hr@10"] == float(rank < 10)
+        assert metrics[prefix + "full_hr@10"] == float(full_rank < 10)
+        expected = 1 / math.log2(full_rank + 2) if full_rank < 10 else 0.0
+        assert metrics[prefix + "full_ndcg@10"] == pytest.approx(expected, abs=1e-9)
+
+
+# --- recommendation ---------------------------------------------------------------------------
+def test_recommend_returns_the_top_k_unseen_items(catalog: Catalog, shard: UserShard) -> None:
+    model = _model(catalog, shard, seed=2)
+    local_train(model, shard, LocalTrainConfig(), np.random.default_rng(0))
+    items, scores = recommend(model, shard, k=10)
+    assert len(items) == len(scores) == 10 and len(set(items.tolist())) == 10
+    assert (np.diff(scores) <= 0).all()
+    assert ((scores >= 0) & (scores <= 1)).all()
+    seen = set(shard.train_items.tolist()) | {shard.val_item, shard.test_item}
+    assert not seen & set(items.tolist())
+    with torch.no_grad():
+        probs = torch.sigmoid(model.score_all(ME)[0]).numpy()
+    unseen = np.setdiff1d(np.arange(shard.num_items), np.array(sorted(seen)))
+    np.testing.assert_allclose(scores, np.sort(probs[unseen])[::-1][:10], rtol=1e-6)
+
+
+def test_recommend_skips_seen_items_even_when_they_score_highest(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    scores = np.linspace(0.0, 1.0, shard.num_items)
+    scores[shard.train_items] = 50.0
+    scores[[shard.val_item, shard.test_item]] = 40.0
+    model = _with_scores(_model(catalog, shard), scores)
+    items, _ = recommend(model, shard, k=5)
+    seen = set(shard.train_items.tolist()) | {shard.val_item, shard.test_item}
+    expected = [i for i in range(shard.num_items - 1, -1, -1) if i not in seen][:5]
+    assert items.tolist() == expected
+    items, _ = recommend(model, shard, k=5, exclude_seen=False)
+    assert set(items.tolist()) <= set(shard.train_items.tolist())
+
+
+def test_recommend_latency_on_a_movielens_sized_catalog() -> None:
+    rng = np.random.default_rng(0)
+    num_items, user_dim = 1682, 23
+    catalog = Catalog(
+        item_ids=tuple(str(i) for i in range(num_items)),
+        item_features=(rng.random((num_items, 19)) < 0.1).astype(np.float32),
+        user_feature_dim=user_dim,
+    )
+    shard = UserShard(
+        user_features=rng.random(user_dim).astype(np.float32),
+        train_items=rng.choice(num_items, 100, replace=False).astype(np.int64),
+        val_item=NO_ITEM, test_item=NO_ITEM, candidates=np.zeros(0, np.int64),
+        num_items=num_items,
+    )  # fmt: skip
+    model = build_local_model(catalog, shard, 64, None, None, seed=0)
+    recommend(model, shard, k=10)  # warm-up
+    times = []
+    for _ in range(30):
+        start = time.perf_counter()
+        items, _ = recommend(model, shard, k=10)
+        times.append(time.perf_counter() - start)
+    median_ms = 1000 * statistics.median(times)
+    print(f"recommend(k=10) over {num_items} items, dim 64: median {median_ms:.2f} ms")
+    assert len(items) == 10 and not set(items.tolist()) & set(shard.train_items.tolist())
+    assert median_ms < 50.0
+
+
+def test_private_state_is_what_the_device_keeps(catalog: Catalog, shard: UserShard) -> None:
+    model = _model(catalog, shard)
+    private = private_state(model)
+    assert set(private) == {"user_embedding.weight", "user_features"}
+    assert private["user_embedding.weight"].shape == (1, DIM)
+    assert not set(private) & set(shared_parameter_names(model))

@@ -1,0 +1,109 @@
+"""Tests for fedrec.common.fedconfig: parsing Flower's run config into FederationConfig."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from fedrec.common.fedconfig import STRATEGIES, FederationConfig
+from fedrec.common.synthetic import SyntheticConfig
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def _kebab_names() -> set[str]:
+    return {f.name.replace("_", "-") for f in fields(FederationConfig)}
+
+
+def test_round_trip_through_mapping() -> None:
+    config = FederationConfig(
+        data="x.csv", threshold=3.5, seed=7, dim=16, strategy="fedadam", server_lr=0.1,
+        proximal_mu=0.5, out_dir="runs/a", audit_log="audit.jsonl",
+    )  # fmt: skip
+    mapping = config.to_mapping()
+    assert set(mapping) == _kebab_names()
+    assert mapping["server-lr"] == 0.1 and mapping["out-dir"] == "runs/a"
+    assert FederationConfig.from_mapping(mapping) == config
+    assert FederationConfig.from_mapping({}) == FederationConfig()
+
+
+def test_from_mapping_coerces_types() -> None:
+    config = FederationConfig.from_mapping({"dim": 8.0, "threshold": 4, "seed": "3"})
+    assert config.dim == 8 and isinstance(config.dim, int)
+    assert config.threshold == 4.0 and isinstance(config.threshold, float)
+    assert config.seed == 3
+
+
+def test_unknown_key_is_an_error_naming_it() -> None:
+    with pytest.raises(ValueError, match="num-round") as err:
+        FederationConfig.from_mapping({"num-round": 3})  # typo of num-rounds
+    assert "num-rounds" in str(err.value)  # the known keys are listed to help
+
+
+def test_snake_case_key_is_unknown() -> None:
+    with pytest.raises(ValueError, match="num_rounds"):
+        FederationConfig.from_mapping({"num_rounds": 3})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("dim", 0),
+        ("num-rounds", 0),
+        ("local-batch-size", -1),
+        ("synthetic-users", 0),
+        ("clients-per-round", -1),
+        ("proximal-mu", -0.1),
+        ("fraction-train", 0.0),
+        ("fraction-train", 1.5),
+        ("server-lr", 0.0),
+        ("local-lr", -1.0),
+        ("server-tau", 0.0),
+        ("server-beta1", 1.0),
+        ("server-beta2", -0.1),
+        ("strategy", "sgd"),
+        ("seed", "abc"),
+        ("threshold", "high"),
+    ],
+)
+def test_bad_value_names_the_kebab_key(key: str, value: object) -> None:
+    with pytest.raises(ValueError, match=key):
+        FederationConfig.from_mapping({key: value})
+
+
+def test_int_setting_rejects_a_fraction() -> None:
+    with pytest.raises(ValueError, match="num-rounds must be an integer"):
+        FederationConfig.from_mapping({"num-rounds": 1.5})
+    assert FederationConfig.from_mapping({"num-rounds": 2.0}).num_rounds == 2
+
+
+def test_every_strategy_is_accepted() -> None:
+    for name in STRATEGIES:
+        assert FederationConfig(strategy=name).strategy == name
+
+
+def test_pyproject_run_config_matches_the_dataclass_defaults() -> None:
+    """[tool.flwr.app.config] is what `flwr run` sends: same keys, same defaults, no drift."""
+    with PYPROJECT.open("rb") as fh:
+        run_config = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+    defaults = FederationConfig().to_mapping()
+    assert set(run_config) == set(defaults)
+    for key, value in run_config.items():
+        assert value == defaults[key], key
+        assert type(value) is type(defaults[key]), key  # 0 vs 0.0 would change the type
+    assert FederationConfig.from_mapping(run_config) == FederationConfig()
+
+
+def test_replace_validates() -> None:
+    config = FederationConfig()
+    assert config.replace(dim=8).dim == 8
+    with pytest.raises(ValueError, match="dim"):
+        config.replace(dim=0)
+
+
+def test_synthetic_config() -> None:
+    config = FederationConfig(synthetic_users=60, synthetic_items=400, seed=5)
+    assert config.synthetic() == SyntheticConfig(num_users=60, num_items=400, seed=5)
