@@ -1,5 +1,5 @@
 # Two commands set fedrec up on a fresh machine:
-#   make demo   - create .venv if missing, install, run the main job on the embedded synthetic data
+#   make demo   - create .venv if missing, install, run a federation on the embedded synthetic data
 #   make test   - same bootstrap, then the test suite
 # Both are idempotent: the install step re-runs only when pyproject.toml changes.
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/fedrec train-central --model seed --data synthetic --epochs 15 --out $(RUN)
+	$(VENV)/bin/fedrec simulate --config simulations/synthetic-quick.toml --out $(RUN)
 	@echo "demo run folder: $(RUN)"
 
 test: $(STAMP)

@@ -9,6 +9,8 @@ numbers, never item ids. Every reply passes the shared-only guard mod before it 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -38,16 +40,9 @@ def make_client_app(
     def config_of(context: Context) -> FederationConfig:
         return fixed_config or FederationConfig.from_mapping(context.run_config)
 
-    shapes: dict[tuple[int, int], dict[str, tuple[int, ...]]] = {}
-
     def shared_shapes(context: Context) -> dict[str, tuple[int, ...]]:
         config = config_of(context)
-        catalog = shards.catalog(config)
-        key = (id(catalog), config.dim)
-        if key not in shapes:
-            shapes.clear()
-            shapes[key] = expected_shared_shapes(catalog, config.dim)
-        return shapes[key]
+        return expected_shared_shapes(shards.catalog(config), config.dim)
 
     app = ClientApp(
         mods=[
@@ -87,7 +82,25 @@ def make_client_app(
 
 def expected_shared_shapes(catalog: Catalog, dim: int) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the shared group for this catalog (what may leave a device)."""
-    return {k: tuple(v.shape) for k, v in initial_shared_state(catalog, dim, seed=0).items()}
+    return dict(
+        _shared_shapes(
+            catalog.num_items, catalog.user_feature_dim, catalog.item_features.shape[1], dim
+        )
+    )
+
+
+@lru_cache(maxsize=4)
+def _shared_shapes(
+    num_items: int, user_feature_dim: int, item_feature_dim: int, dim: int
+) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    # Cached per process: the app object is re-sent with every message (see client/data.py).
+    catalog = Catalog(
+        tuple(str(i) for i in range(num_items)),
+        np.zeros((num_items, item_feature_dim), dtype=np.float32),
+        user_feature_dim,
+    )
+    state = initial_shared_state(catalog, dim, seed=0)
+    return tuple((k, tuple(v.shape)) for k, v in state.items())
 
 
 def _local_model(

@@ -31,6 +31,7 @@ class FederationConfig:
     clients_per_round: int = 50  # exact count per round (0: use fraction-train)
     fraction_train: float = 0.1  # used when clients-per-round is 0
     min_clients: int = 2  # a round needs at least this many nodes
+    expected_nodes: int = 0  # wait for this many nodes before round 1 (simulation: all users)
     eval_every: int = 5  # federated evaluation every k rounds (and after the last)
     eval_clients: int = 0  # clients per evaluation (0: all nodes)
     # server optimizer
@@ -66,7 +67,13 @@ class FederationConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{_kebab(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("clients_per_round", "eval_clients", "negatives", "proximal_mu"):
+        for name in (
+            "clients_per_round",
+            "eval_clients",
+            "negatives",
+            "proximal_mu",
+            "expected_nodes",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.fraction_train <= 1.0:

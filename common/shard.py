@@ -77,7 +77,12 @@ def load_catalog(config: FederationConfig) -> Catalog:
 
 def initial_shared_state(catalog: Catalog, dim: int, seed: int) -> dict[str, torch.Tensor]:
     """The shared group of a freshly initialised seed model: round 0 of a federation."""
-    torch.manual_seed(seed)
+    with torch.random.fork_rng():  # seed locally, leave the caller's global RNG untouched
+        torch.manual_seed(seed)
+        return _init_shared(catalog, dim)
+
+
+def _init_shared(catalog: Catalog, dim: int) -> dict[str, torch.Tensor]:
     config = ModelConfig(
         num_users=1,
         num_items=catalog.num_items,

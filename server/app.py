@@ -21,6 +21,7 @@ from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, run_header, write_json
 from fedrec.common.shard import initial_shared_state, load_catalog
+from fedrec.server.grid import ChunkedGrid
 from fedrec.server.strategy import load_checkpoint, make_strategy
 
 FINAL_MODEL = "model.npz"
@@ -56,6 +57,7 @@ def run_federation(
     grid: Grid, config: FederationConfig, on_round: RoundCallback | None = None
 ) -> dict[str, Any]:
     """Run ``config.num_rounds`` rounds (fewer if resuming) and write the run folder."""
+    grid = ChunkedGrid(grid)  # type: ignore[assignment]
     run_dir = Path(config.out_dir) if config.out_dir else None
     catalog = load_catalog(config)
     initial = ArrayRecord(initial_shared_state(catalog, config.dim, config.seed))
@@ -67,7 +69,7 @@ def run_federation(
         raise ValueError(
             f"checkpoint is at round {start_round}; num-rounds {config.num_rounds} leaves none"
         )
-    num_nodes = _wait_for_nodes(grid, config.min_clients)
+    num_nodes = _wait_for_nodes(grid, max(config.min_clients, config.expected_nodes))
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(

@@ -13,6 +13,7 @@ a user that cannot be evaluated (fewer than 3 interactions) counts as nothing, n
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +30,7 @@ from fedrec.common.runs import write_json
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_META = "checkpoint.json"
+ROUNDS_LOG = "rounds.jsonl"
 
 
 def message_bytes(message: Message) -> int:
@@ -104,7 +106,13 @@ class RoundRecorder:
                 f"round {server_round + self.round_offset}: all {len(replies)} clients failed;"
                 f" first error: {reason}"
             )
-        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        # the absolute round: FedAdam/FedYogi's bias correction must not restart on a resume
+        absolute = server_round + self.round_offset
+        arrays, metrics = super().aggregate_train(absolute, replies)  # type: ignore[misc]
+        if arrays is not None:  # FedAdam/FedYogi return float64: keep the wire format float32
+            arrays = ArrayRecord(
+                {k: Array(v.numpy().astype(np.float32, copy=False)) for k, v in arrays.items()}
+            )
         rec = self._current
         rec.update(
             clients_replied=len(ok),
@@ -145,6 +153,9 @@ class RoundRecorder:
             rec["clients_evaluated"] = len(replies)
         rec["round_seconds"] = time.perf_counter() - self._t0
         self.records.append(dict(rec))
+        if self.run_dir is not None:  # streamed, so a long run can be watched (tail -f)
+            with (self.run_dir / ROUNDS_LOG).open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(rec) + "\n")
         if self.on_round:
             self.on_round(dict(rec))
         return metrics
@@ -200,7 +211,6 @@ def load_checkpoint(path: Path) -> tuple[ArrayRecord, dict[str, np.ndarray], int
     file = folder / CHECKPOINT if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"no checkpoint at {file}")
-    import json
 
     meta = json.loads((folder / CHECKPOINT_META).read_text())
     with np.load(file) as data:

@@ -49,6 +49,7 @@ def simulate(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     *,
     num_cpus: int | None = None,
+    client_app: Any = None,
 ) -> dict[str, Any]:
     """Run the federation in the simulation engine; returns the metrics written to out-dir."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -59,10 +60,14 @@ def simulate(
 
     from fedrec.client.app import make_client_app
     from fedrec.server.app import make_server_app
+    from fedrec.simulations.engine import install_fast_polling
+
+    install_fast_polling()
 
     if config.out_dir:
         prepare_run_dir(config.out_dir)
     data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
+    config = config.replace(expected_nodes=data.num_users)  # sample only once all joined
     results: dict[str, Any] = {}
     cpus = num_cpus or os.cpu_count() or 1
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -70,7 +75,7 @@ def simulate(
         warnings.simplefilter("ignore")
         run_simulation(
             server_app=make_server_app(config, on_round, results),
-            client_app=make_client_app(config),
+            client_app=client_app if client_app is not None else make_client_app(config),
             num_supernodes=data.num_users,
             backend_config={
                 "client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -89,8 +89,10 @@ def test_build_local_model_takes_shared_and_private_state(
     catalog: Catalog, shard: UserShard
 ) -> None:
     shared = initial_shared_state(catalog, DIM, seed=3)
-    private = {"user_embedding.weight": torch.full((1, DIM), 0.5),
-               "user_features": torch.from_numpy(shard.user_features[None, :].copy())}
+    private = {
+        "user_embedding.weight": torch.full((1, DIM), 0.5),
+        "user_features": torch.from_numpy(shard.user_features[None, :].copy()),
+    }
     model = build_local_model(catalog, shard, DIM, shared, private, seed=0)
     for key, value in shared_state(model).items():
         torch.testing.assert_close(value, shared[key], rtol=0, atol=0)
@@ -190,9 +192,7 @@ def test_local_evaluate_returns_the_eight_scalar_metrics(
         assert 0.0 <= value <= 1.0, key
 
 
-def test_local_evaluate_of_a_train_only_shard_is_empty(
-    catalog: Catalog, shard: UserShard
-) -> None:
+def test_local_evaluate_of_a_train_only_shard_is_empty(catalog: Catalog, shard: UserShard) -> None:
     train_only = UserShard(shard.user_features, shard.train_items[:2], NO_ITEM, NO_ITEM,
                            np.zeros(0, np.int64), shard.num_items)  # fmt: skip
     assert local_evaluate(_model(catalog, shard), train_only) == {}

@@ -51,9 +51,7 @@ def test_user_shard_rejects_an_unknown_user(data: Interactions, split: Split, us
         user_shard(data, split, user)
 
 
-def test_sample_negatives_never_returns_an_excluded_item(
-    data: Interactions, split: Split
-) -> None:
+def test_sample_negatives_never_returns_an_excluded_item(data: Interactions, split: Split) -> None:
     for user in range(0, split.num_users, 7):
         shard = user_shard(data, split, user)
         negatives = shard.sample_negatives(2000, np.random.default_rng(user))

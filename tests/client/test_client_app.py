@@ -1,0 +1,264 @@
+"""Tests for fedrec.client.app: the ClientApp called directly, as the simulation engine does."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.clientapp import ClientApp
+
+from fedrec.client.app import expected_shared_shapes, make_client_app
+from fedrec.client.data import SimulationShards
+from fedrec.client.local import LocalTrainConfig, build_local_model, local_train
+from fedrec.common import keys
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.model import PRIVATE_KEYS
+from fedrec.common.shard import Catalog, UserShard, initial_shared_state
+from fedrec.common.split import NO_ITEM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from builders import node_context, server_message
+
+CONFIG = FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0)
+USERS = CONFIG.synthetic_users
+EVAL_KEYS = {
+    "val-hr@10", "val-ndcg@10", "val-full_hr@10", "val-full_ndcg@10",
+    "hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)  # the handlers set 1 thread themselves
+
+
+@pytest.fixture(scope="module")
+def shards() -> SimulationShards:
+    return SimulationShards()
+
+
+@pytest.fixture(scope="module")
+def app(shards: SimulationShards) -> ClientApp:
+    return make_client_app(CONFIG, shards)
+
+
+@pytest.fixture(scope="module")
+def catalog(shards: SimulationShards) -> Catalog:
+    return shards.catalog(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def initial(catalog: Catalog) -> ArrayRecord:
+    return ArrayRecord(initial_shared_state(catalog, CONFIG.dim, CONFIG.seed))
+
+
+def _train(app: ClientApp, context: Context, arrays: ArrayRecord, server_round: int) -> Message:
+    reply = app(server_message("train", arrays, context.node_id, server_round), context)
+    assert not reply.has_error(), reply.error
+    return reply
+
+
+def _private(context: Context) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in context.state[keys.STATE_PRIVATE].items()}
+
+
+def test_train_reply_carries_only_the_shared_group(
+    app: ClientApp, catalog: Catalog, initial: ArrayRecord
+) -> None:
+    context = node_context(3, USERS)
+    request = server_message("train", initial, context.node_id, 1)
+    reply = app(request, context)
+    assert not reply.has_error()
+    assert reply.metadata.reply_to_message_id == request.metadata.message_id
+    assert set(reply.content.keys()) == {keys.ARRAYS, keys.METRICS}
+    arrays = reply.content[keys.ARRAYS]
+    assert isinstance(arrays, ArrayRecord)
+    shapes = {k: tuple(a.shape) for k, a in arrays.items()}
+    assert shapes == expected_shared_shapes(catalog, CONFIG.dim)
+    assert not set(PRIVATE_KEYS) & set(shapes) and "item_features" not in shapes
+    metrics = reply.content[keys.METRICS]
+    assert isinstance(metrics, MetricRecord)
+    assert set(metrics) == {keys.NUM_EXAMPLES, keys.TRAIN_LOSS}
+    assert isinstance(metrics[keys.NUM_EXAMPLES], int) and metrics[keys.NUM_EXAMPLES] > 0
+    assert isinstance(metrics[keys.TRAIN_LOSS], float) and metrics[keys.TRAIN_LOSS] > 0
+    # the node trained: the shared parameters it sends back differ from those it received
+    assert any(not np.array_equal(a.numpy(), initial[k].numpy()) for k, a in arrays.items())
+
+
+def test_train_keeps_the_private_state_on_the_node(
+    app: ClientApp, shards: SimulationShards, initial: ArrayRecord
+) -> None:
+    context = node_context(5, USERS)
+    _train(app, context, initial, 1)
+    record = context.state[keys.STATE_PRIVATE]
+    assert isinstance(record, ArrayRecord)
+    assert set(record) == {"user_embedding.weight", "user_features"}
+    assert tuple(record["user_embedding.weight"].shape) == (1, CONFIG.dim)
+    shard = shards.shard(CONFIG, context)
+    np.testing.assert_array_equal(record["user_features"].numpy()[0], shard.user_features)
+
+
+def test_second_round_starts_from_the_stored_embedding(
+    app: ClientApp,
+    shards: SimulationShards,
+    catalog: Catalog,
+    initial: ArrayRecord,
+) -> None:
+    context = node_context(7, USERS)
+    reply1 = _train(app, context, initial, 1)
+    first = _private(context)
+
+    # a fresh node with the same message reproduces round 1 exactly (seeded user row)
+    fresh = node_context(7, USERS)
+    _train(app, fresh, initial, 1)
+    np.testing.assert_array_equal(_private(fresh)["user_embedding.weight"],
+                                  first["user_embedding.weight"])  # fmt: skip
+
+    shared = reply1.content[keys.ARRAYS]
+    _train(app, context, shared, 2)
+    second = _private(context)
+    assert not np.array_equal(second["user_embedding.weight"], first["user_embedding.weight"])
+
+    # round 2 continued from the stored row: redo it by hand from the stored state
+    shard = shards.shard(CONFIG, context)
+    model = build_local_model(
+        catalog, shard, CONFIG.dim, shared.to_torch_state_dict(),
+        {k: torch.from_numpy(v) for k, v in first.items()}, seed=123,
+    )  # fmt: skip
+    config = LocalTrainConfig(CONFIG.local_epochs, CONFIG.local_lr, CONFIG.local_batch_size,
+                              CONFIG.negatives, CONFIG.proximal_mu)  # fmt: skip
+    local_train(model, shard, config, np.random.default_rng([CONFIG.seed, 7, 2]))
+    np.testing.assert_allclose(
+        second["user_embedding.weight"], model.user_embedding.weight.detach().numpy(), atol=1e-6
+    )
+
+    # ... and not from the seeded initialisation that a fresh node uses in round 2
+    fresh2 = node_context(7, USERS)
+    _train(app, fresh2, shared, 2)
+    assert not np.allclose(_private(fresh2)["user_embedding.weight"],
+                           second["user_embedding.weight"])  # fmt: skip
+
+
+def test_a_stored_embedding_is_used_black_box(app: ClientApp, initial: ArrayRecord) -> None:
+    """Plant a recognisable row in the node's state: one round of Adam cannot move it far."""
+    context = node_context(9, USERS)
+    _train(app, context, initial, 1)
+    planted = _private(context)
+    planted["user_embedding.weight"][:] = 5.0
+    context.state[keys.STATE_PRIVATE] = ArrayRecord(
+        {k: torch.from_numpy(v) for k, v in planted.items()}
+    )
+    _train(app, context, initial, 2)
+    row = _private(context)["user_embedding.weight"]
+    assert np.abs(row - 5.0).max() < 0.5  # a seeded row has std 0.1 around 0
+
+
+def test_the_user_embedding_never_leaves_the_node(
+    app: ClientApp, initial: ArrayRecord, tmp_path: Path
+) -> None:
+    """Train and evaluate with the audit log on: no reply or record mentions private keys."""
+    log = tmp_path / "audit.jsonl"
+    audited = make_client_app(CONFIG.replace(audit_log=str(log)), SimulationShards())
+    context = node_context(11, USERS)
+    replies = [
+        audited(server_message("train", initial, context.node_id, 1), context),
+        audited(server_message("evaluate", initial, context.node_id, 1), context),
+    ]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["train", "evaluate"]
+    for reply, line in zip(replies, lines, strict=True):
+        assert not reply.has_error()
+        names = [name for record in reply.content.values() for name in record]
+        assert not set(PRIVATE_KEYS) & set(names)
+        text = json.dumps(line)
+        assert all(key not in text for key in PRIVATE_KEYS)
+        assert line["node"] == context.node_id and line["bytes"] > 0
+
+
+def test_evaluate_reply_has_only_scalar_metrics(app: ClientApp, initial: ArrayRecord) -> None:
+    context = node_context(13, USERS)
+    reply = app(server_message("evaluate", initial, context.node_id, 1), context)
+    assert not reply.has_error()
+    assert set(reply.content.keys()) == {keys.METRICS}
+    metrics = reply.content[keys.METRICS]
+    assert set(metrics) == EVAL_KEYS | {keys.USERS, keys.NUM_EXAMPLES}
+    assert metrics[keys.USERS] == 1 and metrics[keys.NUM_EXAMPLES] == 1
+    for key in EVAL_KEYS:
+        assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, key
+    assert keys.STATE_PRIVATE not in context.state  # evaluation stores nothing
+
+
+def test_evaluate_uses_the_trained_private_state(app: ClientApp, initial: ArrayRecord) -> None:
+    context = node_context(15, USERS)
+    _train(app, context, initial, 1)
+    stored = _private(context)
+    app(server_message("evaluate", initial, context.node_id, 1), context)
+    after = _private(context)
+    assert all(np.array_equal(after[k], stored[k]) for k in stored)  # read, not rewritten
+
+
+class _TrainOnly:
+    """A ShardSource whose user has fewer than 3 interactions: train-only, not evaluable."""
+
+    def __init__(self, inner: SimulationShards) -> None:
+        self.inner = inner
+
+    def catalog(self, config: FederationConfig) -> Catalog:
+        return self.inner.catalog(config)
+
+    def shard(self, config: FederationConfig, context: Context) -> UserShard:
+        full = self.inner.shard(config, context)
+        return UserShard(full.user_features, full.train_items[:2], NO_ITEM, NO_ITEM,
+                         np.zeros(0, np.int64), full.num_items)  # fmt: skip
+
+
+def test_a_train_only_node_counts_as_no_user(
+    shards: SimulationShards, initial: ArrayRecord
+) -> None:
+    app = make_client_app(CONFIG, _TrainOnly(shards))
+    context = node_context(0, USERS)
+    reply = app(server_message("evaluate", initial, context.node_id, 1), context)
+    assert dict(reply.content[keys.METRICS]) == {keys.USERS: 0, keys.NUM_EXAMPLES: 0}
+    train = _train(app, context, initial, 1)
+    assert train.content[keys.METRICS][keys.NUM_EXAMPLES] == 2 * (1 + CONFIG.negatives)
+
+
+def test_run_config_is_read_when_no_config_is_fixed(
+    app: ClientApp, shards: SimulationShards, initial: ArrayRecord
+) -> None:
+    from_run_config = make_client_app(source=shards)
+    context = node_context(4, USERS, run_config=CONFIG.to_mapping())
+    reply = _train(from_run_config, context, initial, 1)
+    expected = _train(app, node_context(4, USERS), initial, 1)
+    for key, array in reply.content[keys.ARRAYS].items():
+        np.testing.assert_array_equal(array.numpy(), expected.content[keys.ARRAYS][key].numpy())
+
+
+def test_a_typo_in_the_run_config_is_an_error(
+    shards: SimulationShards, initial: ArrayRecord
+) -> None:
+    app = make_client_app(source=shards)
+    context = node_context(0, USERS, run_config={"local-epoch": 2})
+    with pytest.raises(ValueError, match="local-epoch"):
+        app(server_message("train", initial, context.node_id, 1), context)
+
+
+def test_node_count_mismatch_is_a_clear_error(app: ClientApp, initial: ArrayRecord) -> None:
+    """Called directly the ClientApp raises; Flower's runtime turns that into an error reply."""
+    context = node_context(0, USERS - 1)
+    with pytest.raises(ValueError, match=rf"{USERS - 1} nodes but the data set has {USERS} users"):
+        app(server_message("train", initial, context.node_id, 1), context)
+    with pytest.raises(ValueError, match="num-supernodes"):
+        app(server_message("evaluate", initial, context.node_id, 1), context)
+    assert keys.STATE_PRIVATE not in context.state

@@ -1,0 +1,88 @@
+"""Tests for fedrec.client.store: where a device keeps its private state between rounds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedrec.client.store import ContextStateStore, MemoryStateStore, StateStore
+
+KEY = "fedrec.private"
+
+
+def _arrays() -> dict[str, torch.Tensor]:
+    return {
+        "user_embedding.weight": torch.arange(8, dtype=torch.float32).reshape(1, 8) / 10,
+        "user_features": torch.tensor([[1.0, 0.0, 0.5]]),
+    }
+
+
+@pytest.fixture(params=["context", "memory"])
+def store(request: pytest.FixtureRequest) -> StateStore:
+    return ContextStateStore(RecordDict()) if request.param == "context" else MemoryStateStore()
+
+
+def test_round_trip(store: StateStore) -> None:
+    arrays = _arrays()
+    store.save(KEY, arrays)
+    loaded = store.load(KEY)
+    assert loaded is not None and set(loaded) == set(arrays)
+    for name, value in arrays.items():
+        assert isinstance(loaded[name], torch.Tensor)
+        assert loaded[name].dtype == value.dtype and loaded[name].shape == value.shape
+        torch.testing.assert_close(loaded[name], value, rtol=0, atol=0)
+
+
+def test_missing_key_is_none(store: StateStore) -> None:
+    assert store.load(KEY) is None
+    store.save("other", _arrays())
+    assert store.load(KEY) is None
+
+
+def test_save_and_load_are_copies(store: StateStore) -> None:
+    arrays = _arrays()
+    store.save(KEY, arrays)
+    arrays["user_embedding.weight"].fill_(-1.0)  # the caller keeps training its tensor
+    first = store.load(KEY)
+    assert first is not None
+    torch.testing.assert_close(first["user_embedding.weight"], _arrays()["user_embedding.weight"])
+    first["user_features"].fill_(9.0)  # mutating a loaded copy does not change the store
+    second = store.load(KEY)
+    assert second is not None
+    torch.testing.assert_close(second["user_features"], _arrays()["user_features"])
+
+
+def test_save_detaches_parameters(store: StateStore) -> None:
+    param = torch.nn.Parameter(torch.ones(1, 4))
+    store.save(KEY, {"user_embedding.weight": param})
+    loaded = store.load(KEY)
+    assert loaded is not None and not loaded["user_embedding.weight"].requires_grad
+
+
+def test_save_overwrites(store: StateStore) -> None:
+    store.save(KEY, _arrays())
+    store.save(KEY, {"user_embedding.weight": torch.zeros(1, 2)})
+    loaded = store.load(KEY)
+    assert loaded is not None and set(loaded) == {"user_embedding.weight"}
+
+
+def test_context_store_writes_an_array_record_into_the_record_dict() -> None:
+    state = RecordDict()
+    ContextStateStore(state).save(KEY, _arrays())
+    assert isinstance(state[KEY], ArrayRecord)
+    assert {k: tuple(a.shape) for k, a in state[KEY].items()} == {
+        "user_embedding.weight": (1, 8),
+        "user_features": (1, 3),
+    }
+    # a new store over the same RecordDict (the next round on this node) sees the state
+    loaded = ContextStateStore(state).load(KEY)
+    assert loaded is not None
+    torch.testing.assert_close(loaded["user_features"], _arrays()["user_features"])
+
+
+@pytest.mark.parametrize("record", [MetricRecord({"rounds": 3}), ConfigRecord({"a": "b"})])
+def test_context_store_rejects_a_non_array_record(record: object) -> None:
+    state = RecordDict({KEY: record})
+    with pytest.raises(TypeError, match=KEY):
+        ContextStateStore(state).load(KEY)

@@ -1,0 +1,100 @@
+"""The `fedrec` command line: train-central end to end, and errors that stop with one clear line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fedrec.simulations.cli import app
+
+runner = CliRunner()
+
+
+def flat(output: str) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(output.split())
+
+
+def test_train_central_writes_the_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "train-central",
+            "--model",
+            "mf",
+            "--data",
+            "synthetic",
+            "--epochs",
+            "2",
+            "--dim",
+            "16",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert str(out) in flat(result.output).replace(" ", "")
+    config = json.loads((out / "config.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert config["config"]["model"] == "mf"
+    assert set(metrics["final"]) == {"hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10"}
+    assert len(metrics["epochs"]) == 2
+    assert metrics["train_seconds"] > 0
+    assert 0 <= metrics["best_epoch"] < 2
+
+
+def test_mostpop_needs_no_training(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["train-central", "--model", "mostpop", "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["final"]["hr@10"] > 0.1  # popularity is a real (weak) signal on synthetic
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train-central", "--model", "bert", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "model must be one of" in flat(result.output)
+
+
+def test_bad_data_file_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "ratings.csv"
+    bad.write_text("user,item,rating,timestamp\n1,2,5,100\n1,3,x,101\n")
+    result = runner.invoke(app, ["train-central", "--data", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "ratings.csv line 3" in flat(result.output)
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text("{}")
+    result = runner.invoke(app, ["train-central", "--model", "mostpop", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "already holds a finished run" in flat(result.output)
+
+
+def test_simulate_rejects_unknown_setting(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["simulate", "--out", str(tmp_path), "--set", "lokal-lr=1"])
+    assert result.exit_code == 2
+    assert "lokal-lr" in flat(result.output)
+
+
+def test_simulate_rejects_missing_scenario(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["simulate", "--config", str(tmp_path / "nope.toml"), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2
+    assert "nope.toml" in flat(result.output)
+
+
+def test_scenarios_parse() -> None:
+    from fedrec.common.fedconfig import FederationConfig
+    from fedrec.simulations.runner import SCENARIO_DIR, load_scenario
+
+    scenarios = sorted(SCENARIO_DIR.glob("*.toml"))
+    assert {p.name for p in scenarios} >= {"synthetic-quick.toml", "ml100k-fedavg.toml"}
+    for path in scenarios:
+        FederationConfig.from_mapping(load_scenario(path))
