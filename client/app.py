@@ -57,12 +57,15 @@ def make_client_app(
         config = config_of(context)
         catalog, shard = shards.catalog(config), shards.shard(config, context)
         store: StateStore = ContextStateStore(context.state)
+        restored = store.load(keys.STATE_PRIVATE) is not None
         model = _local_model(msg, context, config, catalog, shard, store)
         round_ = int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0))
         rng = np.random.default_rng([config.seed, _user(context), round_])
         loss, examples = local_train(model, shard, _local_config(config), rng)
         store.save(keys.STATE_PRIVATE, private_state(model))
-        metrics = MetricRecord({keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss})
+        metrics = MetricRecord(
+            {keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss, keys.RETURNING: int(restored)}
+        )
         content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
         return Message(content=content, reply_to=msg)
 
@@ -124,6 +127,8 @@ def _local_config(config: FederationConfig) -> LocalTrainConfig:
         batch_size=config.local_batch_size,
         negatives=config.negatives,
         proximal_mu=config.proximal_mu,
+        private_epochs=config.private_epochs,
+        private_lr=config.private_lr,
     )
 
 

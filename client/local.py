@@ -33,6 +33,8 @@ class LocalTrainConfig:
     batch_size: int = 64
     negatives: int = 4  # sampled negatives per positive
     proximal_mu: float = 0.0  # FedProx: μ/2·‖w − w_global‖² on the shared parameters
+    private_epochs: int = 0  # epochs fitting only the private user embedding, before the rest
+    private_lr: float = 0.05  # Adam learning rate of those epochs
 
 
 def build_local_model(
@@ -75,16 +77,49 @@ def local_train(
     config: LocalTrainConfig,
     rng: np.random.Generator,
 ) -> tuple[float, int]:
-    """Train on the user's items + fresh leak-free negatives; returns (mean loss, examples)."""
-    positives = shard.train_items
-    if len(positives) == 0:
+    """Train on the user's items + fresh leak-free negatives; returns (mean loss, examples).
+
+    With ``private_epochs`` > 0 the user embedding is first fitted alone against the current
+    global item vectors (as in federated collaborative filtering, Ammad-ud-din et al., 2019),
+    so the joint epochs that follow send the server item updates computed with a user vector
+    that already describes this user rather than a stale or random one.
+    """
+    if len(shard.train_items) == 0:
         return 0.0, 0
+    private = [model.user_embedding.weight]
+    if config.private_epochs:
+        _epochs(
+            model,
+            shard,
+            private,
+            config.private_lr,
+            config.private_epochs,
+            config,
+            rng,
+            anchor=None,
+        )
     anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+    return _epochs(
+        model, shard, list(model.parameters()), config.lr, config.epochs, config, rng, anchor=anchor
+    )
+
+
+def _epochs(
+    model: SeedModel,
+    shard: UserShard,
+    params: list[torch.nn.Parameter],
+    lr: float,
+    epochs: int,
+    config: LocalTrainConfig,
+    rng: np.random.Generator,
+    anchor: Mapping[str, torch.Tensor] | None,
+) -> tuple[float, int]:
+    positives = shard.train_items
+    optimizer = torch.optim.Adam(params, lr=lr, fused=True)
     loss_fn = nn.BCEWithLogitsLoss()
     total, seen = 0.0, 0
     model.train()
-    for _ in range(config.epochs):
+    for _ in range(epochs):
         negatives = shard.sample_negatives(len(positives) * config.negatives, rng)
         items = np.concatenate([positives, negatives])
         labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
@@ -93,11 +128,10 @@ def local_train(
         labels_t = torch.from_numpy(labels[order].astype(np.float32))
         for start in range(0, len(items_t), config.batch_size):
             batch = items_t[start : start + config.batch_size]
+            target = labels_t[start : start + len(batch)]
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(
-                model(ME.expand(len(batch)), batch), labels_t[start : start + len(batch)]
-            )
-            if config.proximal_mu > 0:
+            loss = loss_fn(model(ME.expand(len(batch)), batch), target)
+            if anchor is not None and config.proximal_mu > 0:
                 loss = loss + _proximal_term(model, anchor, config.proximal_mu)
             loss.backward()
             optimizer.step()

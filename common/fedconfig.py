@@ -45,6 +45,8 @@ class FederationConfig:
     local_epochs: int = 1
     local_lr: float = 0.01
     local_batch_size: int = 64
+    private_epochs: int = 0  # epochs fitting only the user embedding before the joint epochs
+    private_lr: float = 0.05  # their Adam learning rate
     negatives: int = 4
     # outputs
     out_dir: str = ""  # run folder the server writes records, checkpoints, model into
@@ -78,7 +80,7 @@ class FederationConfig:
                 raise ValueError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.fraction_train <= 1.0:
             raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
-        for name in ("server_lr", "local_lr", "server_tau"):
+        for name in ("server_lr", "local_lr", "server_tau", "private_lr"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{_kebab(name)} must be > 0, got {getattr(self, name)}")
         for name in ("server_beta1", "server_beta2"):

@@ -17,6 +17,7 @@ STATE_COUNTERS = "fedrec.counters"  # MetricRecord: rounds trained, examples see
 # Metric keys
 NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
 TRAIN_LOSS = "train-loss"
+RETURNING = "returning"  # 1 if the node resumed its stored private state (it trained before)
 USERS = "users"
 HR = "hr@10"
 NDCG = "ndcg@10"

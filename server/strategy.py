@@ -122,6 +122,7 @@ class RoundRecorder:
             bytes_up_total=int(sum(ups)),
             bytes_down_total=rec["bytes_down_per_client"] * rec["clients_sampled"],
             train_loss=float(metrics[keys.TRAIN_LOSS]) if metrics else None,
+            returning=float(metrics.get(keys.RETURNING, 0.0)) if metrics else None,
             train_seconds=time.perf_counter() - self._t0,
         )
         if arrays is not None and self.run_dir is not None:
