@@ -89,7 +89,8 @@ def test_train_reply_carries_only_the_shared_group(
     assert not set(PRIVATE_KEYS) & set(shapes) and "item_features" not in shapes
     metrics = reply.content[keys.METRICS]
     assert isinstance(metrics, MetricRecord)
-    assert set(metrics) == {keys.NUM_EXAMPLES, keys.TRAIN_LOSS}
+    assert set(metrics) == {keys.NUM_EXAMPLES, keys.TRAIN_LOSS, keys.RETURNING}
+    assert metrics[keys.RETURNING] == 0  # a fresh node has no stored private state yet
     assert isinstance(metrics[keys.NUM_EXAMPLES], int) and metrics[keys.NUM_EXAMPLES] > 0
     assert isinstance(metrics[keys.TRAIN_LOSS], float) and metrics[keys.TRAIN_LOSS] > 0
     # the node trained: the shared parameters it sends back differ from those it received
