@@ -50,7 +50,9 @@ def updates_per_second(records: list[dict[str, Any]]) -> float:
     return sum(r["clients_replied"] for r in steady) / sum(r["train_seconds"] for r in steady)
 
 
-def throughput(base: FederationConfig, out: Path, rounds: int, clients: int) -> dict[str, float]:
+def throughput(
+    base: FederationConfig, out: Path, rounds: int, clients: int, actors: int | None = None
+) -> dict[str, float]:
     config = base.replace(
         num_rounds=rounds,
         clients_per_round=clients,
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--out", default=f"runs/bench-federated-{time.strftime('%Y%m%d-%H%M%S')}")
     parser.add_argument("--throughput-rounds", type=int, default=6)
     parser.add_argument("--throughput-clients", type=int, default=100)
+    parser.add_argument("--actors", type=int, default=None, help="parallel ClientApp actors")
     parser.add_argument("--skip-quality", action="store_true", help="throughput only")
     args = parser.parse_args()
     out = Path(args.out)
@@ -111,7 +114,7 @@ def main() -> None:
         b = federated["bytes_per_client_round"]
         print(f"bytes per client per round: down {b['down']:.0f}, up {b['up']:.0f}")
 
-    tp = throughput(base, out, args.throughput_rounds, args.throughput_clients)
+    tp = throughput(base, out, args.throughput_rounds, args.throughput_clients, args.actors)
     report["throughput"] = tp
     print(
         f"client updates/s: ours {tp['ours_updates_per_s']:.1f}, no-op "

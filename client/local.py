@@ -8,7 +8,7 @@ the user features) come from the device's own state store and never leave it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -48,9 +48,10 @@ def build_local_model(
     """A one-user seed model: server's shared weights + this device's private state.
 
     Without stored private state (first participation) the user embedding is initialised
-    from ``seed``, so a device's first round is reproducible.
+    from ``seed``, so a device's first round is reproducible. A local generator is used, not
+    ``torch.manual_seed``: that call also reseeds every accelerator backend and cost ~2.5 ms
+    per client call, a tenth of a whole local round.
     """
-    torch.manual_seed(seed)
     config = ModelConfig(
         num_users=1,
         num_items=catalog.num_items,
@@ -68,6 +69,10 @@ def build_local_model(
         load_shared_state(model, shared)
     if private is not None:
         load_private_state(model, private)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            model.user_embedding.weight.normal_(0.0, config.init_std, generator=generator)
     return model
 
 
@@ -83,49 +88,85 @@ def local_train(
     global item vectors (as in federated collaborative filtering, Ammad-ud-din et al., 2019),
     so the joint epochs that follow send the server item updates computed with a user vector
     that already describes this user rather than a stale or random one.
+
+    Training runs on a compact copy holding only the item rows this round touches (the
+    user's items and the sampled negatives): rows outside it get no gradient and would not
+    move under Adam anyway, so the result is the same while the device's memory and time no
+    longer grow with the catalog. The trained rows are written back into ``model``.
     """
     if len(shard.train_items) == 0:
         return 0.0, 0
-    private = [model.user_embedding.weight]
-    if config.private_epochs:
+    private_plan = [_epoch_examples(shard, config, rng) for _ in range(config.private_epochs)]
+    joint_plan = [_epoch_examples(shard, config, rng) for _ in range(config.epochs)]
+    rows = np.unique(np.concatenate([items for items, _ in private_plan + joint_plan]))
+    compact = _compact_copy(model, rows)
+    local = lambda plan: [(np.searchsorted(rows, i), y) for i, y in plan]  # noqa: E731
+    if private_plan:
         _epochs(
-            model,
-            shard,
-            private,
+            compact,
+            [compact.user_embedding.weight],
             config.private_lr,
-            config.private_epochs,
+            local(private_plan),
             config,
-            rng,
             anchor=None,
         )
-    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
-    return _epochs(
-        model, shard, list(model.parameters()), config.lr, config.epochs, config, rng, anchor=anchor
+    anchor = {n: p.detach().clone() for n, p in compact.named_parameters()}
+    result = _epochs(
+        compact, list(compact.parameters()), config.lr, local(joint_plan), config, anchor=anchor
     )
+    _write_back(model, compact, rows)
+    return result
+
+
+def _epoch_examples(
+    shard: UserShard, config: LocalTrainConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One shuffled epoch: (items (N,), labels (N,) float32) with fresh negatives."""
+    positives = shard.train_items
+    negatives = shard.sample_negatives(len(positives) * config.negatives, rng)
+    items = np.concatenate([positives, negatives])
+    labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
+    order = rng.permutation(len(items))
+    return items[order], labels[order].astype(np.float32)
+
+
+def _compact_copy(model: SeedModel, rows: np.ndarray) -> SeedModel:
+    """A SeedModel over the catalog rows ``rows`` only, with ``model``'s current values."""
+    index = torch.from_numpy(rows)
+    config = replace(model.config, num_items=len(rows))
+    with torch.random.fork_rng(devices=[]):  # its random init is overwritten: spare the RNG
+        compact = SeedModel(config, model.user_features, model.item_features[index])
+    state = dict(model.state_dict())
+    state["item_embedding.weight"] = state["item_embedding.weight"][index]
+    state["item_features"] = state["item_features"][index]
+    compact.load_state_dict(state)
+    return compact
+
+
+def _write_back(model: SeedModel, compact: SeedModel, rows: np.ndarray) -> None:
+    full = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in compact.named_parameters():
+            if name == "item_embedding.weight":
+                full[name][torch.from_numpy(rows)] = value
+            else:
+                full[name].copy_(value)
 
 
 def _epochs(
     model: SeedModel,
-    shard: UserShard,
     params: list[torch.nn.Parameter],
     lr: float,
-    epochs: int,
+    plan: list[tuple[np.ndarray, np.ndarray]],
     config: LocalTrainConfig,
-    rng: np.random.Generator,
     anchor: Mapping[str, torch.Tensor] | None,
 ) -> tuple[float, int]:
-    positives = shard.train_items
     optimizer = torch.optim.Adam(params, lr=lr, fused=True)
     loss_fn = nn.BCEWithLogitsLoss()
     total, seen = 0.0, 0
     model.train()
-    for _ in range(epochs):
-        negatives = shard.sample_negatives(len(positives) * config.negatives, rng)
-        items = np.concatenate([positives, negatives])
-        labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
-        order = rng.permutation(len(items))
-        items_t = torch.from_numpy(items[order])
-        labels_t = torch.from_numpy(labels[order].astype(np.float32))
+    for items, labels in plan:
+        items_t, labels_t = torch.from_numpy(items), torch.from_numpy(labels)
         for start in range(0, len(items_t), config.batch_size):
             batch = items_t[start : start + config.batch_size]
             target = labels_t[start : start + len(batch)]

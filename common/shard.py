@@ -77,7 +77,7 @@ def load_catalog(config: FederationConfig) -> Catalog:
 
 def initial_shared_state(catalog: Catalog, dim: int, seed: int) -> dict[str, torch.Tensor]:
     """The shared group of a freshly initialised seed model: round 0 of a federation."""
-    with torch.random.fork_rng():  # seed locally, leave the caller's global RNG untouched
+    with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's global RNG untouched
         torch.manual_seed(seed)
         return _init_shared(catalog, dim)
 

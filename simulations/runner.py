@@ -49,6 +49,7 @@ def simulate(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     *,
     num_cpus: int | None = None,
+    actors: int | None = None,
     client_app: Any = None,
 ) -> dict[str, Any]:
     """Run the federation in the simulation engine; returns the metrics written to out-dir."""
@@ -78,7 +79,8 @@ def simulate(
             client_app=client_app if client_app is not None else make_client_app(config),
             num_supernodes=data.num_users,
             backend_config={
-                "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                # one ClientApp actor per core by default; fewer leaves the driver a core
+                "client_resources": {"num_cpus": cpus / (actors or cpus), "num_gpus": 0.0},
                 "init_args": {
                     "num_cpus": cpus,
                     "logging_level": "ERROR",

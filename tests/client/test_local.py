@@ -152,6 +152,23 @@ def test_local_train_touches_nothing_but_the_model(catalog: Catalog, shard: User
     assert all(not torch.equal(after[k], params_before[k]) for k in after)
 
 
+def test_compact_training_moves_only_rows_it_touched(catalog: Catalog, shard: UserShard) -> None:
+    # Local training runs on a copy holding only the touched item rows; every other row of
+    # the catalog must come back bit-identical, the user's own items must have moved, and all
+    # non-embedding parameters must have been written back.
+    model = _model(catalog, shard)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    local_train(model, shard, LocalTrainConfig(epochs=1, negatives=1), np.random.default_rng(3))
+    after = model.item_embedding.weight.detach()
+    changed = (after != before["item_embedding.weight"]).any(dim=1).numpy()
+    # (a row whose item vector is all-zero after the ReLU gets no gradient and may not move)
+    assert changed[shard.train_items].mean() > 0.8
+    assert not changed[shard.candidates].any()  # never sampled as negatives: untouched
+    assert 0 < changed.sum() <= len(shard.train_items) * 2
+    for name in ("user_embedding.weight", "item_tower.weight", "user_tower.weight", "head.weight"):
+        assert not torch.equal(dict(model.named_parameters())[name], before[name]), name
+
+
 def test_local_train_on_an_empty_shard(catalog: Catalog, shard: UserShard) -> None:
     empty = UserShard(shard.user_features, np.zeros(0, np.int64), NO_ITEM, NO_ITEM,
                       np.zeros(0, np.int64), shard.num_items)  # fmt: skip
