@@ -16,12 +16,11 @@ from torch import nn
 
 from fedrec.common.metrics import full_ranks, loo_ranks, summarize
 from fedrec.common.model import (
-    ModelConfig,
     SeedModel,
     load_private_state,
     load_shared_state,
 )
-from fedrec.common.shard import Catalog, UserShard
+from fedrec.common.shard import Catalog, UserShard, device_model
 
 ME = torch.zeros(1, dtype=torch.long)  # the only user row of a device's model
 
@@ -52,19 +51,7 @@ def build_local_model(
     ``torch.manual_seed``: that call also reseeds every accelerator backend and cost ~2.5 ms
     per client call, a tenth of a whole local round.
     """
-    config = ModelConfig(
-        num_users=1,
-        num_items=catalog.num_items,
-        user_feature_dim=catalog.user_feature_dim,
-        item_feature_dim=catalog.item_features.shape[1],
-        id_dim=dim,
-        dim=dim,
-    )
-    model = SeedModel(
-        config,
-        torch.from_numpy(np.asarray(shard.user_features, dtype=np.float32)[None, :]),
-        torch.from_numpy(catalog.item_features),
-    )
+    model = device_model(catalog, dim, shard.user_features)
     if shared is not None:
         load_shared_state(model, shared)
     if private is not None:
@@ -72,7 +59,7 @@ def build_local_model(
     else:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            model.user_embedding.weight.normal_(0.0, config.init_std, generator=generator)
+            model.user_embedding.weight.normal_(0.0, model.config.init_std, generator=generator)
     return model
 
 

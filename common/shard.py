@@ -75,14 +75,8 @@ def load_catalog(config: FederationConfig) -> Catalog:
     return Catalog.of(data)
 
 
-def initial_shared_state(catalog: Catalog, dim: int, seed: int) -> dict[str, torch.Tensor]:
-    """The shared group of a freshly initialised seed model: round 0 of a federation."""
-    with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's global RNG untouched
-        torch.manual_seed(seed)
-        return _init_shared(catalog, dim)
-
-
-def _init_shared(catalog: Catalog, dim: int) -> dict[str, torch.Tensor]:
+def device_model(catalog: Catalog, dim: int, user_features: np.ndarray) -> SeedModel:
+    """A one-user seed model over ``catalog``: the shape every device and the server share."""
     config = ModelConfig(
         num_users=1,
         num_items=catalog.num_items,
@@ -91,11 +85,15 @@ def _init_shared(catalog: Catalog, dim: int) -> dict[str, torch.Tensor]:
         id_dim=dim,
         dim=dim,
     )
-    model = SeedModel(
-        config,
-        torch.zeros(1, catalog.user_feature_dim),
-        torch.from_numpy(catalog.item_features),
-    )
+    features = np.asarray(user_features, dtype=np.float32).reshape(1, -1)
+    return SeedModel(config, torch.from_numpy(features), torch.from_numpy(catalog.item_features))
+
+
+def initial_shared_state(catalog: Catalog, dim: int, seed: int) -> dict[str, torch.Tensor]:
+    """The shared group of a freshly initialised seed model: round 0 of a federation."""
+    with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = device_model(catalog, dim, np.zeros(catalog.user_feature_dim, np.float32))
     return shared_state(model)
 
 

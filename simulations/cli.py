@@ -60,13 +60,7 @@ def train_central_cmd(
         )
     )
     total = 1 if model == "mostpop" else epochs
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with _progress() as progress:
         task = progress.add_task(f"train-central {model}", total=total, info="")
 
         def on_epoch(record: dict[str, Any]) -> None:
@@ -125,13 +119,7 @@ def simulate_cmd(
     fed = _or_exit(lambda: FederationConfig.from_mapping(values))
 
     table_rows: list[dict[str, Any]] = []
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with _progress() as progress:
         task = progress.add_task("simulate (starting Ray)", total=fed.num_rounds, info="")
 
         def on_round(record: dict[str, Any]) -> None:
@@ -158,6 +146,17 @@ def simulate_cmd(
     b = metrics["bytes_per_client_round"]
     console.print(f"bytes per client per round: down {b['down']:.0f}  up {b['up']:.0f}")
     console.print(f"run folder: [bold]{out}[/] (config.json, metrics.json, model.npz, *.png)")
+
+
+def _progress() -> Progress:
+    """The live view: description, bar, a line of current figures, elapsed time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def _parse_value(text: str) -> Any:

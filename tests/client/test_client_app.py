@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +30,6 @@ EVAL_KEYS = {
     "val-hr@10", "val-ndcg@10", "val-full_hr@10", "val-full_ndcg@10",
     "hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10",
 }  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)  # the handlers set 1 thread themselves
 
 
 @pytest.fixture(scope="module")

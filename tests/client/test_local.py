@@ -6,7 +6,6 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -33,16 +32,6 @@ EVAL_KEYS = {
     "val-hr@10", "val-ndcg@10", "val-full_hr@10", "val-full_ndcg@10",
     "hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10",
 }  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

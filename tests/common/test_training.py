@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -16,17 +14,6 @@ from fedrec.common.synthetic import SyntheticConfig, generate
 from fedrec.common.training import Examples, evaluate, make_examples, train_epoch
 
 METRIC_KEYS = {"hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10"}
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: intra-op threads only add contention on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
