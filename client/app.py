@@ -22,6 +22,7 @@ from fedrec.client.local import (
     build_local_model,
     local_evaluate,
     local_train,
+    refresh_user,
 )
 from fedrec.client.mods import make_message_recorder, make_shared_only_guard
 from fedrec.client.store import ContextStateStore, StateStore
@@ -29,6 +30,8 @@ from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import private_state, shared_state
 from fedrec.common.shard import Catalog, UserShard, initial_shared_state
+
+EVAL_STREAM = 1  # separates the evaluation refresh's random stream from training's
 
 
 def make_client_app(
@@ -59,9 +62,8 @@ def make_client_app(
         store: StateStore = ContextStateStore(context.state)
         restored = store.load(keys.STATE_PRIVATE) is not None
         model = _local_model(msg, context, config, catalog, shard, store)
-        round_ = int(msg.content[keys.CONFIG].get(keys.SERVER_ROUND, 0))
-        rng = np.random.default_rng([config.seed, _user(context), round_])
-        loss, examples = local_train(model, shard, _local_config(config), rng)
+        rng = np.random.default_rng([config.seed, _user(context), _round(msg)])
+        loss, examples = local_train(model, shard, local_train_config(config), rng)
         store.save(keys.STATE_PRIVATE, private_state(model))
         metrics = MetricRecord(
             {keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss, keys.RETURNING: int(restored)}
@@ -75,6 +77,9 @@ def make_client_app(
         config = config_of(context)
         catalog, shard = shards.catalog(config), shards.shard(config, context)
         model = _local_model(msg, context, config, catalog, shard, ContextStateStore(context.state))
+        rng = np.random.default_rng([config.seed, _user(context), _round(msg), EVAL_STREAM])
+        # not stored: evaluating must not change what the next train round starts from
+        refresh_user(model, shard, local_train_config(config), config.eval_private_epochs, rng)
         values = local_evaluate(model, shard)
         evaluated = 1 if values else 0
         metrics = MetricRecord({keys.USERS: evaluated, keys.NUM_EXAMPLES: evaluated, **values})
@@ -120,16 +125,23 @@ def _local_model(
     return build_local_model(catalog, shard, config.dim, shared, private, seed)
 
 
-def _local_config(config: FederationConfig) -> LocalTrainConfig:
+def local_train_config(config: FederationConfig) -> LocalTrainConfig:
     return LocalTrainConfig(
         epochs=config.local_epochs,
         lr=config.local_lr,
+        optimizer=config.local_optimizer,
         batch_size=config.local_batch_size,
         negatives=config.negatives,
         proximal_mu=config.proximal_mu,
         private_epochs=config.private_epochs,
         private_lr=config.private_lr,
+        private_weight_decay=config.private_weight_decay,
     )
+
+
+def _round(msg: Message) -> int:
+    config = msg.content.get(keys.CONFIG, {})
+    return int(config.get(keys.SERVER_ROUND, 0))
 
 
 def _user(context: Context) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrec.common.fedconfig import LOCAL_OPTIMIZERS
 from fedrec.common.metrics import full_ranks, loo_ranks, summarize
 from fedrec.common.model import (
     SeedModel,
@@ -27,13 +28,32 @@ ME = torch.zeros(1, dtype=torch.long)  # the only user row of a device's model
 
 @dataclass(frozen=True)
 class LocalTrainConfig:
+    """How a device trains in one round.
+
+    The two parameter groups get different optimizers. The **shared** group takes plain SGD
+    steps by default: the server's adaptive optimizer (FedAdam) then sees an average of
+    gradient-proportional updates. A fresh Adam on the device instead moves every touched
+    coordinate by ~``lr`` per step whatever its gradient (Adam's first steps are sign-like),
+    and measured on ml-100k that noise stalled the federation at HR@10 ≈ 0.35. The
+    **private** user embedding never leaves the device and is fitted with Adam at
+    ``private_lr`` (AdamW with ``private_weight_decay``, as the centralized trainer).
+    """
+
     epochs: int = 1  # passes over the user's train items per round
-    lr: float = 0.01  # Adam learning rate on the device
+    lr: float = 1.0  # learning rate of the shared parameters
+    optimizer: str = "sgd"  # optimizer of the shared parameters: sgd | adam
     batch_size: int = 64
     negatives: int = 4  # sampled negatives per positive
     proximal_mu: float = 0.0  # FedProx: μ/2·‖w − w_global‖² on the shared parameters
     private_epochs: int = 0  # epochs fitting only the private user embedding, before the rest
-    private_lr: float = 0.05  # Adam learning rate of those epochs
+    private_lr: float = 0.1  # Adam learning rate of the private user embedding
+    private_weight_decay: float = 0.0  # its decoupled weight decay (AdamW)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in LOCAL_OPTIMIZERS:
+            raise ValueError(
+                f"local optimizer must be one of {LOCAL_OPTIMIZERS}, got {self.optimizer!r}"
+            )
 
 
 def build_local_model(
@@ -88,21 +108,31 @@ def local_train(
     rows = np.unique(np.concatenate([items for items, _ in private_plan + joint_plan]))
     compact = _compact_copy(model, rows)
     local = lambda plan: [(np.searchsorted(rows, i), y) for i, y in plan]  # noqa: E731
+    private = [compact.user_embedding.weight]
+    shared = [p for n, p in compact.named_parameters() if n != "user_embedding.weight"]
     if private_plan:
-        _epochs(
-            compact,
-            [compact.user_embedding.weight],
-            config.private_lr,
-            local(private_plan),
-            config,
-            anchor=None,
-        )
+        _epochs(compact, [_private_optimizer(private, config)], local(private_plan), config, None)
     anchor = {n: p.detach().clone() for n, p in compact.named_parameters()}
-    result = _epochs(
-        compact, list(compact.parameters()), config.lr, local(joint_plan), config, anchor=anchor
-    )
+    optimizers = [_private_optimizer(private, config), _shared_optimizer(shared, config)]
+    result = _epochs(compact, optimizers, local(joint_plan), config, anchor)
     _write_back(model, compact, rows)
     return result
+
+
+def _private_optimizer(
+    params: list[nn.Parameter], config: LocalTrainConfig
+) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        params, lr=config.private_lr, weight_decay=config.private_weight_decay, fused=True
+    )
+
+
+def _shared_optimizer(
+    params: list[nn.Parameter], config: LocalTrainConfig
+) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, fused=True)
+    return torch.optim.SGD(params, lr=config.lr)
 
 
 def _epoch_examples(
@@ -142,13 +172,11 @@ def _write_back(model: SeedModel, compact: SeedModel, rows: np.ndarray) -> None:
 
 def _epochs(
     model: SeedModel,
-    params: list[torch.nn.Parameter],
-    lr: float,
+    optimizers: list[torch.optim.Optimizer],
     plan: list[tuple[np.ndarray, np.ndarray]],
     config: LocalTrainConfig,
     anchor: Mapping[str, torch.Tensor] | None,
 ) -> tuple[float, int]:
-    optimizer = torch.optim.Adam(params, lr=lr, fused=True)
     loss_fn = nn.BCEWithLogitsLoss()
     total, seen = 0.0, 0
     model.train()
@@ -157,12 +185,14 @@ def _epochs(
         for start in range(0, len(items_t), config.batch_size):
             batch = items_t[start : start + config.batch_size]
             target = labels_t[start : start + len(batch)]
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer in optimizers:
+                optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(ME.expand(len(batch)), batch), target)
             if anchor is not None and config.proximal_mu > 0:
                 loss = loss + _proximal_term(model, anchor, config.proximal_mu)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             total += float(loss.detach()) * len(batch)
             seen += len(batch)
     return total / max(seen, 1), seen
@@ -172,6 +202,26 @@ def _proximal_term(model: SeedModel, anchor: Mapping[str, torch.Tensor], mu: flo
     """FedProx (Li et al., 2020): μ/2 · ‖w − w_t‖² over the shared parameters."""
     shared = [(p, anchor[n]) for n, p in model.named_parameters() if n != "user_embedding.weight"]
     return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in shared)
+
+
+def refresh_user(
+    model: SeedModel,
+    shard: UserShard,
+    config: LocalTrainConfig,
+    epochs: int,
+    rng: np.random.Generator,
+) -> None:
+    """Re-fit only the private user embedding against the current shared model.
+
+    A device's user row was last trained in the round it last took part in, against the item
+    side of that round; before ranking with a newer global model it takes ``epochs`` private
+    epochs on its own train items (the shared parameters do not change). On ml-100k with 20
+    clients per round a user last trained ~47 rounds earlier on average; two such epochs
+    raised validation HR@10 by 0.011 at round 300 of 600, but not at the end of a cosine
+    schedule, when the global model has stopped moving (off by default).
+    """
+    if epochs > 0:
+        local_train(model, shard, replace(config, epochs=0, private_epochs=epochs), rng)
 
 
 @torch.no_grad()

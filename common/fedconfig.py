@@ -14,6 +14,10 @@ from typing import Any
 from fedrec.common.synthetic import SyntheticConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
+SERVER_LR_STRATEGIES = ("fedavgm", "fedadam", "fedyogi")  # the ones with a server step size
+DECAY_STRATEGIES = ("fedadam", "fedyogi")  # server optimizers with decoupled weight decay
+LR_SCHEDULES = ("constant", "cosine")
+LOCAL_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -36,18 +40,23 @@ class FederationConfig:
     eval_clients: int = 0  # clients per evaluation (0: all nodes)
     # server optimizer
     strategy: str = "fedavg"  # fedavg | fedavgm | fedadam | fedyogi | fedprox
-    server_lr: float = 1.0  # FedAvg: step on the averaged update; FedAdam/Yogi: eta
+    server_lr: float = 1.0  # FedAvgM: step on the averaged update; FedAdam/FedYogi: eta
+    server_lr_schedule: str = "constant"  # constant | cosine (decays to 0 at num-rounds)
     server_beta1: float = 0.9  # FedAdam/FedYogi momentum
     server_beta2: float = 0.99
     server_tau: float = 1e-3  # FedAdam/FedYogi adaptivity
+    server_weight_decay: float = 0.0  # FedAdam/FedYogi: decoupled decay of weight matrices
     proximal_mu: float = 0.0  # FedProx μ (also sent to clients)
     # local training on the device
     local_epochs: int = 1
-    local_lr: float = 0.01
+    local_optimizer: str = "sgd"  # optimizer of the shared parameters: sgd | adam
+    local_lr: float = 1.0  # its learning rate
     local_batch_size: int = 64
     private_epochs: int = 0  # epochs fitting only the user embedding before the joint epochs
-    private_lr: float = 0.05  # their Adam learning rate
+    private_lr: float = 0.1  # Adam learning rate of the private user embedding
+    private_weight_decay: float = 0.0  # its decoupled weight decay (AdamW)
     negatives: int = 4
+    eval_private_epochs: int = 0  # private epochs refreshing the user row before evaluating
     # outputs
     out_dir: str = ""  # run folder the server writes records, checkpoints, model into
     resume: str = ""  # checkpoint (.npz) of the shared model to resume from
@@ -75,9 +84,29 @@ class FederationConfig:
             "negatives",
             "proximal_mu",
             "expected_nodes",
+            "server_weight_decay",
+            "private_weight_decay",
+            "eval_private_epochs",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}")
+        for name, allowed in (
+            ("server_lr_schedule", LR_SCHEDULES),
+            ("local_optimizer", LOCAL_OPTIMIZERS),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{_kebab(name)} must be one of {allowed}, got {value!r}")
+        if self.server_lr_schedule != "constant" and self.strategy not in SERVER_LR_STRATEGIES:
+            raise ValueError(
+                f"server-lr-schedule {self.server_lr_schedule!r} needs a strategy with a server"
+                f" step size {SERVER_LR_STRATEGIES}; {self.strategy!r} has none"
+            )
+        if self.server_weight_decay and self.strategy not in DECAY_STRATEGIES:
+            raise ValueError(
+                f"server-weight-decay needs one of {DECAY_STRATEGIES} (decoupled, AdamW-style);"
+                f" {self.strategy!r} does not support it"
+            )
         if not 0.0 < self.fraction_train <= 1.0:
             raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
         for name in ("server_lr", "local_lr", "server_tau", "private_lr"):

@@ -6,7 +6,12 @@
   * a per-round record: clients sampled/replied/failed, train loss, bytes down and up per
     client, round seconds, evaluation metrics;
   * a checkpoint of the shared model (and server-optimizer state) after every round, so a run
-    can resume from it.
+    can resume from it;
+  * a schedule of the server step size (FedAvgM/FedAdam/FedYogi), by absolute round, so a
+    resumed run continues the same schedule;
+  * decoupled weight decay after the FedAdam/FedYogi step (as AdamW, Loshchilov & Hutter
+    2019): weight matrices shrink by ``lr_t · wd`` each round. Flower's FedOpt takes the next
+    round's starting point from the arrays this returns, so the decay is part of the state.
 Evaluation metrics are aggregated as sums over users (each user holds one held-out item), so
 a user that cannot be evaluated (fewer than 3 interactions) counts as nothing, not as a zero.
 """
@@ -14,6 +19,7 @@ a user that cannot be evaluated (fewer than 3 interactions) counts as nothing, n
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -31,6 +37,25 @@ from fedrec.common.runs import write_json
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_META = "checkpoint.json"
 ROUNDS_LOG = "rounds.jsonl"
+
+
+def scheduled_lr(base: float, schedule: str, round_: int, total_rounds: int) -> float:
+    """Server step size of round ``round_`` (1-based) of ``total_rounds``.
+
+    ``cosine`` decays from ``base`` at round 1 towards 0 after the last round (Loshchilov &
+    Hutter, 2017), as the centralized trainer does over its epochs: late rounds, whose
+    averaged update is mostly sampling noise, take small steps.
+    """
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        progress = min(max(round_ - 1, 0), total_rounds) / max(total_rounds, 1)
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown server-lr-schedule {schedule!r}: use constant or cosine")
+
+
+# Where each Flower strategy keeps its server step size.
+SERVER_LR_ATTRIBUTE = {"fedadam": "eta", "fedyogi": "eta", "fedavgm": "server_learning_rate"}
 
 
 def message_bytes(message: Message) -> int:
@@ -66,7 +91,13 @@ class RoundRecorder:
         run_dir: Path | None,
         round_offset: int = 0,
         on_round: Callable[[dict[str, Any]], None] | None = None,
+        server_lr: Callable[[int], float] | None = None,
+        server_lr_attribute: str = "",
+        weight_decay: float = 0.0,
     ) -> None:
+        self.server_lr = server_lr
+        self.weight_decay = weight_decay
+        self.server_lr_attribute = server_lr_attribute
         self.clients_per_round = clients_per_round
         self.eval_every = eval_every
         self.eval_clients = eval_clients
@@ -108,10 +139,16 @@ class RoundRecorder:
             )
         # the absolute round: FedAdam/FedYogi's bias correction must not restart on a resume
         absolute = server_round + self.round_offset
+        if self.server_lr is not None:
+            setattr(self, self.server_lr_attribute, self.server_lr(absolute))
+            self._current["server_lr"] = self.server_lr(absolute)
         arrays, metrics = super().aggregate_train(absolute, replies)  # type: ignore[misc]
         if arrays is not None:  # FedAdam/FedYogi return float64: keep the wire format float32
             arrays = ArrayRecord(
-                {k: Array(v.numpy().astype(np.float32, copy=False)) for k, v in arrays.items()}
+                {
+                    k: Array((v.numpy() * self._decay(k, absolute)).astype(np.float32, copy=False))
+                    for k, v in arrays.items()
+                }
             )
         rec = self._current
         rec.update(
@@ -174,6 +211,12 @@ class RoundRecorder:
         self.aggregate_evaluate(0, replies)
 
     # --- helpers ------------------------------------------------------------------------
+    def _decay(self, name: str, absolute_round: int) -> float:
+        """Multiplier of decoupled weight decay for one array: weight matrices only."""
+        if not self.weight_decay or self.server_lr is None or not name.endswith(".weight"):
+            return 1.0
+        return 1.0 - self.server_lr(absolute_round) * self.weight_decay
+
     def _exact(self, grid: Grid, count: int, phase: str) -> None:
         """Make Flower's fraction sampling pick exactly ``count`` nodes."""
         available = len(list(grid.get_node_ids()))
@@ -261,6 +304,14 @@ def make_strategy(
     elif config.strategy == "fedprox":
         common.update(proximal_mu=config.proximal_mu)
     strategy: RoundRecorder = cls(**common)
+    schedule: Callable[[int], float] | None = None
+    if config.strategy in SERVER_LR_ATTRIBUTE:  # horizon: the run's absolute num-rounds
+
+        def schedule(round_: int) -> float:
+            return scheduled_lr(
+                config.server_lr, config.server_lr_schedule, round_, config.num_rounds
+            )
+
     strategy.setup_recorder(
         clients_per_round=config.clients_per_round,
         eval_every=config.eval_every,
@@ -269,5 +320,8 @@ def make_strategy(
         run_dir=run_dir,
         round_offset=round_offset,
         on_round=on_round,
+        server_lr=schedule,
+        server_lr_attribute=SERVER_LR_ATTRIBUTE.get(config.strategy, ""),
+        weight_decay=config.server_weight_decay,
     )
     return strategy

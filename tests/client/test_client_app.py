@@ -12,9 +12,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from fedrec.client.app import expected_shared_shapes, make_client_app
+from fedrec.client.app import expected_shared_shapes, local_train_config, make_client_app
 from fedrec.client.data import SimulationShards
-from fedrec.client.local import LocalTrainConfig, build_local_model, local_train
+from fedrec.client.local import build_local_model, local_train
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS
@@ -126,9 +126,8 @@ def test_second_round_starts_from_the_stored_embedding(
         catalog, shard, CONFIG.dim, shared.to_torch_state_dict(),
         {k: torch.from_numpy(v) for k, v in first.items()}, seed=123,
     )  # fmt: skip
-    config = LocalTrainConfig(CONFIG.local_epochs, CONFIG.local_lr, CONFIG.local_batch_size,
-                              CONFIG.negatives, CONFIG.proximal_mu)  # fmt: skip
-    local_train(model, shard, config, np.random.default_rng([CONFIG.seed, 7, 2]))
+    rng = np.random.default_rng([CONFIG.seed, 7, 2])
+    local_train(model, shard, local_train_config(CONFIG), rng)
     np.testing.assert_allclose(
         second["user_embedding.weight"], model.user_embedding.weight.detach().numpy(), atol=1e-6
     )
@@ -196,6 +195,27 @@ def test_evaluate_uses_the_trained_private_state(app: ClientApp, initial: ArrayR
     app(server_message("evaluate", initial, context.node_id, 1), context)
     after = _private(context)
     assert all(np.array_equal(after[k], stored[k]) for k in stored)  # read, not rewritten
+
+
+def test_the_evaluation_refresh_changes_the_scores_but_not_the_stored_state(
+    shards: SimulationShards, initial: ArrayRecord
+) -> None:
+    """eval-private-epochs re-fits the user row for ranking only; the stored row is kept."""
+    replies = {}
+    for epochs in (0, 3):
+        app = make_client_app(CONFIG.replace(eval_private_epochs=epochs), shards)
+        context = node_context(17, USERS)
+        _train(app, context, initial, 1)
+        stored = _private(context)
+        replies[epochs] = app(server_message("evaluate", initial, context.node_id, 2), context)
+        assert not replies[epochs].has_error()
+        after = _private(context)
+        assert all(np.array_equal(after[k], stored[k]) for k in stored)
+    plain, refreshed = (replies[e].content[keys.METRICS] for e in (0, 3))
+    assert set(plain) == set(refreshed)
+    # a different user vector ranks differently: some score-based number must move
+    assert any(plain[k] != refreshed[k] for k in ("val-full_ndcg@10", "full_ndcg@10",
+                                                  "val-ndcg@10", "ndcg@10"))  # fmt: skip
 
 
 class _TrainOnly:

@@ -19,6 +19,7 @@ from fedrec.client.local import (
     local_evaluate,
     local_train,
     recommend,
+    refresh_user,
 )
 from fedrec.common.dataset import Interactions
 from fedrec.common.model import SeedModel, private_state, shared_parameter_names, shared_state
@@ -95,13 +96,19 @@ def test_build_local_model_takes_shared_and_private_state(
 
 
 # --- training ---------------------------------------------------------------------------------
-def test_local_train_lowers_the_loss(catalog: Catalog, shard: UserShard) -> None:
+@pytest.mark.parametrize(
+    "config",
+    [LocalTrainConfig(epochs=1), LocalTrainConfig(epochs=1, optimizer="adam", lr=0.02)],
+    ids=["sgd", "adam"],
+)
+def test_local_train_lowers_the_loss(
+    catalog: Catalog, shard: UserShard, config: LocalTrainConfig
+) -> None:
     model = _model(catalog, shard)
     fixed_negatives = shard.sample_negatives(4 * len(shard.train_items), np.random.default_rng(9))
     items = np.concatenate([shard.train_items, fixed_negatives])
     labels = np.concatenate([np.ones(len(shard.train_items)), np.zeros(len(fixed_negatives))])
     before = _bce(model, items, labels)
-    config = LocalTrainConfig(epochs=1, lr=0.02)
     losses = []
     for round_ in range(6):
         loss, examples = local_train(model, shard, config, np.random.default_rng([0, round_]))
@@ -154,12 +161,12 @@ def test_compact_training_equals_training_the_full_table(
     start = _model(catalog, shard)
     plan = [impl._epoch_examples(shard, config, np.random.default_rng(3))]
     reference = copy.deepcopy(start)
-    impl._epochs(reference, list(reference.parameters()), config.lr, plan, config, anchor=None)
+    impl._epochs(reference, _optimizers(reference, config), plan, config, anchor=None)
     model = copy.deepcopy(start)
     rows = np.unique(plan[0][0])
     compact = impl._compact_copy(model, rows)
     local_plan = [(np.searchsorted(rows, plan[0][0]), plan[0][1])]
-    impl._epochs(compact, list(compact.parameters()), config.lr, local_plan, config, anchor=None)
+    impl._epochs(compact, _optimizers(compact, config), local_plan, config, anchor=None)
     impl._write_back(model, compact, rows)
     for (name, want), (_, got) in zip(
         reference.named_parameters(), model.named_parameters(), strict=True
@@ -167,6 +174,68 @@ def test_compact_training_equals_training_the_full_table(
         assert torch.equal(want, got), name
     untouched = start.item_embedding.weight[torch.from_numpy(shard.candidates)]
     assert torch.equal(model.item_embedding.weight[torch.from_numpy(shard.candidates)], untouched)
+
+
+def _optimizers(model: SeedModel, config: LocalTrainConfig) -> list[torch.optim.Optimizer]:
+    from fedrec.client import local as impl
+
+    shared = [p for n, p in model.named_parameters() if n != "user_embedding.weight"]
+    return [
+        impl._private_optimizer([model.user_embedding.weight], config),
+        impl._shared_optimizer(shared, config),
+    ]
+
+
+def test_shared_parameters_take_sgd_steps_and_the_user_row_adam(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    """One batch: shared moves by exactly −lr·∇, the private row by AdamW's first step."""
+    config = LocalTrainConfig(
+        epochs=1, negatives=0, lr=0.7, private_lr=0.03, private_weight_decay=0.5,
+        batch_size=10_000,
+    )  # fmt: skip
+    model = _model(catalog, shard)
+    reference = copy.deepcopy(model)
+    items = torch.from_numpy(shard.train_items)
+    loss = nn.functional.binary_cross_entropy_with_logits(
+        reference(ME.expand(len(items)), items), torch.ones(len(items))
+    )
+    loss.backward()
+    local_train(model, shard, config, np.random.default_rng(0))
+    for name, param in model.named_parameters():
+        start = dict(reference.named_parameters())[name]
+        grad = start.grad
+        assert grad is not None, name
+        if name == "user_embedding.weight":  # AdamW: decay, then lr · sign(g) (where g ≠ 0)
+            moved = grad.abs() > 1e-5  # Adam: g / (|g| + 1e-8) is ±1 only for |g| ≫ 1e-8
+            decayed = start * (1 - config.private_lr * config.private_weight_decay)
+            expected = decayed - config.private_lr * torch.sign(grad)
+            torch.testing.assert_close(param[moved], expected[moved], atol=1e-5, rtol=0)
+        else:
+            torch.testing.assert_close(param, start - config.lr * grad, atol=1e-6, rtol=1e-5)
+
+
+def test_refresh_user_fits_only_the_private_row(catalog: Catalog, shard: UserShard) -> None:
+    model = _model(catalog, shard)
+    shared_before = shared_state(model)
+    row_before = model.user_embedding.weight.detach().clone()
+    negatives = shard.sample_negatives(4 * len(shard.train_items), np.random.default_rng(9))
+    items = np.concatenate([shard.train_items, negatives])
+    labels = np.concatenate([np.ones(len(shard.train_items)), np.zeros(len(negatives))])
+    before = _bce(model, items, labels)
+    refresh_user(model, shard, LocalTrainConfig(), 3, np.random.default_rng(0))
+    for key, value in shared_state(model).items():  # bit-identical shared group
+        assert torch.equal(value, shared_before[key]), key
+    assert not torch.equal(model.user_embedding.weight, row_before)
+    assert _bce(model, items, labels) < before  # fits the user's own data better
+    frozen = _model(catalog, shard)
+    refresh_user(frozen, shard, LocalTrainConfig(), 0, np.random.default_rng(0))  # 0: no-op
+    assert torch.equal(frozen.user_embedding.weight, row_before)
+
+
+def test_an_unknown_local_optimizer_is_rejected() -> None:
+    with pytest.raises(ValueError, match="local optimizer must be one of"):
+        LocalTrainConfig(optimizer="lbfgs")
 
 
 def test_local_train_on_an_empty_shard(catalog: Catalog, shard: UserShard) -> None:
@@ -185,7 +254,9 @@ def test_proximal_term_keeps_shared_parameters_near_the_start(
         model = _model(catalog, shard)
         start = shared_state(model)
         user_start = model.user_embedding.weight.detach().clone()
-        config = LocalTrainConfig(epochs=4, lr=0.05, batch_size=32, proximal_mu=mu)
+        config = LocalTrainConfig(
+            epochs=4, optimizer="adam", lr=0.05, batch_size=32, proximal_mu=mu
+        )
         local_train(model, shard, config, np.random.default_rng(0))
         end = shared_state(model)
         shared = math.sqrt(sum(float(((end[k] - start[k]) ** 2).sum()) for k in start))

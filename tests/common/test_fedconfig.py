@@ -65,6 +65,8 @@ def test_snake_case_key_is_unknown() -> None:
         ("server-beta1", 1.0),
         ("server-beta2", -0.1),
         ("strategy", "sgd"),
+        ("server-lr-schedule", "linear"),
+        ("local-optimizer", "rmsprop"),
         ("seed", "abc"),
         ("threshold", "high"),
     ],
@@ -95,6 +97,13 @@ def test_pyproject_run_config_matches_the_dataclass_defaults() -> None:
         assert value == defaults[key], key
         assert type(value) is type(defaults[key]), key  # 0 vs 0.0 would change the type
     assert FederationConfig.from_mapping(run_config) == FederationConfig()
+
+
+def test_a_schedule_needs_a_strategy_with_a_server_step() -> None:
+    assert FederationConfig(strategy="fedadam", server_lr_schedule="cosine").server_lr_schedule
+    for name in ("fedavg", "fedprox"):
+        with pytest.raises(ValueError, match=f"'{name}' has none"):
+            FederationConfig(strategy=name, server_lr_schedule="cosine")
 
 
 def test_replace_validates() -> None:

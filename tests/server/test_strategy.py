@@ -22,6 +22,7 @@ from fedrec.server.strategy import (
     load_checkpoint,
     make_strategy,
     message_bytes,
+    scheduled_lr,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -124,6 +125,61 @@ def test_make_strategy_builds_each_strategy(name: str, base: type, tmp_path: Pat
         assert strategy.server_learning_rate == 0.3 and strategy.server_momentum == 0.8
     elif name == "fedprox":
         assert strategy.proximal_mu == 0.7
+
+
+# --- server step-size schedule ------------------------------------------------------------------
+def test_cosine_schedule_known_values() -> None:
+    assert scheduled_lr(0.02, "cosine", 1, 100) == pytest.approx(0.02)
+    assert scheduled_lr(0.02, "cosine", 51, 100) == pytest.approx(0.01)
+    assert scheduled_lr(0.02, "cosine", 76, 100) == pytest.approx(0.01 * (1 - math.sqrt(0.5)))
+    last = 0.01 * (1 + math.cos(0.99 * math.pi))
+    assert scheduled_lr(0.02, "cosine", 100, 100) == pytest.approx(last)
+    assert scheduled_lr(0.02, "cosine", 500, 100) == pytest.approx(0.0)  # past the horizon: 0
+    assert [scheduled_lr(0.3, "constant", r, 10) for r in (1, 5, 10)] == [0.3, 0.3, 0.3]
+    with pytest.raises(ValueError, match="unknown server-lr-schedule 'step'"):
+        scheduled_lr(0.1, "step", 1, 10)
+
+
+@pytest.mark.parametrize(("name", "attribute"), [("fedadam", "eta"), ("fedyogi", "eta"),
+                                                 ("fedavgm", "server_learning_rate")])  # fmt: skip
+def test_the_schedule_sets_the_step_by_absolute_round(name: str, attribute: str) -> None:
+    """A resumed run (offset 6) continues the schedule of the whole run, not a fresh one."""
+    config = FederationConfig(strategy=name, server_lr=0.04, server_lr_schedule="cosine",
+                              num_rounds=10)  # fmt: skip
+    strategy = make_strategy(config, num_nodes=3, run_dir=None, round_offset=6)
+    _aggregate(strategy, _arrays(), 1)
+    assert getattr(strategy, attribute) == pytest.approx(scheduled_lr(0.04, "cosine", 7, 10))
+    assert strategy._current["server_lr"] == getattr(strategy, attribute)
+
+
+def test_the_schedule_changes_the_fedadam_step() -> None:
+    """Same replies, same optimizer state: the cosine round-6 step is half the constant one."""
+    moves = []
+    for schedule in ("constant", "cosine"):
+        config = FederationConfig(strategy="fedadam", server_lr=0.1, num_rounds=10,
+                                  server_lr_schedule=schedule)  # fmt: skip
+        strategy = make_strategy(config, num_nodes=3, run_dir=None, round_offset=5)
+        new = _aggregate(strategy, _arrays(), 1)
+        moves.append(new["head.bias"].numpy() - _arrays()["head.bias"].numpy())
+    np.testing.assert_allclose(moves[1], 0.5 * moves[0], rtol=1e-5)
+
+
+def test_server_weight_decay_shrinks_weight_matrices_after_the_step() -> None:
+    """FedAdamW: the decayed model is the plain step × (1 − lr_t·wd); biases are not decayed."""
+    results = {}
+    for wd in (0.0, 2.0):
+        config = FederationConfig(strategy="fedadam", server_lr=0.1, num_rounds=10,
+                                  server_lr_schedule="cosine", server_weight_decay=wd)  # fmt: skip
+        strategy = make_strategy(config, num_nodes=3, run_dir=None, round_offset=5)
+        results[wd] = _aggregate(strategy, _arrays(), 1)
+    factor = 1.0 - scheduled_lr(0.1, "cosine", 6, 10) * 2.0
+    np.testing.assert_allclose(results[2.0]["item_embedding.weight"].numpy(),
+                               results[0.0]["item_embedding.weight"].numpy() * factor,
+                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_array_equal(results[2.0]["head.bias"].numpy(),
+                                  results[0.0]["head.bias"].numpy())  # fmt: skip
+    with pytest.raises(ValueError, match="server-weight-decay needs one of"):
+        FederationConfig(strategy="fedavg", server_weight_decay=0.1)
 
 
 def test_num_rounds_override() -> None:

@@ -29,8 +29,8 @@ SETTINGS = {
     "eval-every": 1,
     "strategy": "fedadam",
     "server-lr": 0.05,
+    "server-tau": 0.0001,
     "local-epochs": 2,
-    "local-lr": 0.02,
 }
 
 
