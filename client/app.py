@@ -9,6 +9,7 @@ numbers, never item ids. Every reply passes the shared-only guard mod before it 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 
 import numpy as np
@@ -28,7 +29,7 @@ from fedrec.client.mods import make_message_recorder, make_shared_only_guard
 from fedrec.client.store import ContextStateStore, StateStore
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.model import private_state, shared_state
+from fedrec.common.model import SeedModel, private_state, shared_state
 from fedrec.common.shard import Catalog, UserShard, initial_shared_state
 
 EVAL_STREAM = 1  # separates the evaluation refresh's random stream from training's
@@ -60,13 +61,14 @@ def make_client_app(
         config = config_of(context)
         catalog, shard = shards.catalog(config), shards.shard(config, context)
         store: StateStore = ContextStateStore(context.state)
-        restored = store.load(keys.STATE_PRIVATE) is not None
-        model = _local_model(msg, context, config, catalog, shard, store)
+        private = store.load(keys.STATE_PRIVATE)
+        model = _local_model(msg, context, config, catalog, shard, private)
         rng = np.random.default_rng([config.seed, _user(context), _round(msg)])
         loss, examples = local_train(model, shard, local_train_config(config), rng)
         store.save(keys.STATE_PRIVATE, private_state(model))
+        returning = int(private is not None)
         metrics = MetricRecord(
-            {keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss, keys.RETURNING: int(restored)}
+            {keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss, keys.RETURNING: returning}
         )
         content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
         return Message(content=content, reply_to=msg)
@@ -76,7 +78,8 @@ def make_client_app(
         torch.set_num_threads(1)
         config = config_of(context)
         catalog, shard = shards.catalog(config), shards.shard(config, context)
-        model = _local_model(msg, context, config, catalog, shard, ContextStateStore(context.state))
+        private = ContextStateStore(context.state).load(keys.STATE_PRIVATE)
+        model = _local_model(msg, context, config, catalog, shard, private)
         rng = np.random.default_rng([config.seed, _user(context), _round(msg), EVAL_STREAM])
         # not stored: evaluating must not change what the next train round starts from
         refresh_user(model, shard, local_train_config(config), config.eval_private_epochs, rng)
@@ -117,10 +120,9 @@ def _local_model(
     config: FederationConfig,
     catalog: Catalog,
     shard: UserShard,
-    store: StateStore,
-):
+    private: Mapping[str, torch.Tensor] | None,
+) -> SeedModel:
     shared = msg.content[keys.ARRAYS].to_torch_state_dict()
-    private = store.load(keys.STATE_PRIVATE)
     seed = int(np.random.default_rng([config.seed, _user(context)]).integers(2**31))
     return build_local_model(catalog, shard, config.dim, shared, private, seed)
 

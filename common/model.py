@@ -47,16 +47,24 @@ class SeedModel(nn.Module):
     """u = ReLU(W_u·h + b_u), v = ReLU(W_v·g + b_v), logit = w_r·(u ⊙ v) + b_r."""
 
     def __init__(
-        self, config: ModelConfig, user_features: torch.Tensor, item_features: torch.Tensor
+        self,
+        config: ModelConfig,
+        user_features: torch.Tensor,
+        item_features: torch.Tensor,
+        *,
+        initialize: bool = True,
     ) -> None:
+        """``initialize=False`` leaves the id-embedding tables uninitialised (no init cost): for
+        a model whose every parameter is loaded right after, as a device's in each round."""
         super().__init__()
         _check_features("user_features", user_features, config.num_users, config.user_feature_dim)
         _check_features("item_features", item_features, config.num_items, config.item_feature_dim)
         self.config = config
-        self.user_embedding = nn.Embedding(config.num_users, config.id_dim)
-        self.item_embedding = nn.Embedding(config.num_items, config.id_dim)
-        nn.init.normal_(self.user_embedding.weight, std=config.init_std)
-        nn.init.normal_(self.item_embedding.weight, std=config.init_std)
+        self.user_embedding = _embedding(config.num_users, config.id_dim, initialize)
+        self.item_embedding = _embedding(config.num_items, config.id_dim, initialize)
+        if initialize:
+            nn.init.normal_(self.user_embedding.weight, std=config.init_std)
+            nn.init.normal_(self.item_embedding.weight, std=config.init_std)
         self.register_buffer("user_features", user_features.float().clone())
         self.register_buffer("item_features", item_features.float().clone())
         self.user_tower = nn.Linear(config.id_dim + config.user_feature_dim, config.dim)  # W_u
@@ -85,6 +93,12 @@ class SeedModel(nn.Module):
         """(B,) users -> (B, num_items) logits over the whole catalog."""
         u = self.user_vectors(users) * self.head.weight  # (B, dim): w_r folded into u
         return u @ self.item_vectors().T + self.head.bias  # (B, I)
+
+
+def _embedding(rows: int, width: int, initialize: bool) -> nn.Embedding:
+    if initialize:
+        return nn.Embedding(rows, width)  # default init, then ours (keeps the seeded stream)
+    return nn.Embedding(rows, width, _weight=torch.empty(rows, width))  # skips the init
 
 
 def shared_parameter_names(model: nn.Module) -> list[str]:

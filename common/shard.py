@@ -75,8 +75,14 @@ def load_catalog(config: FederationConfig) -> Catalog:
     return Catalog.of(data)
 
 
-def device_model(catalog: Catalog, dim: int, user_features: np.ndarray) -> SeedModel:
-    """A one-user seed model over ``catalog``: the shape every device and the server share."""
+def device_model(
+    catalog: Catalog, dim: int, user_features: np.ndarray, *, initialize: bool = True
+) -> SeedModel:
+    """A one-user seed model over ``catalog``: the shape every device and the server share.
+
+    ``initialize=False`` skips the random initialisation, for a caller that loads every
+    parameter right after (a device receiving the shared group and restoring its row).
+    """
     config = ModelConfig(
         num_users=1,
         num_items=catalog.num_items,
@@ -86,7 +92,12 @@ def device_model(catalog: Catalog, dim: int, user_features: np.ndarray) -> SeedM
         dim=dim,
     )
     features = np.asarray(user_features, dtype=np.float32).reshape(1, -1)
-    return SeedModel(config, torch.from_numpy(features), torch.from_numpy(catalog.item_features))
+    return SeedModel(
+        config,
+        torch.from_numpy(features),
+        torch.from_numpy(catalog.item_features),
+        initialize=initialize,
+    )
 
 
 def initial_shared_state(catalog: Catalog, dim: int, seed: int) -> dict[str, torch.Tensor]:
