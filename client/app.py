@@ -25,7 +25,7 @@ from fedrec.client.local import (
     local_train,
     refresh_user,
 )
-from fedrec.client.mods import make_message_recorder, make_shared_only_guard
+from fedrec.client.mods import MessageRecorder, SharedOnlyGuard
 from fedrec.client.store import ContextStateStore, StateStore
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
@@ -39,27 +39,38 @@ def make_client_app(
     fixed_config: FederationConfig | None = None, source: ShardSource | None = None
 ) -> ClientApp:
     """Build the ClientApp; ``fixed_config`` overrides ``context.run_config`` (simulation)."""
-    shards = source if source is not None else SimulationShards()
-
-    def config_of(context: Context) -> FederationConfig:
-        return fixed_config or FederationConfig.from_mapping(context.run_config)
-
-    def shared_shapes(context: Context) -> dict[str, tuple[int, ...]]:
-        config = config_of(context)
-        return expected_shared_shapes(shards.catalog(config), config.dim)
-
+    device = Device(fixed_config, source if source is not None else SimulationShards())
     app = ClientApp(
-        mods=[
-            make_message_recorder(lambda ctx: config_of(ctx).audit_log),
-            make_shared_only_guard(shared_shapes),
-        ]
+        mods=[MessageRecorder(device.audit_path), SharedOnlyGuard(device.shared_shapes)]
     )
+    app.train()(device.train)
+    app.evaluate()(device.evaluate)
+    return app
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
+
+class Device:
+    """The node's handlers. A module-level class with bound methods, not closures: the
+    simulation engine pickles the ClientApp with every message, and closures are pickled by
+    value (~4 ms per message measured on ml-100k), instances by reference."""
+
+    def __init__(self, fixed_config: FederationConfig | None, shards: ShardSource) -> None:
+        self.fixed_config = fixed_config
+        self.shards = shards
+
+    def config_of(self, context: Context) -> FederationConfig:
+        return self.fixed_config or FederationConfig.from_mapping(context.run_config)
+
+    def audit_path(self, context: Context) -> str:
+        return self.config_of(context).audit_log
+
+    def shared_shapes(self, context: Context) -> dict[str, tuple[int, ...]]:
+        config = self.config_of(context)
+        return expected_shared_shapes(self.shards.catalog(config), config.dim)
+
+    def train(self, msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        config = config_of(context)
-        catalog, shard = shards.catalog(config), shards.shard(config, context)
+        config = self.config_of(context)
+        catalog, shard = self.shards.catalog(config), self.shards.shard(config, context)
         store: StateStore = ContextStateStore(context.state)
         private = store.load(keys.STATE_PRIVATE)
         model = _local_model(msg, context, config, catalog, shard, private)
@@ -73,11 +84,10 @@ def make_client_app(
         content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
         return Message(content=content, reply_to=msg)
 
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
+    def evaluate(self, msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
-        config = config_of(context)
-        catalog, shard = shards.catalog(config), shards.shard(config, context)
+        config = self.config_of(context)
+        catalog, shard = self.shards.catalog(config), self.shards.shard(config, context)
         private = ContextStateStore(context.state).load(keys.STATE_PRIVATE)
         model = _local_model(msg, context, config, catalog, shard, private)
         rng = np.random.default_rng([config.seed, _user(context), _round(msg), EVAL_STREAM])
@@ -87,8 +97,6 @@ def make_client_app(
         evaluated = 1 if values else 0
         metrics = MetricRecord({keys.USERS: evaluated, keys.NUM_EXAMPLES: evaluated, **values})
         return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
-
-    return app
 
 
 def expected_shared_shapes(catalog: Catalog, dim: int) -> dict[str, tuple[int, ...]]:

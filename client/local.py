@@ -198,7 +198,7 @@ def _epochs(
             target = labels_t[start : start + len(batch)]
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(ME.expand(len(batch)), batch), target)
+            loss = loss_fn(_logits(model, batch), target)
             if anchor is not None and config.proximal_mu > 0:
                 loss = loss + _proximal_term(model, anchor, config.proximal_mu)
             loss.backward()
@@ -207,6 +207,12 @@ def _epochs(
             total += float(loss.detach()) * len(batch)
             seen += len(batch)
     return total / max(seen, 1), seen
+
+
+def _logits(model: SeedModel, items: torch.Tensor) -> torch.Tensor:
+    """``model(ME.expand(B), items)`` with the one user vector computed once, not B times."""
+    u = model.user_vectors(ME)  # (1, dim), broadcast over the batch
+    return model.head(u * model.item_vectors(items)).squeeze(-1)
 
 
 def _proximal_term(model: SeedModel, anchor: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor:

@@ -1,10 +1,10 @@
 """Client mods on the real message path: enforce and record what leaves the device.
 
-* :func:`make_shared_only_guard` checks every reply before it leaves: arrays only under the
+* :class:`SharedOnlyGuard` checks every reply before it leaves: arrays only under the
   ``arrays`` record and only with the declared shared names and shapes; metrics only scalar
   numbers (so no list of item ids can ride along); nothing else. A violating reply is replaced
   by an error Message, so private state cannot leak even through a bug in the handler.
-* :func:`make_message_recorder` appends a description of every reply (record names, array
+* :class:`MessageRecorder` appends a description of every reply (record names, array
   names/shapes/dtypes, metric keys and values, bytes) to a JSON-lines file. The simulation's
   ClientApps run in Ray worker processes, so a file is the way a test sees their messages.
 """
@@ -71,36 +71,41 @@ def violations(message: Message, shared_shapes: Mapping[str, tuple[int, ...]]) -
     return problems
 
 
-def make_shared_only_guard(
-    shared_shapes: Callable[[Context], Mapping[str, tuple[int, ...]]],
-) -> Mod:
-    """A mod that blocks any reply carrying more than the shared group and scalar metrics."""
+class SharedOnlyGuard:
+    """A mod that blocks any reply carrying more than the shared group and scalar metrics.
 
-    def shared_only_guard(
-        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    Mods are module-level callable classes, not closures: the simulation engine pickles the
+    ClientApp with every message, and a closure is pickled by value (code and all), which
+    cost ~4 ms per message; an instance of a class is pickled by reference.
+    """
+
+    def __init__(self, shared_shapes: Callable[[Context], Mapping[str, tuple[int, ...]]]) -> None:
+        self.shared_shapes = shared_shapes
+
+    def __call__(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
         reply = call_next(msg, context)
-        problems = violations(reply, shared_shapes(context))
+        problems = violations(reply, self.shared_shapes(context))
         if problems:
             reason = "privacy guard blocked the reply: " + "; ".join(problems)
             return Message(error=Error(code=PRIVACY_GUARD_ERROR, reason=reason), reply_to=msg)
         return reply
 
-    return shared_only_guard
 
-
-def make_message_recorder(path_of: Callable[[Context], str]) -> Mod:
+class MessageRecorder:
     """A mod that appends :func:`describe` of every reply to the file ``path_of(context)``."""
 
-    def message_recorder(
-        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    def __init__(self, path_of: Callable[[Context], str]) -> None:
+        self.path_of = path_of
+
+    def __call__(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
         reply = call_next(msg, context)
-        path = path_of(context)
+        path = self.path_of(context)
         if path:
             line = json.dumps({"node": context.node_id, "pid": os.getpid(), **describe(reply)})
             with Path(path).open("a", encoding="utf-8") as fh:  # one short line: atomic append
                 fh.write(line + "\n")
         return reply
-
-    return message_recorder

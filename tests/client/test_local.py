@@ -233,6 +233,15 @@ def test_refresh_user_fits_only_the_private_row(catalog: Catalog, shard: UserSha
     assert torch.equal(frozen.user_embedding.weight, row_before)
 
 
+def test_one_user_logits_equal_the_batched_forward(catalog: Catalog, shard: UserShard) -> None:
+    from fedrec.client import local as impl
+
+    model = _model(catalog, shard)
+    items = torch.from_numpy(shard.train_items)
+    with torch.no_grad():
+        torch.testing.assert_close(impl._logits(model, items), model(ME.expand(len(items)), items))
+
+
 def test_an_unknown_local_optimizer_is_rejected() -> None:
     with pytest.raises(ValueError, match="local optimizer must be one of"):
         LocalTrainConfig(optimizer="lbfgs")

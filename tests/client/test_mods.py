@@ -21,9 +21,9 @@ from flwr.app import (
 
 from fedrec.client.mods import (
     PRIVACY_GUARD_ERROR,
+    MessageRecorder,
+    SharedOnlyGuard,
     describe,
-    make_message_recorder,
-    make_shared_only_guard,
     violations,
 )
 from fedrec.common import keys
@@ -90,7 +90,7 @@ def test_an_error_reply_has_no_violation() -> None:
 
 
 def test_guard_blocks_a_violating_reply() -> None:
-    guard = make_shared_only_guard(lambda ctx: SHAPES)
+    guard = SharedOnlyGuard(lambda ctx: SHAPES)
     request = server_message("train", None, node_id=1)
 
     def leaky_handler(msg: Message, ctx: Context) -> Message:
@@ -107,7 +107,7 @@ def test_guard_blocks_a_violating_reply() -> None:
 
 
 def test_guard_passes_a_clean_reply_through() -> None:
-    guard = make_shared_only_guard(lambda ctx: SHAPES)
+    guard = SharedOnlyGuard(lambda ctx: SHAPES)
     request = server_message("train", None, node_id=1)
     reply = _clean(request)
     out = guard(request, node_context(0, 1), lambda msg, ctx: reply)
@@ -121,7 +121,7 @@ def test_guard_asks_for_the_shapes_of_this_context() -> None:
         seen.append(ctx)
         return SHAPES
 
-    guard = make_shared_only_guard(shapes)
+    guard = SharedOnlyGuard(shapes)
     request, context = server_message("train", None, node_id=1), node_context(0, 1)
     guard(request, context, lambda msg, ctx: _clean(msg))
     assert seen == [context]
@@ -129,7 +129,7 @@ def test_guard_asks_for_the_shapes_of_this_context() -> None:
 
 def test_recorder_appends_one_json_line_per_reply(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    recorder = make_message_recorder(lambda ctx: str(path))
+    recorder = MessageRecorder(lambda ctx: str(path))
     context = node_context(2, 3)
     request = server_message("train", None, node_id=context.node_id)
     out = recorder(request, context, lambda msg, ctx: _clean(msg))
@@ -155,7 +155,7 @@ def test_recorder_appends_one_json_line_per_reply(tmp_path: Path) -> None:
 
 
 def test_recorder_without_a_path_writes_nothing(tmp_path: Path) -> None:
-    recorder = make_message_recorder(lambda ctx: "")
+    recorder = MessageRecorder(lambda ctx: "")
     request = server_message("train", None, node_id=1)
     reply = _clean(request)
     assert recorder(request, node_context(0, 1), lambda msg, ctx: reply) is reply
