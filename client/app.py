@@ -79,7 +79,12 @@ class Device:
         store.save(keys.STATE_PRIVATE, private_state(model))
         returning = int(private is not None)
         metrics = MetricRecord(
-            {keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss, keys.RETURNING: returning}
+            {
+                keys.NUM_EXAMPLES: examples,
+                keys.UNIT_WEIGHT: 1,
+                keys.TRAIN_LOSS: loss,
+                keys.RETURNING: returning,
+            }
         )
         content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
         return Message(content=content, reply_to=msg)
@@ -95,7 +100,9 @@ class Device:
         refresh_user(model, shard, local_train_config(config), config.eval_private_epochs, rng)
         values = local_evaluate(model, shard)
         evaluated = 1 if values else 0
-        metrics = MetricRecord({keys.USERS: evaluated, keys.NUM_EXAMPLES: evaluated, **values})
+        metrics = MetricRecord(
+            {keys.USERS: evaluated, keys.NUM_EXAMPLES: evaluated, keys.UNIT_WEIGHT: 1, **values}
+        )
         return Message(content=RecordDict({keys.METRICS: metrics}), reply_to=msg)
 
 

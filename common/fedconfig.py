@@ -18,6 +18,7 @@ SERVER_LR_STRATEGIES = ("fedavgm", "fedadam", "fedyogi")  # the ones with a serv
 DECAY_STRATEGIES = ("fedadam", "fedyogi")  # server optimizers with decoupled weight decay
 LR_SCHEDULES = ("constant", "cosine")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
+CLIENT_WEIGHTINGS = ("examples", "uniform")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class FederationConfig:
     server_tau: float = 1e-3  # FedAdam/FedYogi adaptivity
     server_weight_decay: float = 0.0  # FedAdam/FedYogi: decoupled decay of weight matrices
     proximal_mu: float = 0.0  # FedProx μ (also sent to clients)
+    client_weighting: str = "examples"  # weight of a client's update: examples | uniform
     # local training on the device
     local_epochs: int = 1
     local_optimizer: str = "sgd"  # optimizer of the shared parameters: sgd | adam
@@ -93,6 +95,7 @@ class FederationConfig:
         for name, allowed in (
             ("server_lr_schedule", LR_SCHEDULES),
             ("local_optimizer", LOCAL_OPTIMIZERS),
+            ("client_weighting", CLIENT_WEIGHTINGS),
         ):
             value = getattr(self, name)
             if value not in allowed:

@@ -15,7 +15,8 @@ STATE_PRIVATE = "fedrec.private"  # ArrayRecord: user embedding row + user featu
 STATE_COUNTERS = "fedrec.counters"  # MetricRecord: rounds trained, examples seen
 
 # Metric keys
-NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
+NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key (client-weighting = "examples")
+UNIT_WEIGHT = "unit-weight"  # always 1: the weighting key of client-weighting = "uniform"
 TRAIN_LOSS = "train-loss"
 RETURNING = "returning"  # 1 if the node resumed its stored private state (it trained before)
 USERS = "users"

@@ -54,6 +54,12 @@ def scheduled_lr(base: float, schedule: str, round_: int, total_rounds: int) -> 
     raise ValueError(f"unknown server-lr-schedule {schedule!r}: use constant or cosine")
 
 
+# The metric Flower's averaging weighs each client's update by. "uniform" counts every client
+# once: with SGD client updates a heavy user's update already grows with its number of local
+# steps, so weighting it by its examples as well counts its data about twice (and user-level
+# DP needs uniform weights).
+WEIGHT_KEYS = {"examples": keys.NUM_EXAMPLES, "uniform": keys.UNIT_WEIGHT}
+
 # Where each Flower strategy keeps its server step size.
 SERVER_LR_ATTRIBUTE = {"fedadam": "eta", "fedyogi": "eta", "fedavgm": "server_learning_rate"}
 
@@ -72,7 +78,7 @@ def aggregate_user_metrics(records: list[RecordDict], weight_key: str) -> Metric
         n = int(metrics.get(keys.USERS, 0))
         users += n
         for k, v in metrics.items():
-            if k not in (keys.USERS, keys.NUM_EXAMPLES) and n:
+            if k not in (keys.USERS, keys.NUM_EXAMPLES, keys.UNIT_WEIGHT) and n:
                 totals[k] = totals.get(k, 0.0) + float(v) * n
     means = {k: v / users for k, v in totals.items()} if users else {}
     return MetricRecord({keys.USERS: users, **means})
@@ -291,6 +297,7 @@ def make_strategy(
         "min_evaluate_nodes": 1,
         "min_available_nodes": num_nodes,
         "evaluate_metrics_aggr_fn": aggregate_user_metrics,
+        "weighted_by_key": WEIGHT_KEYS[config.client_weighting],
     }
     if config.strategy in ("fedadam", "fedyogi"):
         common.update(

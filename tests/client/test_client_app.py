@@ -78,7 +78,8 @@ def test_train_reply_carries_only_the_shared_group(
     assert not set(PRIVATE_KEYS) & set(shapes) and "item_features" not in shapes
     metrics = reply.content[keys.METRICS]
     assert isinstance(metrics, MetricRecord)
-    assert set(metrics) == {keys.NUM_EXAMPLES, keys.TRAIN_LOSS, keys.RETURNING}
+    assert set(metrics) == {keys.NUM_EXAMPLES, keys.UNIT_WEIGHT, keys.TRAIN_LOSS, keys.RETURNING}
+    assert metrics[keys.UNIT_WEIGHT] == 1
     assert metrics[keys.RETURNING] == 0  # a fresh node has no stored private state yet
     assert isinstance(metrics[keys.NUM_EXAMPLES], int) and metrics[keys.NUM_EXAMPLES] > 0
     assert isinstance(metrics[keys.TRAIN_LOSS], float) and metrics[keys.TRAIN_LOSS] > 0
@@ -181,7 +182,7 @@ def test_evaluate_reply_has_only_scalar_metrics(app: ClientApp, initial: ArrayRe
     assert not reply.has_error()
     assert set(reply.content.keys()) == {keys.METRICS}
     metrics = reply.content[keys.METRICS]
-    assert set(metrics) == EVAL_KEYS | {keys.USERS, keys.NUM_EXAMPLES}
+    assert set(metrics) == EVAL_KEYS | {keys.USERS, keys.NUM_EXAMPLES, keys.UNIT_WEIGHT}
     assert metrics[keys.USERS] == 1 and metrics[keys.NUM_EXAMPLES] == 1
     for key in EVAL_KEYS:
         assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, key
@@ -239,7 +240,11 @@ def test_a_train_only_node_counts_as_no_user(
     app = make_client_app(CONFIG, _TrainOnly(shards))
     context = node_context(0, USERS)
     reply = app(server_message("evaluate", initial, context.node_id, 1), context)
-    assert dict(reply.content[keys.METRICS]) == {keys.USERS: 0, keys.NUM_EXAMPLES: 0}
+    assert dict(reply.content[keys.METRICS]) == {
+        keys.USERS: 0,
+        keys.NUM_EXAMPLES: 0,
+        keys.UNIT_WEIGHT: 1,
+    }
     train = _train(app, context, initial, 1)
     assert train.content[keys.METRICS][keys.NUM_EXAMPLES] == 2 * (1 + CONFIG.negatives)
 

@@ -67,6 +67,7 @@ def test_snake_case_key_is_unknown() -> None:
         ("strategy", "sgd"),
         ("server-lr-schedule", "linear"),
         ("local-optimizer", "rmsprop"),
+        ("client-weighting", "by-loss"),
         ("seed", "abc"),
         ("threshold", "high"),
     ],

@@ -41,7 +41,9 @@ def _arrays(scale: float = 1.0) -> ArrayRecord:
 
 
 def _train_reply(arrays: ArrayRecord, examples: int, loss: float, node: int) -> Message:
-    metrics = MetricRecord({keys.NUM_EXAMPLES: examples, keys.TRAIN_LOSS: loss})
+    metrics = MetricRecord(
+        {keys.NUM_EXAMPLES: examples, keys.UNIT_WEIGHT: 1, keys.TRAIN_LOSS: loss}
+    )
     content = RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics})
     return Message(content=content, reply_to=server_message("train", None, node_id=node))
 
@@ -210,6 +212,19 @@ def test_aggregate_train_records_the_round(tmp_path: Path) -> None:
     model, _, round_ = load_checkpoint(tmp_path)  # a checkpoint after every round
     assert round_ == 3
     np.testing.assert_array_equal(model["head.bias"].numpy(), arrays["head.bias"].numpy())
+
+
+def test_uniform_client_weighting_counts_every_client_once() -> None:
+    """Same replies (30 and 10 examples): examples weighting 3:1, uniform weighting 1:1."""
+    expected = {"examples": 0.5 * (0.75 * 1 + 0.25 * 3), "uniform": 0.5 * (0.5 * 1 + 0.5 * 3)}
+    for weighting, value in expected.items():
+        strategy = make_strategy(FederationConfig(client_weighting=weighting), num_nodes=3,
+                                 run_dir=None)  # fmt: skip
+        _start_round(strategy, _arrays(), 1)
+        replies = [_train_reply(_arrays(1.0), 30, 0.4, 1), _train_reply(_arrays(3.0), 10, 0.8, 2)]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        assert arrays is not None
+        np.testing.assert_allclose(arrays["head.bias"].numpy(), [value])
 
 
 def test_a_round_where_every_client_failed_stops_the_run() -> None:
