@@ -34,12 +34,12 @@ def noop_client_app() -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         arrays: ArrayRecord = msg.content[keys.ARRAYS]
-        metrics = MetricRecord({keys.NUM_EXAMPLES: 1, keys.TRAIN_LOSS: 0.0})
+        metrics = MetricRecord({keys.NUM_EXAMPLES: 1, keys.UNIT_WEIGHT: 1, keys.TRAIN_LOSS: 0.0})
         return Message(RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        metrics = MetricRecord({keys.USERS: 0, keys.NUM_EXAMPLES: 0})
+        metrics = MetricRecord({keys.USERS: 0, keys.NUM_EXAMPLES: 0, keys.UNIT_WEIGHT: 1})
         return Message(RecordDict({keys.METRICS: metrics}), reply_to=msg)
 
     return app
