@@ -20,6 +20,7 @@ from fedrec.common.model import (
     SeedModel,
     load_private_state,
     load_shared_state,
+    shared_parameter_names,
 )
 from fedrec.common.shard import Catalog, UserShard, device_model
 
@@ -113,8 +114,9 @@ def local_train(
     rows = np.unique(np.concatenate([items for items, _ in private_plan + joint_plan]))
     compact = _compact_copy(model, rows)
     local = lambda plan: [(np.searchsorted(rows, i), y) for i, y in plan]  # noqa: E731
+    params = dict(compact.named_parameters())
     private = [compact.user_embedding.weight]
-    shared = [p for n, p in compact.named_parameters() if n != "user_embedding.weight"]
+    shared = [params[n] for n in shared_parameter_names(compact)]
     if private_plan:
         _epochs(compact, [_private_optimizer(private, config)], local(private_plan), config, None)
     anchor = (
@@ -217,7 +219,8 @@ def _logits(model: SeedModel, items: torch.Tensor) -> torch.Tensor:
 
 def _proximal_term(model: SeedModel, anchor: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx (Li et al., 2020): μ/2 · ‖w − w_t‖² over the shared parameters."""
-    shared = [(p, anchor[n]) for n, p in model.named_parameters() if n != "user_embedding.weight"]
+    params = dict(model.named_parameters())
+    shared = [(params[n], anchor[n]) for n in shared_parameter_names(model)]
     return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in shared)
 
 

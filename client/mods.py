@@ -20,7 +20,6 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord
 
 from fedrec.common import keys
 
-Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
 
 

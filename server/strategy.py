@@ -145,17 +145,19 @@ class RoundRecorder:
             )
         # the absolute round: FedAdam/FedYogi's bias correction must not restart on a resume
         absolute = server_round + self.round_offset
+        decay = 1.0  # decoupled weight decay of this round's weight matrices
         if self.server_lr is not None:
-            setattr(self, self.server_lr_attribute, self.server_lr(absolute))
-            self._current["server_lr"] = self.server_lr(absolute)
+            lr = self.server_lr(absolute)
+            setattr(self, self.server_lr_attribute, lr)
+            self._current["server_lr"] = lr
+            decay = 1.0 - lr * self.weight_decay
         arrays, metrics = super().aggregate_train(absolute, replies)  # type: ignore[misc]
         if arrays is not None:  # FedAdam/FedYogi return float64: keep the wire format float32
-            arrays = ArrayRecord(
-                {
-                    k: Array((v.numpy() * self._decay(k, absolute)).astype(np.float32, copy=False))
-                    for k, v in arrays.items()
-                }
-            )
+            wire = {}
+            for k, v in arrays.items():
+                value = v.numpy() * decay if k.endswith(".weight") else v.numpy()
+                wire[k] = Array(value.astype(np.float32, copy=False))
+            arrays = ArrayRecord(wire)
         rec = self._current
         rec.update(
             clients_replied=len(ok),
@@ -217,12 +219,6 @@ class RoundRecorder:
         self.aggregate_evaluate(0, replies)
 
     # --- helpers ------------------------------------------------------------------------
-    def _decay(self, name: str, absolute_round: int) -> float:
-        """Multiplier of decoupled weight decay for one array: weight matrices only."""
-        if not self.weight_decay or self.server_lr is None or not name.endswith(".weight"):
-            return 1.0
-        return 1.0 - self.server_lr(absolute_round) * self.weight_decay
-
     def _exact(self, grid: Grid, count: int, phase: str) -> None:
         """Make Flower's fraction sampling pick exactly ``count`` nodes."""
         available = len(list(grid.get_node_ids()))
