@@ -18,15 +18,10 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.client.data import PARTITION_ID, ShardSource, SimulationShards
-from fedrec.client.local import (
-    LocalTrainConfig,
-    build_local_model,
-    local_evaluate,
-    local_train,
-    refresh_user,
-)
-from fedrec.client.mods import MessageRecorder, SharedOnlyGuard
+from fedrec.client.local import build_local_model, local_evaluate, refresh_user
+from fedrec.client.mods import MessageRecorder, SharedOnlyGuard, UserLevelClipping
 from fedrec.client.store import ContextStateStore, StateStore
+from fedrec.client.trainers import local_train_config, trainer_for
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import SeedModel, private_state, shared_state
@@ -43,7 +38,8 @@ def make_client_app(
     app = ClientApp(
         mods=[MessageRecorder(device.audit_path), SharedOnlyGuard(device.shared_shapes)]
     )
-    app.train()(device.train)
+    # train-only mods run inside the global ones: the guard checks the clipped update
+    app.train(mods=[UserLevelClipping()])(device.train)
     app.evaluate()(device.evaluate)
     return app
 
@@ -75,17 +71,10 @@ class Device:
         private = store.load(keys.STATE_PRIVATE)
         model = _local_model(msg, context, config, catalog, shard, private)
         rng = np.random.default_rng([config.seed, _user(context), _round(msg)])
-        loss, examples = local_train(model, shard, local_train_config(config), rng)
+        trained = trainer_for(config)(model, shard, store, rng)
         store.save(keys.STATE_PRIVATE, private_state(model))
         returning = int(private is not None)
-        metrics = MetricRecord(
-            {
-                keys.NUM_EXAMPLES: examples,
-                keys.UNIT_WEIGHT: 1,
-                keys.TRAIN_LOSS: loss,
-                keys.RETURNING: returning,
-            }
-        )
+        metrics = MetricRecord({**trained, keys.UNIT_WEIGHT: 1, keys.RETURNING: returning})
         content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
         return Message(content=content, reply_to=msg)
 
@@ -140,20 +129,6 @@ def _local_model(
     shared = msg.content[keys.ARRAYS].to_torch_state_dict()
     seed = int(np.random.default_rng([config.seed, _user(context)]).integers(2**31))
     return build_local_model(catalog, shard, config.dim, shared, private, seed)
-
-
-def local_train_config(config: FederationConfig) -> LocalTrainConfig:
-    return LocalTrainConfig(
-        epochs=config.local_epochs,
-        lr=config.local_lr,
-        optimizer=config.local_optimizer,
-        batch_size=config.local_batch_size,
-        negatives=config.negatives,
-        proximal_mu=config.proximal_mu,
-        private_epochs=config.private_epochs,
-        private_lr=config.private_lr,
-        private_weight_decay=config.private_weight_decay,
-    )
 
 
 def _round(msg: Message) -> int:

@@ -4,6 +4,8 @@
   ``arrays`` record and only with the declared shared names and shapes; metrics only scalar
   numbers (so no list of item ids can ride along); nothing else. A violating reply is replaced
   by an error Message, so private state cannot leak even through a bug in the handler.
+* :class:`UserLevelClipping` clips the shared-parameter update to the norm C the server
+  sends when it runs DP-FedAvg (server/dp_fedavg.py).
 * :class:`MessageRecorder` appends a description of every reply (record names, array
   names/shapes/dtypes, metric keys and values, bytes) to a JSON-lines file. The simulation's
   ClientApps run in Ray worker processes, so a file is the way a test sees their messages.
@@ -16,9 +18,11 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord
 
 from fedrec.common import keys
+from fedrec.common.privacy import clip_update
 
 PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
 
@@ -89,6 +93,36 @@ class SharedOnlyGuard:
         if problems:
             reason = "privacy guard blocked the reply: " + "; ".join(problems)
             return Message(error=Error(code=PRIVACY_GUARD_ERROR, reason=reason), reply_to=msg)
+        return reply
+
+
+class UserLevelClipping:
+    """A train mod: clip Δ = local − global to ‖Δ‖ ≤ C, when the server sends C.
+
+    DP-FedAvg's sensitivity bound is this clip: it runs on the device, before the update
+    leaves (and, later, before secure-aggregation masking). It does what Flower's
+    ``fixedclipping_mod`` does, but that mod (1.42) divides by ‖Δ‖ and fails on the zero
+    update of a device that declined the round, and it fails every message without a
+    clipping norm; so the clip here is :func:`fedrec.common.privacy.clip_update` (float64,
+    the same function the server re-applies), run only when the config carries
+    ``keys.CLIPPING_NORM``.
+    """
+
+    def __call__(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        config = msg.content.get(keys.CONFIG) if msg.has_content() else None
+        reply = call_next(msg, context)
+        if config is None or keys.CLIPPING_NORM not in config or reply.has_error():
+            return reply
+        sent: ArrayRecord = msg.content[keys.ARRAYS]
+        local: ArrayRecord = reply.content[keys.ARRAYS]
+        start = {k: sent[k].numpy().astype(np.float64) for k in sent}
+        update = {k: local[k].numpy().astype(np.float64) - start[k] for k in start}
+        clipped, _ = clip_update(update, float(config[keys.CLIPPING_NORM]))
+        reply.content[keys.ARRAYS] = ArrayRecord(
+            {k: Array((start[k] + clipped[k]).astype(local[k].numpy().dtype)) for k in start}
+        )
         return reply
 
 

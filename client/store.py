@@ -7,16 +7,23 @@ interface with its encrypted on-disk store, so the training code does not change
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+JSON_FIELD = "json"
 
 
 class StateStore(Protocol):
+    """Tensors (private model state) and small JSON documents (a privacy ledger) by key."""
+
     def load(self, key: str) -> dict[str, torch.Tensor] | None: ...
     def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None: ...
+    def load_json(self, key: str) -> dict[str, Any] | None: ...
+    def save_json(self, key: str, document: dict[str, Any]) -> None: ...
 
 
 class ContextStateStore:
@@ -36,12 +43,24 @@ class ContextStateStore:
     def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:
         self._state[key] = ArrayRecord({k: v.detach().cpu().clone() for k, v in arrays.items()})
 
+    def load_json(self, key: str) -> dict[str, Any] | None:
+        if key not in self._state:
+            return None
+        record = self._state[key]
+        if not isinstance(record, ConfigRecord) or JSON_FIELD not in record:
+            raise TypeError(f"node state '{key}' holds a {type(record).__name__}, not JSON")
+        return dict(json.loads(str(record[JSON_FIELD])))
+
+    def save_json(self, key: str, document: dict[str, Any]) -> None:
+        self._state[key] = ConfigRecord({JSON_FIELD: json.dumps(document)})
+
 
 class MemoryStateStore:
     """A plain-dict :class:`StateStore` for tests and offline use."""
 
     def __init__(self) -> None:
         self._data: dict[str, dict[str, torch.Tensor]] = {}
+        self._documents: dict[str, str] = {}
 
     def load(self, key: str) -> dict[str, torch.Tensor] | None:
         stored = self._data.get(key)
@@ -49,3 +68,10 @@ class MemoryStateStore:
 
     def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:
         self._data[key] = {k: v.detach().clone() for k, v in arrays.items()}
+
+    def load_json(self, key: str) -> dict[str, Any] | None:
+        stored = self._documents.get(key)
+        return None if stored is None else dict(json.loads(stored))
+
+    def save_json(self, key: str, document: dict[str, Any]) -> None:
+        self._documents[key] = json.dumps(document)

@@ -19,6 +19,7 @@ DECAY_STRATEGIES = ("fedadam", "fedyogi")  # server optimizers with decoupled we
 LR_SCHEDULES = ("constant", "cosine")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 CLIENT_WEIGHTINGS = ("examples", "uniform")
+ACCOUNTANTS = ("rdp", "prv")  # Opacus's accountants (common/privacy.py)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ class FederationConfig:
     private_weight_decay: float = 0.0  # its decoupled weight decay (AdamW)
     negatives: int = 4
     eval_private_epochs: int = 0  # private epochs refreshing the user row before evaluating
+    # user-level differential privacy: DP-FedAvg (McMahan et al., 2018), server/dp_fedavg.py
+    dp_clip_norm: float = 0.0  # C: clip of each client's shared-parameter update (0: off)
+    dp_noise_multiplier: float = 0.0  # z: noise std z*C/m on the average (0: from target)
+    dp_target_epsilon: float = 0.0  # stop before ε exceeds it; calibrates z if z is 0
+    dp_delta: float = 1e-4
+    dp_accountant: str = "rdp"  # rdp | prv
+    # record-level differential privacy on the device: Opacus DP-SGD, client/dp_sgd.py
+    local_dp_noise_multiplier: float = 0.0  # z of DP-SGD (0: off)
+    local_dp_clip_norm: float = 1.0  # per-example gradient clip
+    local_dp_delta: float = 1e-4  # δ of each device's own ledger
+    local_epsilon_budget: float = 0.0  # a device declines rounds past this ε (0: no limit)
     # outputs
     out_dir: str = ""  # run folder the server writes records, checkpoints, model into
     resume: str = ""  # checkpoint (.npz) of the shared model to resume from
@@ -89,6 +101,11 @@ class FederationConfig:
             "server_weight_decay",
             "private_weight_decay",
             "eval_private_epochs",
+            "dp_clip_norm",
+            "dp_noise_multiplier",
+            "dp_target_epsilon",
+            "local_dp_noise_multiplier",
+            "local_epsilon_budget",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_kebab(name)} must be >= 0, got {getattr(self, name)}")
@@ -96,6 +113,7 @@ class FederationConfig:
             ("server_lr_schedule", LR_SCHEDULES),
             ("local_optimizer", LOCAL_OPTIMIZERS),
             ("client_weighting", CLIENT_WEIGHTINGS),
+            ("dp_accountant", ACCOUNTANTS),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -118,6 +136,50 @@ class FederationConfig:
         for name in ("server_beta1", "server_beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{_kebab(name)} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("dp_delta", "local_dp_delta"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{_kebab(name)} must be in (0, 1), got {getattr(self, name)}")
+        if self.user_level_dp:
+            self._check_user_level_dp()
+        if self.record_level_dp:
+            self._check_record_level_dp()
+
+    @property
+    def user_level_dp(self) -> bool:
+        return self.dp_clip_norm > 0
+
+    @property
+    def record_level_dp(self) -> bool:
+        return self.local_dp_noise_multiplier > 0
+
+    def _check_user_level_dp(self) -> None:
+        if not (self.dp_noise_multiplier > 0 or self.dp_target_epsilon > 0):
+            raise ValueError(
+                "dp-clip-norm is set: give dp-noise-multiplier (z) or dp-target-epsilon"
+                " (z is then calibrated to it)"
+            )
+        if self.client_weighting != "uniform":
+            raise ValueError(
+                'user-level DP needs client-weighting = "uniform": the noise is calibrated to'
+                " each client's clipped update counting once"
+            )
+        if self.clients_per_round < 1:
+            raise ValueError(
+                "user-level DP needs clients-per-round >= 1: the expected cohort m sets"
+                " both the sampling rate q = m/N and the noise std z*C/m"
+            )
+
+    def _check_record_level_dp(self) -> None:
+        if self.local_dp_clip_norm <= 0:
+            raise ValueError(f"local-dp-clip-norm must be > 0, got {self.local_dp_clip_norm}")
+        if self.local_optimizer != "sgd":
+            raise ValueError('local DP-SGD trains with local-optimizer = "sgd"')
+        for name in ("private_epochs", "proximal_mu"):
+            if getattr(self, name):
+                raise ValueError(
+                    f"{_kebab(name)} must be 0 under local DP: every step that reads the"
+                    " device's data must be a clipped, noised DP-SGD step"
+                )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> FederationConfig:

@@ -29,3 +29,9 @@ VAL_PREFIX = "val-"  # val-hr@10 etc.: the validation item, used to pick the bes
 # Config keys sent by the server each round
 SERVER_ROUND = "server-round"
 EVAL_SPLIT = "eval-split"  # "val" or "test"
+
+# Differential privacy (issue 4)
+STATE_RECORD_LEDGER = "fedrec.record-ledger"  # node state: the device's DP-SGD ledger (JSON)
+RECORD_EPSILON = "record-epsilon"  # metric: the device's record-level ε after this round
+BUDGET_EXHAUSTED = "budget-exhausted"  # metric: 1 if the device declined (local ε budget)
+CLIPPING_NORM = "clipping_norm"  # config: user-level clip C (Flower's fixedclipping_mod key)

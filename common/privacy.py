@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -111,6 +113,22 @@ def calibrate_noise(
     if spent > target_epsilon:  # our order grid contains Opacus's, so this cannot be looser
         raise RuntimeError(f"calibrated z={z} gives epsilon {spent} > target {target_epsilon}")
     return z
+
+
+def global_norm(arrays: Mapping[str, np.ndarray]) -> float:
+    """‖x‖₂ over all arrays taken as one vector (float64)."""
+    return float(
+        np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays.values()))
+    )
+
+
+def clip_update(
+    update: Mapping[str, np.ndarray], clip_norm: float
+) -> tuple[dict[str, np.ndarray], float]:
+    """(update scaled to ‖·‖ ≤ ``clip_norm``, its norm before clipping), in float64."""
+    norm = global_norm(update)
+    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    return {k: np.asarray(v, dtype=np.float64) * scale for k, v in update.items()}, norm
 
 
 @dataclass

@@ -19,10 +19,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, run_header, write_json
 from fedrec.common.shard import initial_shared_state, load_catalog
+from fedrec.server.dp_fedavg import UserLevelDP
 from fedrec.server.grid import ChunkedGrid
-from fedrec.server.strategy import load_checkpoint, make_strategy
+from fedrec.server.strategy import load_checkpoint, load_checkpoint_meta, make_strategy
 
 FINAL_MODEL = "model.npz"
 SELECTION = keys.VAL_PREFIX + keys.HR  # the best round is picked on validation HR@10
@@ -70,6 +72,20 @@ def run_federation(
             f"checkpoint is at round {start_round}; num-rounds {config.num_rounds} leaves none"
         )
     num_nodes = _wait_for_nodes(grid, max(config.min_clients, config.expected_nodes))
+    user_dp, ledger, budget_stop = None, None, None
+    if config.user_level_dp:  # the central stop: never start a round the budget cannot pay
+        user_dp = UserLevelDP.from_config(config, num_nodes)
+        ledger = _restored_ledger(config, user_dp)
+        allowed = user_dp.rounds_within_budget(ledger, remaining)
+        if allowed < 1:
+            raise ValueError(
+                f"user-level ε is already {ledger.epsilon(user_dp.delta):.4f} after"
+                f" {ledger.steps} rounds: one more exceeds dp-target-epsilon"
+                f" {config.dp_target_epsilon}"
+            )
+        if allowed < remaining:
+            budget_stop = start_round + allowed
+            remaining = allowed
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(
@@ -83,6 +99,8 @@ def run_federation(
         round_offset=start_round,
         num_rounds=remaining,
         on_round=on_round,
+        user_dp=user_dp,
+        user_ledger=ledger,
     )
     strategy.restore_optimizer_state(optimizer_state)
     started = time.perf_counter()
@@ -100,6 +118,7 @@ def run_federation(
     metrics["train_seconds"] = time.perf_counter() - started
     metrics["nodes"] = num_nodes
     metrics["shared_parameters"] = int(sum(a.numpy().size for a in result.arrays.values()))
+    metrics["privacy"] = privacy_summary(strategy.records, config, budget_stop)
     if run_dir is not None:
         import numpy as np
 
@@ -132,6 +151,34 @@ def summarize_rounds(records: list[dict[str, Any]]) -> dict[str, Any]:
             "up": float(sum(up) / len(up)) if up else 0.0,
         },
     }
+
+
+def privacy_summary(
+    records: list[dict[str, Any]], config: FederationConfig, budget_stop: int | None
+) -> dict[str, Any]:
+    """metrics.json ``privacy``: the last round's ledgers, and why the run ended."""
+    last = next((r["privacy"] for r in reversed(records) if "privacy" in r), {})
+    summary: dict[str, Any] = {
+        "user_level": last.get("user_level"),
+        "record_level": last.get("record_level"),
+    }
+    if config.user_level_dp:
+        summary["stopped_by_budget"] = budget_stop is not None
+        summary["stop_round"] = budget_stop
+    return summary
+
+
+def _restored_ledger(config: FederationConfig, dp: UserLevelDP) -> PrivacyLedger:
+    """A resumed run continues its ε from the checkpoint: it never starts again at zero."""
+    if not config.resume:
+        return PrivacyLedger(dp.accountant)
+    meta = load_checkpoint_meta(Path(config.resume))
+    if "user_level_ledger" not in meta:
+        raise ValueError(
+            f"checkpoint {config.resume} has no user-level privacy ledger: it comes from a run"
+            " without user-level DP and cannot be resumed with it"
+        )
+    return PrivacyLedger.from_dict(meta["user_level_ledger"])
 
 
 def _wait_for_nodes(grid: Grid, minimum: int, timeout_s: float = 120.0) -> int:

@@ -32,7 +32,9 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.runs import write_json
+from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_META = "checkpoint.json"
@@ -100,7 +102,9 @@ class RoundRecorder:
         server_lr: Callable[[int], float] | None = None,
         server_lr_attribute: str = "",
         weight_decay: float = 0.0,
+        record_tally: RecordLevelTally | None = None,
     ) -> None:
+        self.record_tally = record_tally
         self.server_lr = server_lr
         self.weight_decay = weight_decay
         self.server_lr_attribute = server_lr_attribute
@@ -170,9 +174,25 @@ class RoundRecorder:
             returning=float(metrics.get(keys.RETURNING, 0.0)) if metrics else None,
             train_seconds=time.perf_counter() - self._t0,
         )
+        privacy = self._privacy_record(ok)
+        if privacy:
+            rec["privacy"] = privacy
         if arrays is not None and self.run_dir is not None:
             self._checkpoint(arrays, server_round + self.round_offset)
         return arrays, metrics
+
+    def _privacy_record(self, ok: list[Message]) -> dict[str, Any]:
+        """This round's ``privacy`` entry: the user-level ledger (if DP-FedAvg is composed
+        in) and the devices' record-level ε (if they report one)."""
+        privacy: dict[str, Any] = {}
+        dp_record = getattr(self, "dp_record", None)  # set by server.dp.DPFedAvg
+        if dp_record:
+            privacy["user_level"] = dict(dp_record)
+        if self.record_tally is not None:
+            declined = self.record_tally.update(ok)
+            if self.record_tally.latest or declined:
+                privacy["record_level"] = self.record_tally.summary(declined)
+        return privacy
 
     # --- evaluation ---------------------------------------------------------------------
     def configure_evaluate(
@@ -238,7 +258,11 @@ class RoundRecorder:
         tmp = self.run_dir / f".{CHECKPOINT}.tmp.npz"
         np.savez(tmp, **state)
         tmp.replace(self.run_dir / CHECKPOINT)
-        write_json(self.run_dir / CHECKPOINT_META, {"round": absolute_round})
+        meta: dict[str, Any] = {"round": absolute_round}
+        ledger = getattr(self, "user_ledger", None)  # DP-FedAvg: ε must survive a restart
+        if isinstance(ledger, PrivacyLedger):
+            meta["user_level_ledger"] = ledger.to_dict()
+        write_json(self.run_dir / CHECKPOINT_META, meta)
 
     def restore_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         for name in ("m_t", "v_t", "momentum_vector"):
@@ -250,6 +274,13 @@ class RoundRecorder:
                 setattr(self, name, part)
 
 
+def load_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The checkpoint's round and, for a DP run, its user-level privacy ledger."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    return dict(json.loads((folder / CHECKPOINT_META).read_text()))
+
+
 def load_checkpoint(path: Path) -> tuple[ArrayRecord, dict[str, np.ndarray], int]:
     """(shared model, server-optimizer state, round) from a run folder or checkpoint file."""
     path = Path(path)
@@ -258,7 +289,7 @@ def load_checkpoint(path: Path) -> tuple[ArrayRecord, dict[str, np.ndarray], int
     if not file.exists():
         raise FileNotFoundError(f"no checkpoint at {file}")
 
-    meta = json.loads((folder / CHECKPOINT_META).read_text())
+    meta = load_checkpoint_meta(path)
     with np.load(file) as data:
         state = {k: data[k] for k in data.files}
     model = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("model/")}
@@ -283,10 +314,23 @@ def make_strategy(
     round_offset: int = 0,
     num_rounds: int | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    user_dp: UserLevelDP | None = None,
+    user_ledger: PrivacyLedger | None = None,
+    dp_rng: np.random.Generator | None = None,
 ) -> RoundRecorder:
-    """The configured Flower strategy with :class:`RoundRecorder` composed in front."""
+    """The configured Flower strategy with :class:`RoundRecorder` composed in front.
+
+    With ``user_dp``, :class:`~fedrec.server.dp_fedavg.DPFedAvg` is composed in just before
+    ``FedAvg`` in the method resolution order: FedAdam/FedYogi/FedAvgM/FedProx then take
+    their step from the clipped, noised average (e.g. RecordedFedAdam → FedAdam → FedOpt →
+    DPFedAvg → FedAvg).
+    """
     base = STRATEGY_CLASSES[config.strategy]
-    cls = type(f"Recorded{base.__name__}", (RoundRecorder, base), {})
+    bases: tuple[type, ...] = (RoundRecorder, base)
+    if user_dp is not None:
+        bases = (RoundRecorder, DPFedAvg) if base is FedAvg else (RoundRecorder, base, DPFedAvg)
+    name = ("DP" if user_dp is not None else "") + base.__name__
+    cls = type(f"Recorded{name}", bases, {})
     common: dict[str, Any] = {
         "fraction_train": config.fraction_train,
         "min_train_nodes": config.min_clients,
@@ -307,6 +351,8 @@ def make_strategy(
     elif config.strategy == "fedprox":
         common.update(proximal_mu=config.proximal_mu)
     strategy: RoundRecorder = cls(**common)
+    if user_dp is not None:
+        strategy.setup_dp(user_dp, user_ledger or PrivacyLedger(user_dp.accountant), dp_rng)  # type: ignore[attr-defined]
     schedule: Callable[[int], float] | None = None
     if config.strategy in SERVER_LR_ATTRIBUTE:  # horizon: the run's absolute num-rounds
 
@@ -326,5 +372,10 @@ def make_strategy(
         server_lr=schedule,
         server_lr_attribute=SERVER_LR_ATTRIBUTE.get(config.strategy, ""),
         weight_decay=config.server_weight_decay,
+        record_tally=(
+            RecordLevelTally(config.local_dp_delta, config.local_epsilon_budget)
+            if config.record_level_dp
+            else None
+        ),
     )
     return strategy

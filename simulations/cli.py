@@ -127,11 +127,13 @@ def simulate_cmd(
             hr = record.get("eval", {}).get("hr@10")
             quality = f"  HR@10 {hr:.3f}" if hr is not None else ""
             loss = record.get("train_loss")
+            eps = record.get("privacy", {}).get("user_level", {}).get("epsilon")
             info = (
                 f"round {record['round']}  clients {record.get('clients_replied', 0)}/"
                 f"{record.get('clients_sampled', 0)}"
                 + (f"  loss {loss:.4f}" if loss is not None else "")
                 + quality
+                + (f"  ε {eps:.3f}" if eps is not None else "")
             )
             progress.update(task, completed=record["round"], info=info, description="simulate")
 
@@ -145,7 +147,29 @@ def simulate_cmd(
         )
     b = metrics["bytes_per_client_round"]
     console.print(f"bytes per client per round: down {b['down']:.0f}  up {b['up']:.0f}")
+    _print_privacy(metrics.get("privacy", {}))
     console.print(f"run folder: [bold]{out}[/] (config.json, metrics.json, model.npz, *.png)")
+
+
+def _print_privacy(privacy: dict[str, Any]) -> None:
+    user, record = privacy.get("user_level"), privacy.get("record_level")
+    if user:
+        stop = (
+            f", stopped by the budget at round {privacy['stop_round']}"
+            if privacy.get("stopped_by_budget")
+            else ""
+        )
+        console.print(
+            f"user-level DP: ε {user['epsilon']:.3f} (δ {user['delta']:g}) after"
+            f" {user['rounds']} rounds, z {user['z']:.3f}, C {user['C']:g}, q {user['q']:.4f},"
+            f" {user['accountant']}{stop}"
+        )
+    if record and record.get("epsilon_max") is not None:
+        console.print(
+            f"record-level DP (devices): ε min/median/max {record['epsilon_min']:.3f}/"
+            f"{record['epsilon_median']:.3f}/{record['epsilon_max']:.3f} (δ {record['delta']:g}),"
+            f" {record['clients_at_budget']} device(s) reached their budget"
+        )
 
 
 def _progress() -> Progress:

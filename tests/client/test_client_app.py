@@ -12,9 +12,10 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from fedrec.client.app import expected_shared_shapes, local_train_config, make_client_app
+from fedrec.client.app import expected_shared_shapes, make_client_app
 from fedrec.client.data import SimulationShards
 from fedrec.client.local import build_local_model, local_train
+from fedrec.client.trainers import local_train_config
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS
@@ -290,3 +291,82 @@ def test_node_count_mismatch_is_a_clear_error(app: ClientApp, initial: ArrayReco
     with pytest.raises(ValueError, match="num-supernodes"):
         app(server_message("evaluate", initial, context.node_id, 1), context)
     assert keys.STATE_PRIVATE not in context.state
+
+
+# --- record-level DP on the node ---------------------------------------------------------------
+DP_APP_CONFIG = CONFIG.replace(
+    local_dp_noise_multiplier=1.0, local_dp_clip_norm=1.0, local_batch_size=16
+)
+
+
+def _epsilon_of(reply: Message) -> float:
+    return float(reply.content[keys.METRICS][keys.RECORD_EPSILON])
+
+
+def test_the_dp_ledger_lives_in_node_state_and_accumulates(
+    shards: SimulationShards, initial: ArrayRecord
+) -> None:
+    app = make_client_app(DP_APP_CONFIG, shards)
+    context = node_context(21, USERS)
+    first = _train(app, context, initial, 1)
+    assert first.content[keys.METRICS][keys.BUDGET_EXHAUSTED] == 0
+    stored = json.loads(str(context.state[keys.STATE_RECORD_LEDGER]["json"]))
+    assert stored["history"] and stored["accountant"] == "rdp"
+    second = _train(app, context, first.content[keys.ARRAYS], 2)
+    assert 0 < _epsilon_of(first) < _epsilon_of(second)
+    # the same node state on a "new process" (a fresh app object) keeps counting
+    third = _train(make_client_app(DP_APP_CONFIG, shards), context, initial, 3)
+    assert _epsilon_of(third) > _epsilon_of(second)
+    # a fresh node starts at the first round's ε: the ledger is per node
+    assert _epsilon_of(_train(app, node_context(21, USERS), initial, 1)) == pytest.approx(
+        _epsilon_of(first)
+    )
+
+
+def test_a_node_past_its_budget_declines_with_a_zero_update(
+    shards: SimulationShards, initial: ArrayRecord
+) -> None:
+    probe = make_client_app(DP_APP_CONFIG, shards)
+    one_round = _epsilon_of(_train(probe, node_context(23, USERS), initial, 1))
+    app = make_client_app(DP_APP_CONFIG.replace(local_epsilon_budget=one_round * 1.01), shards)
+    context = node_context(23, USERS)
+    _train(app, context, initial, 1)
+    private_before = _private(context)
+    reply = _train(app, context, initial, 2)
+    metrics = reply.content[keys.METRICS]
+    assert metrics[keys.BUDGET_EXHAUSTED] == 1 and metrics[keys.NUM_EXAMPLES] == 0
+    assert _epsilon_of(reply) == pytest.approx(one_round)  # nothing more spent
+    for key, array in reply.content[keys.ARRAYS].items():
+        np.testing.assert_array_equal(array.numpy(), initial[key].numpy())
+    after = _private(context)
+    assert all(np.array_equal(after[k], private_before[k]) for k in after)
+
+
+def test_the_node_clips_its_update_when_the_server_sends_c(
+    app: ClientApp, initial: ArrayRecord
+) -> None:
+    context = node_context(25, USERS)
+    request = server_message("train", initial, context.node_id, 1)
+    request.content[keys.CONFIG][keys.CLIPPING_NORM] = 0.01
+    reply = app(request, context)
+    assert not reply.has_error(), reply.error
+    arrays = reply.content[keys.ARRAYS]
+    norm = np.sqrt(sum(
+        ((arrays[k].numpy().astype(np.float64) - initial[k].numpy()) ** 2).sum() for k in arrays
+    ))  # fmt: skip
+    assert norm == pytest.approx(0.01, rel=1e-3)  # unclipped it is ~100x larger
+
+
+def test_dp_noise_is_not_derived_from_the_run_seed(
+    shards: SimulationShards, initial: ArrayRecord
+) -> None:
+    """The same node, round and config twice: a seeded (predictable, removable) noise would
+    give the same update; DP-SGD's noise must come from fresh entropy."""
+    app = make_client_app(DP_APP_CONFIG, shards)
+    a = _train(app, node_context(27, USERS), initial, 1).content[keys.ARRAYS]
+    b = _train(app, node_context(27, USERS), initial, 1).content[keys.ARRAYS]
+    assert any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    plain = make_client_app(CONFIG, shards)  # without DP the run is reproducible
+    c = _train(plain, node_context(27, USERS), initial, 1).content[keys.ARRAYS]
+    d = _train(plain, node_context(27, USERS), initial, 1).content[keys.ARRAYS]
+    assert all(np.array_equal(c[k].numpy(), d[k].numpy()) for k in c)

@@ -23,6 +23,7 @@ from fedrec.client.mods import (
     PRIVACY_GUARD_ERROR,
     MessageRecorder,
     SharedOnlyGuard,
+    UserLevelClipping,
     describe,
     violations,
 )
@@ -168,3 +169,39 @@ def test_describe_names_other_records_and_errors() -> None:
     assert described["records"] == {"config": {"kind": "ConfigRecord", "keys": ["a"]}}
     error = Message(error=Error(code=PRIVACY_GUARD_ERROR, reason="blocked"), reply_to=request)
     assert describe(error) == {"type": "train", "error": True}
+
+
+# --- UserLevelClipping ---------------------------------------------------------------------
+def _train_request(clip: float | None) -> Message:
+    request = server_message("train", _arrays(), node_id=1)
+    if clip is not None:
+        request.content[keys.CONFIG][keys.CLIPPING_NORM] = clip
+    return request
+
+
+def _trained(msg: Message, context: Context) -> Message:
+    """A handler whose update is 3 on every coordinate (‖Δ‖ = 3·√21 = 13.75)."""
+    arrays = ArrayRecord({k: Array(np.full(s, 3.0, np.float32)) for k, s in SHAPES.items()})
+    metrics = MetricRecord({keys.NUM_EXAMPLES: 10})
+    return _reply(msg, **{keys.ARRAYS: arrays, keys.METRICS: metrics})
+
+
+def _update_norm(reply: Message) -> float:
+    arrays = reply.content[keys.ARRAYS]
+    return float(np.sqrt(sum((arrays[k].numpy().astype(np.float64) ** 2).sum() for k in SHAPES)))
+
+
+def test_user_level_clipping_clips_the_update_to_the_servers_norm() -> None:
+    reply = UserLevelClipping()(_train_request(0.5), node_context(0, 1), _trained)
+    assert not reply.has_error()
+    assert _update_norm(reply) == pytest.approx(0.5, rel=1e-6)  # global is 0: Δ = reply
+    # the direction is kept: every coordinate scaled alike
+    values = np.concatenate([reply.content[keys.ARRAYS][k].numpy().ravel() for k in SHAPES])
+    assert np.allclose(values, values[0])
+
+
+def test_user_level_clipping_leaves_small_updates_and_non_dp_rounds_alone() -> None:
+    unclipped = UserLevelClipping()(_train_request(None), node_context(0, 1), _trained)
+    assert _update_norm(unclipped) == pytest.approx(3 * np.sqrt(21))
+    within = UserLevelClipping()(_train_request(100.0), node_context(0, 1), _trained)
+    assert _update_norm(within) == pytest.approx(3 * np.sqrt(21))

@@ -86,3 +86,21 @@ def test_context_store_rejects_a_non_array_record(record: object) -> None:
     state = RecordDict({KEY: record})
     with pytest.raises(TypeError, match=KEY):
         ContextStateStore(state).load(KEY)
+
+
+def test_json_round_trip_and_isolation(store: StateStore) -> None:
+    assert store.load_json("fedrec.record-ledger") is None
+    doc = {"accountant": "rdp", "history": [[1.1, 0.25, 8]]}
+    store.save_json("fedrec.record-ledger", doc)
+    loaded = store.load_json("fedrec.record-ledger")
+    assert loaded == doc
+    assert loaded is not None
+    loaded["history"].append([2.0, 0.5, 1])  # a caller's change does not reach the store
+    assert store.load_json("fedrec.record-ledger") == doc
+
+
+def test_json_key_holding_arrays_is_a_type_error() -> None:
+    store = ContextStateStore(RecordDict())
+    store.save(KEY, _arrays())
+    with pytest.raises(TypeError, match="not JSON"):
+        store.load_json(KEY)

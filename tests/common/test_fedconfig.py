@@ -117,3 +117,47 @@ def test_replace_validates() -> None:
 def test_synthetic_config() -> None:
     config = FederationConfig(synthetic_users=60, synthetic_items=400, seed=5)
     assert config.synthetic() == SyntheticConfig(num_users=60, num_items=400, seed=5)
+
+
+# --- differential privacy settings ---------------------------------------------------------
+USER_DP = {"dp-clip-norm": 1.0, "dp-noise-multiplier": 1.0, "client-weighting": "uniform"}
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"dp-noise-multiplier": 0.0}, "dp-target-epsilon"),
+        ({"client-weighting": "examples"}, "uniform"),
+        ({"clients-per-round": 0}, "clients-per-round >= 1"),
+        ({"dp-accountant": "gdp"}, "dp-accountant"),
+        ({"dp-delta": 1.0}, "dp-delta"),
+        ({"dp-clip-norm": -1.0}, "dp-clip-norm"),
+    ],
+)
+def test_user_level_dp_settings_are_checked(changes: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FederationConfig.from_mapping({**USER_DP, **changes})
+
+
+def test_user_level_dp_accepts_a_target_instead_of_z() -> None:
+    config = FederationConfig.from_mapping(
+        {**USER_DP, "dp-noise-multiplier": 0.0, "dp-target-epsilon": 8.0}
+    )
+    assert config.user_level_dp and not config.record_level_dp
+    assert not FederationConfig().user_level_dp  # off by default
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"local-dp-clip-norm": 0.0}, "local-dp-clip-norm"),
+        ({"local-optimizer": "adam"}, "sgd"),
+        ({"private-epochs": 1}, "private-epochs must be 0"),
+        ({"proximal-mu": 0.1}, "proximal-mu must be 0"),
+        ({"local-dp-delta": 0.0}, "local-dp-delta"),
+        ({"local-epsilon-budget": -1.0}, "local-epsilon-budget"),
+    ],
+)
+def test_record_level_dp_settings_are_checked(changes: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FederationConfig.from_mapping({"local-dp-noise-multiplier": 1.0, **changes})

@@ -6,12 +6,17 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays as np_arrays
 
 from fedrec.common.privacy import (
     RDP_ORDERS,
     PrivacyLedger,
     calibrate_noise,
+    clip_update,
     epsilon,
+    global_norm,
 )
 
 
@@ -115,3 +120,31 @@ def test_ledger_survives_serialization() -> None:
     assert restored.epsilon(1e-4) == ledger.epsilon(1e-4)
     with pytest.raises(ValueError, match="noise multiplier must be > 0"):
         PrivacyLedger.from_dict({"accountant": "rdp", "history": [[0.0, 0.1, 1]]})
+
+
+# --- clipping -------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    a=np_arrays(np.float64, (3, 4), elements=st.floats(-1e3, 1e3)),
+    b=np_arrays(np.float64, (2,), elements=st.floats(-1e3, 1e3)),
+    clip=st.floats(1e-3, 1e3),
+)
+def test_clipped_update_norm_never_exceeds_c(a: np.ndarray, b: np.ndarray, clip: float) -> None:
+    clipped, norm = clip_update({"a": a, "b": b}, clip)
+    assert global_norm(clipped) <= clip * (1 + 1e-12)
+    assert norm == pytest.approx(np.sqrt((a**2).sum() + (b**2).sum()))
+    if norm <= clip:  # an update within C is left as it is
+        np.testing.assert_array_equal(clipped["a"], a)
+
+
+def test_clip_known_values() -> None:
+    clipped, norm = clip_update({"x": np.array([3.0, 4.0])}, 1.0)  # norm = 5 -> scale 1/5
+    assert norm == 5.0
+    np.testing.assert_allclose(clipped["x"], [0.6, 0.8])
+
+
+def test_a_zero_update_stays_zero() -> None:
+    """A device that declines sends Δ = 0 (Flower 1.42's clip divides by its norm)."""
+    clipped, norm = clip_update({"x": np.zeros(3)}, 1.0)
+    assert norm == 0.0
+    np.testing.assert_array_equal(clipped["x"], np.zeros(3))

@@ -1,0 +1,111 @@
+"""How a device trains in one round: plain local training, or DP-SGD with its own ledger.
+
+:func:`trainer_for` picks the trainer once from the run's config; the ClientApp calls it
+without knowing which it got. Both train the one-user model in place and return the scalar
+metrics the reply may carry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from fedrec.client.local import LocalTrainConfig, local_train
+from fedrec.client.store import StateStore
+from fedrec.common import keys
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.model import SeedModel
+from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.shard import UserShard
+
+if TYPE_CHECKING:
+    from fedrec.client.dp_sgd import RecordDPConfig
+
+
+class Trainer(Protocol):
+    def __call__(
+        self,
+        model: SeedModel,
+        shard: UserShard,
+        store: StateStore,
+        rng: np.random.Generator,
+    ) -> dict[str, float | int]: ...
+
+
+class PlainTraining:
+    """Local training without record-level DP (client/local.py)."""
+
+    def __init__(self, config: LocalTrainConfig) -> None:
+        self.config = config
+
+    def __call__(
+        self, model: SeedModel, shard: UserShard, store: StateStore, rng: np.random.Generator
+    ) -> dict[str, float | int]:
+        loss, examples = local_train(model, shard, self.config, rng)
+        return {keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: examples}
+
+
+class DPSGDTraining:
+    """Opacus DP-SGD (client/dp_sgd.py) with the device's ledger carried in its state store.
+
+    The ledger is read before and written after every round, so ε keeps accumulating over
+    every round the device ever trained in; when the next round would pass the local
+    budget the device declines: it trains nothing, sends the global parameters back
+    unchanged (a zero update) and says so in ``budget-exhausted``.
+    """
+
+    def __init__(self, config: LocalTrainConfig, dp: RecordDPConfig) -> None:
+        self.config = config
+        self.dp = dp
+
+    def __call__(
+        self, model: SeedModel, shard: UserShard, store: StateStore, rng: np.random.Generator
+    ) -> dict[str, float | int]:
+        from fedrec.client.dp_sgd import dp_local_train  # Opacus loads only where DP-SGD runs
+
+        saved = store.load_json(keys.STATE_RECORD_LEDGER)
+        ledger = PrivacyLedger.from_dict(saved) if saved else PrivacyLedger(self.dp.accountant)
+        # The run's seeded stream is known to whoever knows config.json (the server, say):
+        # noise it could regenerate and subtract protects nobody. DP-SGD's sampling and
+        # noise come from fresh OS entropy instead, so DP rounds do not reproduce bit for bit.
+        secret = np.random.default_rng()
+        result = dp_local_train(model, shard, self.config, self.dp, ledger, secret)
+        store.save_json(keys.STATE_RECORD_LEDGER, ledger.to_dict())
+        return {
+            keys.TRAIN_LOSS: result.loss,
+            keys.NUM_EXAMPLES: result.examples,
+            keys.RECORD_EPSILON: result.epsilon,
+            keys.BUDGET_EXHAUSTED: int(result.declined),
+        }
+
+
+def local_train_config(config: FederationConfig) -> LocalTrainConfig:
+    return LocalTrainConfig(
+        epochs=config.local_epochs,
+        lr=config.local_lr,
+        optimizer=config.local_optimizer,
+        batch_size=config.local_batch_size,
+        negatives=config.negatives,
+        proximal_mu=config.proximal_mu,
+        private_epochs=config.private_epochs,
+        private_lr=config.private_lr,
+        private_weight_decay=config.private_weight_decay,
+    )
+
+
+def trainer_for(config: FederationConfig) -> Trainer:
+    """The run's trainer: DP-SGD when ``local-dp-noise-multiplier`` > 0, else plain."""
+    local = local_train_config(config)
+    if not config.record_level_dp:
+        return PlainTraining(local)
+    from fedrec.client.dp_sgd import RecordDPConfig
+
+    dp = RecordDPConfig(
+        noise_multiplier=config.local_dp_noise_multiplier,
+        max_grad_norm=config.local_dp_clip_norm,
+        delta=config.local_dp_delta,
+        epsilon_budget=config.local_epsilon_budget,
+        accountant=config.dp_accountant,
+    )
+    return DPSGDTraining(local, dp)

@@ -1,0 +1,263 @@
+"""User-level differential privacy for the federation: DP-FedAvg and the server's ε ledger.
+
+DP-FedAvg (McMahan, Ramage, Talwar & Zhang, "Learning Differentially Private Recurrent
+Language Models", ICLR 2018) protects a whole user's participation:
+  1. each round every node joins independently with probability q = m / N (Poisson
+     sampling, which the subsampled-Gaussian accountant assumes);
+  2. each client clips its shared-parameter update Δ_i to ‖Δ_i‖ ≤ C (the client's
+     ``fixedclipping_mod``, see client/mods.py); the server clips again, so a client that
+     skips it cannot raise the sensitivity (with secure aggregation only the client can);
+  3. the server averages with the *fixed* denominator m, not the number of replies, and
+     adds Gaussian noise of std σ = z·C / m to every coordinate: a round with fewer
+     replies gets exactly the noise the accountant assumed, never less;
+  4. the average goes on to the server optimizer (FedAvg/FedAvgM/FedAdam/FedYogi step):
+     post-processing, so ε is unchanged.
+Each round is one use of the subsampled Gaussian mechanism (z, q) in a
+:class:`~fedrec.common.privacy.PrivacyLedger`; a run stops before the target ε would be
+exceeded.
+
+Why not Flower's ``DifferentialPrivacyClientSideFixedClipping``: in 1.42 it wraps the
+strategy and adds its noise to the *inner strategy's output*; with FedAdam that output is
+already the server-optimizer step, and FedAdam's moments m_t, v_t have seen the un-noised
+average. It also samples a fixed number of clients and divides by the number of replies.
+So the noise goes here, between Flower's FedOpt step and FedAvg's averaging
+(:class:`DPFedAvg` sits just before ``FedAvg`` in the strategy's MRO; see
+``server/strategy.py::make_strategy``). The client side reuses Flower's
+``fixedclipping_mod`` unchanged.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from fedrec.common import keys
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.privacy import PrivacyLedger, calibrate_noise, clip_update
+
+# relative: a reply within C·(1 + tol) counts as clipped by its client (it arrives as
+# float32 values global + Δ, so the server's float64 recomputation of ‖Δ‖ is off by ~1e-7)
+CLIP_TOLERANCE = 1e-4
+
+
+class PrivacyBudgetExceeded(RuntimeError):
+    """The next round would take the user-level ε past the run's target."""
+
+
+@dataclass(frozen=True)
+class UserLevelDP:
+    """The mechanism of one run: clip C, noise multiplier z, expected cohort m of N nodes."""
+
+    clip_norm: float  # C
+    noise_multiplier: float  # z
+    expected_clients: int  # m: the denominator of the average
+    num_nodes: int  # N
+    delta: float
+    target_epsilon: float  # 0: no target (ε is reported, nothing stops)
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        if self.clip_norm <= 0 or self.noise_multiplier <= 0:
+            raise ValueError(
+                f"user-level DP needs C > 0 and z > 0, got C={self.clip_norm},"
+                f" z={self.noise_multiplier}"
+            )
+        if not 1 <= self.expected_clients <= self.num_nodes:
+            raise ValueError(
+                f"clients-per-round m={self.expected_clients} must be in [1, nodes"
+                f" {self.num_nodes}]: q = m/N is the sampling rate"
+            )
+
+    @property
+    def sample_rate(self) -> float:
+        return self.expected_clients / self.num_nodes
+
+    @property
+    def noise_std(self) -> float:
+        """σ = z·C / m per coordinate of the averaged update."""
+        return self.noise_multiplier * self.clip_norm / self.expected_clients
+
+    @classmethod
+    def from_config(cls, config: FederationConfig, num_nodes: int) -> UserLevelDP:
+        """The run's mechanism; z is calibrated to the target over ``num-rounds`` if not given."""
+        m = config.clients_per_round
+        z = config.dp_noise_multiplier
+        if z <= 0:
+            z = calibrate_noise(
+                config.dp_target_epsilon,
+                config.dp_delta,
+                m / num_nodes,
+                config.num_rounds,
+                config.dp_accountant,
+            )
+        return cls(
+            clip_norm=config.dp_clip_norm,
+            noise_multiplier=z,
+            expected_clients=m,
+            num_nodes=num_nodes,
+            delta=config.dp_delta,
+            target_epsilon=config.dp_target_epsilon,
+            accountant=config.dp_accountant,
+        )
+
+    def rounds_within_budget(self, ledger: PrivacyLedger, limit: int) -> int:
+        """How many more rounds (≤ ``limit``) keep ε within the target; ``limit`` if none.
+
+        ε grows with every round, so a binary search over the round count finds the last
+        one that fits.
+        """
+        if self.target_epsilon <= 0:
+            return limit
+        z, q, delta = self.noise_multiplier, self.sample_rate, self.delta
+        if ledger.epsilon_after(delta, z, q, limit) <= self.target_epsilon:
+            return limit
+        low, high = 0, limit  # fits(low), not fits(high)
+        while high - low > 1:
+            mid = (low + high) // 2
+            if ledger.epsilon_after(delta, z, q, mid) <= self.target_epsilon:
+                low = mid
+            else:
+                high = mid
+        return low
+
+    def describe(self, ledger: PrivacyLedger) -> dict[str, Any]:
+        """The ``privacy.user_level`` entry of metrics.json."""
+        return {
+            "epsilon": ledger.epsilon(self.delta),
+            "delta": self.delta,
+            "z": self.noise_multiplier,
+            "C": self.clip_norm,
+            "q": self.sample_rate,
+            "m": self.expected_clients,
+            "noise_std": self.noise_std,
+            "rounds": ledger.steps,
+            "accountant": self.accountant,
+            "target_epsilon": self.target_epsilon or None,
+        }
+
+
+def poisson_sample(node_ids: Iterable[int], rate: float, rng: np.random.Generator) -> list[int]:
+    """Each node independently with probability ``rate`` (sorted ids, so seeds reproduce)."""
+    ids = sorted(node_ids)
+    keep = rng.random(len(ids)) < rate
+    return [i for i, k in zip(ids, keep, strict=True) if k]
+
+
+class DPFedAvg(FedAvg):
+    """FedAvg's averaging made DP-FedAvg; composed just before ``FedAvg`` in the MRO.
+
+    Call :meth:`setup_dp` after construction. ``configure_train`` replaces FedAvg's
+    fixed-size sampling by Poisson sampling and sends C to the clients; ``aggregate_train``
+    replaces the weighted average by the clipped, noised, fixed-denominator mean (metrics
+    are still aggregated by FedAvg).
+    """
+
+    def setup_dp(
+        self, dp: UserLevelDP, ledger: PrivacyLedger, rng: np.random.Generator | None = None
+    ) -> None:
+        """``rng`` draws cohorts and noise; default: fresh OS entropy (not reproducible, on
+        purpose — predictable noise protects nobody)."""
+        self.dp = dp
+        self.user_ledger = ledger
+        self.dp_rng = rng if rng is not None else np.random.default_rng()
+        self.dp_record: dict[str, Any] = {}
+        self._dp_global: dict[str, np.ndarray] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        dp = self.dp
+        if dp.target_epsilon > 0:
+            after = self.user_ledger.epsilon_after(dp.delta, dp.noise_multiplier, dp.sample_rate, 1)
+            if after > dp.target_epsilon:
+                raise PrivacyBudgetExceeded(
+                    f"round {server_round} would raise user-level ε to {after:.4f} >"
+                    f" target {dp.target_epsilon}: the run must stop before it"
+                )
+        self._dp_global = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
+        node_ids = poisson_sample(grid.get_node_ids(), dp.sample_rate, self.dp_rng)
+        config[keys.SERVER_ROUND] = server_round
+        config[keys.CLIPPING_NORM] = dp.clip_norm
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, Any]:
+        replies = list(replies)
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        _, metrics = super().aggregate_train(server_round, valid) if valid else (None, None)
+        dp, start = self.dp, self._dp_global
+        total = {k: np.zeros_like(v) for k, v in start.items()}
+        norms = []
+        for msg in valid:
+            sent = msg.content[self.arrayrecord_key]
+            update = {k: sent[k].numpy().astype(np.float64) - start[k] for k in start}
+            clipped, norm = clip_update(update, dp.clip_norm)
+            norms.append(norm)
+            for k in total:
+                total[k] += clipped[k]
+        out = {}
+        for k, v in start.items():  # global + Σ clip(Δ_i) / m + N(0, (zC/m)²)
+            noise = self.dp_rng.normal(0.0, dp.noise_std, size=v.shape)
+            out[k] = Array(v + total[k] / dp.expected_clients + noise)
+        self.user_ledger.record(dp.noise_multiplier, dp.sample_rate, 1)
+        over = [n for n in norms if n > dp.clip_norm * (1 + CLIP_TOLERANCE)]
+        self.dp_record = {
+            **dp.describe(self.user_ledger),
+            "replies": len(valid),
+            "clipped_by_server": len(over),
+            "update_norm_median": statistics.median(norms) if norms else None,
+        }
+        return ArrayRecord(out), metrics
+
+
+class RecordLevelTally:
+    """The server's view of the devices' own DP-SGD ledgers, from their scalar metrics.
+
+    Each device reports its record-level ε after a round (``record-epsilon``) and whether it
+    declined because its local budget was spent (``budget-exhausted``); the server keeps
+    the latest ε per node and the set of nodes that ever declined.
+    """
+
+    def __init__(self, delta: float, budget: float) -> None:
+        self.delta = delta
+        self.budget = budget
+        self.latest: dict[int, float] = {}
+        self.exhausted: set[int] = set()
+
+    def update(self, replies: Iterable[Message]) -> int:
+        """Take this round's replies; returns how many declined this round."""
+        declined = 0
+        for msg in replies:
+            if msg.has_error() or keys.METRICS not in msg.content:
+                continue
+            metrics = msg.content[keys.METRICS]
+            node = msg.metadata.src_node_id
+            if keys.RECORD_EPSILON in metrics:
+                self.latest[node] = float(metrics[keys.RECORD_EPSILON])
+            if int(metrics.get(keys.BUDGET_EXHAUSTED, 0)):
+                declined += 1
+                self.exhausted.add(node)
+        return declined
+
+    def summary(self, declined_this_round: int) -> dict[str, Any]:
+        """The ``privacy.record_level`` entry: ε over every device that has trained so far."""
+        values = sorted(self.latest.values())
+        return {
+            "epsilon_min": values[0] if values else None,
+            "epsilon_median": statistics.median(values) if values else None,
+            "epsilon_max": values[-1] if values else None,
+            "clients": len(values),
+            "delta": self.delta,
+            "budget": self.budget or None,
+            "clients_at_budget": len(self.exhausted),
+            "declined_this_round": declined_this_round,
+        }

@@ -1,0 +1,244 @@
+"""Tests for fedrec.server.dp_fedavg: DP-FedAvg's clipping, sampling, noise, ledger and stop."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrec.common import keys
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.privacy import PrivacyLedger, calibrate_noise, epsilon
+from fedrec.server.dp_fedavg import (
+    DPFedAvg,
+    PrivacyBudgetExceeded,
+    RecordLevelTally,
+    UserLevelDP,
+    poisson_sample,
+)
+from fedrec.server.strategy import load_checkpoint_meta, make_strategy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from builders import server_message
+
+DP_CONFIG = FederationConfig(
+    strategy="fedavg",
+    client_weighting="uniform",
+    clients_per_round=10,
+    dp_clip_norm=1.0,
+    dp_noise_multiplier=1.0,
+    eval_every=1,
+)
+
+
+@pytest.fixture(autouse=True)
+def _run_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower stamps server messages with the run, node and task ids of the ServerApp."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)  # the server (SuperLink) node
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+class FakeGrid:
+    """The part of a Grid that configure_train uses."""
+
+    def __init__(self, nodes: int) -> None:
+        self.nodes = list(range(1, nodes + 1))
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+def _dp(**changes: float) -> UserLevelDP:
+    values = dict(
+        clip_norm=1.0,
+        noise_multiplier=1.0,
+        expected_clients=10,
+        num_nodes=100,
+        delta=1e-4,
+        target_epsilon=0.0,
+    )
+    return UserLevelDP(**{**values, **changes})  # type: ignore[arg-type]
+
+
+def _global(size: int = 6) -> ArrayRecord:
+    return ArrayRecord({
+        "item_embedding.weight": Array(np.zeros((size, 4), dtype=np.float32)),
+        "head.bias": Array(np.zeros(1, dtype=np.float32)),
+    })  # fmt: skip
+
+
+def _reply(update: dict[str, np.ndarray], node: int) -> Message:
+    arrays = ArrayRecord({k: Array(v.astype(np.float32)) for k, v in update.items()})
+    metrics = MetricRecord({keys.NUM_EXAMPLES: 5, keys.UNIT_WEIGHT: 1, keys.TRAIN_LOSS: 0.5})
+    content = RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics})
+    return Message(content=content, reply_to=server_message("train", None, node_id=node))
+
+
+def _strategy(dp: UserLevelDP, seed: int = 0, config: FederationConfig = DP_CONFIG) -> DPFedAvg:
+    strategy = make_strategy(
+        config, num_nodes=dp.num_nodes, run_dir=None, user_dp=dp,
+        dp_rng=np.random.default_rng(seed),
+    )  # fmt: skip
+    strategy._current = {"round": 1, "clients_sampled": 3, "bytes_down_per_client": 1}
+    strategy._t0 = 0.0
+    assert isinstance(strategy, DPFedAvg)
+    return strategy
+
+
+def _round(strategy: DPFedAvg, start: ArrayRecord, replies: list[Message]) -> dict:
+    messages = list(strategy.configure_train(1, start, ConfigRecord(), FakeGrid(100)))
+    clip = strategy.dp.clip_norm  # every cohort member is told C
+    assert all(m.content[keys.CONFIG][keys.CLIPPING_NORM] == clip for m in messages)
+    new, _ = strategy.aggregate_train(1, replies)
+    assert new is not None
+    return {k: v.numpy().astype(np.float64) for k, v in new.items()}
+
+
+# --- pure pieces ---------------------------------------------------------------------------
+def test_poisson_sampling_rate() -> None:
+    rng = np.random.default_rng(0)
+    sizes = [len(poisson_sample(range(1000), 0.05, rng)) for _ in range(400)]
+    # Binomial(1000, 0.05): mean 50, sd 6.9; the mean of 400 rounds has sd 0.34
+    assert np.mean(sizes) == pytest.approx(50, abs=1.5)
+    assert np.std(sizes) == pytest.approx(np.sqrt(1000 * 0.05 * 0.95), rel=0.15)
+
+
+def test_noise_std_is_z_c_over_m() -> None:
+    assert _dp(noise_multiplier=2.0, clip_norm=0.5, expected_clients=20).noise_std == 0.05
+
+
+def test_invalid_mechanisms_are_rejected() -> None:
+    with pytest.raises(ValueError, match="C > 0 and z > 0"):
+        _dp(noise_multiplier=0.0)
+    with pytest.raises(ValueError, match="sampling rate"):
+        _dp(expected_clients=101)
+
+
+def test_from_config_calibrates_z_to_the_target() -> None:
+    config = DP_CONFIG.replace(dp_noise_multiplier=0.0, dp_target_epsilon=2.0, num_rounds=50)
+    dp = UserLevelDP.from_config(config, num_nodes=200)
+    assert dp.sample_rate == 0.05
+    assert dp.noise_multiplier == pytest.approx(calibrate_noise(2.0, 1e-4, 0.05, 50))
+    assert epsilon(dp.noise_multiplier, 0.05, 50, 1e-4) <= 2.0
+    assert dp.rounds_within_budget(PrivacyLedger(), 50) == 50
+
+
+def test_rounds_within_budget_is_the_last_round_that_fits() -> None:
+    dp = _dp(target_epsilon=3.0)
+    ledger = PrivacyLedger()
+    ledger.record(1.0, 0.1, 7)  # already spent some
+    rounds = dp.rounds_within_budget(ledger, 10_000)
+    assert 0 < rounds < 10_000
+    assert ledger.epsilon_after(1e-4, 1.0, 0.1, rounds) <= 3.0
+    assert ledger.epsilon_after(1e-4, 1.0, 0.1, rounds + 1) > 3.0
+    assert _dp().rounds_within_budget(ledger, 10_000) == 10_000  # no target: no stop
+
+
+# --- the strategy layer --------------------------------------------------------------------
+def test_dp_is_composed_just_before_fedavg() -> None:
+    config = DP_CONFIG.replace(strategy="fedadam")
+    strategy = make_strategy(config, num_nodes=100, run_dir=None, user_dp=_dp())
+    mro = type(strategy).__mro__
+    assert mro.index(FedAdam) < mro.index(DPFedAvg) == mro.index(FedAvg) - 1
+
+
+def test_noise_has_the_claimed_std() -> None:
+    """200k coordinates: the sample std is within ~0.3% of the truth, so a 10% error in the
+    noise (e.g. dividing by the replies instead of m, or σ = z·C) fails this test."""
+    dp = _dp(noise_multiplier=1.3, clip_norm=0.7, expected_clients=10)
+    strategy = _strategy(dp)
+    start = _global(size=50_000)
+    out = _round(strategy, start, [])  # no replies: the released model is pure noise
+    noise = np.concatenate([v.ravel() for v in out.values()])
+    assert noise.std() == pytest.approx(1.3 * 0.7 / 10, rel=0.02)
+    assert abs(noise.mean()) < 5 * dp.noise_std / np.sqrt(noise.size)
+
+
+def test_average_has_the_fixed_denominator_and_server_clip() -> None:
+    dp = _dp(noise_multiplier=1e-9)  # noise negligible: check the mean itself
+    strategy = _strategy(dp)
+    start = _global()
+    small = {"item_embedding.weight": np.full((6, 4), 0.1), "head.bias": np.array([0.0])}
+    big = {"item_embedding.weight": np.zeros((6, 4)), "head.bias": np.array([50.0])}
+    out = _round(strategy, start, [_reply(small, 1), _reply(small, 2), _reply(big, 3)])
+    # (0.1 + 0.1 + 0) / m=10 on the embedding; the big update is clipped to C=1 on the bias
+    np.testing.assert_allclose(out["item_embedding.weight"], 0.02, atol=1e-6)
+    np.testing.assert_allclose(out["head.bias"], [0.1], atol=1e-6)
+    record = strategy.dp_record
+    assert record["clipped_by_server"] == 1 and record["replies"] == 3
+    assert record["rounds"] == 1
+
+
+def test_epsilon_accumulates_over_rounds_and_the_stop_fires() -> None:
+    target = epsilon(1.0, 0.1, 3, 1e-4) + 1e-6  # three rounds fit, a fourth does not
+    strategy = _strategy(_dp(target_epsilon=target))
+    eps = []
+    for _ in range(3):
+        _round(strategy, _global(), [])
+        eps.append(strategy.dp_record["epsilon"])
+    assert eps[0] < eps[1] < eps[2] <= target
+    assert eps[2] == pytest.approx(epsilon(1.0, 0.1, 3, 1e-4))
+    with pytest.raises(PrivacyBudgetExceeded, match="target"):
+        strategy.configure_train(4, _global(), ConfigRecord(), FakeGrid(100))
+
+
+def test_cohorts_are_poisson_samples() -> None:
+    strategy = _strategy(_dp())
+    sizes = [
+        len(list(strategy.configure_train(r, _global(), ConfigRecord(), FakeGrid(100))))
+        for r in range(1, 201)
+    ]
+    assert len(set(sizes)) > 3  # not a fixed count
+    assert np.mean(sizes) == pytest.approx(10, abs=1.0)  # q·N = 0.1·100
+
+
+def test_fedadam_steps_on_the_noised_average() -> None:
+    """The server optimizer's moment sees the DP average, not the raw one."""
+    config = DP_CONFIG.replace(strategy="fedadam", server_beta1=0.9)
+    dp = _dp(noise_multiplier=1.0)
+    strategy = make_strategy(
+        config, num_nodes=100, run_dir=None, user_dp=dp, dp_rng=np.random.default_rng(3)
+    )
+    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
+    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
+    strategy.aggregate_train(1, [])
+    m_t = np.concatenate([np.ravel(v) for v in strategy.m_t.values()])
+    # m_1 = (1 − β1)·(noisy average − global): pure noise of std 0.1·σ
+    assert m_t.std() > 0.5 * 0.1 * dp.noise_std
+
+
+def test_the_ledger_is_checkpointed(tmp_path: Path) -> None:
+    strategy = make_strategy(
+        DP_CONFIG, num_nodes=100, run_dir=tmp_path, user_dp=_dp(),
+        dp_rng=np.random.default_rng(0),
+    )  # fmt: skip
+    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
+    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
+    strategy.aggregate_train(1, [])
+    ledger = PrivacyLedger.from_dict(load_checkpoint_meta(tmp_path)["user_level_ledger"])
+    assert ledger.history == [(1.0, 0.1, 1)]
+
+
+# --- record level --------------------------------------------------------------------------
+def _device_reply(node: int, eps: float, declined: int) -> Message:
+    metrics = MetricRecord({keys.RECORD_EPSILON: eps, keys.BUDGET_EXHAUSTED: declined})
+    content = RecordDict({keys.METRICS: metrics})
+    return Message(content=content, reply_to=server_message("train", None, node_id=node))
+
+
+def test_record_level_tally() -> None:
+    tally = RecordLevelTally(delta=1e-4, budget=5.0)
+    assert tally.update([_device_reply(1, 1.0, 0), _device_reply(2, 3.0, 0)]) == 0
+    assert tally.update([_device_reply(1, 2.0, 0), _device_reply(3, 5.0, 1)]) == 1
+    summary = tally.summary(1)
+    assert (summary["epsilon_min"], summary["epsilon_median"], summary["epsilon_max"]) == (
+        2.0, 3.0, 5.0,
+    )  # fmt: skip
+    assert summary["clients"] == 3 and summary["clients_at_budget"] == 1
+    assert summary["declined_this_round"] == 1 and summary["delta"] == 1e-4
