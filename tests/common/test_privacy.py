@@ -41,6 +41,24 @@ def test_known_subsampled_value() -> None:
     assert epsilon(1.1, 0.01, 10_000, 1e-5) == pytest.approx(5.632, abs=2e-3)
 
 
+@pytest.mark.parametrize(
+    "history",
+    [
+        [(1.1, 0.01, 10_000)],
+        [(0.7, 20 / 943, 600)],
+        [(1.0, 1 / 3, 3), (1.0, 1 / 3, 3), (2.0, 0.5, 7), (0.8, 1.0, 1)],
+    ],
+)
+def test_ledger_epsilon_equals_opacus_rdp_accountant(history: list) -> None:
+    """The memoized per-step RDP composes exactly as Opacus's accountant does."""
+    from opacus.accountants import RDPAccountant
+
+    reference = RDPAccountant()
+    reference.history = list(history)
+    expected = reference.get_epsilon(1e-5, alphas=list(RDP_ORDERS))
+    assert PrivacyLedger(history=list(history)).epsilon(1e-5) == pytest.approx(expected, rel=1e-12)
+
+
 def test_epsilon_grows_with_steps_and_rate_and_falls_with_noise() -> None:
     base = epsilon(1.0, 0.02, 100, 1e-5)
     assert epsilon(1.0, 0.02, 200, 1e-5) > base

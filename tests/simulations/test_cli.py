@@ -95,6 +95,11 @@ def test_scenarios_parse() -> None:
     from fedrec.simulations.runner import SCENARIO_DIR, load_scenario
 
     scenarios = sorted(SCENARIO_DIR.glob("*.toml"))
-    assert {p.name for p in scenarios} >= {"synthetic-quick.toml", "ml100k-fedavg.toml"}
-    for path in scenarios:
-        FederationConfig.from_mapping(load_scenario(path))
+    assert {p.name for p in scenarios} >= {
+        "synthetic-quick.toml", "ml100k-fedavg.toml", "ml100k-dp-eps8.toml", "ml100k-dp-eps2.toml",
+    }  # fmt: skip
+    parsed = {path.stem: FederationConfig.from_mapping(load_scenario(path)) for path in scenarios}
+    for name, target in (("ml100k-dp-eps8", 8.0), ("ml100k-dp-eps2", 2.0)):
+        config = parsed[name]  # both levels of DP on, with the user-level target
+        assert config.user_level_dp and config.record_level_dp
+        assert (config.dp_target_epsilon, config.dp_delta) == (target, 1e-4)
