@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.simulations.runner import load_scenario, simulate
+from fedrec.simulations.runner import load_scenario, parse_setting, simulate
 
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 
@@ -100,15 +100,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _number_or_text(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="synthetic")
@@ -123,7 +114,7 @@ def main() -> None:
     values: dict[str, Any] = {**load_scenario(args.config), "data": args.data}
     for item in args.set:
         key, _, value = item.partition("=")
-        values[key] = _number_or_text(value)
+        values[key] = parse_setting(value)
     scenario = FederationConfig.from_mapping(values)
     user_only = scenario.replace(local_dp_noise_multiplier=0.0, local_epsilon_budget=0.0)
     rows = []

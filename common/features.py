@@ -60,8 +60,8 @@ def append_item_block(
 
 
 def _encode_column(key: str, values: list[str]) -> tuple[np.ndarray, list[str]]:
-    if key == "age":
-        ages = np.array([_to_float(v) for v in values], dtype=np.float64)
+    if key == "age":  # a number, or a band "20-29" (fedrec data prepare): its midpoint
+        ages = np.array([_age(v) for v in values], dtype=np.float64)
         return np.nan_to_num(ages / 100.0, nan=0.0)[:, None], ["age/100"]
     if key == "zip":
         values = [v[:1] if v[:1].isdigit() else "other" for v in values]
@@ -85,6 +85,13 @@ def _one_hot(
         if v in index:
             out[row, index[v]] = 1.0
     return out, [f"{key}={c}" for c in cats]
+
+
+def _age(v: str) -> float:
+    low, dash, high = v.partition("-")
+    if dash and low.strip().isdigit() and high.strip().isdigit():
+        return (float(low) + float(high)) / 2.0
+    return _to_float(v)  # "*" (suppressed) and other text: missing
 
 
 def _to_float(v: str) -> float:

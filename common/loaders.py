@@ -18,7 +18,9 @@ Accepted layouts (:func:`load_ratings` picks one from the path):
 * **Generic CSV** (``csv``), a ``.csv`` file whose header has ``user,item,rating,timestamp``
   (any order, extra columns ignored). Ids are any non-empty strings. Optional item features CSV
   ``item,genres[,title]`` and user features CSV ``user,<attribute columns...>``. UTF-8 (a BOM
-  is allowed). Genres are sorted by name.
+  is allowed). Genres are sorted by name. A folder holding such a ``ratings.csv`` (without a
+  ``movies.csv``) is read with its ``items.csv`` and ``users.csv`` when present: the layout
+  ``fedrec data prepare`` writes.
 
 Rules shared by all formats: blank lines are skipped; MovieLens ids must be integers (they are
 stored in canonical decimal form); ratings are finite numbers and timestamps integers. When a
@@ -57,7 +59,8 @@ RATING_COLUMNS = ("user", "item", "rating", "timestamp")
 LAYOUTS = (
     "a folder with u.data (MovieLens 100K), a folder with ratings.dat (MovieLens 1M), "
     "a folder with ratings.csv and movies.csv (MovieLens latest), "
-    "or a .csv file with columns user,item,rating,timestamp"
+    "a .csv file with columns user,item,rating,timestamp, "
+    "or a folder with such a ratings.csv (+ items.csv, users.csv)"
 )
 _SEP_NAMES = {"\t": "tab", "|": "'|'", "::": "'::'"}
 
@@ -84,6 +87,13 @@ def load_ratings(
             return load_movielens_1m(path)
         if (path / "ratings.csv").is_file() and (path / "movies.csv").is_file():
             return load_movielens_latest(path)
+        if (path / "ratings.csv").is_file():  # a generic CSV folder (`fedrec data prepare`)
+            items, users = path / "items.csv", path / "users.csv"
+            return load_csv(
+                path / "ratings.csv",
+                item_features=items if items.is_file() else None,
+                user_features=users if users.is_file() else None,
+            )
     raise DataFormatError(path, f"unknown format: expected {LAYOUTS}")
 
 

@@ -98,7 +98,7 @@ def simulate_cmd(
 ) -> None:
     """Run a federation in Flower's simulation engine: one virtual node per user."""
     from fedrec.common.fedconfig import FederationConfig
-    from fedrec.simulations.runner import load_scenario, simulate
+    from fedrec.simulations.runner import load_scenario, parse_setting, simulate
 
     values: dict[str, Any] = _or_exit(lambda: load_scenario(config)) if config else {}
     for item in set_ or []:
@@ -106,7 +106,7 @@ def simulate_cmd(
         if not sep:
             console.print(f"[red]error:[/] --set expects KEY=VALUE, got {item!r}")
             raise typer.Exit(code=2)
-        values[key.strip()] = _parse_value(value.strip())
+        values[key.strip()] = parse_setting(value.strip())
     for key, value in (
         ("data", data),
         ("num-rounds", num_rounds),
@@ -183,15 +183,6 @@ def _progress() -> Progress:
     )
 
 
-def _parse_value(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text.strip('"')
-
-
 @data_app.command("download")
 def download_cmd(
     name: Annotated[str, typer.Argument(help="Data set name, e.g. ml-100k.")],
@@ -202,6 +193,62 @@ def download_cmd(
 
     folder = _or_exit(lambda: download_dataset(name, to))
     console.print(f"{name} ready at [bold]{folder}[/]")
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    source: Annotated[
+        Path, typer.Option("--in", help="Raw data: a MovieLens 100K folder or a ratings .csv.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (new or empty).")],
+    key_file: Annotated[
+        Path,
+        typer.Option("--key-file", help="Pseudonym key, outside --out; created (0600) if missing."),
+    ],
+    k: Annotated[int, typer.Option("--k", help="k-anonymity over the quasi-identifiers.")] = 5,
+    time_unit: Annotated[str, typer.Option(help="Floor timestamps to day | week | month.")] = "day",
+    age_band: Annotated[int, typer.Option(help="Age band width in years (1: exact).")] = 10,
+    zip_digits: Annotated[int, typer.Option(help="Zip characters kept, 0..5 (0: drop).")] = 0,
+    occupation: Annotated[str, typer.Option(help="keep | drop")] = "keep",
+    suppress: Annotated[
+        str, typer.Option(help="Users in classes < k: attributes (mask) | users (drop).")
+    ] = "attributes",
+    keep_column: Annotated[
+        list[str] | None,
+        typer.Option(help="Keep this extra user column as a quasi-identifier (repeatable)."),
+    ] = None,
+    user_features: Annotated[
+        Path | None, typer.Option(help="Generic CSV: user,<attributes> file.")
+    ] = None,
+    item_features: Annotated[
+        Path | None, typer.Option(help="Generic CSV: item,title,genres file.")
+    ] = None,
+) -> None:
+    """De-identify a data set: pseudonymous users, generalized attributes, k-anonymity."""
+    from fedrec.common.anonymize import AnonymizeConfig
+    from fedrec.simulations.prepare import PrepareConfig, prepare, summary_lines
+
+    config = _or_exit(
+        lambda: PrepareConfig(
+            source=source,
+            out=out,
+            key_file=key_file,
+            anonymize=AnonymizeConfig(
+                k=k,
+                time_unit=time_unit,
+                age_band=age_band,
+                zip_digits=zip_digits,
+                occupation=occupation,
+                suppress=suppress,
+                keep_columns=tuple(keep_column or ()),
+            ),
+            user_features=user_features,
+            item_features=item_features,
+        )
+    )
+    summary = _or_exit(lambda: prepare(config))
+    for line in summary_lines(summary, out):
+        console.print(line, markup=False, highlight=False)
 
 
 def _or_exit(fn: Any) -> Any:

@@ -44,6 +44,16 @@ def load_scenario(path: str | Path) -> dict[str, Any]:
     return dict(document["run"])
 
 
+def parse_setting(text: str) -> Any:
+    """The value of a ``--set KEY=VALUE`` override: int, float, else the (unquoted) text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip('"')
+
+
 def simulate(
     config: FederationConfig,
     on_round: Callable[[dict[str, Any]], None] | None = None,

@@ -7,6 +7,12 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from fedrec.common.dataset import Interactions
+from fedrec.common.shard import Catalog
+from fedrec.common.sources import load_interactions
+from fedrec.common.split import Split, temporal_leave_one_out
+from fedrec.common.synthetic import SyntheticConfig
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
@@ -17,3 +23,19 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# The small synthetic data set most unit tests share (a module may override any of these).
+@pytest.fixture(scope="module")
+def data() -> Interactions:
+    return load_interactions("synthetic", synthetic=SyntheticConfig(num_users=60, num_items=400))
+
+
+@pytest.fixture(scope="module")
+def split(data: Interactions) -> Split:
+    return temporal_leave_one_out(data, seed=0)
+
+
+@pytest.fixture(scope="module")
+def catalog(data: Interactions) -> Catalog:
+    return Catalog.of(data)

@@ -24,29 +24,12 @@ from fedrec.common.dataset import Interactions
 from fedrec.common.model import SeedModel
 from fedrec.common.privacy import PrivacyLedger, epsilon
 from fedrec.common.shard import Catalog, UserShard, initial_shared_state, user_shard
-from fedrec.common.sources import load_interactions
-from fedrec.common.split import Split, temporal_leave_one_out
-from fedrec.common.synthetic import SyntheticConfig
+from fedrec.common.split import Split
 
 DIM = 8
 DP = RecordDPConfig(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4)
 CONFIG = LocalTrainConfig(epochs=1, lr=0.5, batch_size=32, negatives=4)
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "dp_memory.py"
-
-
-@pytest.fixture(scope="module")
-def data() -> Interactions:
-    return load_interactions("synthetic", synthetic=SyntheticConfig(num_users=60, num_items=400))
-
-
-@pytest.fixture(scope="module")
-def split(data: Interactions) -> Split:
-    return temporal_leave_one_out(data, seed=0)
-
-
-@pytest.fixture(scope="module")
-def catalog(data: Interactions) -> Catalog:
-    return Catalog.of(data)
 
 
 @pytest.fixture(scope="module")

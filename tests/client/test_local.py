@@ -24,30 +24,13 @@ from fedrec.client.local import (
 from fedrec.common.dataset import Interactions
 from fedrec.common.model import SeedModel, private_state, shared_parameter_names, shared_state
 from fedrec.common.shard import Catalog, UserShard, initial_shared_state, user_shard
-from fedrec.common.sources import load_interactions
-from fedrec.common.split import NO_ITEM, Split, temporal_leave_one_out
-from fedrec.common.synthetic import SyntheticConfig
+from fedrec.common.split import NO_ITEM, Split
 
 DIM = 8
 EVAL_KEYS = {
     "val-hr@10", "val-ndcg@10", "val-full_hr@10", "val-full_ndcg@10",
     "hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def data() -> Interactions:
-    return load_interactions("synthetic", synthetic=SyntheticConfig(num_users=60, num_items=400))
-
-
-@pytest.fixture(scope="module")
-def split(data: Interactions) -> Split:
-    return temporal_leave_one_out(data, seed=0)
-
-
-@pytest.fixture(scope="module")
-def catalog(data: Interactions) -> Catalog:
-    return Catalog.of(data)
 
 
 @pytest.fixture(scope="module")

@@ -127,3 +127,11 @@ def test_append_item_block_rejects_wrong_row_count() -> None:
     feats = np.zeros((3, 2), np.float32)
     with pytest.raises(ValueError, match="2 rows, the catalog has 3"):
         append_item_block(feats, ("a", "b"), np.zeros((2, 4)), "text")
+
+
+def test_an_age_band_is_its_midpoint_and_a_suppressed_age_is_missing() -> None:
+    """`fedrec data prepare` writes ages as bands ("20-29") and suppressed values as "*"."""
+    meta = {"a": {"age": "20-29"}, "b": {"age": "*"}, "c": {"age": "41"}}
+    feats, names = encode_user_features(meta, ["a", "b", "c"])
+    assert names == ("age/100",)
+    np.testing.assert_allclose(feats[:, 0], [0.245, 0.0, 0.41], rtol=1e-6)  # (20+29)/2/100

@@ -487,3 +487,14 @@ def test_real_movielens_100k() -> None:
     liked = to_implicit(raw, threshold=4)
     assert len(liked) == 55_375 == 34_174 + 21_201
     assert liked.stats["below_threshold"] == 100_000 - 55_375
+
+
+def test_a_generic_csv_folder_reads_its_item_and_user_files(tmp_path: Path) -> None:
+    """The layout `fedrec data prepare` writes: ratings.csv + items.csv + users.csv."""
+    (tmp_path / "ratings.csv").write_text("user,item,rating,timestamp\na1,i1,5,10\nb2,i2,3,20\n")
+    (tmp_path / "items.csv").write_text("item,title,genres\ni1,One,Drama\ni2,Two,Comedy|Drama\n")
+    (tmp_path / "users.csv").write_text("user,age,gender\na1,20-29,F\nb2,*,M\n")
+    raw = load_ratings(tmp_path)
+    assert raw.format == "csv" and list(raw.user) == ["a1", "b2"]
+    assert raw.item_meta["i2"]["genres"] == ["Comedy", "Drama"]
+    assert raw.user_meta["a1"] == {"age": "20-29", "gender": "F"}

@@ -9,19 +9,7 @@ import torch
 from fedrec.common.dataset import Interactions
 from fedrec.common.model import ModelConfig, SeedModel, shared_parameter_names
 from fedrec.common.shard import Catalog, UserShard, initial_shared_state, user_shard
-from fedrec.common.sources import load_interactions
-from fedrec.common.split import NO_ITEM, Split, temporal_leave_one_out
-from fedrec.common.synthetic import SyntheticConfig
-
-
-@pytest.fixture(scope="module")
-def data() -> Interactions:
-    return load_interactions("synthetic", synthetic=SyntheticConfig(num_users=60, num_items=400))
-
-
-@pytest.fixture(scope="module")
-def split(data: Interactions) -> Split:
-    return temporal_leave_one_out(data, seed=0)
+from fedrec.common.split import NO_ITEM, Split
 
 
 def test_user_shard_matches_the_split(data: Interactions, split: Split) -> None:

@@ -242,3 +242,45 @@ def test_record_level_tally() -> None:
     )  # fmt: skip
     assert summary["clients"] == 3 and summary["clients_at_budget"] == 1
     assert summary["declined_this_round"] == 1 and summary["delta"] == 1e-4
+
+
+# --- the run: resume and summary (server/app.py) -------------------------------------------
+def test_a_resumed_run_continues_its_epsilon(tmp_path: Path) -> None:
+    from fedrec.server.app import _restored_ledger
+
+    strategy = make_strategy(
+        DP_CONFIG, num_nodes=100, run_dir=tmp_path, user_dp=_dp(),
+        dp_rng=np.random.default_rng(0),
+    )  # fmt: skip
+    for r in (1, 2):
+        strategy._current, strategy._t0 = {"round": r, "clients_sampled": 0}, 0.0
+        list(strategy.configure_train(r, _global(), ConfigRecord(), FakeGrid(100)))
+        strategy.aggregate_train(r, [])
+    resumed = _restored_ledger(DP_CONFIG.replace(resume=str(tmp_path)), _dp())
+    assert resumed.steps == 2
+    assert resumed.epsilon(1e-4) == pytest.approx(epsilon(1.0, 0.1, 2, 1e-4))
+    assert _restored_ledger(DP_CONFIG, _dp()).steps == 0  # a fresh run starts at zero
+
+
+def test_resuming_a_non_dp_checkpoint_with_dp_is_refused(tmp_path: Path) -> None:
+    from fedrec.server.app import _restored_ledger
+    from fedrec.server.strategy import CHECKPOINT_META
+
+    (tmp_path / CHECKPOINT_META).write_text('{"round": 3}')
+    with pytest.raises(ValueError, match="no user-level privacy ledger"):
+        _restored_ledger(DP_CONFIG.replace(resume=str(tmp_path)), _dp())
+
+
+def test_privacy_summary_takes_the_last_round_and_the_stop() -> None:
+    from fedrec.server.app import privacy_summary
+
+    records = [
+        {"round": 1, "privacy": {"user_level": {"epsilon": 1.0}}},
+        {"round": 2, "privacy": {"user_level": {"epsilon": 2.0}}},
+        {"round": 2, "eval": {}},
+    ]
+    summary = privacy_summary(records, DP_CONFIG, budget_stop=2)
+    assert summary["user_level"] == {"epsilon": 2.0}
+    assert summary["stopped_by_budget"] is True and summary["stop_round"] == 2
+    plain = privacy_summary([], FederationConfig(), None)
+    assert plain == {"user_level": None, "record_level": None}

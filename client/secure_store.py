@@ -1,0 +1,355 @@
+"""A device's encrypted on-disk store: the :class:`~fedrec.client.store.StateStore` protocol plus
+the device's own shard, one sealed file per object (:mod:`fedrec.common.crypto`).
+
+Each object ``key`` lives in ``<folder>/<key>.sealed``. Its associated data binds the store
+format version, the owner's pseudonym and the object key, so a file copied into another user's
+folder, or renamed to another key, fails to open (:class:`TamperedError`). Inside, an object
+is a small JSON description followed by raw array bytes (never pickle)::
+
+    u32 meta length ‖ meta JSON {"kind": ..., "arrays": [[name, dtype, shape], ...], ...} ‖ bytes
+
+Writes are atomic and durable: a temporary file in the same folder, flushed and fsync'ed, then
+``os.replace`` over the old file and an fsync of the folder. A crash at any point leaves either
+the old or the new file whole, never a mix; a stray ``.<key>.sealed.*.tmp`` may remain and
+is ignored.
+
+Passphrases: every file records its KDF cost and salt. A store derives a key once per salt and
+keeps it for its lifetime, and seals what it writes with the first key it derived, so a device
+pays one KDF per process (keep one store open), not one per file. Raw keys (a key file) cost
+nothing to load: the simulation uses those.
+
+:func:`rotate_key` re-encrypts a folder under a new key, one atomic file at a time; see its
+docstring for what an interruption leaves and how a rerun finishes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrec.common.crypto import (
+    KEY_SIZE,
+    Header,
+    Passphrase,
+    SealedFileError,
+    SealingKey,
+    TamperedError,
+    TruncatedError,
+    UnsupportedFormatError,
+    WrongKeyError,
+    describe_kdf,
+    inspect,
+    open_sealed,
+    seal,
+)
+from fedrec.common.shard import UserShard
+
+__all__ = [
+    "EncryptedFileStore",
+    "KeyMaterial",
+    "RotationResult",
+    "StoreError",
+    "TamperedError",
+    "TruncatedError",
+    "UnsupportedFormatError",
+    "WrongKeyError",
+    "rotate_key",
+]
+
+StoreError = SealedFileError  # the base of every error about a stored file's contents
+KeyMaterial = bytes | Passphrase  # a raw 32-byte key (from a key file) or a passphrase
+
+STORE_FORMAT = 1  # object layout and binding; bumped with any change to either
+SUFFIX = ".sealed"
+SHARD_KEY = "fedrec.shard"
+ROTATION_MARKER = ".rotate-key.pending"  # present while a key rotation is unfinished
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_U32 = struct.Struct(">I")
+_ARRAYS, _JSON, _SHARD = "arrays", "json", "shard"
+
+
+class EncryptedFileStore:
+    """A :class:`~fedrec.client.store.StateStore` of sealed files in one user's ``folder``."""
+
+    def __init__(self, folder: str | Path, key_or_passphrase: KeyMaterial, pseudonym: str) -> None:
+        if not pseudonym:
+            raise ValueError("the store needs a non-empty pseudonym (whose data this is)")
+        self.folder = Path(folder)
+        self.pseudonym = pseudonym
+        self._keys = _KeyRing(key_or_passphrase)
+
+    # -- the StateStore protocol ------------------------------------------------------------
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        found = self._read(key, _ARRAYS)
+        if found is None:
+            return None
+        return {name: torch.from_numpy(array) for name, array in found[1].items()}
+
+    def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:
+        numpy = {name: t.detach().cpu().numpy() for name, t in arrays.items()}
+        self._write(key, {"kind": _ARRAYS}, numpy)
+
+    def load_json(self, key: str) -> dict[str, Any] | None:
+        found = self._read(key, _JSON)
+        return None if found is None else dict(found[0]["document"])
+
+    def save_json(self, key: str, document: dict[str, Any]) -> None:
+        self._write(key, {"kind": _JSON, "document": document}, {})
+
+    # -- the device's shard -----------------------------------------------------------------
+    def save_shard(self, shard: UserShard) -> None:
+        meta = {
+            "kind": _SHARD,
+            "val_item": shard.val_item,
+            "test_item": shard.test_item,
+            "num_items": shard.num_items,
+        }
+        arrays = {
+            "user_features": np.asarray(shard.user_features, dtype=np.float32),
+            "train_items": np.asarray(shard.train_items, dtype=np.int64),
+            "candidates": np.asarray(shard.candidates, dtype=np.int64),
+        }
+        self._write(SHARD_KEY, meta, arrays)
+
+    def load_shard(self) -> UserShard:
+        found = self._read(SHARD_KEY, _SHARD)
+        if found is None:
+            raise FileNotFoundError(
+                f"no shard in {self.folder} (expected {self.path_of(SHARD_KEY).name}):"
+                " write the shards first (write_encrypted_shards)"
+            )
+        meta, arrays = found
+        return UserShard(
+            user_features=arrays["user_features"],
+            train_items=arrays["train_items"],
+            val_item=int(meta["val_item"]),
+            test_item=int(meta["test_item"]),
+            candidates=arrays["candidates"],
+            num_items=int(meta["num_items"]),
+        )
+
+    # -- files ------------------------------------------------------------------------------
+    def path_of(self, key: str) -> Path:
+        if not _KEY_PATTERN.fullmatch(key):
+            raise ValueError(
+                f"object key {key!r} must be 1-128 letters, digits, '.', '_' or '-',"
+                " starting with a letter or digit (it becomes a file name)"
+            )
+        return self.folder / f"{key}{SUFFIX}"
+
+    def stored_keys(self) -> list[str]:
+        """The stored object keys, sorted."""
+        return sorted(p.name.removesuffix(SUFFIX) for p in _sealed_files(self.folder))
+
+    def _read(self, key: str, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        path = self.path_of(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        plaintext = _open(data, self._keys, binding(self.pseudonym, key), path)
+        meta, arrays = _unpack(plaintext, path)
+        if meta.get("kind") != kind:
+            raise TypeError(f"stored object '{key}' ({path}) holds {meta.get('kind')}, not {kind}")
+        return meta, arrays
+
+    def _write(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        path = self.path_of(key)
+        plaintext = _pack(meta, arrays)
+        write_atomic(path, seal(self._keys.for_writing(), plaintext, binding(self.pseudonym, key)))
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    rotated: int  # files re-encrypted by this call
+    already: int  # files found under the new key (an earlier, interrupted call did them)
+
+
+def rotate_key(
+    folder: str | Path, old: KeyMaterial, new: KeyMaterial, pseudonym: str
+) -> RotationResult:
+    """Re-encrypt every sealed file in ``folder`` from ``old`` to ``new``.
+
+    First every file is opened and authenticated (under ``old``, or ``new`` if an earlier call
+    already rotated it): a wrong key or a damaged file raises before anything is written. Then
+    a marker file is written, each remaining file is replaced atomically, and the marker is
+    removed. If the call stops halfway, every file is whole and opens under exactly one of the
+    two keys; the marker stays, so a store that meets the old key on a rotated file says so.
+    Running the same call again finishes the job (and ``rotate_key(folder, new, old, …)``
+    would undo it instead).
+    """
+    folder = Path(folder)
+    old_keys, new_keys = _KeyRing(old), _KeyRing(new)
+    pending: list[tuple[Path, str]] = []
+    already = 0
+    for path in _sealed_files(folder):
+        key = path.name.removesuffix(SUFFIX)
+        data = path.read_bytes()
+        if _opens_with(data, new_keys, path):
+            _open(data, new_keys, binding(pseudonym, key), path)  # authenticate it too
+            already += 1
+        else:
+            _open(data, old_keys, binding(pseudonym, key), path)
+            pending.append((path, key))
+    if not pending:
+        _remove_marker(folder)
+        return RotationResult(0, already)
+    write_atomic(folder / ROTATION_MARKER, b"key rotation in progress: rerun rotate_key\n")
+    sealing = new_keys.for_writing()
+    for path, key in pending:
+        context = binding(pseudonym, key)
+        plaintext = _open(path.read_bytes(), old_keys, context, path)
+        write_atomic(path, seal(sealing, plaintext, context))
+    _remove_marker(folder)
+    return RotationResult(len(pending), already)
+
+
+def binding(pseudonym: str, key: str) -> bytes:
+    """The associated data that ties a sealed object to its owner and name."""
+    fields = [f"fedrec-store/{STORE_FORMAT}", pseudonym, key]
+    return b"".join(_U32.pack(len(b)) + b for b in (f.encode("utf-8") for f in fields))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class _KeyRing:
+    """Turns a key or passphrase into the :class:`SealingKey` a file's header asks for."""
+
+    def __init__(self, material: KeyMaterial) -> None:
+        self._passphrase: Passphrase | None = None
+        self._raw: SealingKey | None = None
+        self._derived: dict[tuple[Any, bytes], SealingKey] = {}  # (kdf, salt) -> key
+        if isinstance(material, Passphrase):
+            self._passphrase = material
+        elif isinstance(material, bytes | bytearray):
+            if len(material) != KEY_SIZE:
+                raise ValueError(f"a raw key must be {KEY_SIZE} bytes, got {len(material)}")
+            self._raw = SealingKey.from_key(bytes(material))
+        else:
+            raise TypeError(f"expected a {KEY_SIZE}-byte key or a Passphrase, got {material!r}")
+
+    def for_writing(self) -> SealingKey:
+        if self._raw is not None:
+            return self._raw
+        assert self._passphrase is not None
+        for key in self._derived.values():  # reuse a derivation: one KDF per store
+            if key.kdf == self._passphrase.kdf:
+                return key
+        return self._remember(SealingKey.from_passphrase(self._passphrase))
+
+    def for_header(self, header: Header, source: Path) -> SealingKey:
+        if (header.kdf is None) != (self._passphrase is None):
+            given = "a key file" if self._passphrase is None else "a passphrase"
+            raise WrongKeyError(source, f"sealed with {describe_kdf(header.kdf)}, given {given}")
+        if self._raw is not None:
+            return self._raw
+        assert self._passphrase is not None and header.kdf is not None
+        found = self._derived.get((header.kdf, header.salt))
+        if found is None:
+            found = self._remember(
+                SealingKey.from_passphrase(self._passphrase, header.salt, header.kdf)
+            )
+        return found
+
+    def _remember(self, key: SealingKey) -> SealingKey:
+        self._derived[(key.kdf, key.salt)] = key
+        return key
+
+
+def _open(data: bytes, keys: _KeyRing, context: bytes, path: Path) -> bytes:
+    try:
+        return open_sealed(data, keys.for_header(inspect(data, path), path), context, path)
+    except WrongKeyError as err:
+        if (path.parent / ROTATION_MARKER).exists():
+            raise WrongKeyError(
+                path, f"{err.problem} (a key rotation of {path.parent} is unfinished: rerun it)"
+            ) from err
+        raise
+
+
+def _opens_with(data: bytes, keys: _KeyRing, path: Path) -> bool:
+    """Whether ``keys`` match the file's key check (raises for damaged or foreign files)."""
+    header = inspect(data, path)
+    try:
+        return keys.for_header(header, path).check == header.key_check
+    except WrongKeyError:
+        return False
+
+
+def _pack(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+    contiguous = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    meta = {**meta, "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in contiguous.items()]}
+    head = json.dumps(meta, separators=(",", ":")).encode("utf-8")
+    return b"".join([_U32.pack(len(head)), head, *(a.tobytes() for a in contiguous.values())])
+
+
+def _unpack(plaintext: bytes, path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Inverse of :func:`_pack`. The bytes are authenticated: a failure here is a bug or a
+    newer writer, reported as an unsupported format."""
+    try:
+        (size,) = _U32.unpack_from(plaintext)
+        meta = json.loads(plaintext[_U32.size : _U32.size + size])
+        offset = _U32.size + size
+        arrays: dict[str, np.ndarray] = {}
+        for name, dtype_str, shape in meta["arrays"]:
+            dtype = np.dtype(dtype_str)
+            if dtype.hasobject:
+                raise ValueError(f"array {name!r} has object dtype")
+            count = int(np.prod(shape, dtype=np.int64))
+            flat = np.frombuffer(plaintext, dtype=dtype, count=count, offset=offset)
+            arrays[name] = flat.reshape(shape).copy()  # writable, independent of the buffer
+            offset += count * dtype.itemsize
+        if offset != len(plaintext):
+            raise ValueError(f"{len(plaintext) - offset} bytes left over")
+    except (ValueError, KeyError, TypeError, struct.error) as err:
+        raise UnsupportedFormatError(path, f"object layout not understood: {err}") from err
+    return meta, arrays
+
+
+def _sealed_files(folder: Path) -> Iterator[Path]:
+    if folder.is_dir():
+        yield from sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX) and p.is_file())
+
+
+def _remove_marker(folder: Path) -> None:
+    marker = folder / ROTATION_MARKER
+    if marker.exists():
+        marker.unlink()
+        _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX: the directory entry lives in the folder's own data)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,138 @@
+"""Tests for fedrec.client.encrypted_shards: a simulation served from encrypted user folders."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import node_context, server_message
+from flwr.app import ArrayRecord, MetricRecord
+
+from fedrec.client.app import make_client_app
+from fedrec.client.data import SimulationShards
+from fedrec.client.encrypted_shards import (
+    CATALOG_DIR,
+    USERS_DIR,
+    EncryptedShards,
+    pseudonym,
+    rotate_shard_keys,
+    write_encrypted_shards,
+)
+from fedrec.client.secure_store import SHARD_KEY, TamperedError, WrongKeyError
+from fedrec.common import keys
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.shard import initial_shared_state
+
+CONFIG = FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0)
+USERS = CONFIG.synthetic_users
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("encrypted")
+    shard_dir, key_file = root / "shards", root / "device.key"
+    assert write_encrypted_shards(CONFIG, shard_dir, key_file) == USERS
+    return shard_dir, key_file
+
+
+@pytest.fixture(scope="module")
+def shards(written: tuple[Path, Path]) -> EncryptedShards:
+    return EncryptedShards(*written)
+
+
+def test_layout_one_sealed_folder_per_user(written: tuple[Path, Path]) -> None:
+    shard_dir, key_file = written
+    users = sorted(p.name for p in (shard_dir / USERS_DIR).iterdir())
+    assert users == [pseudonym(u) for u in range(USERS)] and users[7] == "user-000007"
+    assert (shard_dir / USERS_DIR / users[7] / f"{SHARD_KEY}.sealed").is_file()
+    assert key_file.stat().st_mode & 0o077 == 0
+
+
+def test_serves_exactly_the_simulation_shards(shards: EncryptedShards) -> None:
+    plain = SimulationShards()
+    catalog, expected = shards.catalog(CONFIG), plain.catalog(CONFIG)
+    assert catalog.item_ids == expected.item_ids
+    assert catalog.user_feature_dim == expected.user_feature_dim
+    assert np.array_equal(catalog.item_features, expected.item_features)
+    assert shards.num_users(CONFIG) == USERS
+    for user in range(USERS):
+        got = shards.shard(CONFIG, node_context(user, USERS))
+        want = plain.shard(CONFIG, node_context(user, USERS))
+        assert (got.val_item, got.test_item, got.num_items) == (
+            want.val_item, want.test_item, want.num_items,
+        )  # fmt: skip
+        for name in ("user_features", "train_items", "candidates"):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), (user, name)
+
+
+def test_client_app_trains_from_encrypted_shards(shards: EncryptedShards) -> None:
+    app = make_client_app(CONFIG, shards)
+    shared = ArrayRecord(initial_shared_state(shards.catalog(CONFIG), CONFIG.dim, seed=0))
+    context = node_context(3, USERS)
+    reply = app(server_message("train", shared, node_id=4), context)
+    assert reply.has_content()
+    metrics = reply.content[keys.METRICS]
+    assert isinstance(metrics, MetricRecord) and metrics[keys.NUM_EXAMPLES] > 0
+
+
+def test_pickles_as_two_paths(shards: EncryptedShards) -> None:
+    assert len(pickle.dumps(shards)) < 400
+    copy = pickle.loads(pickle.dumps(shards))
+    assert copy.shard(CONFIG, node_context(0, USERS)).num_items == CONFIG.synthetic_items
+
+
+def test_other_data_settings_are_refused(shards: EncryptedShards) -> None:
+    with pytest.raises(ValueError, match="seed: shards 0 vs config 1"):
+        shards.catalog(CONFIG.replace(seed=1))
+    with pytest.raises(ValueError, match="synthetic-users"):
+        shards.shard(CONFIG.replace(synthetic_users=61), node_context(0, 61))
+
+
+def test_node_count_must_match(shards: EncryptedShards) -> None:
+    with pytest.raises(ValueError, match="one node per user"):
+        shards.shard(CONFIG, node_context(0, USERS + 1))
+
+
+def test_write_refuses_a_used_folder_or_a_key_inside_it(
+    written: tuple[Path, Path], tmp_path: Path
+) -> None:
+    shard_dir, key_file = written
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_encrypted_shards(CONFIG, shard_dir, key_file)
+    with pytest.raises(ValueError, match="outside the folder"):
+        write_encrypted_shards(CONFIG, tmp_path / "new", tmp_path / "new" / "device.key")
+    with pytest.raises(FileNotFoundError, match="write_encrypted_shards"):
+        EncryptedShards(tmp_path / "missing", key_file)
+
+
+def test_a_shard_copied_to_another_user_does_not_open(
+    written: tuple[Path, Path], tmp_path: Path
+) -> None:
+    shard_dir, key_file = written
+    copy = tmp_path / "shards"
+    shutil.copytree(shard_dir, copy)
+    users = copy / USERS_DIR
+    name = f"{SHARD_KEY}.sealed"
+    (users / pseudonym(1) / name).write_bytes((users / pseudonym(2) / name).read_bytes())
+    with pytest.raises(TamperedError, match="moved or renamed"):
+        EncryptedShards(copy, key_file).shard(CONFIG, node_context(1, USERS))
+
+
+def test_rotate_shard_keys(written: tuple[Path, Path], tmp_path: Path) -> None:
+    shard_dir, key_file = written
+    copy, new_key = tmp_path / "shards", tmp_path / "new.key"
+    shutil.copytree(shard_dir, copy)
+    result = rotate_shard_keys(copy, key_file, new_key)
+    assert (result.rotated, result.already) == (USERS + 3, 0)  # 1 shard per user + 3 catalog
+    rotated = EncryptedShards(copy, new_key)
+    want = EncryptedShards(shard_dir, key_file).shard(CONFIG, node_context(5, USERS))
+    assert np.array_equal(
+        rotated.shard(CONFIG, node_context(5, USERS)).train_items, want.train_items
+    )
+    with pytest.raises(WrongKeyError, match=CATALOG_DIR):
+        EncryptedShards(copy, key_file).catalog(CONFIG)
+    again = rotate_shard_keys(copy, key_file, new_key)  # a rerun (after a stop) finishes: no-op
+    assert (again.rotated, again.already) == (0, USERS + 3)

@@ -1,0 +1,376 @@
+"""Tests for fedrec.client.secure_store: the encrypted on-disk StateStore and shard store."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedrec.client import secure_store
+from fedrec.client.secure_store import (
+    ROTATION_MARKER,
+    SHARD_KEY,
+    EncryptedFileStore,
+    KeyMaterial,
+    RotationResult,
+    StoreError,
+    TamperedError,
+    TruncatedError,
+    UnsupportedFormatError,
+    WrongKeyError,
+    rotate_key,
+)
+from fedrec.client.store import StateStore
+from fedrec.common.crypto import HEADER_SIZE, Argon2idParams, Passphrase
+from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.shard import UserShard
+from fedrec.common.split import NO_ITEM
+
+FAST = Argon2idParams(iterations=1, lanes=1, memory_kib=8)  # production: Argon2idParams()
+USER = "user-000007"
+KEY = "fedrec.private"
+LEDGER = "fedrec.record-ledger"
+
+
+def _arrays() -> dict[str, torch.Tensor]:
+    return {
+        "user_embedding.weight": torch.arange(8, dtype=torch.float32).reshape(1, 8) / 10,
+        "user_features": torch.tensor([[1.0, 0.0, 0.5]]),
+    }
+
+
+def _shard(evaluable: bool = True) -> UserShard:
+    return UserShard(
+        user_features=np.array([0.5, 1.0, 0.0], dtype=np.float32),
+        train_items=np.array([3, 1, 4, 1, 5], dtype=np.int64),
+        val_item=9 if evaluable else NO_ITEM,
+        test_item=2 if evaluable else NO_ITEM,
+        candidates=np.arange(10, 109, dtype=np.int64) if evaluable else np.array([], np.int64),
+        num_items=400,
+    )
+
+
+@pytest.fixture(params=["key-file", "passphrase"])
+def material(request: pytest.FixtureRequest) -> KeyMaterial:
+    return os.urandom(32) if request.param == "key-file" else Passphrase("hunter2", FAST)
+
+
+@pytest.fixture
+def store(tmp_path: Path, material: KeyMaterial) -> EncryptedFileStore:
+    return EncryptedFileStore(tmp_path / USER, material, USER)
+
+
+def _filled(store: EncryptedFileStore) -> EncryptedFileStore:
+    store.save(KEY, _arrays())
+    store.save_json(LEDGER, {"accountant": "rdp", "history": [[1.1, 0.25, 8]]})
+    store.save_shard(_shard())
+    return store
+
+
+# -- the StateStore protocol (the behaviours tests/client/test_store.py pins) ---------------
+def test_is_a_state_store(store: EncryptedFileStore) -> None:
+    typed: StateStore = store
+    assert typed.load(KEY) is None and typed.load_json(LEDGER) is None
+
+
+def test_round_trip_in_a_new_store(store: EncryptedFileStore, material: KeyMaterial) -> None:
+    store.save(KEY, _arrays())
+    loaded = EncryptedFileStore(store.folder, material, USER).load(KEY)  # the next round
+    assert loaded is not None and set(loaded) == set(_arrays())
+    for name, value in _arrays().items():
+        assert loaded[name].dtype == value.dtype and loaded[name].shape == value.shape
+        torch.testing.assert_close(loaded[name], value, rtol=0, atol=0)
+
+
+def test_save_and_load_are_copies(store: EncryptedFileStore) -> None:
+    arrays = _arrays()
+    store.save(KEY, arrays)
+    arrays["user_embedding.weight"].fill_(-1.0)
+    first = store.load(KEY)
+    assert first is not None
+    first["user_features"].fill_(9.0)
+    second = store.load(KEY)
+    assert second is not None
+    torch.testing.assert_close(second["user_features"], _arrays()["user_features"])
+    torch.testing.assert_close(second["user_embedding.weight"], _arrays()["user_embedding.weight"])
+
+
+def test_save_detaches_parameters_and_overwrites(store: EncryptedFileStore) -> None:
+    store.save(KEY, _arrays())
+    store.save(KEY, {"user_embedding.weight": torch.nn.Parameter(torch.ones(1, 4))})
+    loaded = store.load(KEY)
+    assert loaded is not None and set(loaded) == {"user_embedding.weight"}
+    assert not loaded["user_embedding.weight"].requires_grad
+
+
+def test_json_round_trip_and_isolation(store: EncryptedFileStore) -> None:
+    ledger = PrivacyLedger(history=[(1.1, 0.25, 8), (2.0, 0.5, 3)])
+    store.save_json(LEDGER, ledger.to_dict())
+    loaded = store.load_json(LEDGER)
+    assert loaded is not None
+    restored = PrivacyLedger.from_dict(loaded)
+    assert restored == ledger and restored.epsilon(1e-5) == ledger.epsilon(1e-5)
+    loaded["history"].append([3.0, 0.1, 1])
+    assert store.load_json(LEDGER) == ledger.to_dict()
+
+
+def test_kind_mismatch_is_a_type_error(store: EncryptedFileStore) -> None:
+    _filled(store)
+    with pytest.raises(TypeError, match="holds arrays, not json"):
+        store.load_json(KEY)
+    with pytest.raises(TypeError, match="holds json, not arrays"):
+        store.load(LEDGER)
+
+
+# -- shards and files -----------------------------------------------------------------------
+@pytest.mark.parametrize("evaluable", [True, False])
+def test_shard_round_trip(store: EncryptedFileStore, evaluable: bool) -> None:
+    shard = _shard(evaluable)
+    store.save_shard(shard)
+    loaded = store.load_shard()
+    assert (loaded.val_item, loaded.test_item, loaded.num_items) == (
+        shard.val_item, shard.test_item, shard.num_items,
+    )  # fmt: skip
+    for name in ("user_features", "train_items", "candidates"):
+        got, want = getattr(loaded, name), getattr(shard, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert loaded.evaluable == evaluable
+
+
+def test_missing_shard_says_how_to_write_it(store: EncryptedFileStore) -> None:
+    with pytest.raises(FileNotFoundError, match="write_encrypted_shards"):
+        store.load_shard()
+
+
+def test_one_private_file_per_object_without_plaintext(store: EncryptedFileStore) -> None:
+    _filled(store)
+    assert store.stored_keys() == sorted([KEY, LEDGER, SHARD_KEY])
+    assert stat.S_IMODE(store.folder.stat().st_mode) & 0o077 == 0
+    for path in store.folder.iterdir():
+        assert path.name.endswith(".sealed") and stat.S_IMODE(path.stat().st_mode) == 0o600
+        data = path.read_bytes()
+        assert b"accountant" not in data and b"user_features" not in data
+
+
+@pytest.mark.parametrize("key", ["", ".hidden", "../escape", "a/b", "x" * 129])
+def test_object_keys_must_be_plain_file_names(store: EncryptedFileStore, key: str) -> None:
+    with pytest.raises(ValueError, match="object key"):
+        store.save_json(key, {})
+
+
+# -- errors: each its own class, naming the file, never changing it ------------------------
+def _corrupt(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "offset",
+    [0, 8, 15, 40, 60, 65, HEADER_SIZE - 1, HEADER_SIZE + 3, -1],
+    ids=["magic", "version", "kdf", "key-check", "length", "nonce", "digest", "body", "tag"],
+)
+def test_flipped_byte_is_tampering_and_file_unchanged(
+    store: EncryptedFileStore, offset: int
+) -> None:
+    _filled(store)
+    path = store.path_of(LEDGER)
+    _corrupt(path, offset)
+    before = path.read_bytes()
+    with pytest.raises(TamperedError, match=str(path)) as err:
+        store.load_json(LEDGER)
+    assert isinstance(err.value, StoreError)
+    assert path.read_bytes() == before
+    assert store.load(KEY) is not None  # other objects are unaffected
+
+
+def test_truncated_file(store: EncryptedFileStore) -> None:
+    _filled(store)
+    path = store.path_of(KEY)
+    for keep in (0, 5, HEADER_SIZE - 1, HEADER_SIZE + 10, len(path.read_bytes()) - 1):
+        data = path.read_bytes()
+        path.write_bytes(data[:keep])
+        with pytest.raises(TruncatedError, match=str(path)):
+            store.load(KEY)
+        assert path.read_bytes() == data[:keep]
+        path.write_bytes(data)
+
+
+def test_wrong_key_and_wrong_passphrase(store: EncryptedFileStore, tmp_path: Path) -> None:
+    _filled(store)
+    before = {p: p.read_bytes() for p in store.folder.iterdir()}
+    for other in (os.urandom(32), Passphrase("not hunter2", FAST)):
+        with pytest.raises(WrongKeyError, match=str(store.path_of(KEY))):
+            EncryptedFileStore(store.folder, other, USER).load(KEY)
+    assert {p: p.read_bytes() for p in store.folder.iterdir()} == before
+
+
+def test_foreign_file_is_unsupported(store: EncryptedFileStore) -> None:
+    store.folder.mkdir(parents=True)
+    store.path_of(LEDGER).write_text('{"accountant": "rdp", "history": []}')
+    with pytest.raises(UnsupportedFormatError, match="not a fedrec sealed file"):
+        store.load_json(LEDGER)
+
+
+def test_moved_to_another_user_or_renamed_fails(
+    store: EncryptedFileStore, material: KeyMaterial, tmp_path: Path
+) -> None:
+    _filled(store)
+    other = EncryptedFileStore(tmp_path / "user-000008", material, "user-000008")
+    other.folder.mkdir()
+    other.path_of(SHARD_KEY).write_bytes(store.path_of(SHARD_KEY).read_bytes())
+    with pytest.raises(TamperedError, match="moved or renamed"):
+        other.load_shard()  # user 8 cannot be handed user 7's data
+    store.path_of(LEDGER).replace(store.path_of("fedrec.other-ledger"))
+    with pytest.raises(TamperedError, match="moved or renamed"):
+        store.load_json("fedrec.other-ledger")
+
+
+def test_passphrase_costs_one_kdf_per_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[bytes] = []
+    derive = Argon2idParams.derive
+
+    def counting(self: Argon2idParams, secret: bytes, salt: bytes) -> bytes:
+        calls.append(salt)
+        return derive(self, secret, salt)
+
+    monkeypatch.setattr(Argon2idParams, "derive", counting)
+    phrase = Passphrase("hunter2", FAST)
+    _filled(EncryptedFileStore(tmp_path, phrase, USER))
+    assert len(calls) == 1
+    reader = EncryptedFileStore(tmp_path, phrase, USER)
+    assert reader.load(KEY) is not None and reader.load_json(LEDGER) is not None
+    reader.save_json(LEDGER, {"accountant": "rdp", "history": []})  # reuses the file's salt
+    assert len(calls) == 2 and calls[0] == calls[1]
+
+
+def test_key_file_store_on_passphrase_files_says_so(tmp_path: Path) -> None:
+    EncryptedFileStore(tmp_path, Passphrase("hunter2", FAST), USER).save(KEY, _arrays())
+    with pytest.raises(WrongKeyError, match=r"passphrase .* given a key file"):
+        EncryptedFileStore(tmp_path, os.urandom(32), USER).load(KEY)
+
+
+def test_invalid_material_and_pseudonym() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        EncryptedFileStore("x", b"short", USER)
+    with pytest.raises(TypeError, match="Passphrase"):
+        EncryptedFileStore("x", "a str is ambiguous", USER)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pseudonym"):
+        EncryptedFileStore("x", os.urandom(32), "")
+
+
+# -- atomic writes --------------------------------------------------------------------------
+def test_failure_before_rename_keeps_the_old_state(
+    store: EncryptedFileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.save(KEY, _arrays())
+    before = store.path_of(KEY).read_bytes()
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError("simulated power loss before the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="power loss"):
+        store.save(KEY, {"user_embedding.weight": torch.zeros(1, 8)})
+    monkeypatch.undo()
+    assert store.path_of(KEY).read_bytes() == before
+    loaded = store.load(KEY)
+    assert loaded is not None
+    torch.testing.assert_close(loaded["user_features"], _arrays()["user_features"])
+    assert [p.name for p in store.folder.iterdir()] == [store.path_of(KEY).name]  # no temp left
+
+
+def test_a_stray_temp_file_from_a_crash_is_ignored(store: EncryptedFileStore) -> None:
+    _filled(store)
+    (store.folder / f".{KEY}.sealed.abc123.tmp").write_bytes(b"half a file")
+    assert store.stored_keys() == sorted([KEY, LEDGER, SHARD_KEY])
+    assert store.load(KEY) is not None
+
+
+# -- key rotation ---------------------------------------------------------------------------
+def _load_any(store: EncryptedFileStore, key: str) -> object:
+    if key == SHARD_KEY:
+        return store.load_shard()
+    return store.load_json(key) if key == LEDGER else store.load(key)
+
+
+def _contents(store: EncryptedFileStore) -> tuple[object, ...]:
+    arrays = store.load(KEY)
+    assert arrays is not None
+    return (
+        {k: v.tolist() for k, v in arrays.items()},
+        store.load_json(LEDGER),
+        store.load_shard().train_items.tolist(),
+    )
+
+
+@pytest.mark.parametrize("new", [os.urandom(32), Passphrase("new phrase", FAST)], ids=type)
+def test_rotate_key(store: EncryptedFileStore, material: KeyMaterial, new: KeyMaterial) -> None:
+    expected = _contents(_filled(store))
+    assert rotate_key(store.folder, material, new, USER) == RotationResult(rotated=3, already=0)
+    assert _contents(EncryptedFileStore(store.folder, new, USER)) == expected
+    with pytest.raises(WrongKeyError):
+        EncryptedFileStore(store.folder, material, USER).load(KEY)
+    assert not (store.folder / ROTATION_MARKER).exists()
+    assert rotate_key(store.folder, material, new, USER) == RotationResult(0, 3)  # idempotent
+
+
+def test_interrupted_rotation_is_consistent_and_resumable(
+    store: EncryptedFileStore, material: KeyMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _contents(_filled(store))
+    new = os.urandom(32)
+    write = secure_store.write_atomic
+    written: list[str] = []
+
+    def dies_after_one_file(path: Path, data: bytes) -> None:
+        if path.name.endswith(".sealed") and written:
+            raise KeyboardInterrupt  # the process stops mid-rotation
+        write(path, data)
+        if path.name.endswith(".sealed"):
+            written.append(path.name)
+
+    monkeypatch.setattr(secure_store, "write_atomic", dies_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        rotate_key(store.folder, material, new, USER)
+    monkeypatch.undo()
+
+    # halfway: the marker stays; every file is whole under exactly one of the two keys
+    assert (store.folder / ROTATION_MARKER).exists() and len(written) == 1
+    rotated = EncryptedFileStore(store.folder, new, USER)
+    old = EncryptedFileStore(store.folder, material, USER)
+    for key in old.stored_keys():
+        opened = []
+        for candidate in (old, rotated):
+            try:
+                _load_any(candidate, key)
+                opened.append(candidate)
+            except WrongKeyError as err:
+                assert "rotation" in str(err) and "rerun" in str(err)
+        assert len(opened) == 1
+    # a third key is refused before anything is written
+    before = {p.name: p.read_bytes() for p in store.folder.iterdir()}
+    with pytest.raises(WrongKeyError):
+        rotate_key(store.folder, os.urandom(32), os.urandom(32), USER)
+    assert {p.name: p.read_bytes() for p in store.folder.iterdir()} == before
+
+    assert rotate_key(store.folder, material, new, USER) == RotationResult(rotated=2, already=1)
+    assert not (store.folder / ROTATION_MARKER).exists()
+    assert _contents(rotated) == expected
+
+
+def test_rotation_refuses_a_damaged_folder_without_writing(
+    store: EncryptedFileStore, material: KeyMaterial
+) -> None:
+    _filled(store)
+    _corrupt(store.path_of(SHARD_KEY), HEADER_SIZE + 2)
+    before = {p.name: p.read_bytes() for p in store.folder.iterdir()}
+    with pytest.raises(TamperedError, match=SHARD_KEY):
+        rotate_key(store.folder, material, os.urandom(32), USER)
+    assert {p.name: p.read_bytes() for p in store.folder.iterdir()} == before
