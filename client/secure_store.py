@@ -49,8 +49,8 @@ from fedrec.common.crypto import (
     UnsupportedFormatError,
     WrongKeyError,
     describe_kdf,
-    inspect,
     open_sealed,
+    read_header,
     seal,
 )
 from fedrec.common.shard import UserShard
@@ -190,6 +190,8 @@ def rotate_key(
     would undo it instead).
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no store folder {folder} to rotate")
     old_keys, new_keys = _KeyRing(old), _KeyRing(new)
     pending: list[tuple[Path, str]] = []
     already = 0
@@ -284,7 +286,7 @@ class _KeyRing:
 
 def _open(data: bytes, keys: _KeyRing, context: bytes, path: Path) -> bytes:
     try:
-        return open_sealed(data, keys.for_header(inspect(data, path), path), context, path)
+        return open_sealed(data, keys.for_header(read_header(data, path), path), context, path)
     except WrongKeyError as err:
         if (path.parent / ROTATION_MARKER).exists():
             raise WrongKeyError(
@@ -295,7 +297,7 @@ def _open(data: bytes, keys: _KeyRing, context: bytes, path: Path) -> bytes:
 
 def _opens_with(data: bytes, keys: _KeyRing, path: Path) -> bool:
     """Whether ``keys`` match the file's key check (raises for damaged or foreign files)."""
-    header = inspect(data, path)
+    header = read_header(data, path)
     try:
         return keys.for_header(header, path).check == header.key_check
     except WrongKeyError:

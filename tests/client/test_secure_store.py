@@ -266,16 +266,17 @@ def test_invalid_material_and_pseudonym() -> None:
 
 
 # -- atomic writes --------------------------------------------------------------------------
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
 def test_failure_before_rename_keeps_the_old_state(
-    store: EncryptedFileStore, monkeypatch: pytest.MonkeyPatch
+    store: EncryptedFileStore, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
     store.save(KEY, _arrays())
     before = store.path_of(KEY).read_bytes()
 
-    def crash(src: object, dst: object) -> None:
+    def crash(*args: object) -> None:
         raise OSError("simulated power loss before the rename")
 
-    monkeypatch.setattr(os, "replace", crash)
+    monkeypatch.setattr(os, failing, crash)  # fsync: the temp file's data; replace: the rename
     with pytest.raises(OSError, match="power loss"):
         store.save(KEY, {"user_embedding.weight": torch.zeros(1, 8)})
     monkeypatch.undo()
@@ -363,6 +364,11 @@ def test_interrupted_rotation_is_consistent_and_resumable(
     assert rotate_key(store.folder, material, new, USER) == RotationResult(rotated=2, already=1)
     assert not (store.folder / ROTATION_MARKER).exists()
     assert _contents(rotated) == expected
+
+
+def test_rotation_needs_an_existing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no store folder"):
+        rotate_key(tmp_path / "typo", os.urandom(32), os.urandom(32), USER)
 
 
 def test_rotation_refuses_a_damaged_folder_without_writing(

@@ -25,8 +25,8 @@ from fedrec.common.crypto import (
     UnsupportedFormatError,
     WrongKeyError,
     create_key_file,
-    inspect,
     open_sealed,
+    read_header,
     read_key_file,
     seal,
 )
@@ -110,7 +110,7 @@ def test_another_context_is_tampering() -> None:
 @pytest.mark.parametrize("data", [b'{"json": 1}', b"PK\x03\x04" + bytes(200), b"x"])
 def test_foreign_files_are_unsupported(data: bytes) -> None:
     with pytest.raises(UnsupportedFormatError, match="not a fedrec sealed file"):
-        inspect(data, "f")
+        read_header(data, "f")
 
 
 def _with_valid_digest(fields: bytes) -> bytes:
@@ -122,9 +122,9 @@ def test_a_newer_version_is_unsupported() -> None:
     sealed[8] = 2
     sealed[:HEADER_SIZE] = _with_valid_digest(bytes(sealed[: HEADER_SIZE - 16]))
     with pytest.raises(UnsupportedFormatError, match="format version 2"):
-        inspect(bytes(sealed), "f")
+        read_header(bytes(sealed), "f")
     with pytest.raises(UnsupportedFormatError, match="format version 2"):
-        inspect(bytes(sealed[:20]), "f")  # even when cut short
+        read_header(bytes(sealed[:20]), "f")  # even when cut short
 
 
 def test_a_header_asking_for_huge_kdf_memory_is_refused() -> None:
@@ -132,14 +132,14 @@ def test_a_header_asking_for_huge_kdf_memory_is_refused() -> None:
     sealed[18:22] = (1 << 30).to_bytes(4, "big")  # memory KiB: 1 TiB
     sealed[:HEADER_SIZE] = _with_valid_digest(bytes(sealed[: HEADER_SIZE - 16]))
     with pytest.raises(UnsupportedFormatError, match="argon2id memory"):
-        inspect(bytes(sealed), "f")
+        read_header(bytes(sealed), "f")
 
 
 @pytest.mark.parametrize("kdf", [FAST_ARGON2ID, FAST_SCRYPT])
 def test_passphrase_round_trip_records_kdf_and_salt(kdf: Argon2idParams | ScryptParams) -> None:
     key = SealingKey.from_passphrase(Passphrase("correct horse", kdf))
     sealed = seal(key, PLAINTEXT, CONTEXT)
-    header = inspect(sealed, "f")
+    header = read_header(sealed, "f")
     assert header.kdf == kdf and header.salt == key.salt and header.salt != bytes(16)
     again = SealingKey.from_passphrase(Passphrase("correct horse", kdf), header.salt, header.kdf)
     assert open_sealed(sealed, again, CONTEXT, "f") == PLAINTEXT
