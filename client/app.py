@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,23 +19,31 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.client.data import PARTITION_ID, ShardSource, SimulationShards
+from fedrec.client.encrypted_shards import EncryptedShards, pseudonym
 from fedrec.client.local import build_local_model, local_evaluate, refresh_user
 from fedrec.client.mods import MessageRecorder, SharedOnlyGuard, UserLevelClipping
+from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.client.store import ContextStateStore, StateStore
 from fedrec.client.trainers import local_train_config, trainer_for
 from fedrec.common import keys
+from fedrec.common.crypto import read_key_file
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import SeedModel, private_state, shared_state
 from fedrec.common.shard import Catalog, UserShard, initial_shared_state
 
+SIMULATION_SHARDS = SimulationShards()  # stateless: its data cache is process-wide
 EVAL_STREAM = 1  # separates the evaluation refresh's random stream from training's
 
 
 def make_client_app(
     fixed_config: FederationConfig | None = None, source: ShardSource | None = None
 ) -> ClientApp:
-    """Build the ClientApp; ``fixed_config`` overrides ``context.run_config`` (simulation)."""
-    device = Device(fixed_config, source if source is not None else SimulationShards())
+    """Build the ClientApp; ``fixed_config`` overrides ``context.run_config`` (simulation).
+
+    Without an explicit ``source`` each node reads its shard from the encrypted ``shard-dir``
+    when one is configured, else cuts it from the data set (:class:`SimulationShards`).
+    """
+    device = Device(fixed_config, source)
     app = ClientApp(
         mods=[MessageRecorder(device.audit_path), SharedOnlyGuard(device.shared_shapes)]
     )
@@ -49,25 +58,42 @@ class Device:
     simulation engine pickles the ClientApp with every message, and closures are pickled by
     value (~4 ms per message measured on ml-100k), instances by reference."""
 
-    def __init__(self, fixed_config: FederationConfig | None, shards: ShardSource) -> None:
+    def __init__(self, fixed_config: FederationConfig | None, source: ShardSource | None) -> None:
         self.fixed_config = fixed_config
-        self.shards = shards
+        self.source = source
 
     def config_of(self, context: Context) -> FederationConfig:
         return self.fixed_config or FederationConfig.from_mapping(context.run_config)
+
+    def shards_of(self, config: FederationConfig) -> ShardSource:
+        if self.source is not None:
+            return self.source
+        if config.shard_dir:
+            return EncryptedShards(config.shard_dir, config.key_file)
+        return SIMULATION_SHARDS
+
+    def store_of(self, config: FederationConfig, context: Context) -> StateStore:
+        """Where the node's private state and DP ledger live between rounds: Flower's
+        ``context.state`` (memory), or an encrypted folder per node under ``state-dir``."""
+        if not config.state_dir:
+            return ContextStateStore(context.state)
+        name = pseudonym(_user(context))
+        key = read_key_file(config.key_file)
+        return EncryptedFileStore(Path(config.state_dir) / name, key, name)
 
     def audit_path(self, context: Context) -> str:
         return self.config_of(context).audit_log
 
     def shared_shapes(self, context: Context) -> dict[str, tuple[int, ...]]:
         config = self.config_of(context)
-        return expected_shared_shapes(self.shards.catalog(config), config.dim)
+        return expected_shared_shapes(self.shards_of(config).catalog(config), config.dim)
 
     def train(self, msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
         config = self.config_of(context)
-        catalog, shard = self.shards.catalog(config), self.shards.shard(config, context)
-        store: StateStore = ContextStateStore(context.state)
+        shards = self.shards_of(config)
+        catalog, shard = shards.catalog(config), shards.shard(config, context)
+        store = self.store_of(config, context)
         private = store.load(keys.STATE_PRIVATE)
         model = _local_model(msg, context, config, catalog, shard, private)
         rng = np.random.default_rng([config.seed, _user(context), _round(msg)])
@@ -81,8 +107,9 @@ class Device:
     def evaluate(self, msg: Message, context: Context) -> Message:
         torch.set_num_threads(1)
         config = self.config_of(context)
-        catalog, shard = self.shards.catalog(config), self.shards.shard(config, context)
-        private = ContextStateStore(context.state).load(keys.STATE_PRIVATE)
+        shards = self.shards_of(config)
+        catalog, shard = shards.catalog(config), shards.shard(config, context)
+        private = self.store_of(config, context).load(keys.STATE_PRIVATE)
         model = _local_model(msg, context, config, catalog, shard, private)
         rng = np.random.default_rng([config.seed, _user(context), _round(msg), EVAL_STREAM])
         # not stored: evaluating must not change what the next train round starts from

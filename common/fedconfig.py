@@ -71,6 +71,10 @@ class FederationConfig:
     local_dp_clip_norm: float = 1.0  # per-example gradient clip
     local_dp_delta: float = 1e-4  # δ of each device's own ledger
     local_epsilon_budget: float = 0.0  # a device declines rounds past this ε (0: no limit)
+    # data handling on the device (client/secure_store.py, client/encrypted_shards.py)
+    shard_dir: str = ""  # read each node's shard from this encrypted folder (fedrec data encrypt)
+    key_file: str = ""  # 32-byte key file of shard-dir and state-dir (kept outside both)
+    state_dir: str = ""  # keep each node's private state + DP ledger here, encrypted
     # outputs
     out_dir: str = ""  # run folder the server writes records, checkpoints, model into
     resume: str = ""  # checkpoint (.npz) of the shared model to resume from
@@ -139,6 +143,8 @@ class FederationConfig:
         for name in ("dp_delta", "local_dp_delta"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{_kebab(name)} must be in (0, 1), got {getattr(self, name)}")
+        if (self.shard_dir or self.state_dir) and not self.key_file:
+            raise ValueError("shard-dir and state-dir are encrypted: give key-file too")
         if self.user_level_dp:
             self._check_user_level_dp()
         if self.record_level_dp:

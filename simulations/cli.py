@@ -97,26 +97,19 @@ def simulate_cmd(
     ] = None,
 ) -> None:
     """Run a federation in Flower's simulation engine: one virtual node per user."""
-    from fedrec.common.fedconfig import FederationConfig
-    from fedrec.simulations.runner import load_scenario, parse_setting, simulate
+    from fedrec.simulations.runner import simulate
 
-    values: dict[str, Any] = _or_exit(lambda: load_scenario(config)) if config else {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            console.print(f"[red]error:[/] --set expects KEY=VALUE, got {item!r}")
-            raise typer.Exit(code=2)
-        values[key.strip()] = parse_setting(value.strip())
-    for key, value in (
-        ("data", data),
-        ("num-rounds", num_rounds),
-        ("clients-per-round", clients_per_round),
-        ("resume", resume),
-    ):
-        if value is not None:
-            values[key] = str(value) if isinstance(value, Path) else value
-    values["out-dir"] = str(out)
-    fed = _or_exit(lambda: FederationConfig.from_mapping(values))
+    fed = _federation_config(
+        config,
+        set_,
+        {
+            "data": data,
+            "num-rounds": num_rounds,
+            "clients-per-round": clients_per_round,
+            "resume": resume,
+            "out-dir": out,
+        },
+    )
 
     table_rows: list[dict[str, Any]] = []
     with _progress() as progress:
@@ -195,6 +188,40 @@ def download_cmd(
     console.print(f"{name} ready at [bold]{folder}[/]")
 
 
+@data_app.command("encrypt")
+def encrypt_cmd(
+    out: Annotated[Path, typer.Option("--out", help="New folder for the encrypted shards.")],
+    key_file: Annotated[
+        Path, typer.Option("--key-file", help="32-byte key (created if missing), kept outside.")
+    ],
+    config: Annotated[Path | None, typer.Option("--config", help="Scenario TOML.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="'synthetic' or a path.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting.")] = None,
+) -> None:
+    """Cut every user's shard of a data set and store it encrypted, one folder per user.
+
+    Simulate from them with ``--set shard-dir=OUT --set key-file=KEY`` (same data settings).
+    """
+    from fedrec.client.encrypted_shards import write_encrypted_shards
+
+    fed = _federation_config(config, set_, {"data": data})
+    users = _or_exit(lambda: write_encrypted_shards(fed, out, key_file))
+    console.print(f"{users} encrypted shards in [bold]{out}[/] (key: {key_file})")
+
+
+@data_app.command("rotate-key")
+def rotate_key_cmd(
+    folder: Annotated[Path, typer.Option("--dir", help="Folder written by `fedrec data encrypt`.")],
+    old_key_file: Annotated[Path, typer.Option("--old-key-file")],
+    new_key_file: Annotated[Path, typer.Option("--new-key-file", help="Created if missing.")],
+) -> None:
+    """Re-encrypt every shard under a new key; rerun after an interruption to finish."""
+    from fedrec.client.encrypted_shards import rotate_shard_keys
+
+    result = _or_exit(lambda: rotate_shard_keys(folder, old_key_file, new_key_file))
+    console.print(f"rotated {result.rotated} file(s), {result.already} already under the new key")
+
+
 @data_app.command("prepare")
 def prepare_cmd(
     source: Annotated[
@@ -249,6 +276,25 @@ def prepare_cmd(
     summary = _or_exit(lambda: prepare(config))
     for line in summary_lines(summary, out):
         console.print(line, markup=False, highlight=False)
+
+
+def _federation_config(config: Path | None, set_: list[str] | None, options: dict[str, Any]) -> Any:
+    """Scenario TOML, then ``--set KEY=VALUE`` overrides, then the named options (if given),
+    parsed once into a FederationConfig (one red line and exit 2 on any error)."""
+    from fedrec.common.fedconfig import FederationConfig
+    from fedrec.simulations.runner import load_scenario, parse_setting
+
+    values: dict[str, Any] = _or_exit(lambda: load_scenario(config)) if config else {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            console.print(f"[red]error:[/] --set expects KEY=VALUE, got {item!r}")
+            raise typer.Exit(code=2)
+        values[key.strip()] = parse_setting(value.strip())
+    for key, value in options.items():
+        if value is not None:
+            values[key] = str(value) if isinstance(value, Path) else value
+    return _or_exit(lambda: FederationConfig.from_mapping(values))
 
 
 def _or_exit(fn: Any) -> Any:

@@ -439,13 +439,20 @@ def test_load_ratings_detects_each_layout(tmp_path: Path) -> None:
 
 def test_load_ratings_unknown_format(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    only_ratings = write(tmp_path / "half" / "ratings.csv", LATEST_RATINGS).parent
     text_file = write(tmp_path / "ratings.txt", "1\t1\t1\t1\n")
-    for path in (tmp_path / "empty", only_ratings, text_file):
+    for path in (tmp_path / "empty", text_file):
         with pytest.raises(DataFormatError, match=f"^{path.name}: unknown format") as info:
             load_ratings(path)
         for layout in ("u.data", "ratings.dat", "ratings.csv and movies.csv", ".csv file"):
             assert layout in str(info.value)
+
+
+def test_a_latest_ratings_csv_without_movies_csv_is_read_as_generic_csv(tmp_path: Path) -> None:
+    """A folder with only ratings.csv is the generic CSV folder layout: its header must then
+    be user,item,...; MovieLens latest's userId,movieId gets that specific error."""
+    only_ratings = write(tmp_path / "half" / "ratings.csv", LATEST_RATINGS).parent
+    with pytest.raises(DataFormatError, match="missing header column.*user, item"):
+        load_ratings(only_ratings)
 
 
 def test_load_ratings_missing_path(tmp_path: Path) -> None:
