@@ -287,7 +287,8 @@ def _release(private: _Private, model: SeedModel) -> None:
 def _quiet_opacus() -> Iterator[None]:
     """Silence two known, harmless Opacus warnings (and only those)."""
     with warnings.catch_warnings():
-        # seeded generators are the point: results must reproduce from the round's rng
+        # the generators are seeded from ``rng``: reproducible in tests; the ClientApp seeds
+        # ``rng`` from OS entropy (client/trainers.py) so nobody can regenerate the noise
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         # the embeddings' inputs are integer ids, so the full backward hooks see no input grad
         warnings.filterwarnings("ignore", message="Full backward hook is firing")

@@ -22,9 +22,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord
 
 from fedrec.common import keys
-from fedrec.common.privacy import clip_update
+from fedrec.common.privacy import NonFiniteUpdate, clip_update
 
 PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
+NON_FINITE_ERROR = 4002  # error code of an update with NaN/inf values (cannot be clipped)
 
 
 def describe(message: Message) -> dict[str, object]:
@@ -119,7 +120,10 @@ class UserLevelClipping:
         local: ArrayRecord = reply.content[keys.ARRAYS]
         start = {k: sent[k].numpy().astype(np.float64) for k in sent}
         update = {k: local[k].numpy().astype(np.float64) - start[k] for k in start}
-        clipped, _ = clip_update(update, float(config[keys.CLIPPING_NORM]))
+        try:
+            clipped, _ = clip_update(update, float(config[keys.CLIPPING_NORM]))
+        except NonFiniteUpdate as err:  # a diverged round: say so instead of sending it
+            return Message(error=Error(code=NON_FINITE_ERROR, reason=str(err)), reply_to=msg)
         reply.content[keys.ARRAYS] = ArrayRecord(
             {k: Array((start[k] + clipped[k]).astype(local[k].numpy().dtype)) for k in start}
         )

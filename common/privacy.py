@@ -131,6 +131,10 @@ def calibrate_noise(
     return z
 
 
+class NonFiniteUpdate(ValueError):
+    """An update with NaN/inf values: it cannot be clipped, so it must not be aggregated."""
+
+
 def global_norm(arrays: Mapping[str, np.ndarray]) -> float:
     """‖x‖₂ over all arrays taken as one vector (float64)."""
     return float(
@@ -141,8 +145,14 @@ def global_norm(arrays: Mapping[str, np.ndarray]) -> float:
 def clip_update(
     update: Mapping[str, np.ndarray], clip_norm: float
 ) -> tuple[dict[str, np.ndarray], float]:
-    """(update scaled to ‖·‖ ≤ ``clip_norm``, its norm before clipping), in float64."""
+    """(update scaled to ‖·‖ ≤ ``clip_norm``, its norm before clipping), in float64.
+
+    A non-finite update (NaN or inf anywhere) raises :class:`NonFiniteUpdate`: its norm is
+    NaN, ``min(1, C/NaN)`` would leave it unscaled and the sensitivity bound would be gone.
+    """
     norm = global_norm(update)
+    if not math.isfinite(norm):
+        raise NonFiniteUpdate(f"the update has a non-finite value (norm {norm}): not clippable")
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     return {k: np.asarray(v, dtype=np.float64) * scale for k, v in update.items()}, norm
 
@@ -182,8 +192,9 @@ class PrivacyLedger:
         """ε if ``steps`` more uses were made: to stop *before* a budget would be exceeded."""
         _check(noise_multiplier, sample_rate, steps)
         _check_delta(delta)
-        planned = [*self.history, (noise_multiplier, sample_rate, steps)]
-        return _epsilon(planned, delta, self.accountant)
+        planned = PrivacyLedger(self.accountant, list(self.history))
+        planned.record(noise_multiplier, sample_rate, steps)  # merged exactly as it would be
+        return _epsilon(planned.history, delta, self.accountant)
 
     def to_dict(self) -> dict[str, Any]:
         return {"accountant": self.accountant, "history": [list(h) for h in self.history]}

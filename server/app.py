@@ -178,7 +178,13 @@ def _restored_ledger(config: FederationConfig, dp: UserLevelDP) -> PrivacyLedger
             f"checkpoint {config.resume} has no user-level privacy ledger: it comes from a run"
             " without user-level DP and cannot be resumed with it"
         )
-    return PrivacyLedger.from_dict(meta["user_level_ledger"])
+    ledger = PrivacyLedger.from_dict(meta["user_level_ledger"])
+    if ledger.accountant != dp.accountant:
+        raise ValueError(
+            f"checkpoint {config.resume} accounts with {ledger.accountant!r}, the run asks for"
+            f" {dp.accountant!r}: one run's ε must come from one accountant"
+        )
+    return ledger
 
 
 def _wait_for_nodes(grid: Grid, minimum: int, timeout_s: float = 120.0) -> int:

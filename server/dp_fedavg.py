@@ -4,9 +4,10 @@ DP-FedAvg (McMahan, Ramage, Talwar & Zhang, "Learning Differentially Private Rec
 Language Models", ICLR 2018) protects a whole user's participation:
   1. each round every node joins independently with probability q = m / N (Poisson
      sampling, which the subsampled-Gaussian accountant assumes);
-  2. each client clips its shared-parameter update Δ_i to ‖Δ_i‖ ≤ C (the client's
-     ``fixedclipping_mod``, see client/mods.py); the server clips again, so a client that
-     skips it cannot raise the sensitivity (with secure aggregation only the client can);
+  2. each client clips its shared-parameter update Δ_i to ‖Δ_i‖ ≤ C (client/mods.py,
+     ``UserLevelClipping``); the server clips again, so a client that skips it cannot raise
+     the sensitivity (with secure aggregation only the client can), and drops an update with
+     a non-finite value as a dropout (it cannot be clipped);
   3. the server averages with the *fixed* denominator m, not the number of replies, and
      adds Gaussian noise of std σ = z·C / m to every coordinate: a round with fewer
      replies gets exactly the noise the accountant assumed, never less;
@@ -22,8 +23,13 @@ already the server-optimizer step, and FedAdam's moments m_t, v_t have seen the 
 average. It also samples a fixed number of clients and divides by the number of replies.
 So the noise goes here, between Flower's FedOpt step and FedAvg's averaging
 (:class:`DPFedAvg` sits just before ``FedAvg`` in the strategy's MRO; see
-``server/strategy.py::make_strategy``). The client side reuses Flower's
-``fixedclipping_mod`` unchanged.
+``server/strategy.py::make_strategy``). The client side does what Flower's
+``fixedclipping_mod`` does, in ``client/mods.py`` (that mod fails on a zero update).
+
+Randomness: cohorts and noise come from a NumPy generator seeded from OS entropy, so no
+one who knows the run's config can regenerate them; it is not a cryptographic generator and
+the Gaussian is sampled in floating point (no protection against floating-point attacks on
+the noise, Mironov 2012) — as in Opacus with ``secure_mode`` off.
 """
 
 from __future__ import annotations
@@ -40,7 +46,12 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.privacy import PrivacyLedger, calibrate_noise, clip_update
+from fedrec.common.privacy import (
+    NonFiniteUpdate,
+    PrivacyLedger,
+    calibrate_noise,
+    clip_update,
+)
 
 # relative: a reply within C·(1 + tol) counts as clipped by its client (it arrives as
 # float32 values global + Δ, so the server's float64 recomputation of ‖Δ‖ is off by ~1e-7)
@@ -193,15 +204,19 @@ class DPFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, Any]:
         replies = list(replies)
         valid, _ = self._check_and_log_replies(replies, is_train=True)
-        _, metrics = super().aggregate_train(server_round, valid) if valid else (None, None)
         dp, start = self.dp, self._dp_global
         total = {k: np.zeros_like(v) for k, v in start.items()}
-        norms = []
+        used, over, rejected = [], 0, 0
         for msg in valid:
             sent = msg.content[self.arrayrecord_key]
             update = {k: sent[k].numpy().astype(np.float64) - start[k] for k in start}
-            clipped, norm = clip_update(update, dp.clip_norm)
-            norms.append(norm)
+            try:
+                clipped, norm = clip_update(update, dp.clip_norm)
+            except NonFiniteUpdate:  # a dropout: the denominator m does not change
+                rejected += 1
+                continue
+            used.append(msg)
+            over += norm > dp.clip_norm * (1 + CLIP_TOLERANCE)
             for k in total:
                 total[k] += clipped[k]
         out = {}
@@ -209,12 +224,14 @@ class DPFedAvg(FedAvg):
             noise = self.dp_rng.normal(0.0, dp.noise_std, size=v.shape)
             out[k] = Array(v + total[k] / dp.expected_clients + noise)
         self.user_ledger.record(dp.noise_multiplier, dp.sample_rate, 1)
-        over = [n for n in norms if n > dp.clip_norm * (1 + CLIP_TOLERANCE)]
+        # metrics only: FedAvg.aggregate_train would also build the (discarded) plain average
+        contents = [m.content for m in used]
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if used else None
         self.dp_record = {
             **dp.describe(self.user_ledger),
-            "replies": len(valid),
-            "clipped_by_server": len(over),
-            "update_norm_median": statistics.median(norms) if norms else None,
+            "replies": len(used),
+            "clipped_by_server": over,  # counts only: no per-user value is published
+            "rejected_non_finite": rejected,
         }
         return ArrayRecord(out), metrics
 

@@ -39,6 +39,7 @@ from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_META = "checkpoint.json"
 ROUNDS_LOG = "rounds.jsonl"
+META_KEY = "meta/json"  # the round and privacy ledger, inside the checkpoint file
 
 
 def scheduled_lr(base: float, schedule: str, round_: int, total_rounds: int) -> float:
@@ -141,7 +142,8 @@ class RoundRecorder:
         replies = list(replies)
         ok = [m for m in replies if not m.has_error()]
         ups = [message_bytes(m) for m in ok]
-        if replies and not ok:
+        if replies and not ok and not isinstance(self, DPFedAvg):
+            # (under DP a round whose cohort all failed is still a round: noise only)
             reason = (replies[0].error.reason or "")[-2000:]
             raise RuntimeError(
                 f"round {server_round + self.round_offset}: all {len(replies)} clients failed;"
@@ -256,13 +258,16 @@ class RoundRecorder:
             if isinstance(value, dict):
                 state.update({f"{name}/{k}": np.asarray(v) for k, v in value.items()})
         tmp = self.run_dir / f".{CHECKPOINT}.tmp.npz"
-        np.savez(tmp, **state)
-        tmp.replace(self.run_dir / CHECKPOINT)
         meta: dict[str, Any] = {"round": absolute_round}
         ledger = getattr(self, "user_ledger", None)  # DP-FedAvg: ε must survive a restart
         if isinstance(ledger, PrivacyLedger):
             meta["user_level_ledger"] = ledger.to_dict()
-        write_json(self.run_dir / CHECKPOINT_META, meta)
+        # the meta rides inside the one atomically replaced file: a crash can never pair
+        # this round's model with the previous round's ledger (one release uncounted)
+        state[META_KEY] = np.array(json.dumps(meta))
+        np.savez(tmp, **state)
+        tmp.replace(self.run_dir / CHECKPOINT)
+        write_json(self.run_dir / CHECKPOINT_META, meta)  # a readable copy
 
     def restore_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
         for name in ("m_t", "v_t", "momentum_vector"):
@@ -275,9 +280,15 @@ class RoundRecorder:
 
 
 def load_checkpoint_meta(path: Path) -> dict[str, Any]:
-    """The checkpoint's round and, for a DP run, its user-level privacy ledger."""
+    """The checkpoint's round and, for a DP run, its user-level privacy ledger (read from
+    the checkpoint file itself; checkpoint.json for checkpoints written before it was)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
+    file = folder / CHECKPOINT if path.is_dir() else path
+    if file.exists():
+        with np.load(file) as data:
+            if META_KEY in data.files:
+                return dict(json.loads(str(data[META_KEY])))
     return dict(json.loads((folder / CHECKPOINT_META).read_text()))
 
 
@@ -291,7 +302,7 @@ def load_checkpoint(path: Path) -> tuple[ArrayRecord, dict[str, np.ndarray], int
 
     meta = load_checkpoint_meta(path)
     with np.load(file) as data:
-        state = {k: data[k] for k in data.files}
+        state = {k: data[k] for k in data.files if k != META_KEY}
     model = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith("model/")}
     arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in model.items()})
     return arrays, state, int(meta["round"])

@@ -295,7 +295,10 @@ def test_node_count_mismatch_is_a_clear_error(app: ClientApp, initial: ArrayReco
 
 # --- record-level DP on the node ---------------------------------------------------------------
 DP_APP_CONFIG = CONFIG.replace(
-    local_dp_noise_multiplier=1.0, local_dp_clip_norm=1.0, local_batch_size=16
+    local_dp_noise_multiplier=1.0,
+    local_dp_clip_norm=1.0,
+    local_batch_size=16,
+    client_weighting="uniform",
 )
 
 

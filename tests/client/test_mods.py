@@ -205,3 +205,14 @@ def test_user_level_clipping_leaves_small_updates_and_non_dp_rounds_alone() -> N
     assert _update_norm(unclipped) == pytest.approx(3 * np.sqrt(21))
     within = UserLevelClipping()(_train_request(100.0), node_context(0, 1), _trained)
     assert _update_norm(within) == pytest.approx(3 * np.sqrt(21))
+
+
+def test_user_level_clipping_refuses_a_non_finite_update() -> None:
+    """A diverged round (NaN) is an error reply, never an unclippable update."""
+
+    def diverged(msg: Message, context: Context) -> Message:
+        arrays = ArrayRecord({k: Array(np.full(s, np.nan, np.float32)) for k, s in SHAPES.items()})
+        return _reply(msg, **{keys.ARRAYS: arrays, keys.METRICS: MetricRecord({})})
+
+    reply = UserLevelClipping()(_train_request(0.5), node_context(0, 1), diverged)
+    assert reply.has_error() and "non-finite" in reply.error.reason

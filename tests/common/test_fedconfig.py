@@ -156,8 +156,20 @@ def test_user_level_dp_accepts_a_target_instead_of_z() -> None:
         ({"proximal-mu": 0.1}, "proximal-mu must be 0"),
         ({"local-dp-delta": 0.0}, "local-dp-delta"),
         ({"local-epsilon-budget": -1.0}, "local-epsilon-budget"),
+        ({"client-weighting": "examples"}, "uniform"),
+        ({"resume": "runs/a"}, "state-dir"),
     ],
 )
 def test_record_level_dp_settings_are_checked(changes: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        FederationConfig.from_mapping({"local-dp-noise-multiplier": 1.0, **changes})
+        FederationConfig.from_mapping(
+            {"local-dp-noise-multiplier": 1.0, "client-weighting": "uniform", **changes}
+        )
+
+
+def test_local_dp_resumes_with_a_persistent_state_dir() -> None:
+    config = FederationConfig.from_mapping({
+        "local-dp-noise-multiplier": 1.0, "client-weighting": "uniform", "resume": "runs/a",
+        "state-dir": "state", "key-file": "key",
+    })  # fmt: skip
+    assert config.record_level_dp and config.state_dir == "state"

@@ -451,7 +451,7 @@ def test_a_latest_ratings_csv_without_movies_csv_is_read_as_generic_csv(tmp_path
     """A folder with only ratings.csv is the generic CSV folder layout: its header must then
     be user,item,...; MovieLens latest's userId,movieId gets that specific error."""
     only_ratings = write(tmp_path / "half" / "ratings.csv", LATEST_RATINGS).parent
-    with pytest.raises(DataFormatError, match="missing header column.*user, item"):
+    with pytest.raises(DataFormatError, match=r"missing header column.*user, item"):
         load_ratings(only_ratings)
 
 

@@ -166,3 +166,20 @@ def test_a_zero_update_stays_zero() -> None:
     clipped, norm = clip_update({"x": np.zeros(3)}, 1.0)
     assert norm == 0.0
     np.testing.assert_array_equal(clipped["x"], np.zeros(3))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_update_cannot_be_clipped(bad: float) -> None:
+    """NaN would make min(1, C/‖Δ‖) = 1 and pass the update unscaled (review finding)."""
+    from fedrec.common.privacy import NonFiniteUpdate
+
+    with pytest.raises(NonFiniteUpdate, match="non-finite"):
+        clip_update({"x": np.array([1000.0, bad])}, 1.0)
+
+
+def test_epsilon_after_predicts_exactly_what_record_gives() -> None:
+    for accountant in ("rdp", "prv"):
+        ledger = PrivacyLedger(accountant, [(1.0, 0.1, 5)])
+        predicted = ledger.epsilon_after(1e-4, 1.0, 0.1, 3)
+        ledger.record(1.0, 0.1, 3)
+        assert ledger.epsilon(1e-4) == predicted

@@ -141,11 +141,23 @@ def test_rounds_within_budget_is_the_last_round_that_fits() -> None:
 
 
 # --- the strategy layer --------------------------------------------------------------------
-def test_dp_is_composed_just_before_fedavg() -> None:
-    config = DP_CONFIG.replace(strategy="fedadam")
-    strategy = make_strategy(config, num_nodes=100, run_dir=None, user_dp=_dp())
+@pytest.mark.parametrize("name", ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox"])
+def test_dp_is_composed_just_before_fedavg_and_noises_every_strategy(name: str) -> None:
+    config = DP_CONFIG.replace(strategy=name)
+    strategy = make_strategy(
+        config, num_nodes=100, run_dir=None, user_dp=_dp(), dp_rng=np.random.default_rng(1)
+    )
     mro = type(strategy).__mro__
-    assert mro.index(FedAdam) < mro.index(DPFedAvg) == mro.index(FedAvg) - 1
+    assert mro.index(DPFedAvg) == mro.index(FedAvg) - 1
+    if name == "fedadam":
+        assert mro.index(FedAdam) < mro.index(DPFedAvg)
+    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
+    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
+    new, _ = strategy.aggregate_train(1, [])
+    assert new is not None
+    moved = np.concatenate([a.numpy().ravel() for a in new.values()])
+    assert np.all(np.isfinite(moved)) and np.any(moved != 0)  # the noise reached the model
+    assert strategy.dp_record["rounds"] == 1
 
 
 def test_noise_has_the_claimed_std() -> None:
@@ -175,6 +187,42 @@ def test_average_has_the_fixed_denominator_and_server_clip() -> None:
     assert record["rounds"] == 1
 
 
+def test_noise_std_holds_with_some_replies() -> None:
+    """3 of m = 10 replied: the average is Σ/10 and the noise std is still z·C/10."""
+    dp = _dp(noise_multiplier=2.0, clip_norm=1.0)
+    strategy = _strategy(dp, seed=5)
+    start = _global(size=50_000)
+    update = {"item_embedding.weight": np.full((50_000, 4), 0.001), "head.bias": np.zeros(1)}
+    out = _round(strategy, start, [_reply(update, n) for n in (1, 2, 3)])
+    residual = out["item_embedding.weight"] - 3 * 0.001 / 10  # ‖Δ‖ = 0.447 < C: unclipped
+    assert residual.std() == pytest.approx(2.0 * 1.0 / 10, rel=0.02)
+    assert abs(residual.mean()) < 5 * dp.noise_std / np.sqrt(residual.size)
+
+
+def test_a_non_finite_update_is_dropped_not_averaged() -> None:
+    """One NaN must not let a +1000 update through unclipped (review finding)."""
+    dp = _dp(noise_multiplier=1e-9)
+    strategy = _strategy(dp)
+    bad = {"item_embedding.weight": np.full((6, 4), 1000.0), "head.bias": np.array([np.nan])}
+    good = {"item_embedding.weight": np.full((6, 4), 0.1), "head.bias": np.array([0.0])}
+    out = _round(strategy, _global(), [_reply(bad, 1), _reply(good, 2)])
+    np.testing.assert_allclose(out["item_embedding.weight"], 0.01, atol=1e-6)  # 0.1 / m
+    assert np.all(np.isfinite(out["head.bias"]))
+    assert strategy.dp_record["rejected_non_finite"] == 1
+    assert strategy.dp_record["replies"] == 1
+
+
+def test_a_dp_round_where_every_client_failed_is_a_noise_only_round() -> None:
+    from flwr.app import Error
+
+    strategy = _strategy(_dp())
+    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
+    failed = Message(Error(code=1, reason="boom"), reply_to=server_message("train", None, 1))
+    new, _ = strategy.aggregate_train(1, [failed])
+    assert new is not None and strategy.dp_record["rounds"] == 1
+    assert strategy.records == [] and strategy._current["clients_failed"] == 1
+
+
 def test_epsilon_accumulates_over_rounds_and_the_stop_fires() -> None:
     target = epsilon(1.0, 0.1, 3, 1e-4) + 1e-6  # three rounds fit, a fourth does not
     strategy = _strategy(_dp(target_epsilon=target))
@@ -200,6 +248,22 @@ def test_cohorts_are_poisson_samples() -> None:
 
 def test_fedadam_steps_on_the_noised_average() -> None:
     """The server optimizer's moment sees the DP average, not the raw one."""
+    config = DP_CONFIG.replace(strategy="fedadam", server_beta1=0.9)
+    dp = _dp(noise_multiplier=1.0)
+    strategy = make_strategy(
+        config, num_nodes=100, run_dir=None, user_dp=dp, dp_rng=np.random.default_rng(4)
+    )
+    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
+    list(strategy.configure_train(1, _global(5000), ConfigRecord(), FakeGrid(100)))
+    update = {"item_embedding.weight": np.full((5000, 4), 0.001), "head.bias": np.array([0.0])}
+    strategy.aggregate_train(1, [_reply(update, 1), _reply(update, 2)])
+    clean = 0.1 * 2 * 0.001 / 10  # (1 − β1) · mean update (fixed denominator m = 10)
+    deviation = strategy.m_t["item_embedding.weight"] - clean
+    # m_1 = (1 − β1)·(clean mean + noise): the deviation is noise of std 0.1·σ
+    assert deviation.std() == pytest.approx(0.1 * dp.noise_std, rel=0.05)
+
+
+def test_fedadam_steps_on_the_noised_average_of_no_replies() -> None:
     config = DP_CONFIG.replace(strategy="fedadam", server_beta1=0.9)
     dp = _dp(noise_multiplier=1.0)
     strategy = make_strategy(
@@ -260,6 +324,34 @@ def test_a_resumed_run_continues_its_epsilon(tmp_path: Path) -> None:
     assert resumed.steps == 2
     assert resumed.epsilon(1e-4) == pytest.approx(epsilon(1.0, 0.1, 2, 1e-4))
     assert _restored_ledger(DP_CONFIG, _dp()).steps == 0  # a fresh run starts at zero
+
+
+def test_the_ledger_is_inside_the_atomically_replaced_checkpoint(tmp_path: Path) -> None:
+    """A crash after the .npz is replaced but before checkpoint.json is written must not
+    pair this round's model with the last round's ledger (review finding)."""
+    from fedrec.server.strategy import CHECKPOINT_META
+
+    strategy = make_strategy(
+        DP_CONFIG, num_nodes=100, run_dir=tmp_path, user_dp=_dp(),
+        dp_rng=np.random.default_rng(0),
+    )  # fmt: skip
+    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
+    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
+    strategy.aggregate_train(1, [])
+    (tmp_path / CHECKPOINT_META).write_text('{"round": 0, "user_level_ledger": {}}')  # stale
+    meta = load_checkpoint_meta(tmp_path)
+    assert meta["round"] == 1 and meta["user_level_ledger"]["history"] == [[1.0, 0.1, 1]]
+
+
+def test_resuming_with_another_accountant_is_refused(tmp_path: Path) -> None:
+    from fedrec.server.app import _restored_ledger
+
+    strategy = make_strategy(DP_CONFIG, num_nodes=100, run_dir=tmp_path, user_dp=_dp())
+    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
+    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
+    strategy.aggregate_train(1, [])
+    with pytest.raises(ValueError, match="one accountant"):
+        _restored_ledger(DP_CONFIG.replace(resume=str(tmp_path)), _dp(accountant="prv"))
 
 
 def test_resuming_a_non_dp_checkpoint_with_dp_is_refused(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ DATA = {"synthetic-users": USERS, "synthetic-items": 400}
 RUN = {
     "num-rounds": 2, "clients-per-round": 10, "eval-every": 1, "strategy": "fedadam",
     "server-lr": 0.05, "server-tau": 0.0001, "local-dp-noise-multiplier": 1.0,
+    "client-weighting": "uniform",
 }  # fmt: skip
 
 
