@@ -1,7 +1,7 @@
-"""Pure math of SecAgg+ (Bell et al., CCS 2020, "Secure Single-Server Aggregation with
+"""Pure layer of SecAgg+ (Bell et al., CCS 2020, "Secure Single-Server Aggregation with
 (Poly)Logarithmic Overhead"): configuration, quantization into Z_M, the communication graph,
-mask expansion and key agreement. No Flower Message imports; :mod:`fedrec.common.secagg`
-builds the client and server of the protocol on top.
+mask expansion, key agreement and the messages' types. No Flower imports at all;
+:mod:`fedrec.common.secagg` builds the client and server of the protocol on top.
 
 What comes from where (no hand-written cipher anywhere):
 
@@ -22,7 +22,7 @@ What comes from where (no hand-written cipher anywhere):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,12 +73,18 @@ class SecAggConfig:
                 raise ValueError(f"SecAggConfig.{name} must be an int, got {getattr(self, name)!r}")
         n, k, t = self.num_clients, self.neighbours, self.threshold
         if n < 3:
-            raise ValueError(f"SecAggConfig.num_clients: need n ≥ 3 (a sum of 2 reveals both), got {n}")
+            raise ValueError(
+                f"SecAggConfig.num_clients: need n ≥ 3 (a sum of 2 reveals both), got {n}"
+            )
         if self.num_neighbours is not None:
             if type(k) is not int or not 2 <= k <= n - 1:
-                raise ValueError(f"SecAggConfig.num_neighbours: need 2 ≤ k ≤ n − 1 = {n - 1}, got {k}")
+                raise ValueError(
+                    f"SecAggConfig.num_neighbours: need 2 ≤ k ≤ n − 1 = {n - 1}, got {k}"
+                )
             if k < n - 1 and k % 2:
-                raise ValueError(f"SecAggConfig.num_neighbours: k < n − 1 must be even (k/2 per side of the ring), got {k}")
+                raise ValueError(
+                    f"SecAggConfig.num_neighbours: k < n − 1 must be even (k/2 per side), got {k}"
+                )
         if not 2 <= t <= k:
             raise ValueError(f"SecAggConfig.threshold: need 2 ≤ t ≤ k = {k}, got {t}")
         if 2 * t <= k + 1:
@@ -87,9 +93,13 @@ class SecAggConfig:
             # get both its self-mask seed and its mask key.
             raise ValueError(f"SecAggConfig.threshold: need 2t > k + 1 = {k + 1}, got t = {t}")
         if not (math.isfinite(self.clipping_range) and self.clipping_range > 0):
-            raise ValueError(f"SecAggConfig.clipping_range: need a finite c > 0, got {self.clipping_range}")
+            raise ValueError(
+                f"SecAggConfig.clipping_range: need a finite c > 0, got {self.clipping_range}"
+            )
         if self.quantization_range < 1:
-            raise ValueError(f"SecAggConfig.quantization_range: need Q ≥ 1, got {self.quantization_range}")
+            raise ValueError(
+                f"SecAggConfig.quantization_range: need Q ≥ 1, got {self.quantization_range}"
+            )
         m = self.modulus
         if m < 2 or m > MAX_MODULUS or m & (m - 1):
             raise ValueError(f"SecAggConfig.modulus: need a power of two in [2, 2^64], got {m}")
@@ -252,3 +262,75 @@ def decode_vector(data: bytes, length: int, modulus: int) -> np.ndarray:
     if vector.size and int(vector.max()) >= modulus:
         raise ProtocolViolationError(f"masked vector has a value ≥ M = {modulus}")
     return vector
+
+
+# Messages: every field an int, bytes or a tuple of them (a Flower ConfigRecord holds each).
+
+
+def _paired(a: tuple[object, ...], b: tuple[object, ...], what: str) -> None:
+    if len(a) != len(b) or len(set(a)) != len(a):
+        raise ProtocolViolationError(f"{what}: {len(a)} ids (distinct?) for {len(b)} values")
+
+
+@dataclass(frozen=True)
+class PublicKeys:
+    """setup reply: a client's two X25519 public keys (Flower's pk1, pk2)."""
+
+    mask_key: bytes  # pk1: agrees the pairwise mask seeds s_uv
+    share_key: bytes  # pk2: agrees the keys that encrypt shares
+
+
+@dataclass(frozen=True)
+class ShareKeysRequest:
+    """share_keys: the public keys of the client's live neighbours, its own included."""
+
+    public_keys: Mapping[int, PublicKeys]
+
+
+@dataclass(frozen=True)
+class ShareKeysReply:
+    """share_keys reply: Enc(src ‖ dst ‖ share of b ‖ share of sk1) for each neighbour."""
+
+    destinations: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _paired(self.destinations, self.ciphertexts, "ShareKeysReply")
+
+
+@dataclass(frozen=True)
+class CollectRequest:
+    """collect_masked_vectors: the ciphertexts addressed to this client, by sender."""
+
+    sources: tuple[int, ...]
+    ciphertexts: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _paired(self.sources, self.ciphertexts, "CollectRequest")
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """unmask: whose self-mask seed shares, and whose mask-key shares, the server needs."""
+
+    survivors: tuple[int, ...]  # their masked vectors are in the sum: give shares of b_u
+    dropped: tuple[int, ...]  # shared keys, then sent no vector: give shares of sk1_d
+
+
+@dataclass(frozen=True)
+class UnmaskReply:
+    """unmask reply: one share per id, survivors' seed shares then dropped clients' key shares."""
+
+    node_ids: tuple[int, ...]
+    shares: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _paired(self.node_ids, self.shares, "UnmaskReply")
+
+
+@dataclass(frozen=True)
+class SecAggResult:
+    """What the server learns: the sum of the contributors' clipped inputs, and who they are."""
+
+    total: list[np.ndarray]  # Σ_{u in contributors} clip(x_u), shapes as given, ± n·Δ
+    contributors: tuple[int, ...]  # U3: clients whose masked vectors were summed
