@@ -22,6 +22,7 @@ from fedrec.client.data import PARTITION_ID, ShardSource, SimulationShards
 from fedrec.client.encrypted_shards import EncryptedShards, pseudonym
 from fedrec.client.local import build_local_model, local_evaluate, refresh_user
 from fedrec.client.mods import MessageRecorder, SharedOnlyGuard, UserLevelClipping
+from fedrec.client.secagg_mod import SecAggPlusMod
 from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.client.store import ContextStateStore, StateStore
 from fedrec.client.trainers import local_train_config, trainer_for
@@ -47,8 +48,10 @@ def make_client_app(
     app = ClientApp(
         mods=[MessageRecorder(device.audit_path), SharedOnlyGuard(device.shared_shapes)]
     )
-    # train-only mods run inside the global ones: the guard checks the clipped update
-    app.train(mods=[UserLevelClipping()])(device.train)
+    # train-only mods run inside the global ones: the guard checks what leaves. Secure
+    # aggregation sits outside the clip, so it masks the clipped update (and is inert
+    # unless the message starts a secure round)
+    app.train(mods=[SecAggPlusMod(), UserLevelClipping()])(device.train)
     app.evaluate()(device.evaluate)
     return app
 

@@ -6,6 +6,9 @@
   by an error Message, so private state cannot leak even through a bug in the handler.
 * :class:`UserLevelClipping` clips the shared-parameter update to the norm C the server
   sends when it runs DP-FedAvg (server/dp_fedavg.py).
+* Under secure aggregation (client/secagg_mod.py) a train reply carries one ``secagg``
+  ConfigRecord with the keys its stage declares (``common/secagg_records.REPLY_KEYS``) and
+  no arrays or metrics at all; the guard lets exactly that through.
 * :class:`MessageRecorder` appends a description of every reply (record names, array
   names/shapes/dtypes, metric keys and values, bytes) to a JSON-lines file. The simulation's
   ClientApps run in Ray worker processes, so a file is the way a test sees their messages.
@@ -19,10 +22,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
 from fedrec.common import keys
 from fedrec.common.privacy import NonFiniteUpdate, clip_update
+from fedrec.common.secagg_records import ALL_REPLY_KEYS, SECAGG
 
 PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
 NON_FINITE_ERROR = 4002  # error code of an update with NaN/inf values (cannot be clipped)
@@ -70,6 +74,11 @@ def violations(message: Message, shared_shapes: Mapping[str, tuple[int, ...]]) -
             for key, value in record.items():
                 if not isinstance(value, int | float) or isinstance(value, bool):
                     problems.append(f"metric '{key}' is not a scalar number")
+        elif isinstance(record, ConfigRecord) and name == SECAGG:
+            # a secure round's reply: public keys, ciphertexts, masked bytes, shares
+            extra = sorted(set(record.keys()) - ALL_REPLY_KEYS)
+            if extra:
+                problems.append(f"secagg record carries undeclared keys {extra}")
         else:
             problems.append(f"record '{name}' of type {type(record).__name__} is not allowed")
     return problems

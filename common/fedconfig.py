@@ -20,6 +20,7 @@ LR_SCHEDULES = ("constant", "cosine")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 CLIENT_WEIGHTINGS = ("examples", "uniform")
 ACCOUNTANTS = ("rdp", "prv")  # Opacus's accountants (common/privacy.py)
+AGGREGATIONS = ("off", "secagg+")  # secure aggregation of the train updates (server/secagg.py)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,12 @@ class FederationConfig:
     local_dp_clip_norm: float = 1.0  # per-example gradient clip
     local_dp_delta: float = 1e-4  # δ of each device's own ledger
     local_epsilon_budget: float = 0.0  # a device declines rounds past this ε (0: no limit)
+    # secure aggregation: SecAgg+ (Bell et al., 2020) as Message-API rounds, server/secagg.py
+    secure_aggregation: str = "off"  # off | secagg+
+    secagg_neighbours: int = 0  # k peers per client; 0: 2*ceil(log2 n); >= n-1: all pairs
+    secagg_threshold: float = 0.5  # fraction of a secret's k+1 shares that rebuild it
+    secagg_clip_range: float = 8.0  # c: each update coordinate is clipped to [-c, c]
+    secagg_quantization_bits: int = 22  # [-c, c] maps onto 2^b + 1 levels (step 2c/2^b)
     # data handling on the device (client/secure_store.py, client/encrypted_shards.py)
     shard_dir: str = ""  # read each node's shard from this encrypted folder (fedrec data encrypt)
     key_file: str = ""  # 32-byte key file of shard-dir and state-dir (kept outside both)
@@ -118,6 +125,7 @@ class FederationConfig:
             ("local_optimizer", LOCAL_OPTIMIZERS),
             ("client_weighting", CLIENT_WEIGHTINGS),
             ("dp_accountant", ACCOUNTANTS),
+            ("secure_aggregation", AGGREGATIONS),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -149,6 +157,8 @@ class FederationConfig:
             self._check_user_level_dp()
         if self.record_level_dp:
             self._check_record_level_dp()
+        if self.secure:
+            self._check_secure_aggregation()
 
     @property
     def user_level_dp(self) -> bool:
@@ -157,6 +167,32 @@ class FederationConfig:
     @property
     def record_level_dp(self) -> bool:
         return self.local_dp_noise_multiplier > 0
+
+    @property
+    def secure(self) -> bool:
+        return self.secure_aggregation != "off"
+
+    def _check_secure_aggregation(self) -> None:
+        if self.client_weighting != "uniform":
+            raise ValueError(
+                'secure aggregation needs client-weighting = "uniform": the server learns the'
+                " sum of the updates only, so it cannot weight them by private example counts"
+            )
+        if self.secagg_neighbours < 0:
+            raise ValueError(f"secagg-neighbours must be >= 0, got {self.secagg_neighbours}")
+        if not 0.5 <= self.secagg_threshold <= 1.0:
+            raise ValueError(f"secagg-threshold must be in [0.5, 1], got {self.secagg_threshold}")
+        if not self.secagg_clip_range > 0:
+            raise ValueError(f"secagg-clip-range must be > 0, got {self.secagg_clip_range}")
+        if not 1 <= self.secagg_quantization_bits <= 48:
+            raise ValueError(
+                f"secagg-quantization-bits must be in [1, 48], got {self.secagg_quantization_bits}"
+            )
+        if self.user_level_dp and self.dp_clip_norm > self.secagg_clip_range:
+            raise ValueError(
+                f"dp-clip-norm {self.dp_clip_norm} > secagg-clip-range {self.secagg_clip_range}:"
+                " a clipped update's coordinates could be clipped again, biasing the sum"
+            )
 
     def _check_user_level_dp(self) -> None:
         if not (self.dp_noise_multiplier > 0 or self.dp_target_epsilon > 0):

@@ -24,6 +24,7 @@ from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, run_header, write_json
 from fedrec.common.shard import initial_shared_state, load_catalog
 from fedrec.server.dp_fedavg import UserLevelDP
 from fedrec.server.grid import ChunkedGrid
+from fedrec.server.secagg import SecAggSettings, SecureAggregationGrid
 from fedrec.server.strategy import load_checkpoint, load_checkpoint_meta, make_strategy
 
 FINAL_MODEL = "model.npz"
@@ -60,6 +61,10 @@ def run_federation(
 ) -> dict[str, Any]:
     """Run ``config.num_rounds`` rounds (fewer if resuming) and write the run folder."""
     grid = ChunkedGrid(grid)  # type: ignore[assignment]
+    secure: SecureAggregationGrid | None = None
+    if config.secure:  # every train fan-out becomes a SecAgg+ round (server/secagg.py)
+        secure = SecureAggregationGrid(grid, SecAggSettings.from_config(config))
+        grid = secure  # type: ignore[assignment]
     run_dir = Path(config.out_dir) if config.out_dir else None
     catalog = load_catalog(config)
     initial = ArrayRecord(initial_shared_state(catalog, config.dim, config.seed))
@@ -101,6 +106,7 @@ def run_federation(
         on_round=on_round,
         user_dp=user_dp,
         user_ledger=ledger,
+        secure_report=(lambda: secure.report) if secure is not None else None,
     )
     strategy.restore_optimizer_state(optimizer_state)
     started = time.perf_counter()
@@ -119,6 +125,7 @@ def run_federation(
     metrics["nodes"] = num_nodes
     metrics["shared_parameters"] = int(sum(a.numpy().size for a in result.arrays.values()))
     metrics["privacy"] = privacy_summary(strategy.records, config, budget_stop)
+    metrics["secure_aggregation"] = secure_summary(strategy.records, config)
     if run_dir is not None:
         import numpy as np
 
@@ -166,6 +173,29 @@ def privacy_summary(
         summary["stopped_by_budget"] = budget_stop is not None
         summary["stop_round"] = budget_stop
     return summary
+
+
+def secure_summary(records: list[dict[str, Any]], config: FederationConfig) -> dict[str, Any]:
+    """metrics.json ``secure_aggregation``: whether it was on, its parameters, its cost."""
+    if not config.secure:
+        return {"enabled": False}
+    rounds = [r["secagg"] for r in records if "secagg" in r]
+    ok = [r for r in rounds if r["status"] == "ok"]
+
+    def mean(key: str) -> float | None:
+        return float(sum(r[key] for r in ok) / len(ok)) if ok else None
+
+    return {
+        "enabled": True,
+        "protocol": "SecAgg+ (Bell et al. 2020), semi-honest; server/secagg.py",
+        **SecAggSettings.from_config(config).describe(),
+        "rounds": len(rounds),
+        "rounds_failed_closed": sum(r["status"].startswith("failed") for r in rounds),
+        "rounds_skipped": sum(r["status"].startswith("skipped") for r in rounds),
+        "mean_neighbours": mean("neighbours"),
+        "mean_threshold": mean("threshold"),
+        "dropouts": sum(sum(r["dropped"].values()) for r in rounds),
+    }
 
 
 def _restored_ledger(config: FederationConfig, dp: UserLevelDP) -> PrivacyLedger:

@@ -52,6 +52,7 @@ from fedrec.common.privacy import (
     calibrate_noise,
     clip_update,
 )
+from fedrec.server.secagg import secure_sum
 
 # relative: a reply within C·(1 + tol) counts as clipped by its client (it arrives as
 # float32 values global + Δ, so the server's float64 recomputation of ‖Δ‖ is off by ~1e-7)
@@ -206,16 +207,26 @@ class DPFedAvg(FedAvg):
         valid, _ = self._check_and_log_replies(replies, is_train=True)
         dp, start = self.dp, self._dp_global
         total = {k: np.zeros_like(v) for k, v in start.items()}
-        used, over, rejected = [], 0, 0
+        used, over, rejected, contributors = [], 0, 0, 0
         for msg in valid:
             sent = msg.content[self.arrayrecord_key]
             update = {k: sent[k].numpy().astype(np.float64) - start[k] for k in start}
+            count, summed = secure_sum(msg)
+            if summed:  # SecAgg+: the mean of `count` device-clipped updates; un-average it.
+                # The server cannot re-clip inside a sum: each device clipped its own Δ so
+                # that even quantized it has norm ≤ C (client/secagg_mod.py).
+                used.append(msg)
+                contributors += count
+                for k in total:
+                    total[k] += update[k] * count
+                continue
             try:
                 clipped, norm = clip_update(update, dp.clip_norm)
             except NonFiniteUpdate:  # a dropout: the denominator m does not change
                 rejected += 1
                 continue
             used.append(msg)
+            contributors += 1
             over += norm > dp.clip_norm * (1 + CLIP_TOLERANCE)
             for k in total:
                 total[k] += clipped[k]
@@ -229,7 +240,7 @@ class DPFedAvg(FedAvg):
         metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if used else None
         self.dp_record = {
             **dp.describe(self.user_ledger),
-            "replies": len(used),
+            "replies": contributors,
             "clipped_by_server": over,  # counts only: no per-user value is published
             "rejected_non_finite": rejected,
         }
@@ -249,6 +260,8 @@ class RecordLevelTally:
         self.budget = budget
         self.latest: dict[int, float] = {}
         self.exhausted: set[int] = set()
+        self.secure_mean: float | None = None  # under SecAgg+: the last cohort's mean ε
+        self.secure_declined = 0  # under SecAgg+: declines summed over rounds
 
     def update(self, replies: Iterable[Message]) -> int:
         """Take this round's replies; returns how many declined this round."""
@@ -257,6 +270,11 @@ class RecordLevelTally:
             if msg.has_error() or keys.METRICS not in msg.content:
                 continue
             metrics = msg.content[keys.METRICS]
+            count, summed = secure_sum(msg)
+            if summed:  # SecAgg+: only the cohort's mean ε and how many declined are known
+                self.secure_mean = float(metrics.get(keys.RECORD_EPSILON, 0.0))
+                declined += round(float(metrics.get(keys.BUDGET_EXHAUSTED, 0.0)) * count)
+                continue
             node = msg.metadata.src_node_id
             if keys.RECORD_EPSILON in metrics:
                 self.latest[node] = float(metrics[keys.RECORD_EPSILON])
@@ -268,6 +286,16 @@ class RecordLevelTally:
     def summary(self, declined_this_round: int) -> dict[str, Any]:
         """The ``privacy.record_level`` entry: ε over every device that has trained so far."""
         values = sorted(self.latest.values())
+        if self.secure_mean is not None:  # per-device values never reach the server
+            self.secure_declined += declined_this_round
+            return {
+                "epsilon_cohort_mean": self.secure_mean,
+                "delta": self.delta,
+                "budget": self.budget or None,
+                "declined_total": self.secure_declined,
+                "declined_this_round": declined_this_round,
+                "note": "secure aggregation: the server sees cohort sums only",
+            }
         return {
             "epsilon_min": values[0] if values else None,
             "epsilon_median": statistics.median(values) if values else None,

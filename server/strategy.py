@@ -104,8 +104,10 @@ class RoundRecorder:
         server_lr_attribute: str = "",
         weight_decay: float = 0.0,
         record_tally: RecordLevelTally | None = None,
+        secure_report: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.record_tally = record_tally
+        self.secure_report = secure_report
         self.server_lr = server_lr
         self.weight_decay = weight_decay
         self.server_lr_attribute = server_lr_attribute
@@ -176,6 +178,18 @@ class RoundRecorder:
             returning=float(metrics.get(keys.RETURNING, 0.0)) if metrics else None,
             train_seconds=time.perf_counter() - self._t0,
         )
+        if self.secure_report is not None:  # the four stages' traffic, not the one aggregate
+            report = self.secure_report()
+            n = max(report["clients"], 1)
+            rec.update(
+                clients_replied=report["survivors"],
+                clients_failed=report["clients"] - report["survivors"],
+                bytes_down_per_client=report["bytes_down"] / n,
+                bytes_up_per_client=report["bytes_up"] / n,
+                bytes_down_total=report["bytes_down"],
+                bytes_up_total=report["bytes_up"],
+                secagg=dict(report),
+            )
         privacy = self._privacy_record(ok)
         if privacy:
             rec["privacy"] = privacy
@@ -192,7 +206,7 @@ class RoundRecorder:
             privacy["user_level"] = dict(dp_record)
         if self.record_tally is not None:
             declined = self.record_tally.update(ok)
-            if self.record_tally.latest or declined:
+            if self.record_tally.latest or declined or self.record_tally.secure_mean is not None:
                 privacy["record_level"] = self.record_tally.summary(declined)
         return privacy
 
@@ -328,6 +342,7 @@ def make_strategy(
     user_dp: UserLevelDP | None = None,
     user_ledger: PrivacyLedger | None = None,
     dp_rng: np.random.Generator | None = None,
+    secure_report: Callable[[], dict[str, Any]] | None = None,
 ) -> RoundRecorder:
     """The configured Flower strategy with :class:`RoundRecorder` composed in front.
 
@@ -388,5 +403,6 @@ def make_strategy(
             if config.record_level_dp
             else None
         ),
+        secure_report=secure_report,
     )
     return strategy

@@ -1,0 +1,165 @@
+"""The device's side of SecAgg+ on the Message API: a train mod.
+
+A secure round is four ``train`` messages that carry a ``secagg`` record (see
+:mod:`fedrec.common.secagg_records`); the mod answers the key stages itself and, at the
+collect stage, runs the rest of the train path (``UserLevelClipping`` → the handler), turns the
+reply into the update Δ = local − global, and sends only ``q(Δ) + masks mod M`` as bytes. The
+shared parameters never leave the device in the clear, and neither do the scalar metrics: the
+metrics the server asks for ride in the masked vector, so the server learns their sum only.
+
+The protocol's secrets (key pairs, self-mask seed, the shares held for peers) live in the
+node's ``context.state`` between stages — memory, never a message, never the disk — and are
+wiped after the unmask stage. Messages without a ``secagg`` record pass through untouched.
+
+Under user-level DP the clip happens here, before masking: Δ is clipped to
+``C − Δ_q·√d`` (Δ_q the quantization step, d the vector length), so that even after
+stochastic rounding (which moves each coordinate by less than Δ_q) the quantized update has
+norm ≤ C — the sensitivity the server's noise is calibrated to. The server cannot re-clip a
+sum, so this bound is the device's job.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import Stage
+
+from fedrec.common import keys
+from fedrec.common import secagg_records as wire
+from fedrec.common.privacy import NonFiniteUpdate, clip_update
+from fedrec.common.secagg import SecAggClient, StateValue
+from fedrec.common.secagg_math import SecAggConfig, SecAggError
+
+SECAGG_ERROR = 4003  # error code of a device that refuses a stage (protocol violation etc.)
+
+
+def quantized_clip_norm(clip_norm: float, config: SecAggConfig, length: int) -> float:
+    """The norm to clip Δ to so that its quantized value stays within ``clip_norm``."""
+    return clip_norm - config.step * math.sqrt(length)
+
+
+def update_vector(
+    sent: RecordDict, reply: RecordDict, metric_names: list[str], config: SecAggConfig
+) -> list[np.ndarray]:
+    """What the device masks: Δ per shared array (float64, the server's order), then the
+    requested metrics scaled into the clipping range. Clips Δ for user-level DP."""
+    start = sent[keys.ARRAYS]
+    local = reply[keys.ARRAYS]
+    if list(local.keys()) != list(start.keys()):
+        raise SecAggError("secure round: the update's arrays differ from the model's")
+    delta = {
+        k: local[k].numpy().astype(np.float64) - start[k].numpy().astype(np.float64) for k in start
+    }
+    train_config = sent.get(keys.CONFIG, {})
+    metric_values = reply.get(keys.METRICS, {})
+    metrics = np.array(
+        [float(metric_values.get(name, 0.0)) for name in metric_names], dtype=np.float64
+    )
+    if keys.CLIPPING_NORM in train_config:
+        length = sum(v.size for v in delta.values()) + metrics.size
+        bound = quantized_clip_norm(float(train_config[keys.CLIPPING_NORM]), config, length)
+        if bound <= 0:
+            raise SecAggError(
+                f"secure round: clip norm {train_config[keys.CLIPPING_NORM]} is below the"
+                f" quantization error bound Δ·√d = {config.step * math.sqrt(length):.3g};"
+                " raise secagg-quantization-bits"
+            )
+        delta, _ = clip_update(delta, bound)  # raises NonFiniteUpdate on NaN/inf
+    elif not all(np.isfinite(v).all() for v in delta.values()):
+        raise NonFiniteUpdate("the update has non-finite values")
+    return [*delta.values(), metrics * wire.metric_scale(config)]
+
+
+class SecAggPlusMod:
+    """A train mod: place it outside ``UserLevelClipping`` so that it masks the clipped update.
+
+    A module-level class, not a closure, for the reason given in client/mods.py.
+    """
+
+    def __init__(self, entropy: Callable[[int], bytes] | None = None) -> None:
+        self._entropy = entropy  # tests only; None: os.urandom
+
+    def __call__(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        if not msg.has_content() or wire.SECAGG not in msg.content:
+            return call_next(msg, context)
+        record = msg.content[wire.SECAGG]
+        try:
+            stage = wire.stage_of(record)
+            config = wire.round_config(record)
+            if stage == Stage.SETUP:
+                client = self._client(context.node_id, config, None)
+                answer = wire.public_keys_reply(client.setup())
+            elif stage == Stage.SHARE_KEYS:
+                client = self._client(context.node_id, config, context)
+                answer = wire.share_keys_reply(
+                    client.share_keys(wire.read_share_keys_request(record))
+                )
+            elif stage == Stage.COLLECT_MASKED_VECTORS:
+                client = self._client(context.node_id, config, context)
+                request = wire.read_collect_request(record)
+                reply = call_next(msg, context)
+                if reply.has_error():  # e.g. non-finite update: the server sees a dropout
+                    context.state.pop(wire.STATE, None)
+                    return reply
+                vector = update_vector(msg.content, reply.content, wire.metric_keys(record), config)
+                masked = client.masked_input(request, vector, np.random.default_rng())
+                answer = wire.masked_reply(masked)
+            else:
+                client = self._client(context.node_id, config, context)
+                answer = wire.unmask_reply(client.unmask(wire.read_unmask_request(record)))
+        except (SecAggError, NonFiniteUpdate, ValueError) as err:
+            context.state.pop(wire.STATE, None)  # a refused round leaves no secret behind
+            reason = f"secure aggregation: {type(err).__name__}: {err}"
+            return Message(error=Error(code=SECAGG_ERROR, reason=reason), reply_to=msg)
+        if stage == Stage.UNMASK:
+            context.state.pop(wire.STATE, None)  # the round is over: wipe its secrets
+        else:
+            context.state[wire.STATE] = ConfigRecord(_ids_as_text(client.state_dict()))
+        return Message(content=RecordDict({wire.SECAGG: answer}), reply_to=msg)
+
+    def _client(self, node_id: int, config: SecAggConfig, context: Context | None) -> SecAggClient:
+        extra = {} if self._entropy is None else {"entropy": self._entropy}
+        if context is None:  # setup: a new round starts from nothing
+            return SecAggClient(node_id, config, **extra)
+        if wire.STATE not in context.state:
+            raise SecAggError(f"client {node_id}: no secure round in progress")
+        state = _ids_from_text(dict(context.state[wire.STATE]))
+        return SecAggClient.from_state_dict(config, state, **extra)
+
+
+# node ids are unsigned 64-bit, a ConfigRecord int is signed: they are kept as decimal text
+_ID_FIELDS = ("node-id", "peers", "share-owners")
+
+
+_LIST_FIELDS = (
+    "peers",
+    "peer-mask-keys",
+    "peer-share-keys",
+    "share-owners",
+    "seed-shares",
+    "key-shares",
+)
+
+
+def _ids_as_text(state: dict[str, StateValue]) -> dict[str, StateValue]:
+    """The state as ConfigRecord values: ids as text, empty lists left out (Flower cannot
+    store ``[]``; :func:`_ids_from_text` restores them)."""
+    out = dict(state)
+    for key in _ID_FIELDS:
+        value = out[key]
+        out[key] = [str(v) for v in value] if isinstance(value, list) else str(value)
+    return {k: v for k, v in out.items() if not (isinstance(v, list) and not v)}
+
+
+def _ids_from_text(state: dict[str, object]) -> dict[str, StateValue]:
+    out: dict[str, StateValue] = {k: [] for k in _LIST_FIELDS}
+    out.update(state)  # type: ignore[arg-type]
+    for key in _ID_FIELDS:
+        value = out[key]
+        out[key] = [int(v) for v in value] if isinstance(value, list) else int(value)  # type: ignore[arg-type]
+    return out

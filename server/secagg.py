@@ -1,0 +1,309 @@
+"""SecAgg+ on the Message API: the server runs each training round as four message stages.
+
+Why not Flower's ``SecAggPlusWorkflow`` + ``secaggplus_mod``: in 1.42 the workflow drives a
+legacy ``Strategy`` through ``DefaultWorkflow`` (``flwr.server.workflow``) and cannot run under
+a Message-API strategy's ``start()``; the mod reads legacy ``FitIns`` parameters and returns
+``FitRes``. Our strategies (``server/strategy.py``), DP-FedAvg and private node state are all
+on the Message API, so the protocol runs here, on the objects of :mod:`fedrec.common.secagg`.
+
+How it composes: :class:`SecureAggregationGrid` wraps the Grid the strategy talks to. When a
+strategy sends its ``train`` messages (whoever it sampled: FedAvg's fixed count or DP-FedAvg's
+Poisson cohort), the grid runs
+
+    setup (public keys) → share_keys (encrypted Shamir shares, relayed) →
+    collect_masked_vectors (the train messages + each client's ciphertexts; clients train and
+    reply with q(Δ) + masks mod M) → unmask (shares of seeds / of dropped clients' keys)
+
+and hands the strategy **one** reply: the mean update of the survivors applied to the
+global model, with the securely summed metrics, marked with a ``secagg-sum`` record giving
+the count. Plain FedAvg/FedAdam/… aggregate that one reply as is (uniform weights, so the
+mean is FedAvg's average); DP-FedAvg reads the sum back out, adds its noise to the sum and
+divides by the fixed m (``server/dp_fedavg.py``). A round whose survivors fall below the
+threshold fails closed: nothing is unmasked and the strategy gets no reply (a skipped round,
+or a noise-only round under DP). Evaluation messages pass through unchanged.
+
+Parameters (``[tool.flwr.app.config]``): ``secagg-neighbours`` k (0: SecAgg+ with
+k = 2⌈log2 n⌉; ≥ n − 1: every pair, the original SecAgg), ``secagg-threshold`` (fraction
+of each client's k + 1 shares needed to rebuild its secrets; at least a majority),
+``secagg-clip-range`` c and ``secagg-quantization-bits`` b (Q = 2^b: each coordinate of Δ is
+clipped to [−c, c] and rounded to one of Q + 1 levels, step 2c/Q; the sum of n is exact to
+within n steps, see ``SecAggConfig.max_sum_error``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.secure_aggregation.secaggplus_constants import Stage
+from flwr.serverapp import Grid
+
+from fedrec.common import keys
+from fedrec.common import secagg_records as wire
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.secagg import SecAggServer
+from fedrec.common.secagg_math import SecAggConfig, SecAggError
+
+# Metrics the devices sum securely (a device reports 0 for one it does not have).
+SUMMED_METRICS = (
+    keys.TRAIN_LOSS,
+    keys.NUM_EXAMPLES,
+    keys.RETURNING,
+    keys.RECORD_EPSILON,
+    keys.BUDGET_EXHAUSTED,
+)
+MIN_MODULUS = 2**32
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """The run's secure-aggregation parameters; :meth:`for_round` sizes them to a cohort."""
+
+    neighbours: int = 0  # k; 0: 2⌈log2 n⌉ (SecAgg+); ≥ n − 1: complete graph (SecAgg)
+    threshold: float = 0.5  # fraction of the k + 1 shares of a secret needed to rebuild it
+    clip_range: float = 8.0  # c
+    quantization_bits: int = 22  # Q = 2^b
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 0:
+            raise ValueError(f"secagg-neighbours must be >= 0, got {self.neighbours}")
+        if not 0.5 <= self.threshold <= 1.0:
+            raise ValueError(f"secagg-threshold must be in [0.5, 1], got {self.threshold}")
+        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
+            raise ValueError(f"secagg-clip-range must be > 0, got {self.clip_range}")
+        if not 1 <= self.quantization_bits <= 48:
+            raise ValueError(
+                f"secagg-quantization-bits must be in [1, 48], got {self.quantization_bits}"
+            )
+
+    @classmethod
+    def from_config(cls, config: FederationConfig) -> SecAggSettings:
+        return cls(
+            neighbours=config.secagg_neighbours,
+            threshold=config.secagg_threshold,
+            clip_range=config.secagg_clip_range,
+            quantization_bits=config.secagg_quantization_bits,
+        )
+
+    def for_round(self, num_clients: int) -> SecAggConfig:
+        """The protocol's parameters for a cohort of ``num_clients`` (≥ 3)."""
+        n = num_clients
+        full = n - 1
+        k = self.neighbours or 2 * math.ceil(math.log2(max(n, 2)))
+        if k >= full:
+            k = full
+        elif k % 2:
+            k += 1  # k/2 neighbours on each side of the ring
+        k = min(max(k, 2), full)
+        t = max(math.floor((k + 1) / 2) + 1, math.ceil(self.threshold * (k + 1)))
+        t = min(t, k)
+        q = 2**self.quantization_bits
+        modulus = max(MIN_MODULUS, 1 << (n * q).bit_length())  # a power of two > n·Q
+        return SecAggConfig(
+            num_clients=n,
+            threshold=t,
+            num_neighbours=None if k == full else k,
+            clipping_range=self.clip_range,
+            quantization_range=q,
+            modulus=modulus,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "neighbours": self.neighbours or "2*ceil(log2 n)",
+            "threshold": self.threshold,
+            "clip_range": self.clip_range,
+            "quantization_bits": self.quantization_bits,
+        }
+
+
+def message_bytes(message: Message) -> int:
+    return sum(r.count_bytes() for r in message.content.values()) if message.has_content() else 0
+
+
+class SecureAggregationGrid:
+    """A Grid that runs every ``train`` fan-out as a SecAgg+ round (see the module docstring).
+
+    ``report`` holds the last secure round's figures: cohort, k, t, survivors, dropouts per
+    stage, bytes down/up per client (all four stages), seconds per stage, status.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        settings: SecAggSettings,
+        metric_names: Sequence[str] = SUMMED_METRICS,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self._grid = grid
+        self.settings = settings
+        self.metric_names = list(metric_names)
+        self._rng = rng if rng is not None else np.random.default_rng()  # the graph
+        self.report: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        if not messages or messages[0].metadata.message_type != MessageType.TRAIN:
+            return self._grid.send_and_receive(messages, timeout=timeout)
+        return self._secure_round(messages, timeout)
+
+    # --- one secure round ---------------------------------------------------------------
+    def _secure_round(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        deadline = None if timeout is None else time.time() + timeout
+        train = {m.metadata.dst_node_id: m for m in messages}
+        n = len(train)
+        report: dict[str, Any] = {
+            "clients": n,
+            "survivors": 0,
+            "dropped": {},
+            "bytes_down": 0,
+            "bytes_up": 0,
+            "stage_seconds": {},
+            "status": "ok",
+        }
+        self.report = report
+        if n < 3:
+            report["status"] = f"skipped: {n} clients sampled, a secure sum needs 3"
+            return []
+        config = self.settings.for_round(n)
+        report.update(neighbours=config.neighbours, threshold=config.threshold)
+        report["modulus_bits"] = config.modulus.bit_length() - 1
+        first = messages[0].content[keys.ARRAYS]
+        global_ = {k: v.numpy().astype(np.float64) for k, v in first.items()}
+        shapes = [v.shape for v in global_.values()] + [(len(self.metric_names),)]
+        server = SecAggServer(config, sorted(train), shapes, self._rng)
+
+        def record(stage: str) -> ConfigRecord:
+            return wire.config_record(stage, config, self.metric_names)
+
+        def exchange(stage: str, contents: Mapping[int, RecordDict]) -> dict[int, ConfigRecord]:
+            started = time.perf_counter()
+            out = [
+                Message(metadata=_metadata(train[node].metadata, node), content=c)
+                for node, c in contents.items()
+            ]
+            left = None if deadline is None else max(deadline - time.time(), 0.0)
+            replies = list(self._grid.send_and_receive(out, timeout=left))
+            report["bytes_down"] += sum(message_bytes(m) for m in out)
+            report["bytes_up"] += sum(message_bytes(m) for m in replies)
+            answers = {}
+            for reply in replies:
+                if reply.has_error() or wire.SECAGG not in reply.content:
+                    continue  # a dropout at this stage
+                answers[reply.metadata.src_node_id] = reply.content[wire.SECAGG]
+            report["dropped"][stage] = len(contents) - len(answers)
+            report["stage_seconds"][stage] = time.perf_counter() - started
+            return answers
+
+        try:
+            setup = exchange(
+                Stage.SETUP, {u: RecordDict({wire.SECAGG: record(Stage.SETUP)}) for u in train}
+            )
+            share_reqs = server.share_keys_requests(
+                {u: wire.read_public_keys(r) for u, r in setup.items()}
+            )
+            shares = exchange(
+                Stage.SHARE_KEYS,
+                {
+                    u: RecordDict(
+                        {wire.SECAGG: wire.share_keys_request(record(Stage.SHARE_KEYS), req)}
+                    )
+                    for u, req in share_reqs.items()
+                },
+            )
+            collect_reqs = server.collect_requests(
+                {u: wire.read_share_keys_reply(r) for u, r in shares.items()}
+            )
+            vectors = exchange(
+                Stage.COLLECT_MASKED_VECTORS,
+                {
+                    u: RecordDict(
+                        {
+                            **train[u].content,
+                            wire.SECAGG: wire.collect_request(
+                                record(Stage.COLLECT_MASKED_VECTORS), req
+                            ),
+                        }
+                    )
+                    for u, req in collect_reqs.items()
+                },
+            )
+            unmask_reqs = server.unmask_requests(
+                {u: wire.read_masked(r) for u, r in vectors.items()}
+            )
+            unmasked = exchange(
+                Stage.UNMASK,
+                {
+                    u: RecordDict({wire.SECAGG: wire.unmask_request(record(Stage.UNMASK), req)})
+                    for u, req in unmask_reqs.items()
+                },
+            )
+            result = server.aggregate({u: wire.read_unmask_reply(r) for u, r in unmasked.items()})
+        except SecAggError as err:  # fail closed: nothing was unmasked
+            report["status"] = f"failed closed: {type(err).__name__}: {err}"
+            return []
+        count = len(result.contributors)
+        report["survivors"] = count
+        *deltas, metric_sum = result.total
+        means = metric_sum / wire.metric_scale(config) / count
+        arrays = ArrayRecord(
+            {k: Array(v + d / count) for (k, v), d in zip(global_.items(), deltas, strict=True)}
+        )
+        metrics = MetricRecord(
+            {
+                **{name: float(v) for name, v in zip(self.metric_names, means, strict=True)},
+                keys.UNIT_WEIGHT: count,
+            }
+        )
+        content = RecordDict(
+            {
+                keys.ARRAYS: arrays,
+                keys.METRICS: metrics,
+                wire.SECURE_SUM: ConfigRecord({"count": count}),
+            }
+        )
+        template = train[result.contributors[0]].metadata
+        # from no single node (src 0): the aggregate of ``count`` of them
+        reply = _metadata(template, template.src_node_id, src_node_id=0)
+        return [Message(metadata=reply, content=content)]
+
+
+def _metadata(template: Metadata, dst_node_id: int, src_node_id: int | None = None) -> Metadata:
+    """A new train instruction's metadata, in the run and group of ``template``."""
+    return Metadata(
+        run_id=template.run_id,
+        message_id="",
+        src_node_id=template.src_node_id if src_node_id is None else src_node_id,
+        dst_node_id=dst_node_id,
+        reply_to_message_id="",
+        group_id=template.group_id,
+        created_at=time.time(),
+        ttl=template.ttl,
+        message_type=MessageType.TRAIN,
+    )
+
+
+def secure_sum(message: Message) -> tuple[int, bool]:
+    """(contributors, True) for the aggregate reply of a secure round, else (1, False)."""
+    if message.has_content() and wire.SECURE_SUM in message.content:
+        return int(message.content[wire.SECURE_SUM]["count"]), True
+    return 1, False

@@ -1,0 +1,339 @@
+"""SecAgg+ as Message-API rounds: server/secagg.py with the real ClientApp and its mods
+(client/secagg_mod.py) on every node, messages passed in memory by a local grid."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.secure_aggregation.secaggplus_constants import Stage
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrec.client.app import make_client_app
+from fedrec.client.data import SimulationShards
+from fedrec.client.mods import PRIVACY_GUARD_ERROR, SharedOnlyGuard, violations
+from fedrec.client.secagg_mod import quantized_clip_norm, update_vector
+from fedrec.common import keys
+from fedrec.common import secagg_records as wire
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.secagg_math import dequantize_sum, flatten, quantize
+from fedrec.common.shard import initial_shared_state
+from fedrec.server.dp_fedavg import DPFedAvg, UserLevelDP
+from fedrec.server.secagg import SecAggSettings, SecureAggregationGrid, secure_sum
+from fedrec.server.strategy import make_strategy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from builders import node_context, server_message
+
+CONFIG = FederationConfig(
+    synthetic_users=40, synthetic_items=300, dim=8, seed=0, client_weighting="uniform"
+)
+NODES = 10
+SETTINGS = SecAggSettings(neighbours=6, threshold=0.6)  # k = 6, t = 5 of 7 shares
+
+
+@pytest.fixture(autouse=True)
+def _run_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+class LocalGrid:
+    """Delivers each message to the node's ClientApp in this process; a node listed in
+    ``drop[stage]`` stops answering from that stage on. Keeps every reply for inspection."""
+
+    def __init__(self, app: ClientApp, drop: dict[str, set[int]] | None = None) -> None:
+        self.app = app
+        self.contexts: dict[int, Context] = {}
+        for user in range(NODES):
+            context = node_context(user, CONFIG.synthetic_users)
+            self.contexts[context.node_id] = context
+        self.drop = drop or {}
+        self.gone: set[int] = set()
+        self.replies: list[tuple[str, Message]] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            stage = msg.content[wire.SECAGG][wire.STAGE] if wire.SECAGG in msg.content else "-"
+            self.gone |= self.drop.get(stage, set()) & {node}
+            if node in self.gone:
+                continue
+            reply = self.app(msg, self.contexts[node])
+            self.replies.append((stage, reply))
+            out.append(reply)
+        return out
+
+
+@pytest.fixture(scope="module")
+def app() -> ClientApp:
+    return make_client_app(CONFIG, SimulationShards())
+
+
+@pytest.fixture(scope="module")
+def initial() -> ArrayRecord:
+    catalog = SimulationShards().catalog(CONFIG)
+    return ArrayRecord(initial_shared_state(catalog, CONFIG.dim, CONFIG.seed))
+
+
+def _train_messages(initial: ArrayRecord, clip: float | None = None) -> list[Message]:
+    messages = []
+    for node in range(1, NODES + 1):
+        msg = server_message("train", initial, node, server_round=1)
+        if clip is not None:
+            msg.content[keys.CONFIG][keys.CLIPPING_NORM] = clip
+        messages.append(msg)
+    return messages
+
+
+def _plain_mean(
+    app: ClientApp, initial: ArrayRecord, nodes: Iterable[int], clip: float | None = None
+) -> tuple[dict[str, np.ndarray], float]:
+    """What the plain path computes: each node trains (fresh context), FedAvg-uniform mean."""
+    grid = LocalGrid(app)
+    deltas, losses = [], []
+    start = {k: v.numpy().astype(np.float64) for k, v in initial.items()}
+    for msg in _train_messages(initial, clip):
+        if msg.metadata.dst_node_id not in nodes:
+            continue
+        reply = grid.send_and_receive([msg])[0]
+        assert not reply.has_error(), reply.error
+        local = reply.content[keys.ARRAYS]
+        deltas.append({k: local[k].numpy().astype(np.float64) - start[k] for k in start})
+        losses.append(float(reply.content[keys.METRICS][keys.TRAIN_LOSS]))
+    mean = {k: start[k] + np.mean([d[k] for d in deltas], axis=0) for k in start}
+    return mean, float(np.mean(losses))
+
+
+def _secure(app: ClientApp, initial: ArrayRecord, drop: dict[str, set[int]] | None = None):
+    grid = LocalGrid(app, drop)
+    secure = SecureAggregationGrid(grid, SETTINGS)  # type: ignore[arg-type]
+    replies = list(secure.send_and_receive(_train_messages(initial)))
+    return replies, secure.report, grid
+
+
+# --- sizing ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("n", "settings", "k", "t"),
+    [
+        (100, SecAggSettings(), 14, 8),  # SecAgg+: k = 2⌈log2 100⌉, t a majority of 15
+        (10, SecAggSettings(), 8, 5),
+        (3, SecAggSettings(), 2, 2),
+        (10, SecAggSettings(neighbours=50), 9, 6),  # k ≥ n − 1: every pair (SecAgg)
+        (10, SecAggSettings(neighbours=5), 6, 4),  # odd k rounds up to even
+        (20, SecAggSettings(neighbours=10, threshold=1.0), 10, 10),
+    ],
+)
+def test_round_parameters(n: int, settings: SecAggSettings, k: int, t: int) -> None:
+    config = settings.for_round(n)
+    assert (config.neighbours, config.threshold) == (k, t)
+    assert config.modulus > n * config.quantization_range
+
+
+def test_invalid_settings_are_rejected() -> None:
+    with pytest.raises(ValueError, match="secagg-threshold"):
+        SecAggSettings(threshold=0.4)
+    with pytest.raises(ValueError, match="client-weighting"):
+        FederationConfig(secure_aggregation="secagg+")
+    with pytest.raises(ValueError, match="secagg-clip-range"):
+        FederationConfig(
+            secure_aggregation="secagg+",
+            client_weighting="uniform",
+            dp_clip_norm=9.0,
+            dp_noise_multiplier=1.0,
+            clients_per_round=5,
+        )
+
+
+# --- the protocol through the real ClientApp ------------------------------------------------
+def test_secure_mean_equals_the_plain_mean(app: ClientApp, initial: ArrayRecord) -> None:
+    replies, report, _ = _secure(app, initial)
+    assert len(replies) == 1 and report["status"] == "ok" and report["survivors"] == NODES
+    reply = replies[0]
+    count, summed = secure_sum(reply)
+    assert summed and count == NODES
+    plain, loss = _plain_mean(app, initial, range(1, NODES + 1))
+    config = SETTINGS.for_round(NODES)
+    bound = config.max_sum_error(NODES) / NODES  # per coordinate, on the mean
+    got = reply.content[keys.ARRAYS]
+    moved = 0.0
+    for k, value in plain.items():
+        err = np.abs(got[k].numpy() - value).max()
+        assert err <= bound + 1e-6, (k, err, bound)
+        moved = max(moved, np.abs(value - initial[k].numpy()).max())
+    assert moved > 100 * bound  # the updates are far larger than the error: a real check
+    metric_bound = 2 * wire.METRIC_BOUND / config.quantization_range
+    assert reply.content[keys.METRICS][keys.TRAIN_LOSS] == pytest.approx(loss, abs=metric_bound)
+
+
+def test_train_replies_of_a_secure_round_carry_no_arrays_or_metrics(
+    app: ClientApp, initial: ArrayRecord
+) -> None:
+    _, _, grid = _secure(app, initial)
+    stages = [stage for stage, _ in grid.replies]
+    assert stages.count(Stage.COLLECT_MASKED_VECTORS) == NODES
+    for stage, reply in grid.replies:
+        assert not reply.has_error(), reply.error
+        assert set(reply.content.keys()) == {wire.SECAGG}, stage
+        assert set(reply.content[wire.SECAGG].keys()) <= wire.REPLY_KEYS[stage]
+    for context in grid.contexts.values():  # the round is over: its secrets are wiped
+        assert wire.STATE not in context.state
+
+
+@pytest.mark.parametrize("stage", Stage.all())
+def test_dropouts_at_every_stage(app: ClientApp, initial: ArrayRecord, stage: str) -> None:
+    """Two of ten drop (t = 5 of 7 shares): the round completes; the sum covers exactly the
+    clients whose masked vectors arrived (a client gone only at unmask still counts)."""
+    dropped = {3, 8}
+    replies, report, _ = _secure(app, initial, {stage: dropped})
+    assert report["status"] == "ok", report["status"]
+    assert report["dropped"][stage] == 2
+    contributors = set(range(1, NODES + 1))
+    if stage != Stage.UNMASK:
+        contributors -= dropped
+    assert report["survivors"] == len(contributors)
+    plain, _ = _plain_mean(app, initial, contributors)
+    got = replies[0].content[keys.ARRAYS]
+    bound = SETTINGS.for_round(NODES).max_sum_error(len(contributors)) / len(contributors)
+    for k, value in plain.items():
+        assert np.abs(got[k].numpy() - value).max() <= bound + 1e-6
+
+
+def test_too_many_dropouts_fail_closed(app: ClientApp, initial: ArrayRecord) -> None:
+    """Six of ten gone after masking: fewer than t = 5 live holders; no reply, nothing
+    unmasked, and no client was asked for both shares of anyone."""
+    replies, report, grid = _secure(app, initial, {Stage.UNMASK: {1, 2, 3, 4, 5, 6}})
+    assert replies == []
+    assert report["status"].startswith("failed closed")
+    assert report["survivors"] == 0
+    unmask_replies = [r for s, r in grid.replies if s == Stage.UNMASK]
+    assert all(r.has_error() or set(r.content.keys()) == {wire.SECAGG} for r in unmask_replies)
+
+
+def test_a_tiny_cohort_is_skipped_not_revealed(app: ClientApp, initial: ArrayRecord) -> None:
+    grid = LocalGrid(app)
+    secure = SecureAggregationGrid(grid, SETTINGS)  # type: ignore[arg-type]
+    assert list(secure.send_and_receive(_train_messages(initial)[:2])) == []
+    assert secure.report["status"].startswith("skipped") and grid.replies == []
+
+
+def test_a_tampered_ciphertext_is_refused_by_the_device(
+    app: ClientApp, initial: ArrayRecord
+) -> None:
+    class Tampering(LocalGrid):
+        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+            messages = list(messages)
+            for msg in messages:
+                record = msg.content.get(wire.SECAGG)
+                if (
+                    record
+                    and record[wire.STAGE] == Stage.COLLECT_MASKED_VECTORS
+                    and msg.metadata.dst_node_id == 4
+                    and "ciphertexts" in record
+                ):
+                    forged = list(record["ciphertexts"])
+                    raw = bytearray(base64.urlsafe_b64decode(forged[0]))
+                    raw[len(raw) // 2] ^= 1  # one bit of the ciphertext body
+                    forged[0] = base64.urlsafe_b64encode(bytes(raw))
+                    record["ciphertexts"] = forged
+            return super().send_and_receive(messages, timeout=timeout)
+
+    grid = Tampering(app)
+    secure = SecureAggregationGrid(grid, SETTINGS)  # type: ignore[arg-type]
+    replies = list(secure.send_and_receive(_train_messages(initial)))
+    refused = [r for s, r in grid.replies if s == Stage.COLLECT_MASKED_VECTORS and r.has_error()]
+    assert len(refused) == 1 and "TamperedShareError" in refused[0].error.reason
+    assert secure.report["dropped"][Stage.COLLECT_MASKED_VECTORS] == 1
+    assert secure.report["survivors"] == NODES - 1 and len(replies) == 1
+
+
+def test_the_guard_blocks_undeclared_secagg_keys() -> None:
+    reply_content = RecordDict({wire.SECAGG: ConfigRecord({wire.STAGE: "unmask", "seed": b"x"})})
+    msg = Message(content=reply_content, reply_to=server_message("train", None, 1))
+    assert violations(msg, {}) == ["secagg record carries undeclared keys ['seed']"]
+
+    def leaking(msg: Message, context: Context) -> Message:
+        return Message(content=reply_content, reply_to=msg)
+
+    guard = SharedOnlyGuard(lambda context: {})
+    blocked = guard(server_message("train", None, 1), node_context(0, 4), leaking)
+    assert blocked.has_error() and blocked.error.code == PRIVACY_GUARD_ERROR
+
+
+# --- composition with user-level DP ----------------------------------------------------------
+def test_the_device_clips_so_that_the_quantized_update_is_within_c() -> None:
+    """Stochastic rounding moves each coordinate by < one step: clipping Δ to C − step·√d
+    keeps the quantized update's norm ≤ C (the server's sensitivity); clipping to C alone
+    does not — the second half shows this test can fail."""
+    config = SecAggSettings(clip_range=1.0, quantization_bits=6).for_round(5)  # step 1/32
+    d, clip = 200, 0.5
+    rng = np.random.default_rng(0)
+    sent = RecordDict({
+        keys.ARRAYS: ArrayRecord({"w": Array(np.zeros(d, dtype=np.float32))}),
+        keys.CONFIG: ConfigRecord({keys.CLIPPING_NORM: clip}),
+    })  # fmt: skip
+    worst_safe, worst_naive = 0.0, 0.0
+    for _ in range(200):
+        local = rng.normal(size=d).astype(np.float32)
+        reply = RecordDict({keys.ARRAYS: ArrayRecord({"w": Array(local)})})
+        vector = update_vector(sent, reply, [], config)
+        assert np.linalg.norm(flatten(vector)) <= quantized_clip_norm(clip, config, d) + 1e-9
+        quantized = dequantize_sum(quantize(flatten(vector), config, rng), 1, config)
+        worst_safe = max(worst_safe, float(np.linalg.norm(quantized)))
+        naive = local / np.linalg.norm(local) * clip
+        requantized = dequantize_sum(quantize(naive.astype(np.float64), config, rng), 1, config)
+        worst_naive = max(worst_naive, float(np.linalg.norm(requantized)))
+    assert worst_safe <= clip
+    assert worst_naive > clip
+
+
+def test_dp_fedavg_noises_the_secure_sum_with_the_fixed_denominator(
+    app: ClientApp, initial: ArrayRecord
+) -> None:
+    """The same cohort and the same noise draws: DP-FedAvg over the one secure-sum reply
+    equals DP-FedAvg over the ten plain replies, within the quantization error / m."""
+    clip, m = 0.5, 20
+    dp = UserLevelDP(
+        clip_norm=clip, noise_multiplier=1.0, expected_clients=m, num_nodes=40, delta=1e-4,
+        target_epsilon=0.0,
+    )  # fmt: skip
+    config = CONFIG.replace(dp_clip_norm=clip, dp_noise_multiplier=1.0, clients_per_round=m)
+    outs = []
+    for secure in (True, False):
+        strategy = make_strategy(
+            config, num_nodes=40, run_dir=None, user_dp=dp, dp_rng=np.random.default_rng(7)
+        )
+        assert isinstance(strategy, DPFedAvg)
+        strategy._current = {"round": 1, "clients_sampled": NODES, "bytes_down_per_client": 1}
+        strategy._t0 = 0.0
+        strategy._dp_global = {k: v.numpy().astype(np.float64) for k, v in initial.items()}
+        grid = LocalGrid(app)
+        messages = _train_messages(initial, clip)
+        if secure:
+            replies = list(
+                SecureAggregationGrid(grid, SETTINGS).send_and_receive(messages)  # type: ignore[arg-type]
+            )
+        else:
+            replies = grid.send_and_receive(messages)
+        arrays, _ = strategy.aggregate_train(1, replies)
+        assert arrays is not None
+        assert strategy.dp_record["replies"] == NODES
+        outs.append({k: v.numpy() for k, v in arrays.items()})
+    quantization = SETTINGS.for_round(NODES).max_sum_error(NODES) / m
+    # the device clips to C − step·√d under SecAgg, C in the plain path
+    margin = SETTINGS.for_round(NODES).step * np.sqrt(sum(v.size for v in outs[0].values()))
+    for k in outs[0]:
+        assert np.abs(outs[0][k] - outs[1][k]).max() <= quantization + NODES * margin / m + 1e-6
