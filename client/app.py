@@ -51,7 +51,7 @@ def make_client_app(
     # train-only mods run inside the global ones: the guard checks what leaves. Secure
     # aggregation sits outside the clip, so it masks the clipped update (and is inert
     # unless the message starts a secure round)
-    app.train(mods=[SecAggPlusMod(), UserLevelClipping()])(device.train)
+    app.train(mods=[SecAggPlusMod(device.secure), UserLevelClipping()])(device.train)
     app.evaluate()(device.evaluate)
     return app
 
@@ -83,6 +83,10 @@ class Device:
         name = pseudonym(_user(context))
         key = read_key_file(config.key_file)
         return EncryptedFileStore(Path(config.state_dir) / name, key, name)
+
+    def secure(self, context: Context) -> bool:
+        """Whether this device takes part in train rounds only through secure aggregation."""
+        return self.config_of(context).secure
 
     def audit_path(self, context: Context) -> str:
         return self.config_of(context).audit_log

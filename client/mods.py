@@ -6,9 +6,9 @@
   by an error Message, so private state cannot leak even through a bug in the handler.
 * :class:`UserLevelClipping` clips the shared-parameter update to the norm C the server
   sends when it runs DP-FedAvg (server/dp_fedavg.py).
-* Under secure aggregation (client/secagg_mod.py) a train reply carries one ``secagg``
-  ConfigRecord with the keys its stage declares (``common/secagg_records.REPLY_KEYS``) and
-  no arrays or metrics at all; the guard lets exactly that through.
+* Under secure aggregation (client/secagg_mod.py) the answer to a stage request must be one
+  ``secagg`` ConfigRecord of that stage, with the keys the stage declares
+  (``common/secagg_records.REPLY_KEYS``), bytes and text only, and no arrays or metrics.
 * :class:`MessageRecorder` appends a description of every reply (record names, array
   names/shapes/dtypes, metric keys and values, bytes) to a JSON-lines file. The simulation's
   ClientApps run in Ray worker processes, so a file is the way a test sees their messages.
@@ -26,7 +26,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 
 from fedrec.common import keys
 from fedrec.common.privacy import NonFiniteUpdate, clip_update
-from fedrec.common.secagg_records import ALL_REPLY_KEYS, SECAGG
+from fedrec.common.secagg_records import REPLY_KEYS, SECAGG, STAGE
 
 PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
 NON_FINITE_ERROR = 4002  # error code of an update with NaN/inf values (cannot be clipped)
@@ -56,10 +56,17 @@ def describe(message: Message) -> dict[str, object]:
     }
 
 
-def violations(message: Message, shared_shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
-    """Everything in ``message`` that is not a declared shared array or a scalar metric."""
+def violations(
+    message: Message,
+    shared_shapes: Mapping[str, tuple[int, ...]],
+    request: Message | None = None,
+) -> list[str]:
+    """Everything in ``message`` that is not a declared shared array or a scalar metric; in
+    answer to a secure-aggregation stage, anything but that stage's declared keys."""
     if not message.has_content():
         return []
+    if request is not None and request.has_content() and SECAGG in request.content:
+        return secagg_violations(message, str(request.content[SECAGG].get(STAGE)))
     problems: list[str] = []
     for name, record in message.content.items():
         if isinstance(record, ArrayRecord):
@@ -74,13 +81,31 @@ def violations(message: Message, shared_shapes: Mapping[str, tuple[int, ...]]) -
             for key, value in record.items():
                 if not isinstance(value, int | float) or isinstance(value, bool):
                     problems.append(f"metric '{key}' is not a scalar number")
-        elif isinstance(record, ConfigRecord) and name == SECAGG:
-            # a secure round's reply: public keys, ciphertexts, masked bytes, shares
-            extra = sorted(set(record.keys()) - ALL_REPLY_KEYS)
-            if extra:
-                problems.append(f"secagg record carries undeclared keys {extra}")
         else:
             problems.append(f"record '{name}' of type {type(record).__name__} is not allowed")
+    return problems
+
+
+def secagg_violations(message: Message, stage: str) -> list[str]:
+    """A reply to secure-aggregation stage ``stage``: one ``secagg`` ConfigRecord of that
+    stage with its declared keys (``REPLY_KEYS``), bytes and text only — no arrays, no
+    metrics, nothing else beside it."""
+    names = set(message.content.keys())
+    if names != {SECAGG}:
+        return [f"a secure-aggregation reply carries records {sorted(names)}, not only '{SECAGG}'"]
+    record = message.content[SECAGG]
+    if not isinstance(record, ConfigRecord):
+        return [f"record '{SECAGG}' is not a ConfigRecord"]
+    problems = []
+    if record.get(STAGE) != stage or stage not in REPLY_KEYS:
+        problems.append(f"reply of stage {record.get(STAGE)!r} to a {stage!r} request")
+    extra = sorted(set(record.keys()) - REPLY_KEYS.get(stage, set()))
+    if extra:
+        problems.append(f"secagg record carries undeclared keys {extra}")
+    for key, value in record.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, bytes | str) for v in values):
+            problems.append(f"secagg value '{key}' is not bytes or text")
     return problems
 
 
@@ -99,7 +124,7 @@ class SharedOnlyGuard:
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
         reply = call_next(msg, context)
-        problems = violations(reply, self.shared_shapes(context))
+        problems = violations(reply, self.shared_shapes(context), request=msg)
         if problems:
             reason = "privacy guard blocked the reply: " + "; ".join(problems)
             return Message(error=Error(code=PRIVACY_GUARD_ERROR, reason=reason), reply_to=msg)

@@ -20,7 +20,6 @@ sum, so this bound is the device's job.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -38,11 +37,11 @@ SECAGG_ERROR = 4003  # error code of a device that refuses a stage (protocol vio
 
 def quantized_clip_norm(clip_norm: float, config: SecAggConfig, length: int) -> float:
     """The norm to clip Δ to so that its quantized value stays within ``clip_norm``."""
-    return clip_norm - config.step * math.sqrt(length)
+    return clip_norm - config.rounding_norm(length)
 
 
 def update_vector(
-    sent: RecordDict, reply: RecordDict, metric_names: list[str], config: SecAggConfig
+    sent: RecordDict, reply: RecordDict, metric_bounds: dict[str, float], config: SecAggConfig
 ) -> list[np.ndarray]:
     """What the device masks: Δ per shared array (float64, the server's order), then the
     requested metrics scaled into the clipping range. Clips Δ for user-level DP."""
@@ -56,7 +55,7 @@ def update_vector(
     train_config = sent.get(keys.CONFIG, {})
     metric_values = reply.get(keys.METRICS, {})
     metrics = np.array(
-        [float(metric_values.get(name, 0.0)) for name in metric_names], dtype=np.float64
+        [float(metric_values.get(name, 0.0)) for name in metric_bounds], dtype=np.float64
     )
     if keys.CLIPPING_NORM in train_config:
         length = sum(v.size for v in delta.values()) + metrics.size
@@ -64,13 +63,13 @@ def update_vector(
         if bound <= 0:
             raise SecAggError(
                 f"secure round: clip norm {train_config[keys.CLIPPING_NORM]} is below the"
-                f" quantization error bound Δ·√d = {config.step * math.sqrt(length):.3g};"
+                f" quantization error bound Δ·√d = {config.rounding_norm(length):.3g};"
                 " raise secagg-quantization-bits"
             )
         delta, _ = clip_update(delta, bound)  # raises NonFiniteUpdate on NaN/inf
     elif not all(np.isfinite(v).all() for v in delta.values()):
         raise NonFiniteUpdate("the update has non-finite values")
-    return [*delta.values(), metrics * wire.metric_scale(config)]
+    return [*delta.values(), metrics * wire.metric_scales(config, metric_bounds)]
 
 
 class SecAggPlusMod:
@@ -79,18 +78,35 @@ class SecAggPlusMod:
     A module-level class, not a closure, for the reason given in client/mods.py.
     """
 
-    def __init__(self, entropy: Callable[[int], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        required: Callable[[Context], bool] | None = None,
+        entropy: Callable[[int], bytes] | None = None,
+    ) -> None:
+        self.required = required  # the device's own setting: refuse plaintext train rounds
         self._entropy = entropy  # tests only; None: os.urandom
 
     def __call__(
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
         if not msg.has_content() or wire.SECAGG not in msg.content:
+            context.state.pop(wire.STATE, None)  # an abandoned secure round ends here
+            if self.required is not None and self.required(context):
+                reason = (
+                    "secure aggregation: this device is configured for secure-aggregation and"
+                    " refuses to send its update in the clear"
+                )
+                return Message(error=Error(code=SECAGG_ERROR, reason=reason), reply_to=msg)
             return call_next(msg, context)
         record = msg.content[wire.SECAGG]
         try:
             stage = wire.stage_of(record)
             config = wire.round_config(record)
+            digest = wire.config_digest(record)
+            if stage != Stage.SETUP and context.state.get(wire.STATE, {}).get(
+                "round-digest"
+            ) not in (None, digest):
+                raise SecAggError(f"client {context.node_id}: round parameters changed")
             if stage == Stage.SETUP:
                 client = self._client(context.node_id, config, None)
                 answer = wire.public_keys_reply(client.setup())
@@ -106,7 +122,9 @@ class SecAggPlusMod:
                 if reply.has_error():  # e.g. non-finite update: the server sees a dropout
                     context.state.pop(wire.STATE, None)
                     return reply
-                vector = update_vector(msg.content, reply.content, wire.metric_keys(record), config)
+                vector = update_vector(
+                    msg.content, reply.content, wire.metric_bounds(record), config
+                )
                 masked = client.masked_input(request, vector, np.random.default_rng())
                 answer = wire.masked_reply(masked)
             else:
@@ -119,7 +137,8 @@ class SecAggPlusMod:
         if stage == Stage.UNMASK:
             context.state.pop(wire.STATE, None)  # the round is over: wipe its secrets
         else:
-            context.state[wire.STATE] = ConfigRecord(_ids_as_text(client.state_dict()))
+            state = _ids_as_text(client.state_dict())
+            context.state[wire.STATE] = ConfigRecord({**state, "round-digest": digest})
         return Message(content=RecordDict({wire.SECAGG: answer}), reply_to=msg)
 
     def _client(self, node_id: int, config: SecAggConfig, context: Context | None) -> SecAggClient:

@@ -178,6 +178,11 @@ class FederationConfig:
                 'secure aggregation needs client-weighting = "uniform": the server learns the'
                 " sum of the updates only, so it cannot weight them by private example counts"
             )
+        if self.clients_per_round and self.clients_per_round < 3:
+            raise ValueError(
+                f"secure aggregation needs clients-per-round >= 3, got {self.clients_per_round}:"
+                " a sum of two updates reveals each to the other"
+            )
         if self.secagg_neighbours < 0:
             raise ValueError(f"secagg-neighbours must be >= 0, got {self.secagg_neighbours}")
         if not 0.5 <= self.secagg_threshold <= 1.0:

@@ -64,6 +64,7 @@ from fedrec.common.secagg_math import (
 
 StateValue = int | str | bytes | list[int] | list[bytes]  # what a ConfigRecord can hold
 _NEW, _DONE = "new", "done"
+MIN_CONTRIBUTORS = 3  # the server never unmasks a sum of two (each would learn the other)
 _ORDER = (_NEW, *Stage.all(), _DONE)  # setup, share_keys, collect_masked_vectors, unmask
 
 
@@ -165,6 +166,9 @@ class SecAggClient:
                 agree(self._mask_sk, self._keys[peer].mask_key, MASK_INFO), q.size, cfg.modulus
             )
             masked = masked + pairwise if pair_sign(me, peer) > 0 else masked - pairwise
+        # the own secrets are done with: unmask needs only the shares held for peers (and
+        # its own shares, kept above); a failed round then leaves no key or seed behind
+        self._mask_sk = self._share_sk = self._seed = b""
         return encode_vector(masked & np.uint64(cfg.modulus - 1), cfg.modulus)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskReply:
@@ -300,6 +304,11 @@ class SecAggServer:
         """After collect_masked_vectors: sum the vectors (U3), ask for the shares that unmask it."""
         self._stages.enter(Stage.COLLECT_MASKED_VECTORS)
         live = self._known(vectors, self._peers.keys())
+        if len(live) < MIN_CONTRIBUTORS:  # checked before any share is asked for
+            raise InsufficientSharesError(
+                f"{Stage.COLLECT_MASKED_VECTORS}: {len(live)} masked vectors; a sum of fewer"
+                f" than {MIN_CONTRIBUTORS} would reveal its inputs to each contributor"
+            )
         m = self.config.modulus
         for u in sorted(live):
             self._sum += decode_vector(vectors[u], self._length, m)  # uint64 wraps: exact mod M

@@ -124,6 +124,11 @@ class SecAggConfig:
         """Δ = 2c/Q, one quantization step: each coordinate's rounding error is < Δ."""
         return 2 * self.clipping_range / self.quantization_range
 
+    def rounding_norm(self, length: int) -> float:
+        """Bound on ‖q(x) − x‖ for a vector of ``length`` coordinates inside [−c, c]: each
+        coordinate moves by less than one step, so the norm moves by less than Δ·√length."""
+        return self.step * math.sqrt(length)
+
     def max_sum_error(self, num_summed: int) -> float:
         """Bound on |dequantized sum − Σ clip(x_i)| per coordinate: num_summed · Δ (strict).
 

@@ -12,9 +12,10 @@ so the client and the server cannot disagree on a key name.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
@@ -34,9 +35,9 @@ SECURE_SUM = "secagg-sum"  # server side only: marks the one aggregate reply (se
 STAGE = "stage"
 STATE = "fedrec.secagg"  # node state: the client's secrets between stages (never sent)
 
-# Scalar metrics ride in the masked vector, scaled by c / METRIC_BOUND: values up to
-# ±METRIC_BOUND sum exactly up to n quantization steps of 2·METRIC_BOUND / Q each.
-METRIC_BOUND = 2.0**16
+# Scalar metrics ride in the masked vector: metric i is scaled by c / bound_i, so values
+# within ±bound_i are summed to within n quantization steps of 2·bound_i / Q each (larger
+# values are clipped to ±bound_i). The server sends the names and bounds with every stage.
 
 # what a client may put in its reply's SECAGG record, per stage (the privacy guard checks it)
 REPLY_KEYS = {
@@ -45,11 +46,13 @@ REPLY_KEYS = {
     Stage.COLLECT_MASKED_VECTORS: {STAGE, "masked"},
     Stage.UNMASK: {STAGE, "node-ids", "shares"},
 }
-ALL_REPLY_KEYS = frozenset().union(*REPLY_KEYS.values())
 
 
-def config_record(stage: str, config: SecAggConfig, metric_keys: Sequence[str]) -> ConfigRecord:
-    """The round's parameters, sent with every stage (a client checks them each time)."""
+def config_record(
+    stage: str, config: SecAggConfig, metric_bounds: Mapping[str, float]
+) -> ConfigRecord:
+    """The round's parameters, sent with every stage. A client validates them at every stage
+    and refuses a stage whose parameters differ from those of its setup."""
     return _record(
         {
             STAGE: stage,
@@ -59,7 +62,8 @@ def config_record(stage: str, config: SecAggConfig, metric_keys: Sequence[str]) 
             "clipping-range": config.clipping_range,
             "quantization-range": config.quantization_range,
             "modulus": _encode_int(config.modulus),
-            "metric-keys": list(metric_keys),
+            "metric-keys": list(metric_bounds),
+            "metric-bounds": [float(b) for b in metric_bounds.values()],
         }
     )
 
@@ -80,9 +84,15 @@ def round_config(record: Mapping[str, Any]) -> SecAggConfig:
         raise ProtocolViolationError(f"secagg record: missing or malformed ({exc!r})") from exc
 
 
-def metric_keys(record: Mapping[str, Any]) -> list[str]:
-    keys = record.get("metric-keys", [])
-    return [str(k) for k in keys] if isinstance(keys, list) else []
+def metric_bounds(record: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics the server asks to be summed, and the bound of each."""
+    names, bounds = record.get("metric-keys", []), record.get("metric-bounds", [])
+    if not isinstance(names, list) or not isinstance(bounds, list) or len(names) != len(bounds):
+        raise ProtocolViolationError("secagg record: metric names and bounds do not pair up")
+    out = {str(k): float(b) for k, b in zip(names, bounds, strict=True)}
+    if not all(math.isfinite(b) and b > 0 for b in out.values()):
+        raise ProtocolViolationError("secagg record: metric bounds must be finite and > 0")
+    return out
 
 
 def stage_of(record: Mapping[str, Any]) -> str:
@@ -231,8 +241,13 @@ def _bytes_list(record: Mapping[str, Any], key: str) -> list[bytes]:
     return list(values)
 
 
-def metric_scale(config: SecAggConfig) -> float:
+def metric_scales(config: SecAggConfig, bounds: Mapping[str, float]) -> np.ndarray:
     """Metric value → coordinate of the masked vector (multiply), and back (divide)."""
-    scale = config.clipping_range / METRIC_BOUND
-    assert math.isfinite(scale) and scale > 0
-    return scale
+    return np.array([config.clipping_range / b for b in bounds.values()], dtype=np.float64)
+
+
+def config_digest(record: Mapping[str, Any]) -> str:
+    """What must not change between the stages of one round (compared by the client)."""
+    fixed = ("num-clients", "threshold", "neighbours", "clipping-range", "quantization-range",
+             "modulus", "metric-keys", "metric-bounds")  # fmt: skip
+    return repr([record.get(k) for k in fixed])

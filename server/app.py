@@ -68,6 +68,15 @@ def run_federation(
     run_dir = Path(config.out_dir) if config.out_dir else None
     catalog = load_catalog(config)
     initial = ArrayRecord(initial_shared_state(catalog, config.dim, config.seed))
+    if secure is not None and config.user_level_dp:  # fail now, not as noise-only rounds
+        length = sum(a.numpy().size for a in initial.values()) + len(secure.metric_bounds)
+        margin = SecAggSettings.from_config(config).for_round(3).rounding_norm(length)
+        if config.dp_clip_norm <= margin:
+            raise ValueError(
+                f"dp-clip-norm {config.dp_clip_norm} is within the quantization error"
+                f" {margin:.3g} of a {length}-coordinate update: raise"
+                " secagg-quantization-bits or dp-clip-norm"
+            )
     start_round, optimizer_state = 0, {}
     if config.resume:
         initial, optimizer_state, start_round = load_checkpoint(Path(config.resume))

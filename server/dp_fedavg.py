@@ -6,7 +6,8 @@ Language Models", ICLR 2018) protects a whole user's participation:
      sampling, which the subsampled-Gaussian accountant assumes);
   2. each client clips its shared-parameter update Δ_i to ‖Δ_i‖ ≤ C (client/mods.py,
      ``UserLevelClipping``); the server clips again, so a client that skips it cannot raise
-     the sensitivity (with secure aggregation only the client can), and drops an update with
+     the sensitivity (with secure aggregation only the client can; a plain run drops any reply
+     that claims to be a secure sum, server/strategy.py), and drops an update with
      a non-finite value as a dropout (it cannot be clipped);
   3. the server averages with the *fixed* denominator m, not the number of replies, and
      adds Gaussian noise of std σ = z·C / m to every coordinate: a round with fewer

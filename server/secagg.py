@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,14 +58,16 @@ from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.secagg import SecAggServer
 from fedrec.common.secagg_math import SecAggConfig, SecAggError
 
-# Metrics the devices sum securely (a device reports 0 for one it does not have).
-SUMMED_METRICS = (
-    keys.TRAIN_LOSS,
-    keys.NUM_EXAMPLES,
-    keys.RETURNING,
-    keys.RECORD_EPSILON,
-    keys.BUDGET_EXHAUSTED,
-)
+# Metrics the devices sum securely, with the bound of each (a device reports 0 for one it
+# does not have; a value beyond its bound is clipped to it). Per device a metric is exact to
+# 2·bound/Q: 1/64 of an example, 5e-7 of a 0/1 flag at the default Q = 2^22.
+SUMMED_METRICS = {
+    keys.TRAIN_LOSS: 64.0,
+    keys.NUM_EXAMPLES: 2.0**20,
+    keys.RETURNING: 1.0,
+    keys.RECORD_EPSILON: 1024.0,
+    keys.BUDGET_EXHAUSTED: 1.0,
+}
 MIN_MODULUS = 2**32
 
 
@@ -146,12 +148,12 @@ class SecureAggregationGrid:
         self,
         grid: Grid,
         settings: SecAggSettings,
-        metric_names: Sequence[str] = SUMMED_METRICS,
+        metric_bounds: Mapping[str, float] | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
         self._grid = grid
         self.settings = settings
-        self.metric_names = list(metric_names)
+        self.metric_bounds = dict(SUMMED_METRICS if metric_bounds is None else metric_bounds)
         self._rng = rng if rng is not None else np.random.default_rng()  # the graph
         self.report: dict[str, Any] = {}
 
@@ -162,7 +164,10 @@ class SecureAggregationGrid:
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
-        if not messages or messages[0].metadata.message_type != MessageType.TRAIN:
+        if not messages:  # e.g. an empty Poisson cohort: no secure round, no stale report
+            self.report = _new_report(0, "skipped: no clients sampled")
+            return []
+        if messages[0].metadata.message_type != MessageType.TRAIN:
             return self._grid.send_and_receive(messages, timeout=timeout)
         return self._secure_round(messages, timeout)
 
@@ -171,16 +176,7 @@ class SecureAggregationGrid:
         deadline = None if timeout is None else time.time() + timeout
         train = {m.metadata.dst_node_id: m for m in messages}
         n = len(train)
-        report: dict[str, Any] = {
-            "clients": n,
-            "survivors": 0,
-            "dropped": {},
-            "bytes_down": 0,
-            "bytes_up": 0,
-            "stage_seconds": {},
-            "status": "ok",
-        }
-        self.report = report
+        report = self.report = _new_report(n, "ok")
         if n < 3:
             report["status"] = f"skipped: {n} clients sampled, a secure sum needs 3"
             return []
@@ -189,11 +185,11 @@ class SecureAggregationGrid:
         report["modulus_bits"] = config.modulus.bit_length() - 1
         first = messages[0].content[keys.ARRAYS]
         global_ = {k: v.numpy().astype(np.float64) for k, v in first.items()}
-        shapes = [v.shape for v in global_.values()] + [(len(self.metric_names),)]
+        shapes = [v.shape for v in global_.values()] + [(len(self.metric_bounds),)]
         server = SecAggServer(config, sorted(train), shapes, self._rng)
 
         def record(stage: str) -> ConfigRecord:
-            return wire.config_record(stage, config, self.metric_names)
+            return wire.config_record(stage, config, self.metric_bounds)
 
         def exchange(stage: str, contents: Mapping[int, RecordDict]) -> dict[int, ConfigRecord]:
             started = time.perf_counter()
@@ -205,12 +201,16 @@ class SecureAggregationGrid:
             replies = list(self._grid.send_and_receive(out, timeout=left))
             report["bytes_down"] += sum(message_bytes(m) for m in out)
             report["bytes_up"] += sum(message_bytes(m) for m in replies)
-            answers = {}
+            answers, errors = {}, []
             for reply in replies:
-                if reply.has_error() or wire.SECAGG not in reply.content:
-                    continue  # a dropout at this stage
-                answers[reply.metadata.src_node_id] = reply.content[wire.SECAGG]
+                if reply.has_error():  # a dropout at this stage, with its reason
+                    errors.append((reply.error.reason or "")[-300:])
+                elif wire.SECAGG in reply.content:
+                    answers[reply.metadata.src_node_id] = reply.content[wire.SECAGG]
             report["dropped"][stage] = len(contents) - len(answers)
+            report["errors"] = sorted(set(report["errors"]) | set(errors))[:3]
+            if contents and len(errors) == len(contents):
+                report["all_failed"] = stage  # every device refused: a setting, not bad luck
             report["stage_seconds"][stage] = time.perf_counter() - started
             return answers
 
@@ -264,13 +264,13 @@ class SecureAggregationGrid:
         count = len(result.contributors)
         report["survivors"] = count
         *deltas, metric_sum = result.total
-        means = metric_sum / wire.metric_scale(config) / count
+        means = metric_sum / wire.metric_scales(config, self.metric_bounds) / count
         arrays = ArrayRecord(
             {k: Array(v + d / count) for (k, v), d in zip(global_.items(), deltas, strict=True)}
         )
         metrics = MetricRecord(
             {
-                **{name: float(v) for name, v in zip(self.metric_names, means, strict=True)},
+                **{name: float(v) for name, v in zip(self.metric_bounds, means, strict=True)},
                 keys.UNIT_WEIGHT: count,
             }
         )
@@ -302,8 +302,25 @@ def _metadata(template: Metadata, dst_node_id: int, src_node_id: int | None = No
     )
 
 
+def _new_report(clients: int, status: str) -> dict[str, Any]:
+    return {
+        "clients": clients,
+        "survivors": 0,
+        "dropped": {},
+        "errors": [],
+        "bytes_down": 0,
+        "bytes_up": 0,
+        "stage_seconds": {},
+        "status": status,
+    }
+
+
 def secure_sum(message: Message) -> tuple[int, bool]:
-    """(contributors, True) for the aggregate reply of a secure round, else (1, False)."""
+    """(contributors, True) for the aggregate reply of a secure round, else (1, False).
+
+    Only the strategy of a secure run may trust this record: a device could forge it, so
+    ``RoundRecorder`` drops any reply carrying it unless the run aggregates securely (then
+    every reply the strategy sees was built by :class:`SecureAggregationGrid`)."""
     if message.has_content() and wire.SECURE_SUM in message.content:
         return int(message.content[wire.SECURE_SUM]["count"]), True
     return 1, False

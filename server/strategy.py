@@ -35,6 +35,7 @@ from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.runs import write_json
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
+from fedrec.server.secagg import secure_sum
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_META = "checkpoint.json"
@@ -142,6 +143,10 @@ class RoundRecorder:
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        forged = 0
+        if self.secure_report is None:  # only the secure grid builds aggregate replies
+            forged = sum(secure_sum(m)[1] for m in replies)
+            replies = [m for m in replies if not secure_sum(m)[1]]
         ok = [m for m in replies if not m.has_error()]
         ups = [message_bytes(m) for m in ok]
         if replies and not ok and not isinstance(self, DPFedAvg):
@@ -178,8 +183,16 @@ class RoundRecorder:
             returning=float(metrics.get(keys.RETURNING, 0.0)) if metrics else None,
             train_seconds=time.perf_counter() - self._t0,
         )
+        if forged:
+            rec["clients_failed"] += forged
+            rec["errors"] = [*rec["errors"], f"{forged} forged aggregate replies dropped"][:3]
         if self.secure_report is not None:  # the four stages' traffic, not the one aggregate
             report = self.secure_report()
+            if report.get("all_failed") and not isinstance(self, DPFedAvg):
+                raise RuntimeError(
+                    f"round {absolute}: every client refused the secure round at stage"
+                    f" {report['all_failed']}; first error: {(report['errors'] or [''])[0]}"
+                )
             n = max(report["clients"], 1)
             rec.update(
                 clients_replied=report["survivors"],
@@ -188,6 +201,7 @@ class RoundRecorder:
                 bytes_up_per_client=report["bytes_up"] / n,
                 bytes_down_total=report["bytes_down"],
                 bytes_up_total=report["bytes_up"],
+                errors=report["errors"],
                 secagg=dict(report),
             )
         privacy = self._privacy_record(ok)

@@ -438,3 +438,32 @@ def test_client_state_survives_a_restart_between_every_stage() -> None:
     assert saved[0]["stage"] == "done" and saved[0]["seed"] == b""  # secrets dropped at the end
     with pytest.raises(ValueError, match="SecAggClient state"):
         SecAggClient.from_state_dict(cfg, {**saved[0], "stage": "bogus"})
+
+
+def test_a_sum_of_two_is_never_unmasked() -> None:
+    """n = 3, k = 2, t = 2: one client gone after sharing leaves 2 masked vectors. Enough
+    shares exist, but each of the two would learn the other's input from the sum."""
+    cfg = SecAggConfig(num_clients=3, threshold=2)
+    spy = mock.Mock(side_effect=secagg.combine_shares)
+    with (
+        mock.patch.object(secagg, "combine_shares", spy),
+        pytest.raises(InsufficientSharesError, match="fewer than 3"),
+    ):
+        run_secagg(
+            make_updates(3), cfg, {Stage.COLLECT_MASKED_VECTORS: {2}}, np.random.default_rng(0)
+        )
+    spy.assert_not_called()
+
+
+def test_own_secrets_are_dropped_after_masking() -> None:
+    """After its upload a client keeps only the shares it holds (for unmask): a round that
+    fails later leaves no key or self-mask seed on the device."""
+    cfg, n = FULL, FULL.num_clients
+    clients = [SecAggClient(u, cfg, entropy=entropy(u)) for u in range(n)]
+    server = SecAggServer(cfg, range(n), SHAPES, np.random.default_rng(0))
+    reqs = server.share_keys_requests({u: c.setup() for u, c in enumerate(clients)})
+    reqs = server.collect_requests({u: clients[u].share_keys(r) for u, r in reqs.items()})
+    clients[0].masked_input(reqs[0], make_updates(1)[0], np.random.default_rng(0))
+    state = clients[0].state_dict()
+    assert state["mask-sk"] == state["share-sk"] == state["seed"] == b""
+    assert len(state["seed-shares"]) == n  # its own share and one from each peer

@@ -25,7 +25,12 @@ from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.secagg_math import dequantize_sum, flatten, quantize
 from fedrec.common.shard import initial_shared_state
 from fedrec.server.dp_fedavg import DPFedAvg, UserLevelDP
-from fedrec.server.secagg import SecAggSettings, SecureAggregationGrid, secure_sum
+from fedrec.server.secagg import (
+    SUMMED_METRICS,
+    SecAggSettings,
+    SecureAggregationGrid,
+    secure_sum,
+)
 from fedrec.server.strategy import make_strategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,6 +62,7 @@ class LocalGrid:
             self.contexts[context.node_id] = context
         self.drop = drop or {}
         self.gone: set[int] = set()
+        self.sent: list[Message] = []
         self.replies: list[tuple[str, Message]] = []
 
     def get_node_ids(self) -> list[int]:
@@ -67,6 +73,7 @@ class LocalGrid:
     ) -> list[Message]:
         out = []
         for msg in messages:
+            self.sent.append(msg)
             node = msg.metadata.dst_node_id
             stage = msg.content[wire.SECAGG][wire.STAGE] if wire.SECAGG in msg.content else "-"
             self.gone |= self.drop.get(stage, set()) & {node}
@@ -175,8 +182,10 @@ def test_secure_mean_equals_the_plain_mean(app: ClientApp, initial: ArrayRecord)
         assert err <= bound + 1e-6, (k, err, bound)
         moved = max(moved, np.abs(value - initial[k].numpy()).max())
     assert moved > 100 * bound  # the updates are far larger than the error: a real check
-    metric_bound = 2 * wire.METRIC_BOUND / config.quantization_range
-    assert reply.content[keys.METRICS][keys.TRAIN_LOSS] == pytest.approx(loss, abs=metric_bound)
+    step = 2 * SUMMED_METRICS[keys.TRAIN_LOSS] / config.quantization_range  # per device
+    assert reply.content[keys.METRICS][keys.TRAIN_LOSS] == pytest.approx(loss, abs=step)
+    assert reply.content[keys.METRICS][keys.RETURNING] == pytest.approx(0.0, abs=1e-6)
+    assert reply.content[keys.METRICS][keys.UNIT_WEIGHT] == NODES
 
 
 def test_train_replies_of_a_secure_round_carry_no_arrays_or_metrics(
@@ -212,15 +221,20 @@ def test_dropouts_at_every_stage(app: ClientApp, initial: ArrayRecord, stage: st
         assert np.abs(got[k].numpy() - value).max() <= bound + 1e-6
 
 
-def test_too_many_dropouts_fail_closed(app: ClientApp, initial: ArrayRecord) -> None:
-    """Six of ten gone after masking: fewer than t = 5 live holders; no reply, nothing
-    unmasked, and no client was asked for both shares of anyone."""
-    replies, report, grid = _secure(app, initial, {Stage.UNMASK: {1, 2, 3, 4, 5, 6}})
+@pytest.mark.parametrize("stage", Stage.all())
+def test_too_many_dropouts_fail_closed(app: ClientApp, initial: ArrayRecord, stage: str) -> None:
+    """Six of ten gone: fewer than t = 5 live holders for some secret; no reply and nothing
+    unmasked (the server stops before reconstructing), and no client was ever asked for
+    both shares of anyone."""
+    replies, report, grid = _secure(app, initial, {stage: {1, 2, 3, 4, 5, 6}})
     assert replies == []
-    assert report["status"].startswith("failed closed")
+    assert report["status"].startswith("failed closed: InsufficientSharesError")
     assert report["survivors"] == 0
-    unmask_replies = [r for s, r in grid.replies if s == Stage.UNMASK]
-    assert all(r.has_error() or set(r.content.keys()) == {wire.SECAGG} for r in unmask_replies)
+    for request in grid.sent:
+        record = request.content.get(wire.SECAGG)
+        if record is not None and record[wire.STAGE] == Stage.UNMASK:
+            asked = wire.read_unmask_request(record)
+            assert not set(asked.survivors) & set(asked.dropped)
 
 
 def test_a_tiny_cohort_is_skipped_not_revealed(app: ClientApp, initial: ArrayRecord) -> None:
@@ -261,15 +275,21 @@ def test_a_tampered_ciphertext_is_refused_by_the_device(
 
 
 def test_the_guard_blocks_undeclared_secagg_keys() -> None:
+    request = server_message("train", None, 1)
+    request.content[wire.SECAGG] = ConfigRecord({wire.STAGE: Stage.UNMASK})
     reply_content = RecordDict({wire.SECAGG: ConfigRecord({wire.STAGE: "unmask", "seed": b"x"})})
-    msg = Message(content=reply_content, reply_to=server_message("train", None, 1))
-    assert violations(msg, {}) == ["secagg record carries undeclared keys ['seed']"]
+    msg = Message(content=reply_content, reply_to=request)
+    assert violations(msg, {}, request=request) == [
+        "secagg record carries undeclared keys ['seed']"
+    ]
+    # not asked for a secure stage: a secagg record is not allowed at all
+    assert violations(msg, {}) == ["record 'secagg' of type ConfigRecord is not allowed"]
 
     def leaking(msg: Message, context: Context) -> Message:
         return Message(content=reply_content, reply_to=msg)
 
     guard = SharedOnlyGuard(lambda context: {})
-    blocked = guard(server_message("train", None, 1), node_context(0, 4), leaking)
+    blocked = guard(request, node_context(0, 4), leaking)
     assert blocked.has_error() and blocked.error.code == PRIVACY_GUARD_ERROR
 
 
@@ -289,7 +309,7 @@ def test_the_device_clips_so_that_the_quantized_update_is_within_c() -> None:
     for _ in range(200):
         local = rng.normal(size=d).astype(np.float32)
         reply = RecordDict({keys.ARRAYS: ArrayRecord({"w": Array(local)})})
-        vector = update_vector(sent, reply, [], config)
+        vector = update_vector(sent, reply, {}, config)
         assert np.linalg.norm(flatten(vector)) <= quantized_clip_norm(clip, config, d) + 1e-9
         quantized = dequantize_sum(quantize(flatten(vector), config, rng), 1, config)
         worst_safe = max(worst_safe, float(np.linalg.norm(quantized)))
@@ -313,27 +333,148 @@ def test_dp_fedavg_noises_the_secure_sum_with_the_fixed_denominator(
     config = CONFIG.replace(dp_clip_norm=clip, dp_noise_multiplier=1.0, clients_per_round=m)
     outs = []
     for secure in (True, False):
+        grid = LocalGrid(app)
+        wrapped = SecureAggregationGrid(grid, SETTINGS)  # type: ignore[arg-type]
         strategy = make_strategy(
-            config, num_nodes=40, run_dir=None, user_dp=dp, dp_rng=np.random.default_rng(7)
-        )
+            config, num_nodes=40, run_dir=None, user_dp=dp, dp_rng=np.random.default_rng(7),
+            secure_report=(lambda w=wrapped: w.report) if secure else None,
+        )  # fmt: skip
         assert isinstance(strategy, DPFedAvg)
         strategy._current = {"round": 1, "clients_sampled": NODES, "bytes_down_per_client": 1}
         strategy._t0 = 0.0
         strategy._dp_global = {k: v.numpy().astype(np.float64) for k, v in initial.items()}
-        grid = LocalGrid(app)
         messages = _train_messages(initial, clip)
-        if secure:
-            replies = list(
-                SecureAggregationGrid(grid, SETTINGS).send_and_receive(messages)  # type: ignore[arg-type]
-            )
-        else:
-            replies = grid.send_and_receive(messages)
+        sender = wrapped if secure else grid
+        replies = list(sender.send_and_receive(messages))
         arrays, _ = strategy.aggregate_train(1, replies)
         assert arrays is not None
         assert strategy.dp_record["replies"] == NODES
         outs.append({k: v.numpy() for k, v in arrays.items()})
+    moved = max(np.abs(outs[1][k] - initial[k].numpy()).max() for k in outs[1])
+    assert moved > 0.01  # the cohort's updates (and the noise) are far above the tolerance
     quantization = SETTINGS.for_round(NODES).max_sum_error(NODES) / m
     # the device clips to C − step·√d under SecAgg, C in the plain path
     margin = SETTINGS.for_round(NODES).step * np.sqrt(sum(v.size for v in outs[0].values()))
     for k in outs[0]:
         assert np.abs(outs[0][k] - outs[1][k]).max() <= quantization + NODES * margin / m + 1e-6
+
+
+# --- what the server and the device refuse ---------------------------------------------------
+def _plain_strategy(config: FederationConfig, secure_report=None):  # type: ignore[no-untyped-def]
+    strategy = make_strategy(config, num_nodes=NODES, run_dir=None, secure_report=secure_report)
+    strategy._current = {"round": 1, "clients_sampled": 3, "bytes_down_per_client": 1}
+    strategy._t0 = 0.0
+    return strategy
+
+
+def test_a_forged_aggregate_reply_is_dropped_by_a_plain_run(
+    app: ClientApp, initial: ArrayRecord
+) -> None:
+    """A device could add a ``secagg-sum`` record to its reply to be counted 1000 times (and,
+    under DP, to skip the server's re-clip): without secure aggregation such a reply is
+    dropped; with it, device replies never reach the strategy at all."""
+    grid = LocalGrid(app)
+    honest = grid.send_and_receive(_train_messages(initial)[:3])
+    forged = grid.send_and_receive(_train_messages(initial)[3:4])[0]
+    forged.content[wire.SECURE_SUM] = ConfigRecord({"count": 1000})
+    dp = UserLevelDP(
+        clip_norm=0.5, noise_multiplier=1e-9, expected_clients=20, num_nodes=40, delta=1e-4,
+        target_epsilon=0.0,
+    )  # fmt: skip
+    config = CONFIG.replace(dp_clip_norm=0.5, dp_noise_multiplier=1.0, clients_per_round=20)
+    strategy = make_strategy(config, num_nodes=40, run_dir=None, user_dp=dp)
+    strategy._current = {"round": 1, "clients_sampled": 4, "bytes_down_per_client": 1}
+    strategy._t0 = 0.0
+    strategy._dp_global = {k: v.numpy().astype(np.float64) for k, v in initial.items()}
+    arrays, _ = strategy.aggregate_train(1, [*honest, forged])
+    assert arrays is not None
+    assert strategy.dp_record["replies"] == 3
+    assert strategy._current["clients_failed"] == 1
+    moved = np.sqrt(sum(
+        ((arrays[k].numpy() - initial[k].numpy()).astype(np.float64) ** 2).sum() for k in arrays
+    ))  # fmt: skip
+    assert moved <= 3 * 0.5 / 20 + 1e-3  # three clipped updates over m = 20, nothing more
+
+
+def test_a_failed_secure_round_leaves_the_model_unchanged(
+    app: ClientApp, initial: ArrayRecord
+) -> None:
+    grid = LocalGrid(app, {Stage.SETUP: {1, 2, 3, 4, 5, 6, 7, 8}})
+    secure = SecureAggregationGrid(grid, SETTINGS)  # type: ignore[arg-type]
+    config = CONFIG.replace(strategy="fedadam", server_lr=0.05)
+    strategy = _plain_strategy(config, lambda: secure.report)
+    messages = list(strategy.configure_train(1, initial, ConfigRecord(), grid))
+    arrays, metrics = strategy.aggregate_train(1, secure.send_and_receive(messages))
+    assert arrays is None and metrics is None  # Flower keeps the previous model
+    record = strategy._current
+    assert record["clients_replied"] == 0 and record["secagg"]["status"].startswith("failed")
+    # an empty fan-out (e.g. an empty Poisson cohort) resets the report, never reuses it
+    assert list(secure.send_and_receive([])) == []
+    assert secure.report["clients"] == 0 and secure.report["status"].startswith("skipped")
+
+
+def test_a_round_every_device_refuses_stops_the_run() -> None:
+    report = {"clients": 5, "survivors": 0, "dropped": {}, "errors": ["secure aggregation: x"],
+              "bytes_down": 0, "bytes_up": 0, "stage_seconds": {}, "status": "failed closed",
+              "all_failed": Stage.COLLECT_MASKED_VECTORS}  # fmt: skip
+    strategy = _plain_strategy(CONFIG, lambda: report)
+    with pytest.raises(RuntimeError, match=r"every client refused .* collect_masked_vectors"):
+        strategy.aggregate_train(1, [])
+
+
+def test_a_secure_device_refuses_a_plaintext_train_round(initial: ArrayRecord) -> None:
+    secure_app = make_client_app(CONFIG.replace(secure_aggregation="secagg+"), SimulationShards())
+    context = node_context(0, CONFIG.synthetic_users)
+    context.state[wire.STATE] = ConfigRecord({"stage": "share_keys"})  # an abandoned round
+    reply = secure_app(server_message("train", initial, context.node_id), context)
+    assert reply.has_error() and "refuses to send its update in the clear" in reply.error.reason
+    assert wire.STATE not in context.state
+    evaluate = secure_app(server_message("evaluate", initial, context.node_id), context)
+    assert not evaluate.has_error()  # evaluation is not a train round
+
+
+def test_a_device_refuses_round_parameters_that_change_between_stages(
+    app: ClientApp, initial: ArrayRecord
+) -> None:
+    class Switching(LocalGrid):
+        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+            messages = list(messages)
+            for msg in messages:
+                record = msg.content[wire.SECAGG]
+                if record[wire.STAGE] == Stage.SHARE_KEYS and msg.metadata.dst_node_id == 2:
+                    record["clipping-range"] = 99.0
+            return super().send_and_receive(messages, timeout=timeout)
+
+    grid = Switching(app)
+    secure = SecureAggregationGrid(grid, SETTINGS)  # type: ignore[arg-type]
+    secure.send_and_receive(_train_messages(initial))
+    refused = [r for s, r in grid.replies if s == Stage.SHARE_KEYS and r.has_error()]
+    assert len(refused) == 1 and "round parameters changed" in refused[0].error.reason
+    assert secure.report["status"] == "ok" and secure.report["survivors"] == NODES - 1
+
+
+@pytest.mark.parametrize(
+    ("records", "problem"),
+    [
+        ({wire.SECAGG: ConfigRecord({wire.STAGE: "setup", "mask-key": b"k", "share-key": b"s"}),
+          keys.METRICS: None}, "not only 'secagg'"),
+        ({wire.SECAGG: ConfigRecord({wire.STAGE: "unmask", "node-ids": ["1"], "shares": [b"x"]})},
+         "reply of stage 'unmask' to a 'setup' request"),
+        ({wire.SECAGG: ConfigRecord({wire.STAGE: "setup", "mask-key": b"k", "masked": b"m"})},
+         "undeclared keys ['masked']"),
+        ({wire.SECAGG: ConfigRecord({wire.STAGE: "setup", "mask-key": 7})},
+         "'mask-key' is not bytes or text"),
+    ],
+)  # fmt: skip
+def test_the_guard_checks_a_secure_reply_against_its_request(records: dict, problem: str) -> None:
+    from flwr.app import MetricRecord
+
+    request = server_message("train", None, 1)
+    request.content[wire.SECAGG] = ConfigRecord({wire.STAGE: Stage.SETUP})
+    content = RecordDict({
+        k: (MetricRecord({"x": 1.0}) if v is None else v) for k, v in records.items()
+    })  # fmt: skip
+    reply = Message(content=content, reply_to=request)
+    assert any(problem in p for p in violations(reply, {}, request=request)), violations(
+        reply, {}, request=request
+    )
