@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.simulations.runner import load_scenario, parse_setting, simulate
+from fedrec.simulations.runner import apply_settings, load_scenario, simulate
 
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 
@@ -111,10 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    values: dict[str, Any] = {**load_scenario(args.config), "data": args.data}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        values[key] = parse_setting(value)
+    values = apply_settings({**load_scenario(args.config), "data": args.data}, args.set)
     scenario = FederationConfig.from_mapping(values)
     user_only = scenario.replace(local_dp_noise_multiplier=0.0, local_epsilon_budget=0.0)
     rows = []

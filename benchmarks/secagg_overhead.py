@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.simulations.runner import load_scenario, parse_setting, simulate
+from fedrec.simulations.runner import apply_settings, load_scenario, simulate
 
 
 def measure(config: FederationConfig, out: Path) -> dict[str, Any]:
@@ -78,10 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    values: dict[str, Any] = {**load_scenario(args.config), "data": args.data}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        values[key] = parse_setting(value)
+    values = apply_settings({**load_scenario(args.config), "data": args.data}, args.set)
     base = FederationConfig.from_mapping(values).replace(
         num_rounds=args.rounds, eval_every=10**6, eval_clients=20, resume=""
     )

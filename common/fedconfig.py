@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from fedrec.common.secagg_math import SecAggSettings
 from fedrec.common.synthetic import SyntheticConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
@@ -172,6 +173,14 @@ class FederationConfig:
     def secure(self) -> bool:
         return self.secure_aggregation != "off"
 
+    def secagg_settings(self) -> SecAggSettings:
+        return SecAggSettings(
+            neighbours=self.secagg_neighbours,
+            threshold=self.secagg_threshold,
+            clip_range=self.secagg_clip_range,
+            quantization_bits=self.secagg_quantization_bits,
+        )
+
     def _check_secure_aggregation(self) -> None:
         if self.client_weighting != "uniform":
             raise ValueError(
@@ -183,16 +192,7 @@ class FederationConfig:
                 f"secure aggregation needs clients-per-round >= 3, got {self.clients_per_round}:"
                 " a sum of two updates reveals each to the other"
             )
-        if self.secagg_neighbours < 0:
-            raise ValueError(f"secagg-neighbours must be >= 0, got {self.secagg_neighbours}")
-        if not 0.5 <= self.secagg_threshold <= 1.0:
-            raise ValueError(f"secagg-threshold must be in [0.5, 1], got {self.secagg_threshold}")
-        if not self.secagg_clip_range > 0:
-            raise ValueError(f"secagg-clip-range must be > 0, got {self.secagg_clip_range}")
-        if not 1 <= self.secagg_quantization_bits <= 48:
-            raise ValueError(
-                f"secagg-quantization-bits must be in [1, 48], got {self.secagg_quantization_bits}"
-            )
+        self.secagg_settings()  # its own checks: neighbours, threshold, range, bits
         if self.user_level_dp and self.dp_clip_norm > self.secagg_clip_range:
             raise ValueError(
                 f"dp-clip-norm {self.dp_clip_norm} > secagg-clip-range {self.secagg_clip_range}:"

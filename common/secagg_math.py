@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -135,6 +136,63 @@ class SecAggConfig:
         Stochastic rounding is unbiased, so the typical error is ~ Δ·√num_summed / 2.
         """
         return num_summed * self.step
+
+
+MIN_MODULUS = 2**32
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """The run's secure-aggregation settings (``secagg-*`` in the run config, checked here once);
+    :meth:`for_round` sizes the protocol to a cohort."""
+
+    neighbours: int = 0  # k; 0: 2⌈log2 n⌉ (SecAgg+); ≥ n − 1: complete graph (SecAgg)
+    threshold: float = 0.5  # fraction of the k + 1 shares of a secret needed to rebuild it
+    clip_range: float = 8.0  # c
+    quantization_bits: int = 22  # Q = 2^b
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 0:
+            raise ValueError(f"secagg-neighbours must be >= 0, got {self.neighbours}")
+        if not 0.5 <= self.threshold <= 1.0:
+            raise ValueError(f"secagg-threshold must be in [0.5, 1], got {self.threshold}")
+        if not (math.isfinite(self.clip_range) and self.clip_range > 0):
+            raise ValueError(f"secagg-clip-range must be > 0, got {self.clip_range}")
+        if not 1 <= self.quantization_bits <= 48:
+            raise ValueError(
+                f"secagg-quantization-bits must be in [1, 48], got {self.quantization_bits}"
+            )
+
+    def for_round(self, num_clients: int) -> SecAggConfig:
+        """The protocol's parameters for a cohort of ``num_clients`` (≥ 3)."""
+        n = num_clients
+        full = n - 1
+        k = self.neighbours or 2 * math.ceil(math.log2(max(n, 2)))
+        if k >= full:
+            k = full
+        elif k % 2:
+            k += 1  # k/2 neighbours on each side of the ring
+        k = min(max(k, 2), full)
+        t = max(math.floor((k + 1) / 2) + 1, math.ceil(self.threshold * (k + 1)))
+        t = min(t, k)
+        q = 2**self.quantization_bits
+        modulus = max(MIN_MODULUS, 1 << (n * q).bit_length())  # a power of two > n·Q
+        return SecAggConfig(
+            num_clients=n,
+            threshold=t,
+            num_neighbours=None if k == full else k,
+            clipping_range=self.clip_range,
+            quantization_range=q,
+            modulus=modulus,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "neighbours": self.neighbours or "2*ceil(log2 n)",
+            "threshold": self.threshold,
+            "clip_range": self.clip_range,
+            "quantization_bits": self.quantization_bits,
+        }
 
 
 def neighbour_graph(

@@ -24,7 +24,7 @@ from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, run_header, write_json
 from fedrec.common.shard import initial_shared_state, load_catalog
 from fedrec.server.dp_fedavg import UserLevelDP
 from fedrec.server.grid import ChunkedGrid
-from fedrec.server.secagg import SecAggSettings, SecureAggregationGrid
+from fedrec.server.secagg import SecureAggregationGrid
 from fedrec.server.strategy import load_checkpoint, load_checkpoint_meta, make_strategy
 
 FINAL_MODEL = "model.npz"
@@ -63,14 +63,14 @@ def run_federation(
     grid = ChunkedGrid(grid)  # type: ignore[assignment]
     secure: SecureAggregationGrid | None = None
     if config.secure:  # every train fan-out becomes a SecAgg+ round (server/secagg.py)
-        secure = SecureAggregationGrid(grid, SecAggSettings.from_config(config))
+        secure = SecureAggregationGrid(grid, config.secagg_settings())
         grid = secure  # type: ignore[assignment]
     run_dir = Path(config.out_dir) if config.out_dir else None
     catalog = load_catalog(config)
     initial = ArrayRecord(initial_shared_state(catalog, config.dim, config.seed))
     if secure is not None and config.user_level_dp:  # fail now, not as noise-only rounds
         length = sum(a.numpy().size for a in initial.values()) + len(secure.metric_bounds)
-        margin = SecAggSettings.from_config(config).for_round(3).rounding_norm(length)
+        margin = config.secagg_settings().for_round(3).rounding_norm(length)
         if config.dp_clip_norm <= margin:
             raise ValueError(
                 f"dp-clip-norm {config.dp_clip_norm} is within the quantization error"
@@ -197,7 +197,7 @@ def secure_summary(records: list[dict[str, Any]], config: FederationConfig) -> d
     return {
         "enabled": True,
         "protocol": "SecAgg+ (Bell et al. 2020), semi-honest; server/secagg.py",
-        **SecAggSettings.from_config(config).describe(),
+        **config.secagg_settings().describe(),
         "rounds": len(rounds),
         "rounds_failed_closed": sum(r["status"].startswith("failed") for r in rounds),
         "rounds_skipped": sum(r["status"].startswith("skipped") for r in rounds),

@@ -19,6 +19,11 @@ from flwr.serverapp import Grid
 DEFAULT_CHUNK = 32
 
 
+def message_bytes(message: Message) -> int:
+    """Payload bytes of a message's records (what travels, without framing)."""
+    return sum(r.count_bytes() for r in message.content.values()) if message.has_content() else 0
+
+
 class ChunkedGrid:
     """Delegates to ``grid``; ``send_and_receive`` pushes at most ``chunk`` messages at a time."""
 

@@ -35,6 +35,7 @@ from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.runs import write_json
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
+from fedrec.server.grid import message_bytes
 from fedrec.server.secagg import secure_sum
 
 CHECKPOINT = "checkpoint.npz"
@@ -66,11 +67,6 @@ WEIGHT_KEYS = {"examples": keys.NUM_EXAMPLES, "uniform": keys.UNIT_WEIGHT}
 
 # Where each Flower strategy keeps its server step size.
 SERVER_LR_ATTRIBUTE = {"fedadam": "eta", "fedyogi": "eta", "fedavgm": "server_learning_rate"}
-
-
-def message_bytes(message: Message) -> int:
-    """Payload bytes of a message's records (what travels, without framing)."""
-    return sum(r.count_bytes() for r in message.content.values()) if message.has_content() else 0
 
 
 def aggregate_user_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

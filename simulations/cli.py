@@ -282,15 +282,10 @@ def _federation_config(config: Path | None, set_: list[str] | None, options: dic
     """Scenario TOML, then ``--set KEY=VALUE`` overrides, then the named options (if given),
     parsed once into a FederationConfig (one red line and exit 2 on any error)."""
     from fedrec.common.fedconfig import FederationConfig
-    from fedrec.simulations.runner import load_scenario, parse_setting
+    from fedrec.simulations.runner import apply_settings, load_scenario
 
     values: dict[str, Any] = _or_exit(lambda: load_scenario(config)) if config else {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            console.print(f"[red]error:[/] --set expects KEY=VALUE, got {item!r}")
-            raise typer.Exit(code=2)
-        values[key.strip()] = parse_setting(value.strip())
+    values = _or_exit(lambda: apply_settings(values, set_ or []))
     for key, value in options.items():
         if value is not None:
             values[key] = str(value) if isinstance(value, Path) else value

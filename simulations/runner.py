@@ -16,7 +16,7 @@ import logging
 import os
 import tomllib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,17 @@ def parse_setting(text: str) -> Any:
         except ValueError:
             pass
     return text.strip('"')
+
+
+def apply_settings(values: Mapping[str, Any], items: Iterable[str]) -> dict[str, Any]:
+    """``values`` with ``KEY=VALUE`` overrides applied (``--set`` of the CLI and benchmarks)."""
+    out = dict(values)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = parse_setting(value.strip())
+    return out
 
 
 def simulate(

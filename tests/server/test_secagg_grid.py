@@ -22,15 +22,10 @@ from fedrec.client.secagg_mod import quantized_clip_norm, update_vector
 from fedrec.common import keys
 from fedrec.common import secagg_records as wire
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.secagg_math import dequantize_sum, flatten, quantize
+from fedrec.common.secagg_math import SecAggSettings, dequantize_sum, flatten, quantize
 from fedrec.common.shard import initial_shared_state
 from fedrec.server.dp_fedavg import DPFedAvg, UserLevelDP
-from fedrec.server.secagg import (
-    SUMMED_METRICS,
-    SecAggSettings,
-    SecureAggregationGrid,
-    secure_sum,
-)
+from fedrec.server.secagg import SUMMED_METRICS, SecureAggregationGrid, secure_sum
 from fedrec.server.strategy import make_strategy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
