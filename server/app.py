@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -57,13 +58,23 @@ def make_server_app(
 
 
 def run_federation(
-    grid: Grid, config: FederationConfig, on_round: RoundCallback | None = None
+    grid: Grid,
+    config: FederationConfig,
+    on_round: RoundCallback | None = None,
+    rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
-    """Run ``config.num_rounds`` rounds (fewer if resuming) and write the run folder."""
+    """Run ``config.num_rounds`` rounds (fewer if resuming) and write the run folder.
+
+    ``rng`` (research runs only, ``simulations/inprocess.py``): the generator of the server's
+    Poisson cohorts and DP noise, and (an independent stream, so that turning SecAgg+ on
+    leaves the cohorts and noise as they were) of the SecAgg+ graph. None, as in every
+    deployment: OS entropy, so no one who knows the run's config can regenerate the noise.
+    """
+    dp_rng, graph_rng = rng.spawn(2) if rng is not None else (None, None)
     grid = ChunkedGrid(grid)  # type: ignore[assignment]
     secure: SecureAggregationGrid | None = None
     if config.secure:  # every train fan-out becomes a SecAgg+ round (server/secagg.py)
-        secure = SecureAggregationGrid(grid, config.secagg_settings())
+        secure = SecureAggregationGrid(grid, config.secagg_settings(), rng=graph_rng)
         grid = secure  # type: ignore[assignment]
     run_dir = Path(config.out_dir) if config.out_dir else None
     catalog = load_catalog(config)
@@ -116,6 +127,7 @@ def run_federation(
         user_dp=user_dp,
         user_ledger=ledger,
         secure_report=(lambda: secure.report) if secure is not None else None,
+        dp_rng=dp_rng,
     )
     strategy.restore_optimizer_state(optimizer_state)
     started = time.perf_counter()
@@ -136,8 +148,6 @@ def run_federation(
     metrics["privacy"] = privacy_summary(strategy.records, config, budget_stop)
     metrics["secure_aggregation"] = secure_summary(strategy.records, config)
     if run_dir is not None:
-        import numpy as np
-
         np.savez(run_dir / FINAL_MODEL, **{k: v.numpy() for k, v in result.arrays.items()})
         write_json(run_dir / METRICS_FILE, metrics)
     return metrics

@@ -95,8 +95,18 @@ def simulate_cmd(
         list[str] | None,
         typer.Option("--set", help="Override any setting: --set local-lr=0.02 (repeatable)."),
     ] = None,
+    server_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--server-seed",
+            help="Research runs: run in this process with the server's cohorts and DP noise"
+            " seeded by N, so runs with one N are paired (bit for bit). Seeded noise is"
+            " predictable: such a run makes no privacy claim.",
+        ),
+    ] = None,
 ) -> None:
     """Run a federation in Flower's simulation engine: one virtual node per user."""
+    from fedrec.simulations.inprocess import run_inprocess
     from fedrec.simulations.runner import simulate
 
     fed = _federation_config(
@@ -130,7 +140,11 @@ def simulate_cmd(
             )
             progress.update(task, completed=record["round"], info=info, description="simulate")
 
-        metrics = _or_exit(lambda: simulate(fed, on_round))
+        if server_seed is None:
+            metrics = _or_exit(lambda: simulate(fed, on_round))
+        else:
+            progress.update(task, description="simulate (in-process, seeded)")
+            metrics = _or_exit(lambda: run_inprocess(fed, server_seed, on_round)[0])
     final = metrics.get("final", {})
     if final:
         console.print(

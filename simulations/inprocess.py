@@ -1,0 +1,155 @@
+"""A seeded federation in one process: the real ServerApp round loop and ClientApp, no engine.
+
+``fedrec simulate`` runs Flower's simulation engine: Ray actors, random node ids, cohorts and
+DP noise drawn from OS entropy. Two such runs of one scenario differ in every cohort, so
+their test HR@10 moves by about ±0.015 on ml-100k and a 1 % effect (secure aggregation's
+quantization, say) cannot be seen between them. This module runs the *same* code —
+:func:`fedrec.server.app.run_federation` (strategy, DP-FedAvg, SecAgg+ grid, recorder, run
+folder) and :func:`fedrec.client.app.make_client_app` (mods, trainers, private state) —
+with an :class:`InProcessGrid` in place of the engine's:
+
+* node ``i + 1`` is partition ``i`` (the engine draws node ids at random);
+* every message and reply travels as Flower's protobuf, as through the engine's link state,
+  so no object is shared between server and client;
+* a ClientApp exception becomes an error reply, as in the engine;
+* Flower's cohort sampler (the ``random`` module) and the server's generator (Poisson
+  cohorts, DP noise, the SecAgg+ graph) are seeded from ``seed``.
+
+Two runs with one seed then see the same cohorts, the same client randomness and the same
+noise, and a change of configuration (secure aggregation on/off) is compared *paired*. The
+grid records each round's train cohort so a comparison can check that its arms were.
+
+Research only: a seeded noise generator makes DP noise predictable to whoever knows the
+seed, so a run from here makes no privacy claim (``metrics.json`` says so under
+``reproducible``). One process, one core: a 943-user round of 100 clients takes about as
+long as in the engine (measured in ``benchmarks/secagg_paired.py``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import Stage
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrec.common import secagg_records as wire
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.runs import METRICS_FILE, prepare_run_dir, write_json
+from fedrec.common.sources import load_interactions
+
+RUN_ID = 1
+SERVER_NODE_ID = 0  # Flower's SuperLink node id; nodes are 1..N
+
+
+class InProcessGrid:
+    """A Flower Grid whose nodes are ClientApp calls in this process, one after another.
+
+    ``cohorts`` lists, per train round, the sorted node ids the server sent the round to
+    (the setup stage of a secure round, the train messages of a plain one).
+    """
+
+    def __init__(self, app: ClientApp, num_nodes: int) -> None:
+        if num_nodes < 1:
+            raise ValueError(f"num_nodes must be >= 1, got {num_nodes}")
+        self.app = app
+        self.contexts = {
+            user + 1: Context(
+                run_id=RUN_ID,
+                node_id=user + 1,
+                node_config={"partition-id": user, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config={},
+            )
+            for user in range(num_nodes)
+        }
+        self.cohorts: list[list[int]] = []
+        self._next_id = 0
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        messages = list(messages)
+        if messages and _starts_train_round(messages[0]):
+            self.cohorts.append(sorted(m.metadata.dst_node_id for m in messages))
+        return [self._deliver(message) for message in messages]
+
+    def _deliver(self, message: Message) -> Message:
+        self._next_id += 1
+        message.metadata.__dict__["_message_id"] = f"m{self._next_id}"  # as Flower's grid does
+        received = message_from_proto(message_to_proto(message))
+        node = received.metadata.dst_node_id
+        if node not in self.contexts:
+            raise ValueError(f"message to node {node}: this grid has nodes 1..{len(self.contexts)}")
+        try:
+            reply = self.app(received, self.contexts[node])
+        except Exception as err:  # the engine answers with an error reply; so does this grid
+            reason = f"{type(err)}:<'{err}'>"
+            code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            reply = Message(Error(code=code, reason=reason), reply_to=received)
+        return message_from_proto(message_to_proto(reply))
+
+
+def _starts_train_round(message: Message) -> bool:
+    if message.metadata.message_type != "train":
+        return False
+    if not message.has_content() or wire.SECAGG not in message.content:
+        return True
+    return message.content[wire.SECAGG][wire.STAGE] == Stage.SETUP
+
+
+@contextmanager
+def seeded_task(seed: int) -> Iterator[None]:
+    """Flower's task identity for this process and a seeded ``random``, restored afterwards."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    state = random.getstate()
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = RUN_ID, SERVER_NODE_ID, 1
+    random.seed(seed)  # flwr.serverapp.strategy.strategy_utils.sample_nodes draws from it
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+        random.setstate(state)
+
+
+def run_inprocess(
+    config: FederationConfig,
+    seed: int,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    client_app: ClientApp | None = None,
+) -> tuple[dict[str, Any], InProcessGrid]:
+    """Run ``config`` with every server-side draw seeded by ``seed``; returns its metrics
+    (also written to ``config.out_dir`` with a ``reproducible`` record) and the grid."""
+    from fedrec.client.app import make_client_app
+    from fedrec.server.app import run_federation
+
+    if config.out_dir:
+        prepare_run_dir(config.out_dir)
+    data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
+    config = config.replace(expected_nodes=data.num_users)
+    grid = InProcessGrid(client_app or make_client_app(config), data.num_users)
+    with seeded_task(seed):
+        metrics = run_federation(grid, config, on_round, rng=np.random.default_rng(seed))  # type: ignore[arg-type]
+    metrics["reproducible"] = {
+        "backend": "in-process (fedrec.simulations.inprocess)",
+        "server_seed": seed,
+        "note": "cohorts and DP noise come from a seeded generator: research runs only, "
+        "no privacy claim",
+    }
+    if config.out_dir:
+        from fedrec.simulations.plots import plot_rounds
+
+        write_json(Path(config.out_dir) / METRICS_FILE, metrics)
+        plot_rounds(metrics["rounds"], Path(config.out_dir))
+    return metrics, grid
