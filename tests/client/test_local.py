@@ -216,6 +216,34 @@ def test_refresh_user_fits_only_the_private_row(catalog: Catalog, shard: UserSha
     assert torch.equal(frozen.user_embedding.weight, row_before)
 
 
+def test_private_epochs_take_the_same_steps_as_the_generic_loop(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    """The fast private phase (item vectors once, no shared gradients) moves the user row
+    exactly as the generic loop with the private optimizer alone would."""
+    from fedrec.client import local as impl
+
+    config = LocalTrainConfig(batch_size=16, private_lr=0.05, private_weight_decay=0.1)
+    plan = [impl._epoch_examples(shard, config, np.random.default_rng(s)) for s in (1, 2)]
+    rows = np.unique(np.concatenate([items for items, _ in plan]))
+    local = [(np.searchsorted(rows, i), y) for i, y in plan]
+    fast, generic = (impl._compact_copy(_model(catalog, shard), rows) for _ in range(2))
+    row_before = fast.user_embedding.weight.detach().clone()
+    shared_before = shared_state(fast)
+    impl._private_epochs(
+        fast, impl._private_optimizer([fast.user_embedding.weight], config), local, config
+    )
+    opt = impl._private_optimizer([generic.user_embedding.weight], config)
+    impl._epochs(generic, [opt], local, config, None)
+    assert not torch.equal(fast.user_embedding.weight, row_before)
+    torch.testing.assert_close(
+        fast.user_embedding.weight, generic.user_embedding.weight, atol=1e-6, rtol=1e-5
+    )
+    for key, value in shared_state(fast).items():
+        assert torch.equal(value, shared_before[key]), key
+    assert all(p.grad is None for p in fast.parameters())
+
+
 def test_one_user_logits_equal_the_batched_forward(catalog: Catalog, shard: UserShard) -> None:
     from fedrec.client import local as impl
 
