@@ -82,7 +82,7 @@ def pair_row(name: str, plain: dict[str, Any], other: dict[str, Any]) -> dict[st
         "seed": plain["seed"],
         "arms": f"{plain['mode']} / {other['mode']}",
         "paired": plain["cohorts"] == other["cohorts"],
-        "train_rounds": len(plain["cohorts"]),
+        "train_fan_outs": len(plain["cohorts"]),  # chunks of <= 32 nodes, not rounds
         "plain": {k: p.get(k) for k in FINAL_KEYS},
         "other": {k: s.get(k) for k in FINAL_KEYS},
         "ratio_hr": s[keys.HR] / p[keys.HR] if p.get(keys.HR) else None,

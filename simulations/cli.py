@@ -100,7 +100,7 @@ def simulate_cmd(
         typer.Option(
             "--server-seed",
             help="Research runs: run in this process with the server's cohorts and DP noise"
-            " seeded by N, so runs with one N are paired (bit for bit). Seeded noise is"
+            " seeded by N, so runs with one N are paired (same cohorts and noise). Seeded noise is"
             " predictable: such a run makes no privacy claim.",
         ),
     ] = None,

@@ -16,8 +16,10 @@ with an :class:`InProcessGrid` in place of the engine's:
   cohorts, DP noise, the SecAgg+ graph) are seeded from ``seed``.
 
 Two runs with one seed then see the same cohorts, the same client randomness and the same
-noise, and a change of configuration (secure aggregation on/off) is compared *paired*. The
-grid records each round's train cohort so a comparison can check that its arms were.
+noise (bit for bit without SecAgg+; its devices quantize with fresh randomness, so two
+SecAgg+ runs agree to the quantization step), and a change of configuration (secure
+aggregation on/off) is compared *paired*. The grid records each train fan-out's nodes so a
+comparison can check that its arms were.
 
 Research only: a seeded noise generator makes DP noise predictable to whoever knows the
 seed, so a run from here makes no privacy claim (``metrics.json`` says so under
@@ -53,8 +55,10 @@ SERVER_NODE_ID = 0  # Flower's SuperLink node id; nodes are 1..N
 class InProcessGrid:
     """A Flower Grid whose nodes are ClientApp calls in this process, one after another.
 
-    ``cohorts`` lists, per train round, the sorted node ids the server sent the round to
-    (the setup stage of a secure round, the train messages of a plain one).
+    ``cohorts`` lists, per train fan-out, the sorted node ids the server sent it to (the
+    setup stage of a secure round, the train messages of a plain one). The server sends in
+    chunks of at most 32 (server/grid.py), so a round of 100 is four entries: compare two
+    runs' lists, do not count rounds with them.
     """
 
     def __init__(self, app: ClientApp, num_nodes: int) -> None:
