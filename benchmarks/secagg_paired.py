@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from fedrec.common import keys
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.runner import apply_settings, load_scenario
 
 FINAL_KEYS = (keys.HR, keys.NDCG, keys.FULL_HR, keys.FULL_NDCG)
@@ -41,30 +40,9 @@ FINAL_KEYS = (keys.HR, keys.NDCG, keys.FULL_HR, keys.FULL_NDCG)
 
 def run_arm(values: dict[str, Any], mode: str, seed: int, out: str) -> dict[str, Any]:
     """One arm in a worker process: the scenario with ``secure-aggregation = mode``."""
-    import logging
+    from fedrec.simulations.inprocess import run_summarized
 
-    from fedrec.simulations.inprocess import run_inprocess
-
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    config = FederationConfig.from_mapping({**values, "secure-aggregation": mode}).replace(
-        out_dir=out
-    )
-    started = time.perf_counter()
-    metrics, grid = run_inprocess(config, seed)
-    evaluated = [r for r in metrics["rounds"] if "eval" in r]
-    return {
-        "mode": mode,
-        "seed": seed,
-        "out": out,
-        "seconds": time.perf_counter() - started,
-        "final": metrics["final"],
-        "best_round": metrics["best_round"],
-        "val_hr": {r["round"]: r["eval"].get(keys.VAL_PREFIX + keys.HR) for r in evaluated},
-        "test_hr": {r["round"]: r["eval"].get(keys.HR) for r in evaluated},
-        "user_epsilon": (metrics["privacy"].get("user_level") or {}).get("epsilon"),
-        "secure_aggregation": metrics["secure_aggregation"],
-        "cohorts": grid.cohorts,
-    }
+    return {"mode": mode, **run_summarized({**values, "secure-aggregation": mode}, seed, out)}
 
 
 def model_distance(a: str, b: str) -> float:

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.common import keys
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.runner import apply_settings, load_scenario
 
 
@@ -40,21 +39,17 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def run_variant(values: dict[str, Any], seed: int, out: str) -> dict[str, Any]:
-    import logging
+    from fedrec.simulations.inprocess import run_summarized
 
-    from fedrec.simulations.inprocess import run_inprocess
-
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    started = time.perf_counter()
-    metrics, _ = run_inprocess(FederationConfig.from_mapping(values).replace(out_dir=out), seed)
-    evaluated = [r for r in metrics["rounds"] if "eval" in r]
+    run = run_summarized(values, seed, out)
+    tested = list(run["test_hr"].values())
     return {
         "seed": seed,
-        "final": metrics["final"],
-        "best_round": metrics["best_round"],
-        "last_test_hr": evaluated[-1]["eval"].get(keys.HR) if evaluated else None,
-        "val_hr": {r["round"]: r["eval"].get(keys.VAL_PREFIX + keys.HR) for r in evaluated},
-        "seconds": time.perf_counter() - started,
+        "final": run["final"],
+        "best_round": run["best_round"],
+        "last_test_hr": tested[-1] if tested else None,
+        "val_hr": run["val_hr"],
+        "seconds": run["seconds"],
     }
 
 

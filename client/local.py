@@ -7,7 +7,7 @@ the user features) come from the device's own state store and never leave it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -193,22 +193,28 @@ def _epochs(
     loss_fn = nn.BCEWithLogitsLoss()
     total, seen = 0.0, 0
     model.train()
+    for batch, target in _batches(plan, config.batch_size):
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(_logits(model, batch), target)
+        if anchor is not None and config.proximal_mu > 0:
+            loss = loss + _proximal_term(model, anchor, config.proximal_mu)
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        total += float(loss.detach()) * len(batch)
+        seen += len(batch)
+    return total / max(seen, 1), seen
+
+
+def _batches(
+    plan: list[tuple[np.ndarray, np.ndarray]], batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (items, labels) mini-batches of a plan of epochs, in order."""
     for items, labels in plan:
         items_t, labels_t = torch.from_numpy(items), torch.from_numpy(labels)
-        for start in range(0, len(items_t), config.batch_size):
-            batch = items_t[start : start + config.batch_size]
-            target = labels_t[start : start + len(batch)]
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(_logits(model, batch), target)
-            if anchor is not None and config.proximal_mu > 0:
-                loss = loss + _proximal_term(model, anchor, config.proximal_mu)
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            total += float(loss.detach()) * len(batch)
-            seen += len(batch)
-    return total / max(seen, 1), seen
+        for start in range(0, len(items_t), batch_size):
+            yield items_t[start : start + batch_size], labels_t[start : start + batch_size]
 
 
 def _private_epochs(
@@ -234,17 +240,14 @@ def _private_epochs(
         tower = model.user_tower.weight
         w_e = tower[:, : e.shape[1]]
         c = tower[:, e.shape[1] :] @ model.user_features[0] + model.user_tower.bias
-        for items, labels in plan:
-            items_t, labels_t = torch.from_numpy(items), torch.from_numpy(labels)
-            for start in range(0, len(items_t), config.batch_size):
-                vb = v[items_t[start : start + config.batch_size]]  # (B, dim)
-                target = labels_t[start : start + len(vb)]
-                z = w_e @ e[0] + c
-                u = torch.relu(z)
-                residual = (torch.sigmoid(vb @ (u * w) + b) - target) / len(vb)
-                grad_z = (vb.T @ residual) * w * (z > 0)
-                e.grad = (w_e.T @ grad_z)[None, :]
-                optimizer.step()
+        for batch, target in _batches(plan, config.batch_size):
+            vb = v[batch]  # (B, dim)
+            z = w_e @ e[0] + c
+            u = torch.relu(z)
+            residual = (torch.sigmoid(vb @ (u * w) + b) - target) / len(vb)
+            grad_z = (vb.T @ residual) * w * (z > 0)
+            e.grad = (w_e.T @ grad_z)[None, :]
+            optimizer.step()
     e.grad = None
 
 

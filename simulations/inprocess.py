@@ -29,8 +29,10 @@ long as in the engine (measured in ``benchmarks/secagg_paired.py``).
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import Stage
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedrec.common import keys
 from fedrec.common import secagg_records as wire
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import METRICS_FILE, prepare_run_dir, write_json
@@ -157,3 +160,27 @@ def run_inprocess(
         write_json(Path(config.out_dir) / METRICS_FILE, metrics)
         plot_rounds(metrics["rounds"], Path(config.out_dir))
     return metrics, grid
+
+
+def run_summarized(values: Mapping[str, Any], seed: int, out: str) -> dict[str, Any]:
+    """:func:`run_inprocess` of the kebab-case settings ``values`` into ``out``, summarized
+    for a comparison (the benchmarks run it in worker processes): test metrics at the best
+    validation round, validation and test HR@10 by evaluated round, user-level ε, the
+    secure-aggregation record, the train fan-outs' nodes, seconds."""
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    started = time.perf_counter()
+    config = FederationConfig.from_mapping(values).replace(out_dir=out)
+    metrics, grid = run_inprocess(config, seed)
+    evaluated = [r for r in metrics["rounds"] if "eval" in r]
+    return {
+        "seed": seed,
+        "out": out,
+        "seconds": time.perf_counter() - started,
+        "final": metrics["final"],
+        "best_round": metrics["best_round"],
+        "val_hr": {r["round"]: r["eval"].get(keys.VAL_PREFIX + keys.HR) for r in evaluated},
+        "test_hr": {r["round"]: r["eval"].get(keys.HR) for r in evaluated},
+        "user_epsilon": (metrics["privacy"].get("user_level") or {}).get("epsilon"),
+        "secure_aggregation": metrics["secure_aggregation"],
+        "cohorts": grid.cohorts,
+    }
