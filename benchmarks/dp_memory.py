@@ -40,8 +40,8 @@ def measure(num_items: int, mode: str, seed: int = 0) -> dict[str, Any]:
 
     from fedrec.client.dp_sgd import RecordDPConfig, dp_local_train
     from fedrec.client.local import LocalTrainConfig
+    from fedrec.common.data.shard import Catalog, UserShard, device_model
     from fedrec.common.privacy import PrivacyLedger
-    from fedrec.common.shard import Catalog, UserShard, device_model
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
-from fedrec.common.secagg import SecAggClient, SecAggServer
-from fedrec.common.secagg_math import SecAggConfig
+from fedrec.common.secagg.primitives import SecAggConfig
+from fedrec.common.secagg.protocol import SecAggClient, SecAggServer
 
 STAGES = Stage.all()
 

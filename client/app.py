@@ -22,15 +22,15 @@ from fedrec.client.data import PARTITION_ID, ShardSource, SimulationShards
 from fedrec.client.encrypted_shards import EncryptedShards, pseudonym
 from fedrec.client.local import build_local_model, local_evaluate, refresh_user
 from fedrec.client.mods import MessageRecorder, SharedOnlyGuard, UserLevelClipping
-from fedrec.client.secagg_mod import SecAggPlusMod
 from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.client.store import ContextStateStore, StateStore
 from fedrec.client.trainers import local_train_config, trainer_for
 from fedrec.common import keys
 from fedrec.common.crypto import read_key_file
+from fedrec.common.data.shard import Catalog, UserShard, initial_shared_state
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import SeedModel, private_state, shared_state
-from fedrec.common.shard import Catalog, UserShard, initial_shared_state
+from fedrec.common.secagg.device import SecAggPlusMod
 
 SIMULATION_SHARDS = SimulationShards()  # stateless: its data cache is process-wide
 EVAL_STREAM = 1  # separates the evaluation refresh's random stream from training's

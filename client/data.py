@@ -19,12 +19,12 @@ from typing import Protocol
 
 from flwr.app import Context
 
-from fedrec.common.dataset import Interactions
+from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.shard import Catalog, UserShard, user_shard
+from fedrec.common.data.sources import load_interactions
+from fedrec.common.data.split import Split, temporal_leave_one_out
+from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.shard import Catalog, UserShard, user_shard
-from fedrec.common.sources import load_interactions
-from fedrec.common.split import Split, temporal_leave_one_out
-from fedrec.common.synthetic import SyntheticConfig
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"

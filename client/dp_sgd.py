@@ -46,9 +46,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.client.local import LocalTrainConfig
+from fedrec.common.data.shard import UserShard
 from fedrec.common.model import SeedModel, shared_parameter_names
 from fedrec.common.privacy import ACCOUNTANTS, PrivacyLedger
-from fedrec.common.shard import UserShard
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks")  # ghost: norms only (default); hooks: dense, for comparison
 _ACCOUNTANT_TYPES = {"rdp": RDPAccountant, "prv": PRVAccountant}

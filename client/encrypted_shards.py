@@ -26,9 +26,9 @@ from flwr.app import Context, RecordDict
 from fedrec.client.data import NUM_PARTITIONS, PARTITION_ID, SimulationShards
 from fedrec.client.secure_store import EncryptedFileStore, RotationResult, rotate_key
 from fedrec.common.crypto import create_key_file, read_key_file
+from fedrec.common.data.shard import Catalog, UserShard
+from fedrec.common.data.sources import SYNTHETIC
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.shard import Catalog, UserShard
-from fedrec.common.sources import SYNTHETIC
 
 CATALOG_DIR = "catalog"
 USERS_DIR = "users"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrec.common.data.shard import Catalog, UserShard, device_model
 from fedrec.common.fedconfig import LOCAL_OPTIMIZERS
 from fedrec.common.metrics import full_ranks, loo_ranks, summarize
 from fedrec.common.model import (
@@ -22,7 +23,6 @@ from fedrec.common.model import (
     load_shared_state,
     shared_parameter_names,
 )
-from fedrec.common.shard import Catalog, UserShard, device_model
 
 ME = torch.zeros(1, dtype=torch.long)  # the only user row of a device's model
 

@@ -26,7 +26,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 
 from fedrec.common import keys
 from fedrec.common.privacy import NonFiniteUpdate, clip_update
-from fedrec.common.secagg_records import REPLY_KEYS, SECAGG, STAGE
+from fedrec.common.secagg.records import REPLY_KEYS, SECAGG, STAGE
 
 PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
 NON_FINITE_ERROR = 4002  # error code of an update with NaN/inf values (cannot be clipped)

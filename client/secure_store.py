@@ -53,7 +53,7 @@ from fedrec.common.crypto import (
     read_header,
     seal,
 )
-from fedrec.common.shard import UserShard
+from fedrec.common.data.shard import UserShard
 
 __all__ = [
     "EncryptedFileStore",

@@ -14,10 +14,10 @@ import numpy as np
 from fedrec.client.local import LocalTrainConfig, local_train
 from fedrec.client.store import StateStore
 from fedrec.common import keys
+from fedrec.common.data.shard import UserShard
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import SeedModel
 from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.shard import UserShard
 
 if TYPE_CHECKING:
     from fedrec.client.dp_sgd import RecordDPConfig

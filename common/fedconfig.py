@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from fedrec.common.secagg_math import SecAggSettings
-from fedrec.common.synthetic import SyntheticConfig
+from fedrec.common.data.synthetic import SyntheticConfig
+from fedrec.common.secagg.primitives import SecAggSettings
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
 SERVER_LR_STRATEGIES = ("fedavgm", "fedadam", "fedyogi")  # the ones with a server step size

@@ -1,7 +1,7 @@
 """Training and evaluation loops shared by the centralized trainer and the federated client.
 
 An epoch pairs every train interaction with ``negatives`` leak-free sampled negatives
-(:class:`fedrec.common.split.NegativeSampler`), shuffles, and takes Adam steps on the binary
+(:class:`fedrec.common.data.split.NegativeSampler`), shuffles, and takes Adam steps on the binary
 cross-entropy of the logits. Evaluation ranks the validation or test item of every evaluated
 user with both protocols of :mod:`fedrec.common.metrics`.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrec.common.data.split import NO_ITEM, NegativeSampler, Split
 from fedrec.common.metrics import full_ranks, loo_ranks, summarize
-from fedrec.common.split import NO_ITEM, NegativeSampler, Split
 
 Which = Literal["val", "test"]
 

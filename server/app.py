@@ -19,13 +19,13 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.common import keys
+from fedrec.common.data.shard import initial_shared_state, load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, run_header, write_json
-from fedrec.common.shard import initial_shared_state, load_catalog
+from fedrec.common.secagg.grid import SecureAggregationGrid
 from fedrec.server.dp_fedavg import UserLevelDP
 from fedrec.server.grid import ChunkedGrid
-from fedrec.server.secagg import SecureAggregationGrid
 from fedrec.server.strategy import load_checkpoint, load_checkpoint_meta, make_strategy
 
 FINAL_MODEL = "model.npz"

@@ -53,7 +53,7 @@ from fedrec.common.privacy import (
     calibrate_noise,
     clip_update,
 )
-from fedrec.server.secagg import secure_sum
+from fedrec.common.secagg.grid import secure_sum
 
 # relative: a reply within C·(1 + tol) counts as clipped by its client (it arrives as
 # float32 values global + Δ, so the server's float64 recomputation of ‖Δ‖ is off by ~1e-7)

@@ -34,9 +34,9 @@ from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.runs import write_json
+from fedrec.common.secagg.grid import secure_sum
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
 from fedrec.server.grid import message_bytes
-from fedrec.server.secagg import secure_sum
 
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_META = "checkpoint.json"

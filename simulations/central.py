@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from fedrec.common.baselines import MatrixFactorization, MostPopular
-from fedrec.common.dataset import Interactions
+from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.sources import load_interactions
+from fedrec.common.data.split import NegativeSampler, Split, temporal_leave_one_out
 from fedrec.common.model import ModelConfig, SeedModel
 from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, prepare_run_dir, run_header, write_json
-from fedrec.common.sources import load_interactions
-from fedrec.common.split import NegativeSampler, Split, temporal_leave_one_out
 from fedrec.common.training import evaluate, make_examples, train_epoch
 
 ModelName = Literal["seed", "mf", "mostpop"]

@@ -196,7 +196,7 @@ def download_cmd(
     to: Annotated[Path, typer.Option("--to", help="Folder to unpack into.")],
 ) -> None:
     """Download a public data set, verify its sha256 and unpack it."""
-    from fedrec.common.download import download_dataset
+    from fedrec.common.data.download import download_dataset
 
     folder = _or_exit(lambda: download_dataset(name, to))
     console.print(f"{name} ready at [bold]{folder}[/]")
@@ -266,7 +266,7 @@ def prepare_cmd(
     ] = None,
 ) -> None:
     """De-identify a data set: pseudonymous users, generalized attributes, k-anonymity."""
-    from fedrec.common.anonymize import AnonymizeConfig
+    from fedrec.common.data.anonymize import AnonymizeConfig
     from fedrec.simulations.prepare import PrepareConfig, prepare, summary_lines
 
     config = _or_exit(

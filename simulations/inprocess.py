@@ -46,10 +46,10 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.common import keys
-from fedrec.common import secagg_records as wire
+from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import METRICS_FILE, prepare_run_dir, write_json
-from fedrec.common.sources import load_interactions
+from fedrec.common.secagg import records as wire
 
 RUN_ID = 1
 SERVER_NODE_ID = 0  # Flower's SuperLink node id; nodes are 1..N

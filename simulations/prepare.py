@@ -1,9 +1,9 @@
 """``fedrec data prepare``: read a raw data set, de-identify it, write a copy that can be shared.
 
-The input is anything :func:`fedrec.common.loaders.load_ratings` reads except MovieLens 1M (its
+The input is anything :func:`fedrec.common.data.loaders.load_ratings` reads except MovieLens 1M (its
 ages are already coded ranges): a MovieLens 100K folder, a MovieLens latest folder, or a
 generic CSV with optional ``user_features`` / ``item_features`` files. Bad input stops with the
-loaders' errors (file, line, problem). :func:`fedrec.common.anonymize.anonymize` does the work;
+loaders' errors (file, line, problem). :func:`fedrec.common.data.anonymize.anonymize` does the work;
 the output folder uses the generic CSV layout::
 
     DIR/ratings.csv         user,item,rating,timestamp  (pseudonyms; coarsened timestamps)
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedrec.common.anonymize import (
+from fedrec.common.data.anonymize import (
     KEY_BYTES,
     SUPPRESSED,
     AnonymizeConfig,
@@ -42,8 +42,8 @@ from fedrec.common.anonymize import (
     drop_reason,
     key_fingerprint,
 )
-from fedrec.common.dataset import RawRatings
-from fedrec.common.loaders import RATING_COLUMNS, load_ratings
+from fedrec.common.data.dataset import RawRatings
+from fedrec.common.data.loaders import RATING_COLUMNS, load_ratings
 
 RATINGS_FILE = "ratings.csv"
 USERS_FILE = "users.csv"

@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import prepare_run_dir
-from fedrec.common.sources import load_interactions
 
 SCENARIO_DIR = Path(__file__).resolve().parent
 

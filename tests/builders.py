@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
@@ -40,3 +41,7 @@ def server_message(
         message_type=message_type,
     )
     return Message(metadata=metadata, content=content)
+
+
+# The real MovieLens 100K, read in place (never copied: its license forbids redistribution).
+ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from fedrec.common.dataset import Interactions
-from fedrec.common.shard import Catalog
-from fedrec.common.sources import load_interactions
-from fedrec.common.split import Split, temporal_leave_one_out
-from fedrec.common.synthetic import SyntheticConfig
+from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.shard import Catalog
+from fedrec.common.data.sources import load_interactions
+from fedrec.common.data.split import Split, temporal_leave_one_out
+from fedrec.common.data.synthetic import SyntheticConfig
 
 
 @pytest.fixture(autouse=True)

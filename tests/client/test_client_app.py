@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from builders import node_context, server_message
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
@@ -17,13 +17,10 @@ from fedrec.client.data import SimulationShards
 from fedrec.client.local import build_local_model, local_train
 from fedrec.client.trainers import local_train_config
 from fedrec.common import keys
+from fedrec.common.data.shard import Catalog, UserShard, initial_shared_state
+from fedrec.common.data.split import NO_ITEM
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS
-from fedrec.common.shard import Catalog, UserShard, initial_shared_state
-from fedrec.common.split import NO_ITEM
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from builders import node_context, server_message
 
 CONFIG = FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0)
 USERS = CONFIG.synthetic_users

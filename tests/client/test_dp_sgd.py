@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedrec.client import dp_sgd as impl
 from fedrec.client.dp_sgd import RecordDPConfig, dp_local_train, planned_use
 from fedrec.client.local import ME, LocalTrainConfig, build_local_model
-from fedrec.common.dataset import Interactions
+from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.shard import Catalog, UserShard, initial_shared_state, user_shard
+from fedrec.common.data.split import Split
 from fedrec.common.model import SeedModel
 from fedrec.common.privacy import PrivacyLedger, epsilon
-from fedrec.common.shard import Catalog, UserShard, initial_shared_state, user_shard
-from fedrec.common.split import Split
 
 DIM = 8
 DP = RecordDPConfig(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4)

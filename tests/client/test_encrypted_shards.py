@@ -23,8 +23,8 @@ from fedrec.client.encrypted_shards import (
 )
 from fedrec.client.secure_store import SHARD_KEY, TamperedError, WrongKeyError
 from fedrec.common import keys
+from fedrec.common.data.shard import initial_shared_state
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.shard import initial_shared_state
 
 CONFIG = FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0)
 USERS = CONFIG.synthetic_users

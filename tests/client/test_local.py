@@ -21,10 +21,10 @@ from fedrec.client.local import (
     recommend,
     refresh_user,
 )
-from fedrec.common.dataset import Interactions
+from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.shard import Catalog, UserShard, initial_shared_state, user_shard
+from fedrec.common.data.split import NO_ITEM, Split
 from fedrec.common.model import SeedModel, private_state, shared_parameter_names, shared_state
-from fedrec.common.shard import Catalog, UserShard, initial_shared_state, user_shard
-from fedrec.common.split import NO_ITEM, Split
 
 DIM = 8
 EVAL_KEYS = {

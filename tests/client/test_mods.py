@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import node_context, server_message
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -28,9 +28,6 @@ from fedrec.client.mods import (
     violations,
 )
 from fedrec.common import keys
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from builders import node_context, server_message
 
 SHAPES = {"item_embedding.weight": (5, 4), "head.bias": (1,)}
 

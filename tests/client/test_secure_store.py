@@ -26,9 +26,9 @@ from fedrec.client.secure_store import (
 )
 from fedrec.client.store import StateStore
 from fedrec.common.crypto import HEADER_SIZE, Argon2idParams, Passphrase
+from fedrec.common.data.shard import UserShard
+from fedrec.common.data.split import NO_ITEM
 from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.shard import UserShard
-from fedrec.common.split import NO_ITEM
 
 FAST = Argon2idParams(iterations=1, lanes=1, memory_kib=8)  # production: Argon2idParams()
 USER = "user-000007"

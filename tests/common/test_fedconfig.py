@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.fedconfig import STRATEGIES, FederationConfig
-from fedrec.common.synthetic import SyntheticConfig
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 

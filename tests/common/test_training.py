@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fedrec.common.baselines import MatrixFactorization, MostPopular
-from fedrec.common.dataset import Interactions, to_implicit
+from fedrec.common.data.dataset import Interactions, to_implicit
+from fedrec.common.data.split import NegativeSampler, Split, temporal_leave_one_out
+from fedrec.common.data.synthetic import SyntheticConfig, generate
 from fedrec.common.model import ModelConfig, SeedModel
-from fedrec.common.split import NegativeSampler, Split, temporal_leave_one_out
-from fedrec.common.synthetic import SyntheticConfig, generate
 from fedrec.common.training import Examples, evaluate, make_examples, train_epoch
 
 METRIC_KEYS = {"hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10"}

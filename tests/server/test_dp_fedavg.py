@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import server_message
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg
 from flwr.supercore.task_identity import TaskIdentity
@@ -22,9 +22,6 @@ from fedrec.server.dp_fedavg import (
     poisson_sample,
 )
 from fedrec.server.strategy import load_checkpoint_meta, make_strategy
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from builders import server_message
 
 DP_CONFIG = FederationConfig(
     strategy="fedavg",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import server_message
 from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
@@ -24,9 +24,6 @@ from fedrec.server.strategy import (
     message_bytes,
     scheduled_lr,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from builders import server_message
 
 
 def _metrics(**values: float) -> RecordDict:

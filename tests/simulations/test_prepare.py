@@ -14,14 +14,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from builders import ML100K
 from typer.testing import CliRunner
 
-from fedrec.common.anonymize import AnonymizeConfig, pseudonym
-from fedrec.common.sources import load_interactions
+from fedrec.common.data.anonymize import AnonymizeConfig, pseudonym
+from fedrec.common.data.sources import load_interactions
 from fedrec.simulations.cli import app
 from fedrec.simulations.prepare import PrepareConfig, load_or_create_key, prepare
 
-ML100K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-100k"
 runner = CliRunner()
 
 # 11 users. After 10-year bands, with zip dropped: (20-29, M, student) x 5,

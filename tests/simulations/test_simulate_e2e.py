@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fedrec.client.app import expected_shared_shapes
+from fedrec.common.data.shard import load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS
-from fedrec.common.shard import load_catalog
 from fedrec.simulations.cli import app
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
 """De-identify rating data before it is shared: pseudonyms, generalization, k-anonymity.
 
-What :func:`anonymize` does to a :class:`~fedrec.common.dataset.RawRatings`:
+What :func:`anonymize` does to a :class:`~fedrec.common.data.dataset.RawRatings`:
 
 * **User ids** become keyed pseudonyms, HMAC-SHA256(key, id) (RFC 2104) truncated to the first
   16 bytes (32 hex characters). Under one key the mapping is stable, so a re-run links the same
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedrec.common.dataset import RawRatings
+from fedrec.common.data.dataset import RawRatings
 
 KEY_BYTES = 32  # random key bytes: SHA-256's output size, the length RFC 2104 recommends
 PSEUDONYM_BYTES = 16  # 128-bit pseudonyms, 32 hex characters

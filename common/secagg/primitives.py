@@ -1,7 +1,7 @@
 """Pure layer of SecAgg+ (Bell et al., CCS 2020, "Secure Single-Server Aggregation with
 (Poly)Logarithmic Overhead"): configuration, quantization into Z_M, the communication graph,
 mask expansion, key agreement and the messages' types. No Flower imports at all;
-:mod:`fedrec.common.secagg` builds the client and server of the protocol on top.
+:mod:`fedrec.common.secagg.protocol` builds the client and server of the protocol on top.
 
 What comes from where (no hand-written cipher anywhere):
 

@@ -1,12 +1,12 @@
 """SecAgg+ on Flower's Message API: the protocol's messages as ConfigRecords.
 
 Every stage of a secure round is a ``train`` Message whose content holds a ConfigRecord under
-:data:`SECAGG` (the client's :class:`~fedrec.client.secagg_mod.SecAggPlusMod` recognizes it);
+:data:`SECAGG` (the client's :class:`~fedrec.common.secagg.device.SecAggPlusMod` recognizes it);
 the collect stage also carries the usual ``arrays`` and ``config`` records of a training round.
 Replies carry one ConfigRecord under :data:`SECAGG` and nothing else: public keys, ciphertexts
 the server cannot read, the masked vector as bytes, and Shamir shares. This module is the one
-place that turns the protocol's types (:mod:`fedrec.common.secagg_math`) into records and back,
-so the client and the server cannot disagree on a key name.
+place that turns the protocol's types (:mod:`fedrec.common.secagg.primitives`) into records and
+back, so the client and the server cannot disagree on a key name.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import ConfigRecord
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
-from fedrec.common.secagg_math import (
+from fedrec.common.secagg.primitives import (
     CollectRequest,
     ProtocolViolationError,
     PublicKeys,

@@ -3,8 +3,8 @@
 Why not Flower's ``SecAggPlusWorkflow`` + ``secaggplus_mod``: in 1.42 the workflow drives a
 legacy ``Strategy`` through ``DefaultWorkflow`` (``flwr.server.workflow``) and cannot run under
 a Message-API strategy's ``start()``; the mod reads legacy ``FitIns`` parameters and returns
-``FitRes``. Our strategies (``server/strategy.py``), DP-FedAvg and private node state are all
-on the Message API, so the protocol runs here, on the objects of :mod:`fedrec.common.secagg`.
+``FitRes``. Our strategies (``server/``), DP-FedAvg and private node state are all on the
+Message API, so the protocol runs here, on the objects of :mod:`fedrec.common.secagg.protocol`.
 
 How it composes: :class:`SecureAggregationGrid` wraps the Grid the strategy talks to. When a
 strategy sends its ``train`` messages (whoever it sampled: FedAvg's fixed count or DP-FedAvg's
@@ -51,9 +51,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import Stage
 from flwr.serverapp import Grid
 
 from fedrec.common import keys
-from fedrec.common import secagg_records as wire
-from fedrec.common.secagg import SecAggServer
-from fedrec.common.secagg_math import SecAggError, SecAggSettings
+from fedrec.common.secagg import records as wire
+from fedrec.common.secagg.primitives import SecAggError, SecAggSettings
+from fedrec.common.secagg.protocol import SecAggServer
 from fedrec.server.grid import message_bytes
 
 # Metrics the devices sum securely, with the bound of each (a device reports 0 for one it

@@ -1,4 +1,4 @@
-"""Read rating data from disk into a :class:`~fedrec.common.dataset.RawRatings`.
+"""Read rating data from disk into a :class:`~fedrec.common.data.dataset.RawRatings`.
 
 Accepted layouts (:func:`load_ratings` picks one from the path):
 
@@ -26,7 +26,7 @@ Rules shared by all formats: blank lines are skipped; MovieLens ids must be inte
 stored in canonical decimal form); ratings are finite numbers and timestamps integers. When a
 (user, item) pair occurs more than once only the last rating in timestamp order is kept (ties:
 the later line), and the number dropped is reported in ``duplicates_removed``. Malformed input
-raises :class:`~fedrec.common.errors.DataFormatError` naming the file, the 1-based line and the
+raises :class:`~fedrec.common.data.errors.DataFormatError` naming the file, the 1-based line and the
 problem; a missing required file raises :class:`FileNotFoundError`.
 """
 
@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrec.common.dataset import RawRatings
-from fedrec.common.errors import DataFormatError
+from fedrec.common.data.dataset import RawRatings
+from fedrec.common.data.errors import DataFormatError
 
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",

@@ -1,6 +1,6 @@
 """The in-memory data model: raw ratings as read from a file, and dense implicit interactions.
 
-Loaders (``fedrec.common.loaders``) produce a :class:`RawRatings`; :func:`to_implicit` turns it
+Loaders (``fedrec.common.data.loaders``) produce a :class:`RawRatings`; :func:`to_implicit` turns it
 into :class:`Interactions` with dense 0-based ids (the raw ids are kept for the mapping back).
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrec.common.features import encode_item_features, encode_user_features
+from fedrec.common.data.features import encode_item_features, encode_user_features
 
 
 @dataclass(frozen=True)

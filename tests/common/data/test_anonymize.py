@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.anonymize: pseudonyms, generalization, k-anonymity, the whole pass."""
+"""Tests for fedrec.common.data.anonymize: pseudonyms, generalization, k-anonymity, one pass."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.common import anonymize as anon
-from fedrec.common.anonymize import (
+from fedrec.common.data import anonymize as anon
+from fedrec.common.data.anonymize import (
     SUPPRESSED,
     AnonymizeConfig,
     age_band,
@@ -27,7 +27,7 @@ from fedrec.common.anonymize import (
     pseudonymize,
     zip_prefix,
 )
-from fedrec.common.dataset import RawRatings
+from fedrec.common.data.dataset import RawRatings
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(32, 64))

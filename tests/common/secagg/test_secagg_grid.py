@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import base64
-import sys
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import node_context, server_message
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
@@ -18,18 +17,15 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedrec.client.app import make_client_app
 from fedrec.client.data import SimulationShards
 from fedrec.client.mods import PRIVACY_GUARD_ERROR, SharedOnlyGuard, violations
-from fedrec.client.secagg_mod import quantized_clip_norm, update_vector
 from fedrec.common import keys
-from fedrec.common import secagg_records as wire
+from fedrec.common.data.shard import initial_shared_state
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.secagg_math import SecAggSettings, dequantize_sum, flatten, quantize
-from fedrec.common.shard import initial_shared_state
+from fedrec.common.secagg import records as wire
+from fedrec.common.secagg.device import quantized_clip_norm, update_vector
+from fedrec.common.secagg.grid import SUMMED_METRICS, SecureAggregationGrid, secure_sum
+from fedrec.common.secagg.primitives import SecAggSettings, dequantize_sum, flatten, quantize
 from fedrec.server.dp_fedavg import DPFedAvg, UserLevelDP
-from fedrec.server.secagg import SUMMED_METRICS, SecureAggregationGrid, secure_sum
 from fedrec.server.strategy import make_strategy
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from builders import node_context, server_message
 
 CONFIG = FederationConfig(
     synthetic_users=40, synthetic_items=300, dim=8, seed=0, client_weighting="uniform"

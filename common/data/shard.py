@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedrec.common.dataset import Interactions
+from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.sources import load_interactions
+from fedrec.common.data.split import NO_ITEM, Split
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import ModelConfig, SeedModel, shared_state
-from fedrec.common.sources import load_interactions
-from fedrec.common.split import NO_ITEM, Split
 
 
 @dataclass(frozen=True)

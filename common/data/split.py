@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedrec.common.dataset import Interactions
+from fedrec.common.data.dataset import Interactions
 
 MIN_INTERACTIONS_TO_EVALUATE = 3
 NO_ITEM = -1

@@ -12,7 +12,7 @@ self-mask seed and s_uv comes from X25519(sk1_u, pk1_v). Shamir shares of b_u an
 encrypted under X25519(sk2_u, pk2_v), to each neighbour v through the server. To unmask, the
 server gets b_u for each survivor and sk1_d for each client d that dropped after sharing, never
 both for one client: each client refuses a request naming a peer in both lists. The message
-types live in :mod:`fedrec.common.secagg_math`.
+types live in :mod:`fedrec.common.secagg.primitives`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
     share_keys_plaintext_separate,
 )
 
-from fedrec.common.secagg_math import (
+from fedrec.common.secagg.primitives import (
     KEY_SIZE,
     MASK_INFO,
     SHARE_INFO,

@@ -1,7 +1,7 @@
 """The device's side of SecAgg+ on the Message API: a train mod.
 
 A secure round is four ``train`` messages that carry a ``secagg`` record (see
-:mod:`fedrec.common.secagg_records`); the mod answers the key stages itself and, at the
+:mod:`fedrec.common.secagg.records`); the mod answers the key stages itself and, at the
 collect stage, runs the rest of the train path (``UserLevelClipping`` → the handler), turns the
 reply into the update Δ = local − global, and sends only ``q(Δ) + masks mod M`` as bytes. The
 shared parameters never leave the device in the clear, and neither do the scalar metrics: the
@@ -27,10 +27,10 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from fedrec.common import keys
-from fedrec.common import secagg_records as wire
 from fedrec.common.privacy import NonFiniteUpdate, clip_update
-from fedrec.common.secagg import SecAggClient, StateValue
-from fedrec.common.secagg_math import SecAggConfig, SecAggError
+from fedrec.common.secagg import records as wire
+from fedrec.common.secagg.primitives import SecAggConfig, SecAggError
+from fedrec.common.secagg.protocol import SecAggClient, StateValue
 
 SECAGG_ERROR = 4003  # error code of a device that refuses a stage (protocol violation etc.)
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from fedrec.common.dataset import RawRatings, to_implicit
-from fedrec.common.synthetic import (
+from fedrec.common.data.dataset import RawRatings, to_implicit
+from fedrec.common.data.synthetic import (
     GENRES,
     OCCUPATIONS,
     SyntheticConfig,

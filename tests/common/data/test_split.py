@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.split: temporal leave-one-out, candidates and leak-free negatives."""
+"""Tests for fedrec.common.data.split: temporal leave-one-out, candidates, leak-free negatives."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.common.dataset import Interactions, RawRatings, to_implicit
-from fedrec.common.split import (
+from fedrec.common.data.dataset import Interactions, RawRatings, to_implicit
+from fedrec.common.data.split import (
     MIN_INTERACTIONS_TO_EVALUATE,
     NO_ITEM,
     NegativeSampler,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrec.common.download import (
+from fedrec.common.data.download import (
     DATASETS,
     ChecksumError,
     DownloadError,

@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.loaders: every format, every bad-input message, de-duplication."""
+"""Tests for fedrec.common.data.loaders: every format, every bad-input message, de-duplication."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import ML100K
 
-from fedrec.common.dataset import RawRatings, to_implicit
-from fedrec.common.errors import DataFormatError
-from fedrec.common.loaders import (
+from fedrec.common.data.dataset import RawRatings, to_implicit
+from fedrec.common.data.errors import DataFormatError
+from fedrec.common.data.loaders import (
     ML1M_GENRES,
     ML100K_GENRES,
     load_csv,
@@ -19,8 +20,6 @@ from fedrec.common.loaders import (
     load_movielens_latest,
     load_ratings,
 )
-
-ML100K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-100k"
 
 GENRE_FILE = "".join(f"{g}|{i}\n" for i, g in enumerate(ML100K_GENRES)) + "\n"
 

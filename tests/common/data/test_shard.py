@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.shard: a user's shard, leak-free negatives and the round-0 state."""
+"""Tests for fedrec.common.data.shard: a user's shard, leak-free negatives and the round-0 state."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.common.dataset import Interactions
+from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.shard import Catalog, UserShard, initial_shared_state, user_shard
+from fedrec.common.data.split import NO_ITEM, Split
 from fedrec.common.model import ModelConfig, SeedModel, shared_parameter_names
-from fedrec.common.shard import Catalog, UserShard, initial_shared_state, user_shard
-from fedrec.common.split import NO_ITEM, Split
 
 
 def test_user_shard_matches_the_split(data: Interactions, split: Split) -> None:

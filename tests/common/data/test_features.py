@@ -1,11 +1,15 @@
-"""Tests for fedrec.common.features: user attribute encoding and item genre/text blocks."""
+"""Tests for fedrec.common.data.features: user attribute encoding and item genre/text blocks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fedrec.common.features import append_item_block, encode_item_features, encode_user_features
+from fedrec.common.data.features import (
+    append_item_block,
+    encode_item_features,
+    encode_user_features,
+)
 
 # ---------------------------------------------------------------- user features
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedrec.common.dataset import RawRatings
+from fedrec.common.data.dataset import RawRatings
 
 GENRES: tuple[str, ...] = (
     "Action",

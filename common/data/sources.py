@@ -1,16 +1,16 @@
 """One entry point from a ``--data`` argument to :class:`Interactions`.
 
 ``--data synthetic`` (the default) is the embedded generator; anything else is a path that
-:func:`fedrec.common.loaders.load_ratings` recognises (MovieLens 100K/1M/latest or a CSV).
+:func:`fedrec.common.data.loaders.load_ratings` recognises (MovieLens 100K/1M/latest or a CSV).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fedrec.common.dataset import Interactions, to_implicit
-from fedrec.common.loaders import load_ratings
-from fedrec.common.synthetic import SyntheticConfig, generate
+from fedrec.common.data.dataset import Interactions, to_implicit
+from fedrec.common.data.loaders import load_ratings
+from fedrec.common.data.synthetic import SyntheticConfig, generate
 
 SYNTHETIC = "synthetic"
 

@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.secagg_math and fedrec.common.secagg: the SecAgg+ core."""
+"""Tests for fedrec.common.secagg.primitives and fedrec.common.secagg.protocol: the SecAgg+ core."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import stats
 
-from fedrec.common import secagg
-from fedrec.common.secagg import SecAggClient, SecAggServer, run_secagg
-from fedrec.common.secagg_math import (
+from fedrec.common.secagg import protocol as secagg
+from fedrec.common.secagg.primitives import (
     MASK_INFO,
     SHARE_INFO,
     CollectRequest,
@@ -38,6 +37,7 @@ from fedrec.common.secagg_math import (
     neighbour_graph,
     quantize,
 )
+from fedrec.common.secagg.protocol import SecAggClient, SecAggServer, run_secagg
 
 FULL = SecAggConfig(num_clients=7, threshold=4)  # SecAgg: k = 6, 7 shares per secret
 PLUS = SecAggConfig(num_clients=12, num_neighbours=4, threshold=3)  # SecAgg+: k = 4 < n − 1
