@@ -31,6 +31,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	@# mypy resolves fedrec.* through a tree of links: the editable install maps the
+	@# package folders with an import hook, which mypy does not follow
+	@mkdir -p build/typecheck/fedrec
+	@for p in common client server simulations; do ln -sfn ../../../$$p build/typecheck/fedrec/$$p; done
+	MYPYPATH=build/typecheck $(VENV)/bin/mypy -p fedrec.common -p fedrec.client -p fedrec.server -p fedrec.simulations
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs build .pytest_cache .ruff_cache .mypy_cache

@@ -40,13 +40,15 @@ def measure(num_items: int, mode: str, seed: int = 0) -> dict[str, Any]:
 
     from fedrec.client.dp_sgd import RecordDPConfig, dp_local_train
     from fedrec.client.local import LocalTrainConfig
-    from fedrec.common.data.shard import Catalog, UserShard, device_model
+    from fedrec.common.data.catalog import Catalog
+    from fedrec.common.data.shard import UserShard
+    from fedrec.common.model import device_model
     from fedrec.common.privacy import PrivacyLedger
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
     features = (rng.random((num_items, ITEM_FEATURES)) < 0.1).astype(np.float32)  # (I, 19)
-    catalog = Catalog(tuple(str(i) for i in range(num_items)), features, USER_FEATURES)
+    catalog = Catalog.of_features(features, USER_FEATURES)
     picked = rng.choice(num_items, size=TRAIN_ITEMS + 2 + 99, replace=False)
     shard = UserShard(
         user_features=rng.random(USER_FEATURES).astype(np.float32),

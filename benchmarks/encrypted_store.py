@@ -4,10 +4,10 @@
         [--calls 300] [--dim 64] [--json]
 
 One "call" does what a ClientApp train call does with data and state, through the same
-interfaces: ``catalog(config)`` and ``shard(config, context)`` of a ShardSource, then
+interfaces: the catalog file, ``local_user(config, context)`` of a ShardSource, then
 ``load``/``save`` of the private state (user embedding row + user features) and
 ``load_json``/``save_json`` of a privacy ledger in a StateStore. Plain is
-SimulationShards + ContextStateStore (memory); encrypted is EncryptedShards +
+DataSetPartitions + ContextStateStore (memory); encrypted is EncryptedPartitions +
 EncryptedFileStore with a key file, a fresh store per call (the simulation re-sends the app
 with every message), every save atomic and fsync'ed; a third row repeats it with
 ``os.fsync`` stubbed out, to split the cost of encryption from the cost of durability. Users
@@ -32,12 +32,19 @@ import numpy as np
 import torch
 from flwr.app import Context, RecordDict
 
-from fedrec.client.data import NUM_PARTITIONS, PARTITION_ID, ShardSource, SimulationShards
-from fedrec.client.encrypted_shards import EncryptedShards, pseudonym, write_encrypted_shards
+from fedrec.client.data import (
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    DataSetPartitions,
+    ShardSource,
+    pseudonym,
+)
+from fedrec.client.encrypted_shards import EncryptedPartitions, write_encrypted_shards
 from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.client.store import ContextStateStore, StateStore
 from fedrec.common import keys
 from fedrec.common.crypto import Argon2idParams, Passphrase, SealingKey, read_key_file
+from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger
 
@@ -49,8 +56,8 @@ def one_call(
 ) -> tuple[float, float]:
     """Seconds spent (reading the shard, loading + saving the state) in one client call."""
     start = time.perf_counter()
-    catalog = source.catalog(config)
-    shard = source.shard(config, context)
+    catalog = load_catalog(config.catalog)
+    shard = source.local_user(config, context).shard
     loaded = time.perf_counter()
     private = store.load(keys.STATE_PRIVATE)
     ledger_doc = store.load_json(keys.STATE_RECORD_LEDGER)
@@ -106,9 +113,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = FederationConfig(data=args.data, dim=args.dim, seed=args.seed)
-
-    plain = SimulationShards()
-    users = plain.num_users(config)
+    plain = DataSetPartitions()
+    data, split = plain.split(config)
+    users = split.num_users
+    scratch = tempfile.TemporaryDirectory(prefix="fedrec-bench-catalog-")
+    catalog = save_catalog(Catalog.of(data), Path(scratch.name) / "catalog.npz")
+    config = config.replace(catalog=str(catalog))
     order = np.random.default_rng(args.seed).integers(0, users, size=args.calls)
     states: dict[int, RecordDict] = {}
     results = [
@@ -126,7 +136,7 @@ def main() -> None:
         start = time.perf_counter()
         write_encrypted_shards(config, root / "shards", root / "device.key")
         write_s = time.perf_counter() - start
-        encrypted = EncryptedShards(root / "shards", root / "device.key")
+        encrypted = EncryptedPartitions(root / "shards", root / "device.key")
         key_file = root / "device.key"
 
         def encrypted_store(user: int, context: Context) -> StateStore:
@@ -136,6 +146,7 @@ def main() -> None:
         results.append(run("encrypted", encrypted, encrypted_store, config, order, users))
         with mock.patch("os.fsync"):  # what the crypto costs without the durability
             results.append(run("no-fsync", encrypted, encrypted_store, config, order, users))
+    scratch.cleanup()
     start = time.perf_counter()
     SealingKey.from_passphrase(Passphrase("benchmark", Argon2idParams()))
     argon_s = time.perf_counter() - start

@@ -60,7 +60,7 @@ def pair_row(name: str, plain: dict[str, Any], other: dict[str, Any]) -> dict[st
         "seed": plain["seed"],
         "arms": f"{plain['mode']} / {other['mode']}",
         "paired": plain["cohorts"] == other["cohorts"],
-        "train_fan_outs": len(plain["cohorts"]),  # chunks of <= 32 nodes, not rounds
+        "train_rounds": len(plain["cohorts"]),  # train rounds whose cohorts were compared
         "plain": {k: p.get(k) for k in FINAL_KEYS},
         "other": {k: s.get(k) for k in FINAL_KEYS},
         "ratio_hr": s[keys.HR] / p[keys.HR] if p.get(keys.HR) else None,

@@ -1,68 +1,154 @@
-"""Where a device gets its own data: the :class:`ShardSource` interface.
+"""Where a device gets its own data and keeps its state: the :class:`ShardSource` interface.
 
-In simulation every virtual node derives its user's shard from the same data source and split
-seed (``partition-id`` = dense user index); a deployed device reads its shard from its
-encrypted store instead, behind the same interface.
+A ClientApp call needs one :class:`LocalUser`: the user's shard (train items, held-out items,
+evaluation candidates, features), a stable name, a stream number for its own randomness, and
+the :class:`~fedrec.client.store.StateStore` its private state and DP ledger live in. Which
+source provides it follows from what the node was configured with
+(``client/app.py: source_for``):
 
-Why a process-wide cache: Flower's Ray backend pickles the ClientApp and sends it with *every*
-message (``ClientAppActor.run(client_app_fn, message, ...)``), so state held by the app object
-starts empty on each call. Without :func:`_load_split`'s bounded cache each call re-read and
-re-split the data set (~0.4 s on ml-100k), which capped a 943-node federation at a few client
-updates per second. The cache holds at most two data sets per worker process and is keyed by
-every setting that affects the data, so it can never serve a stale split.
+* a **deployed device** (node config ``store=PATH key-file=PATH``): its own sealed folder
+  (:class:`DeviceStore`) holds its shard and, between rounds and runs, its private state;
+  no ``partition-id`` is involved;
+* a **simulated node** (the engine sets ``partition-id``): the user of that index, cut from the
+  data set (:class:`DataSetPartitions`) or read from its encrypted folder under ``shard-dir``
+  (:class:`~fedrec.client.encrypted_shards.EncryptedPartitions`); its state lives in Flower's
+  ``context.state`` (memory, one run) or, with ``state-dir``, in an encrypted folder per user.
+
+Why a process-wide cache in :class:`DataSetPartitions`: Flower's Ray backend pickles the
+ClientApp and sends it with *every* message (``ClientAppActor.run(client_app_fn, message,
+...)``), so state held by the app object starts empty on each call; without the bounded cache
+of :func:`_load_split` each call would re-read and re-split the data set. It holds at most two
+data sets per worker process and is keyed by every setting that affects the data, so it can
+never serve a stale split.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Protocol
 
 from flwr.app import Context
 
+from fedrec.client.secure_store import EncryptedFileStore
+from fedrec.client.store import ContextStateStore, StateStore
+from fedrec.common.crypto import read_key_file
 from fedrec.common.data.dataset import Interactions
-from fedrec.common.data.shard import Catalog, UserShard, user_shard
+from fedrec.common.data.shard import UserShard, user_shard
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import Split, temporal_leave_one_out
 from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.fedconfig import FederationConfig
 
+__all__ = [
+    "NODE_CATALOG",
+    "NODE_KEY_FILE",
+    "NODE_STORE",
+    "NUM_PARTITIONS",
+    "PARTITION_ID",
+    "DataSetPartitions",
+    "DeviceStore",
+    "LocalUser",
+    "ShardSource",
+    "partition_of",
+    "pseudonym",
+    "state_store",
+]
+
+# node-config keys: the simulation engine sets the first two; a deployed device the others
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
+NODE_STORE = "store"  # the device's sealed folder (its shard and its state)
+NODE_KEY_FILE = "key-file"  # the key file that folder is sealed under
+NODE_CATALOG = "catalog"  # the device's copy of the published catalog
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    """The user a node serves, as one ClientApp call sees it."""
+
+    name: str  # its pseudonym: the folder of its state, never sent to the server
+    stream: int  # its own stream of randomness, with the run seed and the round
+    shard: UserShard
+    store: StateStore  # its private state and record-level DP ledger, between rounds
 
 
 class ShardSource(Protocol):
-    def catalog(self, config: FederationConfig) -> Catalog: ...
-    def shard(self, config: FederationConfig, context: Context) -> UserShard: ...
+    def local_user(self, config: FederationConfig, context: Context) -> LocalUser: ...
+
+
+def pseudonym(user: int) -> str:
+    """The folder name (and store pseudonym) of dense user index ``user`` in a simulation."""
+    return f"user-{user:06d}"
+
+
+def state_store(config: FederationConfig, context: Context, name: str) -> StateStore:
+    """Where a simulated node's state lives between rounds: Flower's ``context.state``
+    (memory, one run), or an encrypted folder per user under ``state-dir``."""
+    if not config.state_dir:
+        return ContextStateStore(context.state)
+    return EncryptedFileStore(Path(config.state_dir) / name, read_key_file(config.key_file), name)
+
+
+def partition_of(context: Context, num_users: int) -> int:
+    """The user index a simulated node serves (``partition-id``), checked against the data."""
+    node_config = context.node_config
+    if PARTITION_ID not in node_config:
+        raise ValueError(
+            f"node {context.node_id} has no {PARTITION_ID!r} in its node config: a simulated"
+            f" node gets one from the engine; a deployed device sets {NODE_STORE}=PATH instead"
+        )
+    partitions = int(node_config.get(NUM_PARTITIONS, num_users))
+    if partitions != num_users:
+        raise ValueError(
+            f"the federation has {partitions} nodes but the data set has {num_users} users: run"
+            " one node per user (num-supernodes = number of users)"
+        )
+    user = int(node_config[PARTITION_ID])
+    if not 0 <= user < num_users:
+        raise ValueError(f"{PARTITION_ID} {user} outside [0, {num_users})")
+    return user
 
 
 @lru_cache(maxsize=2)
 def _load_split(
     data: str, threshold: float, seed: int, synthetic: SyntheticConfig
-) -> tuple[Catalog, Interactions, Split]:
+) -> tuple[Interactions, Split]:
     interactions = load_interactions(data, threshold=threshold, synthetic=synthetic)
-    split = temporal_leave_one_out(interactions, seed=seed)
-    return Catalog.of(interactions), interactions, split
+    return interactions, temporal_leave_one_out(interactions, seed=seed)
 
 
-class SimulationShards:
-    """Shards cut from one global data set (partition-id = user index)."""
+class DataSetPartitions:
+    """Simulation: node ``partition-id`` serves that user of the configured data set."""
 
-    def _load(self, config: FederationConfig) -> tuple[Catalog, Interactions, Split]:
+    def split(self, config: FederationConfig) -> tuple[Interactions, Split]:
         return _load_split(config.data, config.threshold, config.seed, config.synthetic())
 
-    def catalog(self, config: FederationConfig) -> Catalog:
-        return self._load(config)[0]
+    def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
+        data, split = self.split(config)
+        user = partition_of(context, split.num_users)
+        name = pseudonym(user)
+        shard = user_shard(data, split, user)
+        return LocalUser(name, user, shard, state_store(config, context, name))
 
-    def num_users(self, config: FederationConfig) -> int:
-        return self._load(config)[2].num_users
 
-    def shard(self, config: FederationConfig, context: Context) -> UserShard:
-        _, data, split = self._load(config)
-        user = int(context.node_config[PARTITION_ID])
-        partitions = int(context.node_config.get(NUM_PARTITIONS, split.num_users))
-        if partitions != split.num_users:
-            raise ValueError(
-                f"the federation has {partitions} nodes but the data set has {split.num_users}"
-                " users: run one node per user (num-supernodes = number of users)"
-            )
-        return user_shard(data, split, user)
+class DeviceStore:
+    """A deployed device: one sealed folder holds its shard and keeps its state across runs.
+
+    Flower's ``context.state`` lives for one run only, so a device's user row and DP ledger
+    live in its own folder instead. Holds two paths: it pickles cheaply with the ClientApp.
+    """
+
+    def __init__(self, folder: str | Path, key_file: str | Path) -> None:
+        self.folder = Path(folder)
+        self.key_file = Path(key_file)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"device store {self.folder} does not exist")
+
+    def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
+        name = self.folder.name
+        store = EncryptedFileStore(self.folder, read_key_file(self.key_file), name)
+        stream = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big")
+        return LocalUser(name, stream, store.load_shard(), store)

@@ -34,11 +34,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from opacus import PrivacyEngine
-from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.grad_sample import AbstractGradSampleModule
 from opacus.optimizers import DPOptimizer
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
@@ -51,7 +51,6 @@ from fedrec.common.model import SeedModel, shared_parameter_names
 from fedrec.common.privacy import ACCOUNTANTS, PrivacyLedger
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks")  # ghost: norms only (default); hooks: dense, for comparison
-_ACCOUNTANT_TYPES = {"rdp": RDPAccountant, "prv": PRVAccountant}
 
 
 @dataclass(frozen=True)
@@ -165,8 +164,7 @@ def dp_local_train(
                     seen += len(batch_items)
                     taken += 1
         finally:  # steps taken are spent even if the round fails: record them regardless
-            history = private.engine.accountant.history
-            ledger.history = [(float(zi), float(qi), int(ni)) for zi, qi, ni in history]
+            ledger.load_state_dict(private.engine.accountant.state_dict())
             _release(private, model)
     assert taken == steps and ledger.steps == expected_steps, (taken, steps, ledger.history)
     return DPTrainResult(
@@ -177,12 +175,10 @@ def dp_local_train(
 def round_examples(
     shard: UserShard, config: LocalTrainConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The round's dataset: (items (N,) int64, labels (N,) float32), positives first."""
-    positives = shard.train_items
-    negatives = shard.sample_negatives(len(positives) * config.negatives, rng)
-    items = np.concatenate([positives, negatives]).astype(np.int64)
-    labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
-    return items, labels.astype(np.float32)
+    """The round's dataset: (items (N,) int64, labels (N,) float32), positives first (not
+    shuffled: every step Poisson-samples it)."""
+    examples = shard.examples(config.negatives, rng, shuffle=False)
+    return examples.items, examples.labels
 
 
 def _check_round(
@@ -224,9 +220,7 @@ def _make_private(
         ]
     )
     engine = PrivacyEngine(accountant=dp.accountant)
-    if not isinstance(engine.accountant, _ACCOUNTANT_TYPES[dp.accountant]):
-        raise TypeError(f"Opacus gave a {type(engine.accountant).__name__} for {dp.accountant!r}")
-    engine.accountant.history = list(ledger.history)
+    engine.accountant.load_state_dict(ledger.state_dict())  # its hook steps on from the ledger
     wrapped = engine.make_private(
         module=model,
         optimizer=optimizer,
@@ -244,7 +238,7 @@ def _make_private(
         (module, dp_optimizer, dp_loader), criterion = wrapped, nn.BCEWithLogitsLoss()
     # Opacus averages over int(N·q), which float rounding turns into 0 (then inf gradients)
     # e.g. for N = 49 at batch 1; the expected Poisson batch size is exactly N / len(loader).
-    dp_optimizer.expected_batch_size = len(loader.dataset) / len(loader)
+    dp_optimizer.expected_batch_size = len(cast(TensorDataset, loader.dataset)) / len(loader)
     return _Private(engine, module, dp_optimizer, criterion, dp_loader, grad_sample_mode)
 
 

@@ -1,18 +1,19 @@
-"""Shards read from per-user encrypted folders: the :class:`~fedrec.client.data.ShardSource` a
-simulation uses to run as deployed devices would, from their own encrypted store.
+"""Shards read from per-user encrypted folders: a simulation that runs as deployed devices would,
+each node from its own encrypted store.
 
 :func:`write_encrypted_shards` cuts every user's shard once, exactly as
-:class:`~fedrec.client.data.SimulationShards` would, and seals it::
+:class:`~fedrec.client.data.DataSetPartitions` would, and seals it::
 
-    <shard-dir>/catalog/fedrec.catalog.sealed        public item features (arrays)
-    <shard-dir>/catalog/fedrec.catalog-meta.sealed   item ids, user feature width (JSON)
-    <shard-dir>/catalog/fedrec.source.sealed         the data settings the shards come from
+    <shard-dir>/source/fedrec.source.sealed          the data settings the shards come from
     <shard-dir>/users/user-000042/fedrec.shard.sealed
 
 Every folder is sealed under one key file kept *outside* the shard folder; each user's folder
 is bound to its pseudonym (the folder name), so a shard copied to another user's folder does
-not open. :class:`EncryptedShards` then serves node ``partition-id`` from its folder; it
-holds only two paths, so it pickles cheaply with the ClientApp on every message.
+not open. :class:`EncryptedPartitions` then serves node ``partition-id`` from its folder; it
+holds only two paths, so it pickles cheaply with the ClientApp on every message. One user's
+folder is also what a deployed device's node config names (``store=…/users/user-000042``,
+:class:`~fedrec.client.data.DeviceStore`). The items are the public catalog's
+(``fedrec catalog build``), not sealed here: nothing about them is private.
 """
 
 from __future__ import annotations
@@ -20,27 +21,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from flwr.app import Context, RecordDict
+from flwr.app import Context
 
-from fedrec.client.data import NUM_PARTITIONS, PARTITION_ID, SimulationShards
+from fedrec.client.data import (
+    DataSetPartitions,
+    LocalUser,
+    partition_of,
+    pseudonym,
+    state_store,
+)
 from fedrec.client.secure_store import EncryptedFileStore, RotationResult, rotate_key
-from fedrec.common.crypto import create_key_file, read_key_file
-from fedrec.common.data.shard import Catalog, UserShard
+from fedrec.common.crypto import load_or_create_key_file, read_key_file
+from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import SYNTHETIC
 from fedrec.common.fedconfig import FederationConfig
 
-CATALOG_DIR = "catalog"
+__all__ = [
+    "SOURCE_DIR",
+    "USERS_DIR",
+    "EncryptedPartitions",
+    "rotate_shard_keys",
+    "write_encrypted_shards",
+]
+
+SOURCE_DIR = "source"
 USERS_DIR = "users"
-CATALOG_PSEUDONYM = "catalog"
-CATALOG_KEY = "fedrec.catalog"
-CATALOG_META_KEY = "fedrec.catalog-meta"
+SOURCE_PSEUDONYM = "source"
 SOURCE_KEY = "fedrec.source"
-
-
-def pseudonym(user: int) -> str:
-    """The folder name (and store pseudonym) of dense user index ``user``."""
-    return f"user-{user:06d}"
 
 
 def write_encrypted_shards(
@@ -56,73 +63,48 @@ def write_encrypted_shards(
         raise FileExistsError(f"shard folder {out} is not empty: choose a new folder")
     if key_path.resolve().is_relative_to(out.resolve()):
         raise ValueError(f"key file {key_path} must live outside the folder it protects ({out})")
-    key = read_key_file(key_path) if key_path.exists() else create_key_file(key_path)
-    source = SimulationShards()
-    catalog, users = source.catalog(config), source.num_users(config)
-    store = EncryptedFileStore(out / CATALOG_DIR, key, CATALOG_PSEUDONYM)
-    store.save(CATALOG_KEY, {"item_features": torch.from_numpy(catalog.item_features)})
-    store.save_json(
-        CATALOG_META_KEY,
-        {"item_ids": list(catalog.item_ids), "user_feature_dim": catalog.user_feature_dim},
-    )
-    store.save_json(SOURCE_KEY, {**_source_of(config), "num-users": users})
-    for user in range(users):
-        shard = source.shard(config, _node(user, users))
-        EncryptedFileStore(out / USERS_DIR / pseudonym(user), key, pseudonym(user)).save_shard(
-            shard
-        )
-    return users
+    key, _ = load_or_create_key_file(key_path)
+    data, split = DataSetPartitions().split(config)
+    store = EncryptedFileStore(out / SOURCE_DIR, key, SOURCE_PSEUDONYM)
+    store.save_json(SOURCE_KEY, {**_source_of(config), "num-users": split.num_users})
+    for user in range(split.num_users):
+        folder = EncryptedFileStore(out / USERS_DIR / pseudonym(user), key, pseudonym(user))
+        folder.save_shard(user_shard(data, split, user))
+    return split.num_users
 
 
-class EncryptedShards:
-    """A ShardSource over a folder written by :func:`write_encrypted_shards`."""
+class EncryptedPartitions:
+    """A :class:`~fedrec.client.data.ShardSource` over a folder of
+    :func:`write_encrypted_shards`: node ``partition-id`` reads its user's sealed shard."""
 
     def __init__(self, shard_dir: str | Path, key_file: str | Path) -> None:
         self.shard_dir = Path(shard_dir)
         self.key_file = Path(key_file)
-        if not (self.shard_dir / CATALOG_DIR).is_dir():
+        if not (self.shard_dir / SOURCE_DIR).is_dir():
             raise FileNotFoundError(
-                f"{self.shard_dir} holds no encrypted shards (no {CATALOG_DIR}/ folder):"
-                " write them first with write_encrypted_shards"
+                f"{self.shard_dir} holds no encrypted shards (no {SOURCE_DIR}/ folder):"
+                " write them first with `fedrec data encrypt`"
             )
-
-    def catalog(self, config: FederationConfig) -> Catalog:
-        store = self._catalog_store()
-        self._check_source(store, config)
-        arrays, meta = store.load(CATALOG_KEY), store.load_json(CATALOG_META_KEY)
-        if arrays is None or meta is None:
-            raise FileNotFoundError(f"the catalog in {store.folder} is incomplete: rewrite it")
-        features = arrays["item_features"].numpy()  # (num_items, F_i) float32
-        return Catalog(tuple(meta["item_ids"]), features, int(meta["user_feature_dim"]))
 
     def num_users(self, config: FederationConfig) -> int:
-        return int(self._check_source(self._catalog_store(), config)["num-users"])
+        return int(self._check_source(config)["num-users"])
 
-    def shard(self, config: FederationConfig, context: Context) -> UserShard:
-        users = self.num_users(config)
-        user = int(context.node_config[PARTITION_ID])
-        partitions = int(context.node_config.get(NUM_PARTITIONS, users))
-        if partitions != users:
-            raise ValueError(
-                f"the federation has {partitions} nodes but {self.shard_dir} holds {users}"
-                " users: run one node per user (num-supernodes = number of users)"
-            )
-        if not 0 <= user < users:
-            raise ValueError(f"partition-id {user} outside [0, {users})")
-        return self.store_of(user).load_shard()
+    def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
+        user = partition_of(context, self.num_users(config))
+        name = pseudonym(user)
+        shard = self.store_of(user).load_shard()
+        return LocalUser(name, user, shard, state_store(config, context, name))
 
     def store_of(self, user: int) -> EncryptedFileStore:
-        """User ``user``'s encrypted folder (its shard; its private state may live there too)."""
+        """User ``user``'s encrypted folder (its shard)."""
         name = pseudonym(user)
         return EncryptedFileStore(self.shard_dir / USERS_DIR / name, self._key(), name)
-
-    def _catalog_store(self) -> EncryptedFileStore:
-        return EncryptedFileStore(self.shard_dir / CATALOG_DIR, self._key(), CATALOG_PSEUDONYM)
 
     def _key(self) -> bytes:
         return read_key_file(self.key_file)
 
-    def _check_source(self, store: EncryptedFileStore, config: FederationConfig) -> dict[str, Any]:
+    def _check_source(self, config: FederationConfig) -> dict[str, Any]:
+        store = EncryptedFileStore(self.shard_dir / SOURCE_DIR, self._key(), SOURCE_PSEUDONYM)
         written = store.load_json(SOURCE_KEY)
         if written is None:
             raise FileNotFoundError(f"{store.folder} has no {SOURCE_KEY}: rewrite the shards")
@@ -140,15 +122,15 @@ class EncryptedShards:
 def rotate_shard_keys(
     shard_dir: str | Path, old_key_file: str | Path, new_key_file: str | Path
 ) -> RotationResult:
-    """Re-encrypt a whole shard folder (catalog and every user) under a new key file.
+    """Re-encrypt a whole shard folder (its source record and every user) under a new key file.
 
     Each folder rotates as :func:`~fedrec.client.secure_store.rotate_key` does, so a stopped
     call is finished by running it again; the new key file is created if it does not exist.
     """
-    root, new_path = Path(shard_dir), Path(new_key_file)
+    root = Path(shard_dir)
     old = read_key_file(old_key_file)
-    new = read_key_file(new_path) if new_path.exists() else create_key_file(new_path)
-    folders = [(root / CATALOG_DIR, CATALOG_PSEUDONYM)]
+    new, _ = load_or_create_key_file(new_key_file)
+    folders = [(root / SOURCE_DIR, SOURCE_PSEUDONYM)]
     users = root / USERS_DIR
     if users.is_dir():
         folders += [(f, f.name) for f in sorted(users.iterdir()) if f.is_dir()]
@@ -160,7 +142,7 @@ def rotate_shard_keys(
 
 
 def _source_of(config: FederationConfig) -> dict[str, Any]:
-    """The settings that determine every shard (those SimulationShards' split depends on)."""
+    """The settings that determine every shard (those DataSetPartitions' split depends on)."""
     source: dict[str, Any] = {
         "data": config.data,
         "threshold": config.threshold,
@@ -172,11 +154,3 @@ def _source_of(config: FederationConfig) -> dict[str, Any]:
             "synthetic-items": config.synthetic_items,
         }
     return source
-
-
-def _node(user: int, users: int) -> Context:
-    """The Context a simulated node ``user`` gets (what SimulationShards.shard reads)."""
-    node_config = {PARTITION_ID: user, NUM_PARTITIONS: users}
-    return Context(
-        run_id=0, node_id=user, node_config=node_config, state=RecordDict(), run_config={}
-    )

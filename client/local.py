@@ -7,18 +7,20 @@ the user features) come from the device's own state store and never leave it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedrec.common.data.shard import Catalog, UserShard, device_model
+from fedrec.common.data.catalog import Catalog
+from fedrec.common.data.shard import UserShard
 from fedrec.common.fedconfig import LOCAL_OPTIMIZERS
-from fedrec.common.metrics import full_ranks, loo_ranks, summarize
+from fedrec.common.metrics import held_out_ranks, known_positive_mask, summarize
 from fedrec.common.model import (
     SeedModel,
+    device_model,
     load_private_state,
     load_shared_state,
     shared_parameter_names,
@@ -131,7 +133,7 @@ def local_train(
 
 
 def _private_optimizer(
-    params: list[nn.Parameter], config: LocalTrainConfig
+    params: Sequence[torch.Tensor], config: LocalTrainConfig
 ) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
         params, lr=config.private_lr, weight_decay=config.private_weight_decay, fused=True
@@ -139,7 +141,7 @@ def _private_optimizer(
 
 
 def _shared_optimizer(
-    params: list[nn.Parameter], config: LocalTrainConfig
+    params: Sequence[torch.Tensor], config: LocalTrainConfig
 ) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, fused=True)
@@ -150,12 +152,8 @@ def _epoch_examples(
     shard: UserShard, config: LocalTrainConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """One shuffled epoch: (items (N,), labels (N,) float32) with fresh negatives."""
-    positives = shard.train_items
-    negatives = shard.sample_negatives(len(positives) * config.negatives, rng)
-    items = np.concatenate([positives, negatives])
-    labels = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
-    order = rng.permutation(len(items))
-    return items[order], labels[order].astype(np.float32)
+    examples = shard.examples(config.negatives, rng)
+    return examples.items, examples.labels
 
 
 def _compact_copy(model: SeedModel, rows: np.ndarray) -> SeedModel:
@@ -261,7 +259,7 @@ def _proximal_term(model: SeedModel, anchor: Mapping[str, torch.Tensor], mu: flo
     """FedProx (Li et al., 2020): μ/2 · ‖w − w_t‖² over the shared parameters."""
     params = dict(model.named_parameters())
     shared = [(params[n], anchor[n]) for n in shared_parameter_names(model)]
-    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in shared)
+    return 0.5 * mu * sum((((p - a) ** 2).sum() for p, a in shared), torch.zeros(()))
 
 
 def refresh_user(
@@ -293,17 +291,14 @@ def local_evaluate(model: SeedModel, shard: UserShard, k: int = 10) -> dict[str,
     if not shard.evaluable:
         return {}
     model.eval()
-    scores = model.score_all(ME)[0].numpy()  # (I,)
+    scores = model.score_all(ME)[0].numpy()[None, :]  # (1, I)
     out: dict[str, float] = {}
     for prefix, target, other in (
         ("val-", shard.val_item, shard.test_item),
         ("", shard.test_item, shard.val_item),
     ):
-        sampled = loo_ranks(scores[np.concatenate([[target], shard.candidates])][None, :])
-        excluded = np.zeros((1, shard.num_items), dtype=bool)
-        excluded[0, shard.train_items] = True
-        excluded[0, other] = True
-        full = full_ranks(scores[None, :], np.array([target]), excluded)
+        known = known_positive_mask([shard.train_items], [other], shard.num_items)
+        sampled, full = held_out_ranks(scores, np.array([target]), shard.candidates[None], known)
         out.update({prefix + key: v for key, v in summarize(sampled, k).items()})
         out.update({prefix + key: v for key, v in summarize(full, k, prefix="full_").items()})
     return out

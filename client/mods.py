@@ -25,11 +25,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
 from fedrec.common import keys
-from fedrec.common.privacy import NonFiniteUpdate, clip_update
-from fedrec.common.secagg.records import REPLY_KEYS, SECAGG, STAGE
+from fedrec.common.data.catalog import Catalog
+from fedrec.common.privacy import NonFiniteUpdate, clip_delta
+from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar, text
+from fedrec.common.secagg.wire import REPLY_KEYS, SECAGG, STAGE
 
 PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
 NON_FINITE_ERROR = 4002  # error code of an update with NaN/inf values (cannot be clipped)
+CATALOG_MISMATCH_ERROR = 4004  # error code of a round built on another catalog (4003: SecAgg+)
 
 
 def describe(message: Message) -> dict[str, object]:
@@ -146,22 +149,54 @@ class UserLevelClipping:
     def __call__(
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
     ) -> Message:
-        config = msg.content.get(keys.CONFIG) if msg.has_content() else None
+        config = config_of(msg.content) if msg.has_content() else ConfigRecord()
         reply = call_next(msg, context)
-        if config is None or keys.CLIPPING_NORM not in config or reply.has_error():
+        if keys.CLIPPING_NORM not in config or reply.has_error():
             return reply
-        sent: ArrayRecord = msg.content[keys.ARRAYS]
-        local: ArrayRecord = reply.content[keys.ARRAYS]
-        start = {k: sent[k].numpy().astype(np.float64) for k in sent}
-        update = {k: local[k].numpy().astype(np.float64) - start[k] for k in start}
+        start = numpy_arrays(arrays_of(msg.content))
+        local = numpy_arrays(arrays_of(reply.content))
         try:
-            clipped, _ = clip_update(update, float(config[keys.CLIPPING_NORM]))
+            clipped, _ = clip_delta(start, local, scalar(config, keys.CLIPPING_NORM))
         except NonFiniteUpdate as err:  # a diverged round: say so instead of sending it
             return Message(error=Error(code=NON_FINITE_ERROR, reason=str(err)), reply_to=msg)
         reply.content[keys.ARRAYS] = ArrayRecord(
-            {k: Array((start[k] + clipped[k]).astype(local[k].numpy().dtype)) for k in start}
+            {
+                k: Array((start[k].astype(np.float64) + clipped[k]).astype(local[k].dtype))
+                for k in start
+            }
         )
         return reply
+
+
+class CatalogCheck:
+    """A mod: refuse a round whose model is built on another catalog than the device's own.
+
+    The server sends the SHA-256 of its catalog with every model it sends
+    (``keys.CATALOG_HASH``); item row *i* means item *i* of that catalog. A device whose own
+    copy differs (another data set, an older or newer version) would train and rank the wrong
+    items, so it answers with an error naming both hashes and runs nothing. Messages without a
+    model (the key stages of secure aggregation) pass through.
+    """
+
+    def __init__(self, catalog_of: Callable[[Context], Catalog]) -> None:
+        self.catalog_of = catalog_of
+
+    def __call__(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        if not msg.has_content() or keys.ARRAYS not in msg.content:
+            return call_next(msg, context)
+        sent = text(config_of(msg.content), keys.CATALOG_HASH, "")
+        mine = self.catalog_of(context).hash
+        if sent != mine:
+            server = f"catalog {sent[:12]}" if sent else "no catalog hash"
+            reason = (
+                f"catalog mismatch: the server's round is built on {server}, this device holds"
+                f" catalog {mine[:12]}: install the catalog the server publishes"
+                " (fedrec catalog build) before joining"
+            )
+            return Message(error=Error(code=CATALOG_MISMATCH_ERROR, reason=reason), reply_to=msg)
+        return call_next(msg, context)
 
 
 class MessageRecorder:

@@ -25,12 +25,9 @@ docstring for what an interruption leaves and how a rerun finishes it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +51,7 @@ from fedrec.common.crypto import (
     seal,
 )
 from fedrec.common.data.shard import UserShard
+from fedrec.common.files import fsync_dir, write_atomic
 
 __all__ = [
     "EncryptedFileStore",
@@ -115,7 +113,7 @@ class EncryptedFileStore:
             "test_item": shard.test_item,
             "num_items": shard.num_items,
         }
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "user_features": np.asarray(shard.user_features, dtype=np.float32),
             "train_items": np.asarray(shard.train_items, dtype=np.int64),
             "candidates": np.asarray(shard.candidates, dtype=np.int64),
@@ -223,23 +221,6 @@ def binding(pseudonym: str, key: str) -> bytes:
     return b"".join(_U32.pack(len(b)) + b for b in (f.encode("utf-8") for f in fields))
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 class _KeyRing:
     """Turns a key or passphrase into the :class:`SealingKey` a file's header asks for."""
 
@@ -343,15 +324,4 @@ def _remove_marker(folder: Path) -> None:
     marker = folder / ROTATION_MARKER
     if marker.exists():
         marker.unlink()
-        _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX: the directory entry lives in the folder's own data)."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(folder)

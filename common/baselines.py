@@ -36,6 +36,8 @@ class MatrixFactorization(nn.Module):
 class MostPopular(nn.Module):
     """Scores every item by its number of train interactions, the same for every user."""
 
+    counts: torch.Tensor  # (I,) a buffer
+
     def __init__(self, item_counts: np.ndarray) -> None:
         super().__init__()
         self.register_buffer("counts", torch.as_tensor(item_counts, dtype=torch.float32))

@@ -56,6 +56,8 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from fedrec.common.files import write_atomic
+
 MAGIC = b"FEDRECSF"  # "fedrec sealed file"
 FORMAT_VERSION = 1
 KEY_SIZE = 32  # AES-256
@@ -322,36 +324,49 @@ def describe_kdf(kdf: KdfParams | None) -> str:
     return f"a passphrase ({type(kdf).__name__.removesuffix('Params').lower()} {kdf.words()})"
 
 
+class InsecureKeyFileError(PermissionError, ValueError):
+    """A key file other users can read: refused, as ssh refuses such a private key."""
+
+
 def create_key_file(path: str | Path) -> bytes:
     """Write a new random 32-byte key to ``path`` (mode 0600; never overwrites) and return it."""
     path = Path(path)
     key = os.urandom(KEY_SIZE)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_atomic(path, key, mode=0o600, exclusive=True)
     except FileExistsError as err:
         raise FileExistsError(
             f"refusing to overwrite the key file {path}: it may protect existing data"
         ) from err
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
     return key
 
 
 def read_key_file(path: str | Path) -> bytes:
     """The 32-byte key in ``path``; refuse a file other users can read (like ssh does)."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"key file {path} does not exist or is not a regular file")
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise PermissionError(
-            f"key file {path} is accessible to other users (mode {stat.S_IMODE(mode):04o}):"
+        raise InsecureKeyFileError(
+            f"key file {path} is readable by other users (mode {stat.S_IMODE(mode):04o}):"
             f" run chmod 600 {path}"
         )
     key = path.read_bytes()
     if len(key) != KEY_SIZE:
-        raise ValueError(f"key file {path} holds {len(key)} bytes, a key is {KEY_SIZE}")
+        raise ValueError(
+            f"key file {path} holds {len(key)} bytes, expected {KEY_SIZE} random bytes as fedrec"
+            " writes them: pass the right file, or a new path to create a fresh key"
+        )
     return key
+
+
+def load_or_create_key_file(path: str | Path) -> tuple[bytes, bool]:
+    """(the key in ``path``, False), or (a new key written there, True) if it does not exist."""
+    path = Path(path).expanduser()
+    if path.exists():
+        return read_key_file(path), False
+    return create_key_file(path), True
 
 
 def _digest(packed: bytes) -> bytes:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fedrec.common.data.synthetic import SyntheticConfig
-from fedrec.common.secagg.primitives import SecAggSettings
+from fedrec.common.privacy import ACCOUNTANTS
+from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS, SecAggSettings
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
 SERVER_LR_STRATEGIES = ("fedavgm", "fedadam", "fedyogi")  # the ones with a server step size
@@ -20,14 +21,14 @@ DECAY_STRATEGIES = ("fedadam", "fedyogi")  # server optimizers with decoupled we
 LR_SCHEDULES = ("constant", "cosine")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 CLIENT_WEIGHTINGS = ("examples", "uniform")
-ACCOUNTANTS = ("rdp", "prv")  # Opacus's accountants (common/privacy.py)
 AGGREGATIONS = ("off", "secagg+")  # secure aggregation of the train updates (server/secagg.py)
 
 
 @dataclass(frozen=True)
 class FederationConfig:
-    # data: every node derives its own user's shard from the same source and split seed
-    data: str = "synthetic"  # a data-set path or "synthetic"
+    # data: every simulated node derives its own user's shard from the same source and split seed
+    data: str = "synthetic"  # a data-set path or "synthetic" (devices and runner only)
+    catalog: str = ""  # the published catalog file (fedrec catalog build); simulate builds one
     threshold: float = 0.0  # ratings >= threshold are interactions
     seed: int = 0  # split, evaluation candidates, client sampling, model init
     synthetic_users: int = 500  # size of the synthetic default (ignored for real data)
@@ -38,8 +39,9 @@ class FederationConfig:
     num_rounds: int = 20
     clients_per_round: int = 50  # exact count per round (0: use fraction-train)
     fraction_train: float = 0.1  # used when clients-per-round is 0
-    min_clients: int = 2  # a round needs at least this many nodes
+    min_clients: int = 2  # a round starts once this many nodes are connected
     expected_nodes: int = 0  # wait for this many nodes before round 1 (simulation: all users)
+    round_timeout: float = 600.0  # seconds a round (and the wait for its nodes) may take
     eval_every: int = 5  # federated evaluation every k rounds (and after the last)
     eval_clients: int = 0  # clients per evaluation (0: all nodes)
     # server optimizer
@@ -143,7 +145,7 @@ class FederationConfig:
             )
         if not 0.0 < self.fraction_train <= 1.0:
             raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
-        for name in ("server_lr", "local_lr", "server_tau", "private_lr"):
+        for name in ("server_lr", "local_lr", "server_tau", "private_lr", "round_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{_kebab(name)} must be > 0, got {getattr(self, name)}")
         for name in ("server_beta1", "server_beta2"):
@@ -187,10 +189,10 @@ class FederationConfig:
                 'secure aggregation needs client-weighting = "uniform": the server learns the'
                 " sum of the updates only, so it cannot weight them by private example counts"
             )
-        if self.clients_per_round and self.clients_per_round < 3:
+        if self.clients_per_round and self.clients_per_round < MIN_SECURE_CLIENTS:
             raise ValueError(
-                f"secure aggregation needs clients-per-round >= 3, got {self.clients_per_round}:"
-                " a sum of two updates reveals each to the other"
+                f"secure aggregation needs clients-per-round >= {MIN_SECURE_CLIENTS}, got"
+                f" {self.clients_per_round}: a sum of two updates reveals each to the other"
             )
         self.secagg_settings()  # its own checks: neighbours, threshold, range, bits
         if self.user_level_dp and self.dp_clip_norm > self.secagg_clip_range:

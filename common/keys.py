@@ -28,6 +28,7 @@ VAL_PREFIX = "val-"  # val-hr@10 etc.: the validation item, used to pick the bes
 
 # Config keys sent by the server each round
 SERVER_ROUND = "server-round"
+CATALOG_HASH = "catalog-hash"  # the SHA-256 of the catalog the round's model is built on
 EVAL_SPLIT = "eval-split"  # "val" or "test"
 
 # Differential privacy (issue 4)

@@ -15,7 +15,20 @@ gets rank = (number of candidates) - 1, never a lucky hit (a constant model scor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+__all__ = [
+    "full_ranks",
+    "held_out_ranks",
+    "hit_ratio",
+    "known_positive_mask",
+    "loo_ranks",
+    "ndcg",
+    "rank_among",
+    "summarize",
+]
 
 
 def rank_among(target_score: np.ndarray, other_scores: np.ndarray) -> np.ndarray:
@@ -73,3 +86,29 @@ def full_ranks(scores: np.ndarray, target: np.ndarray, excluded: np.ndarray) -> 
 def summarize(ranks: np.ndarray, k: int = 10, prefix: str = "") -> dict[str, float]:
     """``{prefix+"hr@k": ..., prefix+"ndcg@k": ...}`` from ranks."""
     return {f"{prefix}hr@{k}": hit_ratio(ranks, k), f"{prefix}ndcg@{k}": ndcg(ranks, k)}
+
+
+def held_out_ranks(
+    scores: np.ndarray, targets: np.ndarray, candidates: np.ndarray, known: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(LOO ranks, full ranks) of each row's held-out item: the one evaluation protocol that
+    the centralized evaluator and every device share.
+
+    scores: (U, I) of every item; targets: (U,) held-out items; candidates: (U, C) sampled
+    negatives; known: (U, I) bool, the user's known positives other than the target.
+    """
+    columns = np.concatenate([np.asarray(targets)[:, None], candidates], axis=1)
+    sampled = loo_ranks(np.take_along_axis(scores, columns, axis=1))
+    return sampled, full_ranks(scores, targets, known)
+
+
+def known_positive_mask(
+    train_items: Sequence[np.ndarray], other_held_out: Sequence[int], num_items: int
+) -> np.ndarray:
+    """(U, I) bool: each user's train items and other held-out item (ignored if negative)."""
+    mask = np.zeros((len(train_items), num_items), dtype=bool)
+    for row, (items, other) in enumerate(zip(train_items, other_held_out, strict=True)):
+        mask[row, items] = True
+        if other >= 0:
+            mask[row, other] = True
+    return mask

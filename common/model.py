@@ -16,9 +16,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import nn
+
+from fedrec.common.data.catalog import Catalog
+
+__all__ = [
+    "CATALOG_KEYS",
+    "PRIVATE_KEYS",
+    "ModelConfig",
+    "SeedModel",
+    "device_model",
+    "initial_shared_state",
+    "load_private_state",
+    "load_shared_state",
+    "private_state",
+    "private_state_names",
+    "shared_parameter_names",
+    "shared_shapes",
+    "shared_state",
+]
 
 PRIVATE_KEYS = ("user_embedding.weight", "user_features")
 CATALOG_KEYS = ("item_features",)
@@ -45,6 +65,9 @@ class ModelConfig:
 
 class SeedModel(nn.Module):
     """u = ReLU(W_u·h + b_u), v = ReLU(W_v·g + b_v), logit = w_r·(u ⊙ v) + b_r."""
+
+    user_features: torch.Tensor  # (num_users, F_u) buffer: private, never trained
+    item_features: torch.Tensor  # (num_items, F_i) buffer: the public catalog's
 
     def __init__(
         self,
@@ -93,6 +116,61 @@ class SeedModel(nn.Module):
         """(B,) users -> (B, num_items) logits over the whole catalog."""
         u = self.user_vectors(users) * self.head.weight  # (B, dim): w_r folded into u
         return u @ self.item_vectors().T + self.head.bias  # (B, I)
+
+
+def device_model(
+    catalog: Catalog, dim: int, user_features: np.ndarray, *, initialize: bool = True
+) -> SeedModel:
+    """A one-user seed model over ``catalog``: the shape every device and the server share.
+
+    ``initialize=False`` skips the random initialisation, for a caller that loads every
+    parameter right after (a device receiving the shared group and restoring its row).
+    """
+    features = np.asarray(user_features, dtype=np.float32).reshape(1, -1)
+    return SeedModel(
+        _device_config(catalog, dim),
+        torch.from_numpy(features),
+        torch.from_numpy(catalog.item_features),
+        initialize=initialize,
+    )
+
+
+def initial_shared_state(catalog: Catalog, dim: int, seed: int) -> dict[str, torch.Tensor]:
+    """The shared group of a freshly initialised seed model: round 0 of a federation."""
+    with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = device_model(catalog, dim, np.zeros(catalog.user_feature_dim, np.float32))
+    return shared_state(model)
+
+
+def shared_shapes(catalog: Catalog, dim: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the shared group over ``catalog`` (what may leave a device),
+    from a model built on the ``meta`` device: no memory, no initialisation."""
+    return dict(_shapes(_device_config(catalog, dim)))
+
+
+@lru_cache(maxsize=8)  # pure: the guard asks for it with every reply a device sends
+def _shapes(config: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    with torch.device("meta"):
+        model = SeedModel(
+            config,
+            torch.empty(1, config.user_feature_dim),
+            torch.empty(config.num_items, config.item_feature_dim),
+            initialize=False,
+        )
+    params = dict(model.named_parameters())
+    return tuple((name, tuple(params[name].shape)) for name in shared_parameter_names(model))
+
+
+def _device_config(catalog: Catalog, dim: int) -> ModelConfig:
+    return ModelConfig(
+        num_users=1,
+        num_items=catalog.num_items,
+        user_feature_dim=catalog.user_feature_dim,
+        item_feature_dim=catalog.item_feature_dim,
+        id_dim=dim,
+        dim=dim,
+    )
 
 
 def _embedding(rows: int, width: int, initialize: bool) -> nn.Embedding:

@@ -17,15 +17,26 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from opacus.accountants import PRVAccountant
+from opacus.accountants import IAccountant, PRVAccountant, create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 from opacus.accountants.utils import get_noise_multiplier
+
+__all__ = [
+    "ACCOUNTANTS",
+    "RDP_ORDERS",
+    "NonFiniteUpdate",
+    "PrivacyLedger",
+    "calibrate_noise",
+    "clip_delta",
+    "clip_update",
+    "epsilon",
+    "global_norm",
+]
 
 ACCOUNTANTS = ("rdp", "prv")
 # RDP orders: Opacus's defaults (1.1 … 63) plus larger ones, so that few, weakly noised uses
@@ -67,7 +78,7 @@ def _epsilon(history: list[tuple[float, float, int]], delta: float, accountant: 
         eps, _ = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
         return float(eps)
     prv = PRVAccountant()
-    prv.history = list(history)
+    prv.load_state_dict({"history": list(history), "mechanism": prv.mechanism()})
     return float(prv.get_epsilon(delta))
 
 
@@ -75,9 +86,9 @@ def _epsilon(history: list[tuple[float, float, int]], delta: float, accountant: 
 def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
     """RDP of one use at each order (Opacus's ``compute_rdp``; composition is ``× steps``).
 
-    Memoized because it is pure and dominates a device's round: ~0.2 s for a large sample
-    rate at the fractional orders, recomputed twice per round (budget check, report) with the
-    same (z, q) every time a device trains, and many times by the server's budget search.
+    Memoized because it is pure and dominates a device's round at a large sample rate: the
+    same (z, q) is asked for twice per round (budget check, report) every time a device
+    trains, and many times by the server's budget search.
     """
     rdp = rdp_analysis.compute_rdp(
         q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS)
@@ -142,6 +153,29 @@ def global_norm(arrays: Mapping[str, np.ndarray]) -> float:
     )
 
 
+def clip_delta(
+    start: Mapping[str, np.ndarray], local: Mapping[str, np.ndarray], clip_norm: float | None
+) -> tuple[dict[str, np.ndarray], float]:
+    """(Δ = local − start in float64, clipped to ``clip_norm``; its norm before clipping).
+
+    The one place where an update is formed from two models — the device's clip mod, its
+    secure-aggregation mod and DP-FedAvg's server re-clip all call it. ``local`` must hold
+    exactly ``start``'s arrays; ``clip_norm`` None only checks that Δ is finite.
+    """
+    if set(local) != set(start):
+        raise ValueError(f"the update's arrays {sorted(local)} are not the model's {sorted(start)}")
+    update = {
+        k: np.asarray(local[k], dtype=np.float64) - np.asarray(start[k], dtype=np.float64)
+        for k in start
+    }
+    if clip_norm is None:
+        norm = global_norm(update)
+        if not math.isfinite(norm):
+            raise NonFiniteUpdate(f"the update has a non-finite value (norm {norm})")
+        return update, norm
+    return clip_update(update, clip_norm)
+
+
 def clip_update(
     update: Mapping[str, np.ndarray], clip_norm: float
 ) -> tuple[dict[str, np.ndarray], float]:
@@ -157,30 +191,44 @@ def clip_update(
     return {k: np.asarray(v, dtype=np.float64) * scale for k, v in update.items()}, norm
 
 
-@dataclass
 class PrivacyLedger:
-    """The uses of one Gaussian mechanism so far: (noise multiplier, sample rate, steps)."""
+    """The uses of one Gaussian mechanism so far: (noise multiplier, sample rate, steps).
 
-    accountant: str = "rdp"
-    history: list[tuple[float, float, int]] = field(default_factory=list)
+    Built on an Opacus accountant: the history, its merging of consecutive uses with the same
+    (z, q) and its checked ``state_dict()`` / ``load_state_dict()`` are Opacus's, so a device's
+    DP-SGD steps are recorded by the PrivacyEngine's own optimizer hook and carried over with
+    the state dict (client/dp_sgd.py). What this class adds, and why Opacus alone does not do:
+    many uses at once (one user-level round is one use of (z, q)); ε at the extended order grid
+    :data:`RDP_ORDERS` with the RDP of each (z, q) memoized (Opacus's ``get_epsilon`` recomputes
+    every entry on each call, and the budget checks call it every round); the ε of uses not
+    yet made (:meth:`epsilon_after`); and a stored form (:meth:`to_dict`) that a later version
+    keeps reading, whatever Opacus does with its own state dict.
+    """
 
-    def __post_init__(self) -> None:
-        _check_accountant(self.accountant)
-        for z, q, steps in self.history:
-            _check(z, q, steps)
+    def __init__(self, accountant: str = "rdp", history: Iterable[Sequence[float]] = ()) -> None:
+        _check_accountant(accountant)
+        self._opacus: IAccountant = create_accountant(accountant)
+        for z, q, steps in history:  # as stored: already merged
+            _check(float(z), float(q), int(steps))
+            self._opacus.history.append((float(z), float(q), int(steps)))
 
-    def record(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
-        """Add ``steps`` uses; consecutive uses with the same (z, q) share one entry."""
-        _check(noise_multiplier, sample_rate, steps)
-        if self.history and self.history[-1][:2] == (noise_multiplier, sample_rate):
-            z, q, done = self.history[-1]
-            self.history[-1] = (z, q, done + steps)
-        else:
-            self.history.append((noise_multiplier, sample_rate, steps))
+    @property
+    def accountant(self) -> str:
+        return str(self._opacus.mechanism())
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        return [(float(z), float(q), int(n)) for z, q, n in self._opacus.history]
 
     @property
     def steps(self) -> int:
         return sum(h[2] for h in self.history)
+
+    def record(self, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:
+        """Add ``steps`` uses (Opacus's accountant merges them with a preceding equal use)."""
+        _check(noise_multiplier, sample_rate, steps)
+        for _ in range(steps):
+            self._opacus.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
 
     def epsilon(self, delta: float) -> float:
         _check_delta(delta)
@@ -192,14 +240,31 @@ class PrivacyLedger:
         """ε if ``steps`` more uses were made: to stop *before* a budget would be exceeded."""
         _check(noise_multiplier, sample_rate, steps)
         _check_delta(delta)
-        planned = PrivacyLedger(self.accountant, list(self.history))
+        planned = PrivacyLedger(self.accountant, self.history)
         planned.record(noise_multiplier, sample_rate, steps)  # merged exactly as it would be
         return _epsilon(planned.history, delta, self.accountant)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Opacus's accountant state (``IAccountant.state_dict``)."""
+        return dict(self._opacus.state_dict())
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take over an Opacus accountant's state (its mechanism must be this ledger's)."""
+        self._opacus.load_state_dict(dict(state))
+        for z, q, steps in self._opacus.history:
+            _check(float(z), float(q), int(steps))
 
     def to_dict(self) -> dict[str, Any]:
         return {"accountant": self.accountant, "history": [list(h) for h in self.history]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PrivacyLedger:
-        history = [(float(z), float(q), int(s)) for z, q, s in data["history"]]
-        return cls(accountant=str(data["accountant"]), history=history)
+    def from_dict(cls, data: Mapping[str, Any]) -> PrivacyLedger:
+        return cls(accountant=str(data["accountant"]), history=data["history"])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PrivacyLedger):
+            return NotImplemented
+        return (self.accountant, self.history) == (other.accountant, other.history)
+
+    def __repr__(self) -> str:
+        return f"PrivacyLedger(accountant={self.accountant!r}, history={self.history!r})"

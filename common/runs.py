@@ -1,16 +1,28 @@
 """Run folders: every job writes ``config.json`` and ``metrics.json`` (and artefacts) to one DIR.
 
+The one place that names the files of a run folder and writes them (atomically: a crash leaves
+the old file or the new one, :func:`fedrec.common.files.write_atomic`)::
+
+    config.json        the job, its settings and provenance (written when the run starts)
+    metrics.json       per-round records and final metrics (written once, when it ends)
+    rounds.jsonl       the per-round records, one line each, streamed as rounds finish
+    catalog.npz        the public catalog the run was built on (simulations build it here)
+    checkpoint.npz     the shared model, server-optimizer state and (DP) ledger, every round
+    checkpoint.json    a readable copy of the checkpoint's round and ledger
+    model.npz          the final shared model (federated); model.pt (centralized)
+    quality.png, loss.png
+
 The audit report, the benchmark scripts and the tests read these files, so the layout is an
 interface: keys only get added, never renamed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import platform
-import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +30,36 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.common.files import write_atomic
+
+__all__ = [
+    "CATALOG_FILE",
+    "CENTRAL_MODEL",
+    "CHECKPOINT",
+    "CHECKPOINT_META",
+    "CONFIG_FILE",
+    "FINAL_MODEL",
+    "LOSS_PLOT",
+    "METRICS_FILE",
+    "QUALITY_PLOT",
+    "ROUNDS_LOG",
+    "append_round",
+    "prepare_run_dir",
+    "run_header",
+    "write_arrays",
+    "write_json",
+]
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+ROUNDS_LOG = "rounds.jsonl"
+CATALOG_FILE = "catalog.npz"
+CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_META = "checkpoint.json"
+FINAL_MODEL = "model.npz"
+CENTRAL_MODEL = "model.pt"
+QUALITY_PLOT = "quality.png"
+LOSS_PLOT = "loss.png"
 
 
 def prepare_run_dir(out: str | Path) -> Path:
@@ -35,19 +75,22 @@ def prepare_run_dir(out: str | Path) -> Path:
 
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write JSON atomically (temp file + rename) so a crash never leaves half a file."""
-    path = Path(path)
     text = json.dumps(_jsonable(payload), indent=2, sort_keys=False, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, (text + "\n").encode("utf-8"))
+
+
+def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write named arrays as one ``.npz`` atomically (no pickled objects inside)."""
+    buffer = io.BytesIO()
+    named: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+    np.savez(buffer, **named)
+    return write_atomic(path, buffer.getvalue())
+
+
+def append_round(run_dir: str | Path, record: Mapping[str, Any]) -> None:
+    """Append one round's record to ``rounds.jsonl`` (one short line: an atomic append)."""
+    with (Path(run_dir) / ROUNDS_LOG).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
 
 
 def run_header() -> dict[str, str]:

@@ -1,22 +1,25 @@
-"""Training and evaluation loops shared by the centralized trainer and the federated client.
+"""The centralized trainer's loops: one epoch of steps, and evaluation of every user.
 
-An epoch pairs every train interaction with ``negatives`` leak-free sampled negatives
-(:class:`fedrec.common.data.split.NegativeSampler`), shuffles, and takes Adam steps on the binary
-cross-entropy of the logits. Evaluation ranks the validation or test item of every evaluated
-user with both protocols of :mod:`fedrec.common.metrics`.
+An epoch's examples (every train interaction plus leak-free negatives) come from
+:func:`fedrec.common.data.examples.make_examples`; :func:`train_epoch` takes optimizer steps
+on the binary cross-entropy of the logits. :func:`evaluate` ranks the validation or test item
+of every evaluated user with :func:`fedrec.common.metrics.held_out_ranks`, the protocol each
+device applies to its own user (``client/local.py: local_evaluate``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedrec.common.data.split import NO_ITEM, NegativeSampler, Split
-from fedrec.common.metrics import full_ranks, loo_ranks, summarize
+from fedrec.common.data.examples import Examples
+from fedrec.common.data.split import NO_ITEM, Split
+from fedrec.common.metrics import held_out_ranks, known_positive_mask, summarize
+
+__all__ = ["Scorer", "Which", "evaluate", "train_epoch"]
 
 Which = Literal["val", "test"]
 
@@ -24,37 +27,6 @@ Which = Literal["val", "test"]
 class Scorer(Protocol):
     def __call__(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor: ...
     def score_all(self, users: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class Examples:
-    """One epoch of labelled pairs, already shuffled."""
-
-    users: np.ndarray  # (N,) int64
-    items: np.ndarray  # (N,) int64
-    labels: np.ndarray  # (N,) float32, 1 for positives, 0 for negatives
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-
-def make_examples(
-    users: np.ndarray,
-    items: np.ndarray,
-    sampler: NegativeSampler,
-    negatives: int,
-    rng: np.random.Generator,
-) -> Examples:
-    """Positives ``(users, items)`` plus ``negatives`` sampled negatives each, shuffled."""
-    if negatives < 0:
-        raise ValueError(f"negatives must be >= 0, got {negatives}")
-    neg_users = np.tile(users, negatives)
-    neg_items = sampler.sample(neg_users, rng)
-    all_users = np.concatenate([users, neg_users])
-    all_items = np.concatenate([items, neg_items])
-    labels = np.concatenate([np.ones(len(users)), np.zeros(len(neg_users))]).astype(np.float32)
-    order = rng.permutation(len(all_users))
-    return Examples(all_users[order], all_items[order], labels[order])
 
 
 def train_epoch(
@@ -103,19 +75,12 @@ def evaluate(
         target = target_all[batch]
         if (target == NO_ITEM).any():
             raise ValueError("evaluate() got a train-only user (no held-out item)")
-        columns = np.concatenate([target[:, None], split.candidates[batch]], axis=1)
-        sampled.append(loo_ranks(np.take_along_axis(scores, columns, axis=1)))
-        full.append(full_ranks(scores, target, _known_positives(split, batch, other_all)))
+        known = known_positive_mask(
+            [split.train_items_of(int(u)) for u in batch], other_all[batch], split.num_items
+        )
+        ranks = held_out_ranks(scores, target, split.candidates[batch], known)
+        sampled.append(ranks[0])
+        full.append(ranks[1])
     sampled_ranks = np.concatenate(sampled) if sampled else np.zeros(0, np.int64)
     full_ranks_ = np.concatenate(full) if full else np.zeros(0, np.int64)
     return {**summarize(sampled_ranks, k), **summarize(full_ranks_, k, prefix="full_")}
-
-
-def _known_positives(split: Split, users: np.ndarray, other_held_out: np.ndarray) -> np.ndarray:
-    """(B, I) mask of the users' train items and their other held-out item."""
-    mask = np.zeros((len(users), split.num_items), dtype=bool)
-    for row, u in enumerate(users):
-        mask[row, split.train_items_of(int(u))] = True
-        if other_held_out[u] != NO_ITEM:
-            mask[row, other_held_out[u]] = True
-    return mask

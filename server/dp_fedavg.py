@@ -18,14 +18,20 @@ Each round is one use of the subsampled Gaussian mechanism (z, q) in a
 :class:`~fedrec.common.privacy.PrivacyLedger`; a run stops before the target ε would be
 exceeded.
 
+How it composes: :class:`DPFedAvg` wraps the server optimizer
+(:class:`~fedrec.server.optimizer.ServerStep` over Flower's FedAvg/FedAvgM/FedAdam/FedYogi/
+FedProx). It replaces the replies of a round by **one** reply carrying the clipped, noised,
+fixed-denominator mean, and hands that to the optimizer, which takes its step from it as from
+any average: the noise is applied to the aggregate *before* the server optimizer, so FedAdam's
+moments never see an un-noised average. Its cohort sampler (:attr:`DPFedAvg.cohorts`, Poisson
+at q = m/N) is the one the round recorder must use (``server/factory.py`` pairs them).
+
 Why not Flower's ``DifferentialPrivacyClientSideFixedClipping``: in 1.42 it wraps the
 strategy and adds its noise to the *inner strategy's output*; with FedAdam that output is
 already the server-optimizer step, and FedAdam's moments m_t, v_t have seen the un-noised
 average. It also samples a fixed number of clients and divides by the number of replies.
-So the noise goes here, between Flower's FedOpt step and FedAvg's averaging
-(:class:`DPFedAvg` sits just before ``FedAvg`` in the strategy's MRO; see
-``server/strategy.py::make_strategy``). The client side does what Flower's
-``fixedclipping_mod`` does, in ``client/mods.py`` (that mod fails on a zero update).
+The client side does what Flower's ``fixedclipping_mod`` does, in ``client/mods.py`` (that
+mod fails on a zero update).
 
 Randomness: cohorts and noise come from a NumPy generator seeded from OS entropy, so no
 one who knows the run's config can regenerate them; it is not a cryptographic generator and
@@ -41,9 +47,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
@@ -51,9 +66,19 @@ from fedrec.common.privacy import (
     NonFiniteUpdate,
     PrivacyLedger,
     calibrate_noise,
-    clip_update,
+    clip_delta,
 )
+from fedrec.common.records import arrays_of, metrics_of, numpy_arrays, scalar
 from fedrec.common.secagg.grid import secure_sum
+from fedrec.server.cohorts import PoissonCohort
+
+__all__ = [
+    "CLIP_TOLERANCE",
+    "DPFedAvg",
+    "PrivacyBudgetExceeded",
+    "RecordLevelTally",
+    "UserLevelDP",
+]
 
 # relative: a reply within C·(1 + tol) counts as clipped by its client (it arrives as
 # float32 values global + Δ, so the server's float64 recomputation of ‖Δ‖ is off by ~1e-7)
@@ -156,96 +181,118 @@ class UserLevelDP:
         }
 
 
-def poisson_sample(node_ids: Iterable[int], rate: float, rng: np.random.Generator) -> list[int]:
-    """Each node independently with probability ``rate`` (sorted ids, so seeds reproduce)."""
-    ids = sorted(node_ids)
-    keep = rng.random(len(ids)) < rate
-    return [i for i, k in zip(ids, keep, strict=True) if k]
+class DPFedAvg(Strategy):
+    """DP-FedAvg around a server optimizer: Poisson cohorts, clip, noise, fixed denominator.
 
-
-class DPFedAvg(FedAvg):
-    """FedAvg's averaging made DP-FedAvg; composed just before ``FedAvg`` in the MRO.
-
-    Call :meth:`setup_dp` after construction. ``configure_train`` replaces FedAvg's
-    fixed-size sampling by Poisson sampling and sends C to the clients; ``aggregate_train``
-    replaces the weighted average by the clipped, noised, fixed-denominator mean (metrics
-    are still aggregated by FedAvg).
+    ``configure_train`` checks the budget and sends C to the clients (the cohort is
+    :attr:`cohorts`' Poisson sample); ``aggregate_train`` re-clips each reply, sums, divides by
+    the fixed m, adds N(0, (z·C/m)²) per coordinate, records one use of (z, q) in the ledger
+    and passes the result to the wrapped optimizer as a single reply. Evaluation passes
+    through unchanged. ``rng`` draws cohorts and noise; default: fresh OS entropy (not
+    reproducible, on purpose — predictable noise protects nobody).
     """
 
-    def setup_dp(
-        self, dp: UserLevelDP, ledger: PrivacyLedger, rng: np.random.Generator | None = None
+    def __init__(
+        self,
+        optimizer: Strategy,
+        dp: UserLevelDP,
+        ledger: PrivacyLedger | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
-        """``rng`` draws cohorts and noise; default: fresh OS entropy (not reproducible, on
-        purpose — predictable noise protects nobody)."""
+        self.optimizer = optimizer
         self.dp = dp
-        self.user_ledger = ledger
-        self.dp_rng = rng if rng is not None else np.random.default_rng()
-        self.dp_record: dict[str, Any] = {}
-        self._dp_global: dict[str, np.ndarray] = {}
+        self.ledger = ledger if ledger is not None else PrivacyLedger(dp.accountant)
+        if self.ledger.accountant != dp.accountant:
+            raise ValueError(
+                f"the ledger accounts with {self.ledger.accountant!r}, the mechanism with"
+                f" {dp.accountant!r}: one run's ε must come from one accountant"
+            )
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.cohorts = PoissonCohort(dp.sample_rate, self.rng)  # the sampling ε assumes
+        self.last_record: dict[str, Any] = {}  # the round's ``privacy.user_level`` entry
+        self._global: dict[str, np.ndarray] = {}
+
+    def __repr__(self) -> str:
+        return f"DPFedAvg({self.optimizer!r})"
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         dp = self.dp
         if dp.target_epsilon > 0:
-            after = self.user_ledger.epsilon_after(dp.delta, dp.noise_multiplier, dp.sample_rate, 1)
+            after = self.ledger.epsilon_after(dp.delta, dp.noise_multiplier, dp.sample_rate, 1)
             if after > dp.target_epsilon:
                 raise PrivacyBudgetExceeded(
                     f"round {server_round} would raise user-level ε to {after:.4f} >"
                     f" target {dp.target_epsilon}: the run must stop before it"
                 )
-        self._dp_global = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
-        node_ids = poisson_sample(grid.get_node_ids(), dp.sample_rate, self.dp_rng)
-        config[keys.SERVER_ROUND] = server_round
+        self._global = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
         config[keys.CLIPPING_NORM] = dp.clip_norm
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+        return self.optimizer.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, Any]:
-        replies = list(replies)
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        dp, start = self.dp, self._dp_global
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        dp, start = self.dp, self._global
         total = {k: np.zeros_like(v) for k, v in start.items()}
         used, over, rejected, contributors = [], 0, 0, 0
-        for msg in valid:
-            sent = msg.content[self.arrayrecord_key]
-            update = {k: sent[k].numpy().astype(np.float64) - start[k] for k in start}
-            count, summed = secure_sum(msg)
-            if summed:  # SecAgg+: the mean of `count` device-clipped updates; un-average it.
-                # The server cannot re-clip inside a sum: each device clipped its own Δ so
-                # that even quantized it has norm ≤ C (client/secagg_mod.py).
-                used.append(msg)
-                contributors += count
-                for k in total:
-                    total[k] += update[k] * count
+        for msg in replies:
+            if msg.has_error():
                 continue
-            try:
-                clipped, norm = clip_update(update, dp.clip_norm)
-            except NonFiniteUpdate:  # a dropout: the denominator m does not change
+            content = msg.content
+            metrics = content.metric_records.get(keys.METRICS, MetricRecord())
+            if keys.ARRAYS not in content.array_records or keys.UNIT_WEIGHT not in metrics:
+                rejected += 1  # not a train reply: nothing to clip or to count
+                continue
+            sent = numpy_arrays(arrays_of(content))
+            count, summed = secure_sum(msg)
+            try:  # SecAgg+: the mean of `count` device-clipped updates; un-averaged below.
+                # The server cannot re-clip inside a sum: each device clipped its own Δ so
+                # that even quantized it has norm ≤ C (common/secagg/device.py).
+                update, norm = clip_delta(start, sent, None if summed else dp.clip_norm)
+            except (NonFiniteUpdate, ValueError):  # a dropout: the denominator m stays
                 rejected += 1
                 continue
             used.append(msg)
-            contributors += 1
-            over += norm > dp.clip_norm * (1 + CLIP_TOLERANCE)
+            contributors += count
+            over += (not summed) and norm > dp.clip_norm * (1 + CLIP_TOLERANCE)
             for k in total:
-                total[k] += clipped[k]
+                total[k] += update[k] * count if summed else update[k]
         out = {}
         for k, v in start.items():  # global + Σ clip(Δ_i) / m + N(0, (zC/m)²)
-            noise = self.dp_rng.normal(0.0, dp.noise_std, size=v.shape)
+            noise = self.rng.normal(0.0, dp.noise_std, size=v.shape)
             out[k] = Array(v + total[k] / dp.expected_clients + noise)
-        self.user_ledger.record(dp.noise_multiplier, dp.sample_rate, 1)
-        # metrics only: FedAvg.aggregate_train would also build the (discarded) plain average
-        contents = [m.content for m in used]
-        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) if used else None
-        self.dp_record = {
-            **dp.describe(self.user_ledger),
+        self.ledger.record(dp.noise_multiplier, dp.sample_rate, 1)
+        self.last_record = {
+            **dp.describe(self.ledger),
             "replies": contributors,
             "clipped_by_server": over,  # counts only: no per-user value is published
             "rejected_non_finite": rejected,
         }
-        return ArrayRecord(out), metrics
+        # the averaged metrics of the replies used (FedAvg's weighted mean, uniform weights)
+        metrics = (
+            aggregate_metricrecords([m.content for m in used], keys.UNIT_WEIGHT)
+            if used
+            else MetricRecord()
+        )
+        metrics[keys.UNIT_WEIGHT] = 1
+        mean = RecordDict({keys.ARRAYS: ArrayRecord(out), keys.METRICS: metrics})
+        return self.optimizer.aggregate_train(
+            server_round, [Message(content=mean, dst_node_id=0, message_type=MessageType.TRAIN)]
+        )
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.optimizer.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        return self.optimizer.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.optimizer.summary()
 
 
 class RecordLevelTally:
@@ -268,18 +315,18 @@ class RecordLevelTally:
         """Take this round's replies; returns how many declined this round."""
         declined = 0
         for msg in replies:
-            if msg.has_error() or keys.METRICS not in msg.content:
+            if msg.has_error() or keys.METRICS not in msg.content.metric_records:
                 continue
-            metrics = msg.content[keys.METRICS]
+            metrics = metrics_of(msg.content)
             count, summed = secure_sum(msg)
             if summed:  # SecAgg+: only the cohort's mean ε and how many declined are known
-                self.secure_mean = float(metrics.get(keys.RECORD_EPSILON, 0.0))
-                declined += round(float(metrics.get(keys.BUDGET_EXHAUSTED, 0.0)) * count)
+                self.secure_mean = scalar(metrics, keys.RECORD_EPSILON, 0.0)
+                declined += round(scalar(metrics, keys.BUDGET_EXHAUSTED, 0.0) * count)
                 continue
             node = msg.metadata.src_node_id
             if keys.RECORD_EPSILON in metrics:
-                self.latest[node] = float(metrics[keys.RECORD_EPSILON])
-            if int(metrics.get(keys.BUDGET_EXHAUSTED, 0)):
+                self.latest[node] = scalar(metrics, keys.RECORD_EPSILON)
+            if scalar(metrics, keys.BUDGET_EXHAUSTED, 0.0):
                 declined += 1
                 self.exhausted.add(node)
         return declined

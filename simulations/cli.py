@@ -17,6 +17,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Fetch and prepare data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+catalog_app = typer.Typer(
+    help="The published catalog: items, their features, the user-feature schema.",
+    no_args_is_help=True,
+)
+app.add_typer(catalog_app, name="catalog")
 console = Console()
 
 DataOption = Annotated[
@@ -188,6 +193,56 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
+
+
+@catalog_app.command("build")
+def catalog_build_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Catalog file to write (.npz).")],
+    config: Annotated[Path | None, typer.Option("--config", help="Scenario TOML.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="'synthetic' or a path.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting.")] = None,
+) -> None:
+    """Write the public catalog of a data set: what a server and its devices share.
+
+    It holds the items (ids, titles, feature blocks), the user-feature schema (names,
+    encodings, width: no user's values) and a content hash; nothing about any user.
+    """
+    from fedrec.common.data.catalog import build_catalog, save_catalog
+
+    fed = _federation_config(config, set_, {"data": data})
+    catalog = _or_exit(
+        lambda: build_catalog(fed.data, threshold=fed.threshold, synthetic=fed.synthetic())
+    )
+    _or_exit(lambda: save_catalog(catalog, out))
+    for line in _catalog_lines(catalog):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"catalog written to [bold]{out}[/]")
+
+
+@catalog_app.command("show")
+def catalog_show_cmd(
+    path: Annotated[Path, typer.Argument(help="A catalog file (fedrec catalog build).")],
+) -> None:
+    """Verify a catalog file (its content hash) and describe it."""
+    from fedrec.common.data.catalog import load_catalog
+
+    catalog = _or_exit(lambda: load_catalog(path))
+    for line in _catalog_lines(catalog):
+        console.print(line, markup=False, highlight=False)
+
+
+def _catalog_lines(catalog: Any) -> list[str]:
+    blocks = ", ".join(f"{b.name} ({b.width})" for b in catalog.item_blocks) or "unnamed"
+    columns = ", ".join(
+        f"{c.attribute}: {c.encoding} ({c.width})" for c in catalog.user_schema.columns
+    )
+    source = ", ".join(f"{k} {v}" for k, v in catalog.source.items())
+    return [
+        f"sha256 {catalog.hash}",
+        f"items {catalog.num_items}, item features {catalog.item_feature_dim}: {blocks}",
+        f"user features {catalog.user_feature_dim}: {columns or 'none'}",
+        f"built from: {source or 'unknown'}",
+    ]
 
 
 @data_app.command("download")

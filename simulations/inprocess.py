@@ -37,31 +37,32 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.common import keys
-from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.runs import METRICS_FILE, prepare_run_dir, write_json
-from fedrec.common.secagg import records as wire
+from fedrec.common.runs import prepare_run_dir
+from fedrec.common.secagg import wire
+from fedrec.simulations.runner import simulation_inputs
 
 RUN_ID = 1
 SERVER_NODE_ID = 0  # Flower's SuperLink node id; nodes are 1..N
 
 
-class InProcessGrid:
+class InProcessGrid(Grid):
     """A Flower Grid whose nodes are ClientApp calls in this process, one after another.
 
-    ``cohorts`` lists, per train fan-out, the sorted node ids the server sent it to (the
-    setup stage of a secure round, the train messages of a plain one). The server sends in
-    chunks of at most 32 (server/grid.py), so a round of 100 is four entries: compare two
-    runs' lists, do not count rounds with them.
+    ``cohorts`` lists, per train round, the sorted node ids the server sent it to (the setup
+    stage of a secure round, the train messages of a plain one). Only the calls a strategy
+    makes are served (``get_node_ids``, ``send_and_receive``); the rest of Flower's Grid —
+    the run record, one-way push and pull — has no meaning in one process and raises.
     """
 
     def __init__(self, app: ClientApp, num_nodes: int) -> None:
@@ -83,6 +84,29 @@ class InProcessGrid:
 
     def get_node_ids(self) -> list[int]:
         return list(self.contexts)
+
+    @property
+    def run(self) -> Run:
+        raise NotImplementedError("the in-process grid has no run record")
+
+    def set_run(self, run: Run) -> None:
+        raise NotImplementedError("the in-process grid has no run record")
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        raise NotImplementedError("build the Message directly (flwr.app.Message)")
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError("the in-process grid only sends and receives in one call")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError("the in-process grid only sends and receives in one call")
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -118,11 +142,17 @@ def _starts_train_round(message: Message) -> bool:
 
 @contextmanager
 def seeded_task(seed: int) -> Iterator[None]:
-    """Flower's task identity for this process and a seeded ``random``, restored afterwards."""
+    """Flower's task identity for this process and a seeded ``random``, restored afterwards.
+
+    Flower sets the identity (private class attributes, no public setter in 1.42) when it
+    starts a ServerApp; creating a Message needs it. ``random`` is seeded because Flower's
+    strategies shuffle what they send with it (fedrec puts the messages back in cohort order,
+    but the seeded run should not depend on that).
+    """
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     state = random.getstate()
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = RUN_ID, SERVER_NODE_ID, 1
-    random.seed(seed)  # flwr.serverapp.strategy.strategy_utils.sample_nodes draws from it
+    random.seed(seed)
     try:
         yield
     finally:
@@ -137,27 +167,34 @@ def run_inprocess(
     client_app: ClientApp | None = None,
 ) -> tuple[dict[str, Any], InProcessGrid]:
     """Run ``config`` with every server-side draw seeded by ``seed``; returns its metrics
-    (also written to ``config.out_dir`` with a ``reproducible`` record) and the grid."""
+    (also written to ``config.out_dir``, with a ``reproducible`` record) and the grid."""
     from fedrec.client.app import make_client_app
     from fedrec.server.app import run_federation
+    from fedrec.server.factory import ServerRandomness
 
     if config.out_dir:
         prepare_run_dir(config.out_dir)
-    data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
-    config = config.replace(expected_nodes=data.num_users)
-    grid = InProcessGrid(client_app or make_client_app(config), data.num_users)
-    with seeded_task(seed):
-        metrics = run_federation(grid, config, on_round, rng=np.random.default_rng(seed))  # type: ignore[arg-type]
-    metrics["reproducible"] = {
-        "backend": "in-process (fedrec.simulations.inprocess)",
-        "server_seed": seed,
-        "note": "cohorts and DP noise come from a seeded generator: research runs only, "
-        "no privacy claim",
+    provenance = {
+        "reproducible": {
+            "backend": "in-process (fedrec.simulations.inprocess)",
+            "server_seed": seed,
+            "note": "cohorts and DP noise come from a seeded generator: research runs only, "
+            "no privacy claim",
+        }
     }
+    with simulation_inputs(config) as (config, num_users):
+        grid = InProcessGrid(client_app or make_client_app(config), num_users)
+        with seeded_task(seed):
+            metrics = run_federation(
+                grid,
+                config,
+                on_round,
+                randomness=ServerRandomness.seeded(seed),
+                provenance=provenance,
+            )
     if config.out_dir:
         from fedrec.simulations.plots import plot_rounds
 
-        write_json(Path(config.out_dir) / METRICS_FILE, metrics)
         plot_rounds(metrics["rounds"], Path(config.out_dir))
     return metrics, grid
 

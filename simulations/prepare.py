@@ -26,15 +26,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import secrets
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedrec.common.crypto import load_or_create_key_file
 from fedrec.common.data.anonymize import (
-    KEY_BYTES,
     SUPPRESSED,
     AnonymizeConfig,
     Anonymized,
@@ -50,7 +49,6 @@ USERS_FILE = "users.csv"
 ITEMS_FILE = "items.csv"
 SUMMARY_FILE = "data-handling.json"
 SUPPORTED_FORMATS = ("ml-100k", "ml-latest", "csv")
-_KEY_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -73,34 +71,6 @@ class PrepareConfig:
             )
 
 
-def load_or_create_key(path: Path) -> tuple[bytes, bool]:
-    """The key in ``path`` (``created`` False), or 32 fresh random bytes written there (True)."""
-    path = Path(path).expanduser()
-    if path.exists():
-        if not path.is_file():
-            raise ValueError(f"key file {path} is not a regular file")
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise ValueError(
-                f"key file {path} is readable by other users (mode {mode:04o}): chmod 600 {path}"
-            )
-        key = path.read_bytes()
-        if len(key) != KEY_BYTES:
-            raise ValueError(
-                f"key file {path} holds {len(key)} bytes, expected {KEY_BYTES} random bytes as "
-                "`fedrec data prepare` writes them: pass the right file, or a new path to create "
-                "a fresh key (which gives new pseudonyms)"
-            )
-        return key, False
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = secrets.token_bytes(KEY_BYTES)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _KEY_MODE)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), _KEY_MODE)  # whatever the umask
-        f.write(key)
-    return key, True
-
-
 def prepare(config: PrepareConfig) -> dict[str, Any]:
     """Run the command: read, de-identify, write DIR; return the data-handling summary."""
     out = Path(config.out).expanduser()
@@ -114,7 +84,7 @@ def prepare(config: PrepareConfig) -> dict[str, Any]:
             f"{config.source}: prepare reads {', '.join(SUPPORTED_FORMATS)} data, not "
             f"{raw.format} (its ages are coded ranges)"
         )
-    key, created = load_or_create_key(config.key_file)
+    key, created = load_or_create_key_file(config.key_file)
     data = anonymize(raw, key, config.anonymize)
     files = _files(data, raw)
     summary = _summary(config, raw, data, key, created, [*files, SUMMARY_FILE])

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import tomllib
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.runs import prepare_run_dir
+from fedrec.common.runs import CATALOG_FILE, prepare_run_dir
 
 SCENARIO_DIR = Path(__file__).resolve().parent
 
@@ -65,6 +68,32 @@ def apply_settings(values: Mapping[str, Any], items: Iterable[str]) -> dict[str,
     return out
 
 
+@contextmanager
+def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConfig, int]]:
+    """(``config`` ready to simulate, the number of users = nodes) for the duration.
+
+    The runner is the data owner of a simulation: it reads the data set once, for its user
+    count and its public catalog. The catalog is written to the run folder (or a temporary
+    folder) unless ``catalog`` names one, which must then list this data set's items; the
+    ServerApp reads only that file. The run also waits for every node before round 1.
+    """
+    data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
+    with tempfile.TemporaryDirectory(prefix="fedrec-catalog-") as scratch:
+        if config.catalog:
+            catalog = load_catalog(config.catalog)
+            if catalog.item_ids != data.item_ids:
+                raise ValueError(
+                    f"catalog {config.catalog} does not list the items of {config.data}"
+                    f" ({catalog.num_items} vs {data.num_items} items, or another order):"
+                    " rebuild it with `fedrec catalog build` from this data"
+                )
+            path = Path(config.catalog)
+        else:
+            folder = Path(config.out_dir) if config.out_dir else Path(scratch)
+            path = save_catalog(Catalog.of(data), folder / CATALOG_FILE)
+        yield config.replace(catalog=str(path), expected_nodes=data.num_users), data.num_users
+
+
 def simulate(
     config: FederationConfig,
     on_round: Callable[[dict[str, Any]], None] | None = None,
@@ -82,23 +111,21 @@ def simulate(
 
     from fedrec.client.app import make_client_app
     from fedrec.server.app import make_server_app
-    from fedrec.simulations.engine import install_fast_polling
+    from fedrec.simulations.engine import ChunkedGrid, install_fast_polling
 
     install_fast_polling()
 
     if config.out_dir:
         prepare_run_dir(config.out_dir)
-    data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
-    config = config.replace(expected_nodes=data.num_users)  # sample only once all joined
     results: dict[str, Any] = {}
     cpus = num_cpus or os.cpu_count() or 1
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    with warnings.catch_warnings():
+    with simulation_inputs(config) as (config, num_users), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(
-            server_app=make_server_app(config, on_round, results),
+            server_app=make_server_app(config, on_round, results, wrap_grid=ChunkedGrid),
             client_app=client_app if client_app is not None else make_client_app(config),
-            num_supernodes=data.num_users,
+            num_supernodes=num_users,
             backend_config={
                 # one ClientApp actor per core by default; fewer leaves the driver a core
                 "client_resources": {"num_cpus": cpus / (actors or cpus), "num_gpus": 0.0},

@@ -1,14 +1,24 @@
-"""Shared builders for fake Flower Contexts and Messages (tests call ClientApps directly)."""
+"""Shared builders for fake Flower Contexts and Messages, and the catalogs tests run on
+(tests call ClientApps directly, as the simulation engine does)."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 import time
 import uuid
+from functools import cache, lru_cache
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
 from fedrec.common import keys
+from fedrec.common.data.catalog import Catalog, build_catalog, load_catalog, save_catalog
+from fedrec.common.fedconfig import FederationConfig
+
+# The real MovieLens 100K, read in place (never copied: its license forbids redistribution).
+ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 
 def node_context(user: int, num_users: int, run_config: dict | None = None) -> Context:
@@ -23,10 +33,19 @@ def node_context(user: int, num_users: int, run_config: dict | None = None) -> C
 
 
 def server_message(
-    message_type: str, arrays: ArrayRecord | None, node_id: int, server_round: int = 1
+    message_type: str,
+    arrays: ArrayRecord | None,
+    node_id: int,
+    server_round: int = 1,
+    *,
+    catalog: Catalog | None = None,
 ) -> Message:
-    """A message as the server would send it to ``node_id``."""
-    content = RecordDict({keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round})})
+    """A message as the server would send it to ``node_id`` (with ``catalog``'s hash, as
+    the server sends it with every model)."""
+    config = ConfigRecord({keys.SERVER_ROUND: server_round})
+    if catalog is not None:
+        config[keys.CATALOG_HASH] = catalog.hash
+    content = RecordDict({keys.CONFIG: config})
     if arrays is not None:
         content[keys.ARRAYS] = arrays
     metadata = Metadata(
@@ -43,5 +62,44 @@ def server_message(
     return Message(metadata=metadata, content=content)
 
 
-# The real MovieLens 100K, read in place (never copied: its license forbids redistribution).
-ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+def with_catalog(config: FederationConfig) -> FederationConfig:
+    """``config`` with ``catalog`` set to its data's published catalog (built once per data
+    settings, in a folder removed when the test process exits)."""
+    return config.replace(
+        catalog=_catalog_path(config.data, config.threshold, config.synthetic_users,
+                              config.synthetic_items, config.seed)
+    )  # fmt: skip
+
+
+def catalog_of(config: FederationConfig) -> Catalog:
+    """The catalog ``config`` names (set by :func:`with_catalog`)."""
+    return load_catalog(config.catalog)
+
+
+@cache
+def _catalog_path(data: str, threshold: float, users: int, items: int, seed: int) -> str:
+    synthetic = FederationConfig(synthetic_users=users, synthetic_items=items, seed=seed)
+    catalog = build_catalog(data, threshold=threshold, synthetic=synthetic.synthetic())
+    return str(save_catalog(catalog, _scratch() / f"catalog-{catalog.hash[:16]}.npz"))
+
+
+@lru_cache(maxsize=1)
+def _scratch() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="fedrec-test-catalogs-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+class StaticGrid:
+    """A Grid of fixed nodes that answers nothing (the strategy's side of a round only)."""
+
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = list(node_ids)
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+    def send_and_receive(self, messages: object, *, timeout: float | None = None) -> list[Message]:
+        self.sent.extend(messages)  # type: ignore[call-overload]
+        return []

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.dataset import Interactions
-from fedrec.common.data.shard import Catalog
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import Split, temporal_leave_one_out
 from fedrec.common.data.synthetic import SyntheticConfig
@@ -39,3 +39,14 @@ def split(data: Interactions) -> Split:
 @pytest.fixture(scope="module")
 def catalog(data: Interactions) -> Catalog:
     return Catalog.of(data)
+
+
+@pytest.fixture
+def server_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's task identity of a ServerApp (set by Flower when it starts one; creating a
+    Message needs it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)  # the server (SuperLink) node
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrec.common.data.features import encode_item_features, encode_user_features
+from fedrec.common.data.features import UserFeatureSchema, encode_item_features
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,18 @@ class Interactions:
     timestamp: np.ndarray  # (N,) int64
     user_ids: tuple[str, ...]  # dense index -> raw id
     item_ids: tuple[str, ...]
-    user_features: np.ndarray  # (num_users, F_u) float32
-    user_feature_names: tuple[str, ...]
+    user_features: np.ndarray  # (num_users, F_u) float32, encoded by user_schema
+    user_schema: UserFeatureSchema  # how raw user attributes become those columns
     item_features: np.ndarray  # (num_items, F_i) float32
     item_feature_names: tuple[str, ...]
     item_titles: tuple[str, ...]
     source: str
     format: str
     stats: dict[str, int | float]  # ratings_read, duplicates_removed, below_threshold, ...
+
+    @property
+    def user_feature_names(self) -> tuple[str, ...]:
+        return self.user_schema.names
 
     @property
     def num_users(self) -> int:
@@ -89,7 +93,8 @@ def to_implicit(raw: RawRatings, threshold: float = 0.0) -> Interactions:
     user = np.fromiter((user_index[u] for u in users_raw), dtype=np.int64, count=len(users_raw))
     item = np.fromiter((item_index[i] for i in items_raw), dtype=np.int64, count=len(items_raw))
 
-    user_features, user_feature_names = encode_user_features(raw.user_meta, user_ids)
+    user_schema = UserFeatureSchema.fit(raw.user_meta, user_ids)
+    user_features = user_schema.encode(raw.user_meta, user_ids)
     item_features, item_feature_names = encode_item_features(raw.item_meta, item_ids, raw.genres)
     titles = tuple(str(raw.item_meta.get(i, {}).get("title", "")) for i in item_ids)
     stats: dict[str, int | float] = {
@@ -108,7 +113,7 @@ def to_implicit(raw: RawRatings, threshold: float = 0.0) -> Interactions:
         user_ids=tuple(user_ids),
         item_ids=tuple(item_ids),
         user_features=user_features,
-        user_feature_names=user_feature_names,
+        user_schema=user_schema,
         item_features=item_features,
         item_feature_names=item_feature_names,
         item_titles=titles,

@@ -359,6 +359,7 @@ def _floats(path: Path, values: list[str], lines: list[int], what: str) -> np.nd
 
 def _numbers(path: Path, values: list[str], lines: list[int], what: str, dtype: type) -> np.ndarray:
     """An int64/float64 column, vectorized; on failure the first bad value gives the message."""
+    out: np.ndarray
     try:
         out = np.array(values, dtype=str).astype(dtype)
     except (ValueError, OverflowError):

@@ -5,9 +5,9 @@ the last one is the test item, the second-to-last the validation item, the rest 
 with fewer than ``MIN_INTERACTIONS_TO_EVALUATE`` interactions are train-only and counted.
 
 Each evaluated user gets ``num_candidates`` (99) negatives sampled once, from a fixed seed,
-among items the user never interacted with. Training negatives (:class:`NegativeSampler`) are
-drawn from items outside the user's train set **and** outside the user's held-out items and
-evaluation candidates, so the model never learns "this candidate is a negative" (no leakage).
+among items the user never interacted with. Training negatives
+(:mod:`fedrec.common.data.examples`) avoid the user's train items **and** its held-out items
+and evaluation candidates, so the model never learns "this candidate is a negative".
 """
 
 from __future__ import annotations
@@ -52,13 +52,6 @@ class Split:
     def item_counts(self) -> np.ndarray:
         """(num_items,) number of train interactions per item (popularity)."""
         return np.bincount(self.train_items, minlength=self.num_items)
-
-    def excluded_for_training(self, user: int) -> np.ndarray:
-        """Sorted items a training negative of ``user`` must never be."""
-        held = [self.val_item[user], self.test_item[user]]
-        parts = [self.train_items_of(user), np.array(held), self.candidates[user]]
-        out = np.unique(np.concatenate(parts))
-        return out[out != NO_ITEM]
 
 
 def temporal_leave_one_out(data: Interactions, *, num_candidates: int = 99, seed: int = 0) -> Split:
@@ -124,36 +117,3 @@ def _sample_candidates(
             )
         out[u] = rng.choice(pool, size=k, replace=False)
     return out
-
-
-class NegativeSampler:
-    """Uniform training negatives that avoid each user's train, held-out and candidate items.
-
-    Exclusions are kept as one sorted array of keys ``user * num_items + item``; sampling draws
-    uniformly and redraws the excluded ones (vectorized), which terminates quickly because every
-    user excludes a small fraction of the catalog.
-    """
-
-    def __init__(self, split: Split, users: np.ndarray | None = None) -> None:
-        users = np.arange(split.num_users) if users is None else np.asarray(users)
-        self.num_items = split.num_items
-        keys = [u * split.num_items + split.excluded_for_training(int(u)) for u in users]
-        self._excluded = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
-        per_user = np.bincount(self._excluded // self.num_items, minlength=split.num_users)
-        if per_user.max(initial=0) >= self.num_items:
-            raise ValueError("a user excludes the whole catalog: no training negative exists")
-
-    def is_excluded(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        keys = users.astype(np.int64) * self.num_items + items
-        pos = np.searchsorted(self._excluded, keys)
-        pos = np.minimum(pos, len(self._excluded) - 1)
-        return self._excluded[pos] == keys if len(self._excluded) else np.zeros_like(keys, bool)
-
-    def sample(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One negative item per entry of ``users`` (B,) -> (B,) int64."""
-        items = rng.integers(0, self.num_items, size=len(users))
-        bad = self.is_excluded(users, items)
-        while bad.any():
-            items[bad] = rng.integers(0, self.num_items, size=int(bad.sum()))
-            bad[bad] = self.is_excluded(users[bad], items[bad])
-        return items

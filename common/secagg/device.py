@@ -1,7 +1,7 @@
 """The device's side of SecAgg+ on the Message API: a train mod.
 
 A secure round is four ``train`` messages that carry a ``secagg`` record (see
-:mod:`fedrec.common.secagg.records`); the mod answers the key stages itself and, at the
+:mod:`fedrec.common.secagg.wire`); the mod answers the key stages itself and, at the
 collect stage, runs the rest of the train path (``UserLevelClipping`` → the handler), turns the
 reply into the update Δ = local − global, and sends only ``q(Δ) + masks mod M`` as bytes. The
 shared parameters never leave the device in the clear, and neither do the scalar metrics: the
@@ -20,15 +20,17 @@ sum, so this bound is the device's job.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from fedrec.common import keys
-from fedrec.common.privacy import NonFiniteUpdate, clip_update
-from fedrec.common.secagg import records as wire
+from fedrec.common.privacy import NonFiniteUpdate, clip_delta
+from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar
+from fedrec.common.secagg import wire
 from fedrec.common.secagg.primitives import SecAggConfig, SecAggError
 from fedrec.common.secagg.protocol import SecAggClient, StateValue
 
@@ -45,30 +47,25 @@ def update_vector(
 ) -> list[np.ndarray]:
     """What the device masks: Δ per shared array (float64, the server's order), then the
     requested metrics scaled into the clipping range. Clips Δ for user-level DP."""
-    start = sent[keys.ARRAYS]
-    local = reply[keys.ARRAYS]
-    if list(local.keys()) != list(start.keys()):
-        raise SecAggError("secure round: the update's arrays differ from the model's")
-    delta = {
-        k: local[k].numpy().astype(np.float64) - start[k].numpy().astype(np.float64) for k in start
-    }
-    train_config = sent.get(keys.CONFIG, {})
-    metric_values = reply.get(keys.METRICS, {})
+    start = numpy_arrays(arrays_of(sent))
+    local = numpy_arrays(arrays_of(reply))
+    train_config = config_of(sent)
+    metric_values = reply.metric_records.get(keys.METRICS, MetricRecord())
     metrics = np.array(
-        [float(metric_values.get(name, 0.0)) for name in metric_bounds], dtype=np.float64
+        [scalar(metric_values, name, 0.0) for name in metric_bounds], dtype=np.float64
     )
+    bound = None
     if keys.CLIPPING_NORM in train_config:
-        length = sum(v.size for v in delta.values()) + metrics.size
-        bound = quantized_clip_norm(float(train_config[keys.CLIPPING_NORM]), config, length)
+        clip_norm = scalar(train_config, keys.CLIPPING_NORM)
+        length = sum(v.size for v in start.values()) + metrics.size
+        bound = quantized_clip_norm(clip_norm, config, length)
         if bound <= 0:
             raise SecAggError(
-                f"secure round: clip norm {train_config[keys.CLIPPING_NORM]} is below the"
+                f"secure round: clip norm {clip_norm} is below the"
                 f" quantization error bound Δ·√d = {config.rounding_norm(length):.3g};"
                 " raise secagg-quantization-bits"
             )
-        delta, _ = clip_update(delta, bound)  # raises NonFiniteUpdate on NaN/inf
-    elif not all(np.isfinite(v).all() for v in delta.values()):
-        raise NonFiniteUpdate("the update has non-finite values")
+    delta, _ = clip_delta(start, local, bound)  # NonFiniteUpdate on NaN/inf, ValueError on keys
     return [*delta.values(), metrics * wire.metric_scales(config, metric_bounds)]
 
 
@@ -98,14 +95,13 @@ class SecAggPlusMod:
                 )
                 return Message(error=Error(code=SECAGG_ERROR, reason=reason), reply_to=msg)
             return call_next(msg, context)
-        record = msg.content[wire.SECAGG]
+        record = config_of(msg.content, wire.SECAGG)
         try:
             stage = wire.stage_of(record)
             config = wire.round_config(record)
             digest = wire.config_digest(record)
-            if stage != Stage.SETUP and context.state.get(wire.STATE, {}).get(
-                "round-digest"
-            ) not in (None, digest):
+            previous = config_of(context.state, wire.STATE).get("round-digest")
+            if stage != Stage.SETUP and previous not in (None, digest):
                 raise SecAggError(f"client {context.node_id}: round parameters changed")
             if stage == Stage.SETUP:
                 client = self._client(context.node_id, config, None)
@@ -147,7 +143,7 @@ class SecAggPlusMod:
             return SecAggClient(node_id, config, **extra)
         if wire.STATE not in context.state:
             raise SecAggError(f"client {node_id}: no secure round in progress")
-        state = _ids_from_text(dict(context.state[wire.STATE]))
+        state = _ids_from_text(config_of(context.state, wire.STATE))
         return SecAggClient.from_state_dict(config, state, **extra)
 
 
@@ -165,20 +161,21 @@ _LIST_FIELDS = (
 )
 
 
-def _ids_as_text(state: dict[str, StateValue]) -> dict[str, StateValue]:
+def _ids_as_text(state: Mapping[str, StateValue]) -> dict[str, Any]:
     """The state as ConfigRecord values: ids as text, empty lists left out (Flower cannot
     store ``[]``; :func:`_ids_from_text` restores them)."""
-    out = dict(state)
+    out: dict[str, Any] = dict(state)
     for key in _ID_FIELDS:
         value = out[key]
         out[key] = [str(v) for v in value] if isinstance(value, list) else str(value)
     return {k: v for k, v in out.items() if not (isinstance(v, list) and not v)}
 
 
-def _ids_from_text(state: dict[str, object]) -> dict[str, StateValue]:
+def _ids_from_text(state: Mapping[str, Any]) -> dict[str, StateValue]:
     out: dict[str, StateValue] = {k: [] for k in _LIST_FIELDS}
-    out.update(state)  # type: ignore[arg-type]
-    for key in _ID_FIELDS:
-        value = out[key]
-        out[key] = [int(v) for v in value] if isinstance(value, list) else int(value)  # type: ignore[arg-type]
+    for key, value in state.items():
+        if key in _ID_FIELDS:
+            out[key] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        else:
+            out[key] = value
     return out

@@ -51,10 +51,11 @@ from flwr.common.secure_aggregation.secaggplus_constants import Stage
 from flwr.serverapp import Grid
 
 from fedrec.common import keys
-from fedrec.common.secagg import records as wire
-from fedrec.common.secagg.primitives import SecAggError, SecAggSettings
+from fedrec.common.grids import GridWrapper
+from fedrec.common.records import arrays_of, config_of, message_bytes, numpy_arrays
+from fedrec.common.secagg import wire
+from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS, SecAggError, SecAggSettings
 from fedrec.common.secagg.protocol import SecAggServer
-from fedrec.server.grid import message_bytes
 
 # Metrics the devices sum securely, with the bound of each (a device reports 0 for one it
 # does not have; a value beyond its bound is clipped to it). Per device a metric is exact to
@@ -68,7 +69,7 @@ SUMMED_METRICS = {
 }
 
 
-class SecureAggregationGrid:
+class SecureAggregationGrid(GridWrapper):
     """A Grid that runs every ``train`` fan-out as a SecAgg+ round (see the module docstring).
 
     ``report`` holds the last secure round's figures: cohort, k, t, survivors, dropouts per
@@ -82,14 +83,11 @@ class SecureAggregationGrid:
         metric_bounds: Mapping[str, float] | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.settings = settings
         self.metric_bounds = dict(SUMMED_METRICS if metric_bounds is None else metric_bounds)
         self._rng = rng if rng is not None else np.random.default_rng()  # the graph
         self.report: dict[str, Any] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -99,7 +97,7 @@ class SecureAggregationGrid:
             self.report = _new_report(0, "skipped: no clients sampled")
             return []
         if messages[0].metadata.message_type != MessageType.TRAIN:
-            return self._grid.send_and_receive(messages, timeout=timeout)
+            return self.grid.send_and_receive(messages, timeout=timeout)
         return self._secure_round(messages, timeout)
 
     # --- one secure round ---------------------------------------------------------------
@@ -108,14 +106,16 @@ class SecureAggregationGrid:
         train = {m.metadata.dst_node_id: m for m in messages}
         n = len(train)
         report = self.report = _new_report(n, "ok")
-        if n < 3:
-            report["status"] = f"skipped: {n} clients sampled, a secure sum needs 3"
+        if n < MIN_SECURE_CLIENTS:
+            report["status"] = (
+                f"skipped: {n} clients sampled, a secure sum needs {MIN_SECURE_CLIENTS}"
+            )
             return []
         config = self.settings.for_round(n)
         report.update(neighbours=config.neighbours, threshold=config.threshold)
         report["modulus_bits"] = config.modulus.bit_length() - 1
-        first = messages[0].content[keys.ARRAYS]
-        global_ = {k: v.numpy().astype(np.float64) for k, v in first.items()}
+        first = numpy_arrays(arrays_of(messages[0].content))
+        global_ = {k: v.astype(np.float64) for k, v in first.items()}
         shapes = [v.shape for v in global_.values()] + [(len(self.metric_bounds),)]
         server = SecAggServer(config, sorted(train), shapes, self._rng)
 
@@ -124,20 +124,17 @@ class SecureAggregationGrid:
 
         def exchange(stage: str, contents: Mapping[int, RecordDict]) -> dict[int, ConfigRecord]:
             started = time.perf_counter()
-            out = [
-                Message(metadata=_metadata(train[node].metadata, node), content=c)
-                for node, c in contents.items()
-            ]
+            out = [_instruction(c, train[node].metadata, node) for node, c in contents.items()]
             left = None if deadline is None else max(deadline - time.time(), 0.0)
-            replies = list(self._grid.send_and_receive(out, timeout=left))
+            replies = list(self.grid.send_and_receive(out, timeout=left))
             report["bytes_down"] += sum(message_bytes(m) for m in out)
             report["bytes_up"] += sum(message_bytes(m) for m in replies)
             answers, errors = {}, []
             for reply in replies:
                 if reply.has_error():  # a dropout at this stage, with its reason
                     errors.append((reply.error.reason or "")[-300:])
-                elif wire.SECAGG in reply.content:
-                    answers[reply.metadata.src_node_id] = reply.content[wire.SECAGG]
+                elif wire.SECAGG in reply.content.config_records:
+                    answers[reply.metadata.src_node_id] = config_of(reply.content, wire.SECAGG)
             report["dropped"][stage] = len(contents) - len(answers)
             report["errors"] = sorted(set(report["errors"]) | set(errors))[:3]
             if contents and len(errors) == len(contents):
@@ -212,24 +209,20 @@ class SecureAggregationGrid:
                 wire.SECURE_SUM: ConfigRecord({"count": count}),
             }
         )
+        # from no single node: the server builds it, from the sum of ``count`` of them
         template = train[result.contributors[0]].metadata
-        # from no single node (src 0): the aggregate of ``count`` of them
-        reply = _metadata(template, template.src_node_id, src_node_id=0)
-        return [Message(metadata=reply, content=content)]
+        return [_instruction(content, template, template.src_node_id)]
 
 
-def _metadata(template: Metadata, dst_node_id: int, src_node_id: int | None = None) -> Metadata:
-    """A new train instruction's metadata, in the run and group of ``template``."""
-    return Metadata(
-        run_id=template.run_id,
-        message_id="",
-        src_node_id=template.src_node_id if src_node_id is None else src_node_id,
-        dst_node_id=dst_node_id,
-        reply_to_message_id="",
+def _instruction(content: RecordDict, template: Metadata, dst_node_id: int) -> Message:
+    """A new train message to ``dst_node_id``, in the group and with the ttl of ``template``
+    (a message the strategy built: the secure round's stages belong to its round)."""
+    return Message(
+        content,
+        dst_node_id,
+        MessageType.TRAIN,
         group_id=template.group_id,
-        created_at=time.time(),
         ttl=template.ttl,
-        message_type=MessageType.TRAIN,
     )
 
 
@@ -252,6 +245,7 @@ def secure_sum(message: Message) -> tuple[int, bool]:
     Only the strategy of a secure run may trust this record: a device could forge it, so
     ``RoundRecorder`` drops any reply carrying it unless the run aggregates securely (then
     every reply the strategy sees was built by :class:`SecureAggregationGrid`)."""
-    if message.has_content() and wire.SECURE_SUM in message.content:
-        return int(message.content[wire.SECURE_SUM]["count"]), True
-    return 1, False
+    if not message.has_content() or wire.SECURE_SUM not in message.content:
+        return 1, False
+    count = config_of(message.content, wire.SECURE_SUM).get("count")
+    return (count if isinstance(count, int) and count > 0 else 0), True  # 0: malformed

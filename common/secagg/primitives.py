@@ -36,6 +36,9 @@ KEY_SIZE = 32  # X25519 keys, self-mask seeds and ChaCha20 keys are all 32 bytes
 MASK_INFO = b"fedrec/secagg/v1/pairwise-mask"  # HKDF label: pairwise mask seed s_uv
 SHARE_INFO = b"fedrec/secagg/v1/share-encryption"  # HKDF label: key encrypting u's shares to v
 MAX_MODULUS = 2**64  # masks are added in uint64, whose wrap-around is exact mod any 2^b ≤ 2^64
+# The fewest updates ever summed: a sum of two reveals each to the other (it knows its own),
+# so no round starts, and no sum is unmasked, with fewer (config, grid, server, protocol).
+MIN_SECURE_CLIENTS = 3
 _NONCE = bytes(16)  # ChaCha20 counter ‖ nonce: every seed is fresh per round, used for one stream
 
 Entropy = Callable[[int], bytes]  # n -> n secret random bytes (os.urandom outside tests)
@@ -73,9 +76,10 @@ class SecAggConfig:
             if type(getattr(self, name)) is not int:
                 raise ValueError(f"SecAggConfig.{name} must be an int, got {getattr(self, name)!r}")
         n, k, t = self.num_clients, self.neighbours, self.threshold
-        if n < 3:
+        if n < MIN_SECURE_CLIENTS:
             raise ValueError(
-                f"SecAggConfig.num_clients: need n ≥ 3 (a sum of 2 reveals both), got {n}"
+                f"SecAggConfig.num_clients: need n ≥ {MIN_SECURE_CLIENTS} (a sum of 2 reveals"
+                f" both), got {n}"
             )
         if self.num_neighbours is not None:
             if type(k) is not int or not 2 <= k <= n - 1:

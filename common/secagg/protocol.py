@@ -35,6 +35,7 @@ from flwr.common.secure_aggregation.secaggplus_utils import (
 from fedrec.common.secagg.primitives import (
     KEY_SIZE,
     MASK_INFO,
+    MIN_SECURE_CLIENTS,
     SHARE_INFO,
     CollectRequest,
     Entropy,
@@ -64,7 +65,6 @@ from fedrec.common.secagg.primitives import (
 
 StateValue = int | str | bytes | list[int] | list[bytes]  # what a ConfigRecord can hold
 _NEW, _DONE = "new", "done"
-MIN_CONTRIBUTORS = 3  # the server never unmasks a sum of two (each would learn the other)
 _ORDER = (_NEW, *Stage.all(), _DONE)  # setup, share_keys, collect_masked_vectors, unmask
 
 
@@ -304,10 +304,10 @@ class SecAggServer:
         """After collect_masked_vectors: sum the vectors (U3), ask for the shares that unmask it."""
         self._stages.enter(Stage.COLLECT_MASKED_VECTORS)
         live = self._known(vectors, self._peers.keys())
-        if len(live) < MIN_CONTRIBUTORS:  # checked before any share is asked for
+        if len(live) < MIN_SECURE_CLIENTS:  # checked before any share is asked for
             raise InsufficientSharesError(
                 f"{Stage.COLLECT_MASKED_VECTORS}: {len(live)} masked vectors; a sum of fewer"
-                f" than {MIN_CONTRIBUTORS} would reveal its inputs to each contributor"
+                f" than {MIN_SECURE_CLIENTS} would reveal its inputs to each contributor"
             )
         m = self.config.modulus
         for u in sorted(live):

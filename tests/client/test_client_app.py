@@ -8,21 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import node_context, server_message
-from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from builders import catalog_of, node_context, server_message, with_catalog
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedrec.client.app import expected_shared_shapes, make_client_app
-from fedrec.client.data import SimulationShards
+from fedrec.client.app import make_client_app
+from fedrec.client.data import DataSetPartitions, LocalUser
 from fedrec.client.local import build_local_model, local_train
+from fedrec.client.mods import CATALOG_MISMATCH_ERROR
+from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.client.trainers import local_train_config
 from fedrec.common import keys
-from fedrec.common.data.shard import Catalog, UserShard, initial_shared_state
+from fedrec.common.crypto import create_key_file
+from fedrec.common.data.catalog import Catalog
+from fedrec.common.data.shard import UserShard
 from fedrec.common.data.split import NO_ITEM
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.model import PRIVATE_KEYS
+from fedrec.common.model import PRIVATE_KEYS, initial_shared_state, shared_shapes
 
-CONFIG = FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0)
+CONFIG = with_catalog(FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0))
+CATALOG = catalog_of(CONFIG)
 USERS = CONFIG.synthetic_users
 EVAL_KEYS = {
     "val-hr@10", "val-ndcg@10", "val-full_hr@10", "val-full_ndcg@10",
@@ -31,18 +36,18 @@ EVAL_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def shards() -> SimulationShards:
-    return SimulationShards()
+def shards() -> DataSetPartitions:
+    return DataSetPartitions()
 
 
 @pytest.fixture(scope="module")
-def app(shards: SimulationShards) -> ClientApp:
+def app(shards: DataSetPartitions) -> ClientApp:
     return make_client_app(CONFIG, shards)
 
 
 @pytest.fixture(scope="module")
-def catalog(shards: SimulationShards) -> Catalog:
-    return shards.catalog(CONFIG)
+def catalog() -> Catalog:
+    return CATALOG
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,9 @@ def initial(catalog: Catalog) -> ArrayRecord:
 
 
 def _train(app: ClientApp, context: Context, arrays: ArrayRecord, server_round: int) -> Message:
-    reply = app(server_message("train", arrays, context.node_id, server_round), context)
+    reply = app(
+        server_message("train", arrays, context.node_id, server_round, catalog=CATALOG), context
+    )
     assert not reply.has_error(), reply.error
     return reply
 
@@ -64,7 +71,7 @@ def test_train_reply_carries_only_the_shared_group(
     app: ClientApp, catalog: Catalog, initial: ArrayRecord
 ) -> None:
     context = node_context(3, USERS)
-    request = server_message("train", initial, context.node_id, 1)
+    request = server_message("train", initial, context.node_id, 1, catalog=CATALOG)
     reply = app(request, context)
     assert not reply.has_error()
     assert reply.metadata.reply_to_message_id == request.metadata.message_id
@@ -72,7 +79,7 @@ def test_train_reply_carries_only_the_shared_group(
     arrays = reply.content[keys.ARRAYS]
     assert isinstance(arrays, ArrayRecord)
     shapes = {k: tuple(a.shape) for k, a in arrays.items()}
-    assert shapes == expected_shared_shapes(catalog, CONFIG.dim)
+    assert shapes == shared_shapes(catalog, CONFIG.dim)
     assert not set(PRIVATE_KEYS) & set(shapes) and "item_features" not in shapes
     metrics = reply.content[keys.METRICS]
     assert isinstance(metrics, MetricRecord)
@@ -86,7 +93,7 @@ def test_train_reply_carries_only_the_shared_group(
 
 
 def test_train_keeps_the_private_state_on_the_node(
-    app: ClientApp, shards: SimulationShards, initial: ArrayRecord
+    app: ClientApp, shards: DataSetPartitions, initial: ArrayRecord
 ) -> None:
     context = node_context(5, USERS)
     _train(app, context, initial, 1)
@@ -94,13 +101,13 @@ def test_train_keeps_the_private_state_on_the_node(
     assert isinstance(record, ArrayRecord)
     assert set(record) == {"user_embedding.weight", "user_features"}
     assert tuple(record["user_embedding.weight"].shape) == (1, CONFIG.dim)
-    shard = shards.shard(CONFIG, context)
+    shard = shards.local_user(CONFIG, context).shard
     np.testing.assert_array_equal(record["user_features"].numpy()[0], shard.user_features)
 
 
 def test_second_round_starts_from_the_stored_embedding(
     app: ClientApp,
-    shards: SimulationShards,
+    shards: DataSetPartitions,
     catalog: Catalog,
     initial: ArrayRecord,
 ) -> None:
@@ -120,7 +127,7 @@ def test_second_round_starts_from_the_stored_embedding(
     assert not np.array_equal(second["user_embedding.weight"], first["user_embedding.weight"])
 
     # round 2 continued from the stored row: redo it by hand from the stored state
-    shard = shards.shard(CONFIG, context)
+    shard = shards.local_user(CONFIG, context).shard
     model = build_local_model(
         catalog, shard, CONFIG.dim, shared.to_torch_state_dict(),
         {k: torch.from_numpy(v) for k, v in first.items()}, seed=123,
@@ -157,11 +164,11 @@ def test_the_user_embedding_never_leaves_the_node(
 ) -> None:
     """Train and evaluate with the audit log on: no reply or record mentions private keys."""
     log = tmp_path / "audit.jsonl"
-    audited = make_client_app(CONFIG.replace(audit_log=str(log)), SimulationShards())
+    audited = make_client_app(CONFIG.replace(audit_log=str(log)), DataSetPartitions())
     context = node_context(11, USERS)
     replies = [
-        audited(server_message("train", initial, context.node_id, 1), context),
-        audited(server_message("evaluate", initial, context.node_id, 1), context),
+        audited(server_message("train", initial, context.node_id, 1, catalog=CATALOG), context),
+        audited(server_message("evaluate", initial, context.node_id, 1, catalog=CATALOG), context),
     ]
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [line["type"] for line in lines] == ["train", "evaluate"]
@@ -176,7 +183,7 @@ def test_the_user_embedding_never_leaves_the_node(
 
 def test_evaluate_reply_has_only_scalar_metrics(app: ClientApp, initial: ArrayRecord) -> None:
     context = node_context(13, USERS)
-    reply = app(server_message("evaluate", initial, context.node_id, 1), context)
+    reply = app(server_message("evaluate", initial, context.node_id, 1, catalog=CATALOG), context)
     assert not reply.has_error()
     assert set(reply.content.keys()) == {keys.METRICS}
     metrics = reply.content[keys.METRICS]
@@ -191,13 +198,13 @@ def test_evaluate_uses_the_trained_private_state(app: ClientApp, initial: ArrayR
     context = node_context(15, USERS)
     _train(app, context, initial, 1)
     stored = _private(context)
-    app(server_message("evaluate", initial, context.node_id, 1), context)
+    app(server_message("evaluate", initial, context.node_id, 1, catalog=CATALOG), context)
     after = _private(context)
     assert all(np.array_equal(after[k], stored[k]) for k in stored)  # read, not rewritten
 
 
 def test_the_evaluation_refresh_changes_the_scores_but_not_the_stored_state(
-    shards: SimulationShards, initial: ArrayRecord
+    shards: DataSetPartitions, initial: ArrayRecord
 ) -> None:
     """eval-private-epochs re-fits the user row for ranking only; the stored row is kept."""
     replies = {}
@@ -206,7 +213,9 @@ def test_the_evaluation_refresh_changes_the_scores_but_not_the_stored_state(
         context = node_context(17, USERS)
         _train(app, context, initial, 1)
         stored = _private(context)
-        replies[epochs] = app(server_message("evaluate", initial, context.node_id, 2), context)
+        replies[epochs] = app(
+            server_message("evaluate", initial, context.node_id, 2, catalog=CATALOG), context
+        )
         assert not replies[epochs].has_error()
         after = _private(context)
         assert all(np.array_equal(after[k], stored[k]) for k in stored)
@@ -226,31 +235,30 @@ def test_the_app_pickles_by_reference(app: ClientApp, initial: ArrayRecord) -> N
     assert len(data) < 4000, len(data)  # 2.6 kB; the closure version was 9.6 kB
     clone = cloudpickle.loads(data)
     context = node_context(19, USERS)
-    reply = clone(server_message("train", initial, context.node_id, 1), context)
+    reply = clone(server_message("train", initial, context.node_id, 1, catalog=CATALOG), context)
     assert not reply.has_error(), reply.error
 
 
 class _TrainOnly:
     """A ShardSource whose user has fewer than 3 interactions: train-only, not evaluable."""
 
-    def __init__(self, inner: SimulationShards) -> None:
+    def __init__(self, inner: DataSetPartitions) -> None:
         self.inner = inner
 
-    def catalog(self, config: FederationConfig) -> Catalog:
-        return self.inner.catalog(config)
-
-    def shard(self, config: FederationConfig, context: Context) -> UserShard:
-        full = self.inner.shard(config, context)
-        return UserShard(full.user_features, full.train_items[:2], NO_ITEM, NO_ITEM,
-                         np.zeros(0, np.int64), full.num_items)  # fmt: skip
+    def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
+        user = self.inner.local_user(config, context)
+        full = user.shard
+        shard = UserShard(full.user_features, full.train_items[:2], NO_ITEM, NO_ITEM,
+                          np.zeros(0, np.int64), full.num_items)  # fmt: skip
+        return LocalUser(user.name, user.stream, shard, user.store)
 
 
 def test_a_train_only_node_counts_as_no_user(
-    shards: SimulationShards, initial: ArrayRecord
+    shards: DataSetPartitions, initial: ArrayRecord
 ) -> None:
     app = make_client_app(CONFIG, _TrainOnly(shards))
     context = node_context(0, USERS)
-    reply = app(server_message("evaluate", initial, context.node_id, 1), context)
+    reply = app(server_message("evaluate", initial, context.node_id, 1, catalog=CATALOG), context)
     assert dict(reply.content[keys.METRICS]) == {
         keys.USERS: 0,
         keys.NUM_EXAMPLES: 0,
@@ -261,7 +269,7 @@ def test_a_train_only_node_counts_as_no_user(
 
 
 def test_run_config_is_read_when_no_config_is_fixed(
-    app: ClientApp, shards: SimulationShards, initial: ArrayRecord
+    app: ClientApp, shards: DataSetPartitions, initial: ArrayRecord
 ) -> None:
     from_run_config = make_client_app(source=shards)
     context = node_context(4, USERS, run_config=CONFIG.to_mapping())
@@ -272,21 +280,21 @@ def test_run_config_is_read_when_no_config_is_fixed(
 
 
 def test_a_typo_in_the_run_config_is_an_error(
-    shards: SimulationShards, initial: ArrayRecord
+    shards: DataSetPartitions, initial: ArrayRecord
 ) -> None:
     app = make_client_app(source=shards)
     context = node_context(0, USERS, run_config={"local-epoch": 2})
     with pytest.raises(ValueError, match="local-epoch"):
-        app(server_message("train", initial, context.node_id, 1), context)
+        app(server_message("train", initial, context.node_id, 1, catalog=CATALOG), context)
 
 
 def test_node_count_mismatch_is_a_clear_error(app: ClientApp, initial: ArrayRecord) -> None:
     """Called directly the ClientApp raises; Flower's runtime turns that into an error reply."""
     context = node_context(0, USERS - 1)
     with pytest.raises(ValueError, match=rf"{USERS - 1} nodes but the data set has {USERS} users"):
-        app(server_message("train", initial, context.node_id, 1), context)
+        app(server_message("train", initial, context.node_id, 1, catalog=CATALOG), context)
     with pytest.raises(ValueError, match="num-supernodes"):
-        app(server_message("evaluate", initial, context.node_id, 1), context)
+        app(server_message("evaluate", initial, context.node_id, 1, catalog=CATALOG), context)
     assert keys.STATE_PRIVATE not in context.state
 
 
@@ -304,7 +312,7 @@ def _epsilon_of(reply: Message) -> float:
 
 
 def test_the_dp_ledger_lives_in_node_state_and_accumulates(
-    shards: SimulationShards, initial: ArrayRecord
+    shards: DataSetPartitions, initial: ArrayRecord
 ) -> None:
     app = make_client_app(DP_APP_CONFIG, shards)
     context = node_context(21, USERS)
@@ -324,7 +332,7 @@ def test_the_dp_ledger_lives_in_node_state_and_accumulates(
 
 
 def test_a_node_past_its_budget_declines_with_a_zero_update(
-    shards: SimulationShards, initial: ArrayRecord
+    shards: DataSetPartitions, initial: ArrayRecord
 ) -> None:
     probe = make_client_app(DP_APP_CONFIG, shards)
     one_round = _epsilon_of(_train(probe, node_context(23, USERS), initial, 1))
@@ -346,7 +354,7 @@ def test_the_node_clips_its_update_when_the_server_sends_c(
     app: ClientApp, initial: ArrayRecord
 ) -> None:
     context = node_context(25, USERS)
-    request = server_message("train", initial, context.node_id, 1)
+    request = server_message("train", initial, context.node_id, 1, catalog=CATALOG)
     request.content[keys.CONFIG][keys.CLIPPING_NORM] = 0.01
     reply = app(request, context)
     assert not reply.has_error(), reply.error
@@ -358,7 +366,7 @@ def test_the_node_clips_its_update_when_the_server_sends_c(
 
 
 def test_dp_noise_is_not_derived_from_the_run_seed(
-    shards: SimulationShards, initial: ArrayRecord
+    shards: DataSetPartitions, initial: ArrayRecord
 ) -> None:
     """The same node, round and config twice: a seeded (predictable, removable) noise would
     give the same update; DP-SGD's noise must come from fresh entropy."""
@@ -370,3 +378,67 @@ def test_dp_noise_is_not_derived_from_the_run_seed(
     c = _train(plain, node_context(27, USERS), initial, 1).content[keys.ARRAYS]
     d = _train(plain, node_context(27, USERS), initial, 1).content[keys.ARRAYS]
     assert all(np.array_equal(c[k].numpy(), d[k].numpy()) for k in c)
+
+
+# --- the catalog a round is built on -------------------------------------------------------------
+def test_a_round_built_on_another_catalog_is_refused(
+    app: ClientApp, initial: ArrayRecord, tmp_path: Path
+) -> None:
+    other_config = with_catalog(CONFIG.replace(synthetic_items=401))  # one more item
+    other = catalog_of(other_config)
+    assert other.hash != CATALOG.hash
+    for message_type in ("train", "evaluate"):
+        context = node_context(29, USERS)
+        request = server_message(message_type, initial, context.node_id, 1, catalog=other)
+        reply = app(request, context)
+        assert reply.has_error() and reply.error.code == CATALOG_MISMATCH_ERROR
+        assert "catalog mismatch" in reply.error.reason
+        assert other.hash[:12] in reply.error.reason and CATALOG.hash[:12] in reply.error.reason
+        assert keys.STATE_PRIVATE not in context.state  # nothing ran
+    unnamed = server_message("train", initial, 30, 1)  # no hash at all
+    reply = app(unnamed, node_context(29, USERS))
+    assert reply.has_error() and "no catalog hash" in reply.error.reason
+
+
+def test_data_of_another_catalog_is_a_clear_error(initial: ArrayRecord) -> None:
+    """The device's shard indexes items of the data set; its catalog must list the same."""
+    other_catalog = with_catalog(CONFIG.replace(synthetic_items=401)).catalog
+    app = make_client_app(CONFIG.replace(catalog=other_catalog))  # 60 users, 400 items of data
+    other = catalog_of(CONFIG.replace(catalog=other_catalog))
+    context = node_context(3, USERS)
+    with pytest.raises(ValueError, match=r"indexes 400 items, its catalog .* has 401"):
+        app(server_message("train", initial, context.node_id, 1, catalog=other), context)
+
+
+# --- a deployed device: its own store, no partition-id -------------------------------------------
+def test_a_device_trains_from_its_own_store_across_runs(
+    shards: DataSetPartitions, initial: ArrayRecord, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "device.key"
+    key = create_key_file(key_file)
+    folder = tmp_path / "store" / "alice"
+    shard = shards.local_user(CONFIG, node_context(3, USERS)).shard
+    EncryptedFileStore(folder, key, "alice").save_shard(shard)
+    app = make_client_app(CONFIG)  # no source: chosen from the node config
+
+    def device_context() -> Context:  # a new run: Flower's context.state starts empty
+        node_config = {"store": str(folder), "key-file": str(key_file), "catalog": CONFIG.catalog}
+        return Context(run_id=7, node_id=12345, node_config=node_config,
+                       state=RecordDict(), run_config={})  # fmt: skip
+
+    first = _train(app, device_context(), initial, 1)
+    assert first.content[keys.METRICS][keys.RETURNING] == 0
+    assert first.content[keys.METRICS][keys.NUM_EXAMPLES] == len(shard.train_items) * 5
+    stored = EncryptedFileStore(folder, key, "alice").load(keys.STATE_PRIVATE)
+    assert stored is not None and set(stored) == {"user_embedding.weight", "user_features"}
+    second = _train(app, device_context(), initial, 2)  # another run, same store
+    assert second.content[keys.METRICS][keys.RETURNING] == 1  # the row came from its store
+    reply = app(server_message("evaluate", initial, 12345, 2, catalog=CATALOG), device_context())
+    assert not reply.has_error() and reply.content[keys.METRICS][keys.USERS] == 1
+
+
+def test_a_node_without_partition_or_store_is_a_clear_error(initial: ArrayRecord) -> None:
+    app = make_client_app(CONFIG)
+    context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(ValueError, match=r"no 'partition-id'.*store=PATH"):
+        app(server_message("train", initial, 5, 1, catalog=CATALOG), context)

@@ -20,10 +20,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedrec.client import dp_sgd as impl
 from fedrec.client.dp_sgd import RecordDPConfig, dp_local_train, planned_use
 from fedrec.client.local import ME, LocalTrainConfig, build_local_model
+from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.dataset import Interactions
-from fedrec.common.data.shard import Catalog, UserShard, initial_shared_state, user_shard
+from fedrec.common.data.shard import UserShard, user_shard
 from fedrec.common.data.split import Split
-from fedrec.common.model import SeedModel
+from fedrec.common.model import SeedModel, initial_shared_state
 from fedrec.common.privacy import PrivacyLedger, epsilon
 
 DIM = 8

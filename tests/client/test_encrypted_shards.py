@@ -8,25 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import node_context, server_message
+from builders import catalog_of, node_context, server_message, with_catalog
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedrec.client.app import make_client_app
-from fedrec.client.data import SimulationShards
+from fedrec.client.data import DataSetPartitions, pseudonym
 from fedrec.client.encrypted_shards import (
-    CATALOG_DIR,
+    SOURCE_DIR,
     USERS_DIR,
-    EncryptedShards,
-    pseudonym,
+    EncryptedPartitions,
     rotate_shard_keys,
     write_encrypted_shards,
 )
 from fedrec.client.secure_store import SHARD_KEY, TamperedError, WrongKeyError
 from fedrec.common import keys
-from fedrec.common.data.shard import initial_shared_state
 from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.model import initial_shared_state
 
-CONFIG = FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0)
+CONFIG = with_catalog(FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0))
 USERS = CONFIG.synthetic_users
 
 
@@ -39,8 +38,8 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def shards(written: tuple[Path, Path]) -> EncryptedShards:
-    return EncryptedShards(*written)
+def shards(written: tuple[Path, Path]) -> EncryptedPartitions:
+    return EncryptedPartitions(*written)
 
 
 def test_layout_one_sealed_folder_per_user(written: tuple[Path, Path]) -> None:
@@ -51,49 +50,48 @@ def test_layout_one_sealed_folder_per_user(written: tuple[Path, Path]) -> None:
     assert key_file.stat().st_mode & 0o077 == 0
 
 
-def test_serves_exactly_the_simulation_shards(shards: EncryptedShards) -> None:
-    plain = SimulationShards()
-    catalog, expected = shards.catalog(CONFIG), plain.catalog(CONFIG)
-    assert catalog.item_ids == expected.item_ids
-    assert catalog.user_feature_dim == expected.user_feature_dim
-    assert np.array_equal(catalog.item_features, expected.item_features)
+def test_serves_exactly_the_simulation_shards(shards: EncryptedPartitions) -> None:
+    plain = DataSetPartitions()
     assert shards.num_users(CONFIG) == USERS
     for user in range(USERS):
-        got = shards.shard(CONFIG, node_context(user, USERS))
-        want = plain.shard(CONFIG, node_context(user, USERS))
-        assert (got.val_item, got.test_item, got.num_items) == (
-            want.val_item, want.test_item, want.num_items,
+        got = shards.local_user(CONFIG, node_context(user, USERS))
+        want = plain.local_user(CONFIG, node_context(user, USERS))
+        assert (got.name, got.stream) == (want.name, want.stream) == (pseudonym(user), user)
+        got_shard, want_shard = got.shard, want.shard
+        assert (got_shard.val_item, got_shard.test_item, got_shard.num_items) == (
+            want_shard.val_item, want_shard.test_item, want_shard.num_items,
         )  # fmt: skip
         for name in ("user_features", "train_items", "candidates"):
-            assert np.array_equal(getattr(got, name), getattr(want, name)), (user, name)
+            assert np.array_equal(getattr(got_shard, name), getattr(want_shard, name)), name
 
 
-def test_client_app_trains_from_encrypted_shards(shards: EncryptedShards) -> None:
+def test_client_app_trains_from_encrypted_shards(shards: EncryptedPartitions) -> None:
     app = make_client_app(CONFIG, shards)
-    shared = ArrayRecord(initial_shared_state(shards.catalog(CONFIG), CONFIG.dim, seed=0))
+    catalog = catalog_of(CONFIG)
+    shared = ArrayRecord(initial_shared_state(catalog, CONFIG.dim, seed=0))
     context = node_context(3, USERS)
-    reply = app(server_message("train", shared, node_id=4), context)
+    reply = app(server_message("train", shared, node_id=4, catalog=catalog), context)
     assert reply.has_content()
     metrics = reply.content[keys.METRICS]
     assert isinstance(metrics, MetricRecord) and metrics[keys.NUM_EXAMPLES] > 0
 
 
-def test_pickles_as_two_paths(shards: EncryptedShards) -> None:
+def test_pickles_as_two_paths(shards: EncryptedPartitions) -> None:
     assert len(pickle.dumps(shards)) < 400
     copy = pickle.loads(pickle.dumps(shards))
-    assert copy.shard(CONFIG, node_context(0, USERS)).num_items == CONFIG.synthetic_items
+    assert copy.local_user(CONFIG, node_context(0, USERS)).shard.num_items == 400
 
 
-def test_other_data_settings_are_refused(shards: EncryptedShards) -> None:
+def test_other_data_settings_are_refused(shards: EncryptedPartitions) -> None:
     with pytest.raises(ValueError, match="seed: shards 0 vs config 1"):
-        shards.catalog(CONFIG.replace(seed=1))
+        shards.local_user(CONFIG.replace(seed=1), node_context(0, USERS))
     with pytest.raises(ValueError, match="synthetic-users"):
-        shards.shard(CONFIG.replace(synthetic_users=61), node_context(0, 61))
+        shards.local_user(CONFIG.replace(synthetic_users=61), node_context(0, 61))
 
 
-def test_node_count_must_match(shards: EncryptedShards) -> None:
+def test_node_count_must_match(shards: EncryptedPartitions) -> None:
     with pytest.raises(ValueError, match="one node per user"):
-        shards.shard(CONFIG, node_context(0, USERS + 1))
+        shards.local_user(CONFIG, node_context(0, USERS + 1))
 
 
 def test_write_refuses_a_used_folder_or_a_key_inside_it(
@@ -104,8 +102,8 @@ def test_write_refuses_a_used_folder_or_a_key_inside_it(
         write_encrypted_shards(CONFIG, shard_dir, key_file)
     with pytest.raises(ValueError, match="outside the folder"):
         write_encrypted_shards(CONFIG, tmp_path / "new", tmp_path / "new" / "device.key")
-    with pytest.raises(FileNotFoundError, match="write_encrypted_shards"):
-        EncryptedShards(tmp_path / "missing", key_file)
+    with pytest.raises(FileNotFoundError, match="fedrec data encrypt"):
+        EncryptedPartitions(tmp_path / "missing", key_file)
 
 
 def test_a_shard_copied_to_another_user_does_not_open(
@@ -118,7 +116,7 @@ def test_a_shard_copied_to_another_user_does_not_open(
     name = f"{SHARD_KEY}.sealed"
     (users / pseudonym(1) / name).write_bytes((users / pseudonym(2) / name).read_bytes())
     with pytest.raises(TamperedError, match="moved or renamed"):
-        EncryptedShards(copy, key_file).shard(CONFIG, node_context(1, USERS))
+        EncryptedPartitions(copy, key_file).local_user(CONFIG, node_context(1, USERS))
 
 
 def test_rotate_shard_keys(written: tuple[Path, Path], tmp_path: Path) -> None:
@@ -126,13 +124,12 @@ def test_rotate_shard_keys(written: tuple[Path, Path], tmp_path: Path) -> None:
     copy, new_key = tmp_path / "shards", tmp_path / "new.key"
     shutil.copytree(shard_dir, copy)
     result = rotate_shard_keys(copy, key_file, new_key)
-    assert (result.rotated, result.already) == (USERS + 3, 0)  # 1 shard per user + 3 catalog
-    rotated = EncryptedShards(copy, new_key)
-    want = EncryptedShards(shard_dir, key_file).shard(CONFIG, node_context(5, USERS))
-    assert np.array_equal(
-        rotated.shard(CONFIG, node_context(5, USERS)).train_items, want.train_items
-    )
-    with pytest.raises(WrongKeyError, match=CATALOG_DIR):
-        EncryptedShards(copy, key_file).catalog(CONFIG)
+    assert (result.rotated, result.already) == (USERS + 1, 0)  # 1 shard per user + the source
+    rotated = EncryptedPartitions(copy, new_key)
+    want = EncryptedPartitions(shard_dir, key_file).local_user(CONFIG, node_context(5, USERS))
+    got = rotated.local_user(CONFIG, node_context(5, USERS))
+    assert np.array_equal(got.shard.train_items, want.shard.train_items)
+    with pytest.raises(WrongKeyError, match=SOURCE_DIR):
+        EncryptedPartitions(copy, key_file).num_users(CONFIG)
     again = rotate_shard_keys(copy, key_file, new_key)  # a rerun (after a stop) finishes: no-op
-    assert (again.rotated, again.already) == (0, USERS + 3)
+    assert (again.rotated, again.already) == (0, USERS + 1)

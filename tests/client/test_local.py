@@ -21,10 +21,17 @@ from fedrec.client.local import (
     recommend,
     refresh_user,
 )
+from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.dataset import Interactions
-from fedrec.common.data.shard import Catalog, UserShard, initial_shared_state, user_shard
+from fedrec.common.data.shard import UserShard, user_shard
 from fedrec.common.data.split import NO_ITEM, Split
-from fedrec.common.model import SeedModel, private_state, shared_parameter_names, shared_state
+from fedrec.common.model import (
+    SeedModel,
+    initial_shared_state,
+    private_state,
+    shared_parameter_names,
+    shared_state,
+)
 
 DIM = 8
 EVAL_KEYS = {
@@ -380,11 +387,7 @@ def test_recommend_skips_seen_items_even_when_they_score_highest(
 def test_recommend_latency_on_a_movielens_sized_catalog() -> None:
     rng = np.random.default_rng(0)
     num_items, user_dim = 1682, 23
-    catalog = Catalog(
-        item_ids=tuple(str(i) for i in range(num_items)),
-        item_features=(rng.random((num_items, 19)) < 0.1).astype(np.float32),
-        user_feature_dim=user_dim,
-    )
+    catalog = Catalog.of_features((rng.random((num_items, 19)) < 0.1).astype(np.float32), user_dim)
     shard = UserShard(
         user_features=rng.random(user_dim).astype(np.float32),
         train_items=rng.choice(num_items, 100, replace=False).astype(np.int64),

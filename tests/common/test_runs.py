@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrec.common import runs
+from fedrec.common import files
 from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, prepare_run_dir, run_header, write_json
 
 # ---------------------------------------------------------------- prepare_run_dir
@@ -143,7 +143,7 @@ def test_write_json_is_atomic_when_the_rename_fails(
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(runs.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         write_json(path, {"v": 2})
     monkeypatch.undo()

@@ -8,12 +8,25 @@ import torch
 
 from fedrec.common.baselines import MatrixFactorization, MostPopular
 from fedrec.common.data.dataset import Interactions, to_implicit
-from fedrec.common.data.split import NegativeSampler, Split, temporal_leave_one_out
+from fedrec.common.data.examples import (
+    Examples,
+    NegativeSampler,
+    make_examples,
+    training_exclusions,
+)
+from fedrec.common.data.features import UserFeatureSchema
+from fedrec.common.data.split import Split, temporal_leave_one_out
 from fedrec.common.data.synthetic import SyntheticConfig, generate
 from fedrec.common.model import ModelConfig, SeedModel
-from fedrec.common.training import Examples, evaluate, make_examples, train_epoch
+from fedrec.common.training import evaluate, train_epoch
 
 METRIC_KEYS = {"hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10"}
+
+
+def _excluded(split: Split, user: int) -> np.ndarray:
+    """The training exclusions of ``user`` in a global split."""
+    held = (split.val_item[user], split.test_item[user])
+    return training_exclusions(split.train_items_of(user), held, split.candidates[user])
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +42,7 @@ def split(data: Interactions) -> Split:
 
 @pytest.fixture(scope="module")
 def sampler(split: Split) -> NegativeSampler:
-    return NegativeSampler(split)
+    return NegativeSampler.of_split(split)
 
 
 def _seed_model(data: Interactions, seed: int = 0) -> SeedModel:
@@ -71,7 +84,7 @@ def test_make_examples_counts_labels_and_leak_free(split: Split, sampler: Negati
     assert not sampler.is_excluded(ex.users[neg], ex.items[neg]).any()
     for u in np.unique(ex.users[neg])[:50]:
         drawn = set(ex.items[neg & (ex.users == u)].tolist())
-        assert not drawn & set(split.excluded_for_training(int(u)).tolist())
+        assert not drawn & set(_excluded(split, int(u)).tolist())
 
 
 def test_make_examples_is_shuffled_and_deterministic(
@@ -199,7 +212,7 @@ def test_evaluate_rejects_train_only_users() -> None:
         user_ids=("a", "b"),
         item_ids=tuple(str(i) for i in range(n_items)),
         user_features=np.zeros((2, 0), np.float32),
-        user_feature_names=(),
+        user_schema=UserFeatureSchema(),
         item_features=np.zeros((n_items, 0), np.float32),
         item_feature_names=(),
         item_titles=("",) * n_items,

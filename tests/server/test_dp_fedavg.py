@@ -6,22 +6,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import server_message
+from builders import StaticGrid, server_message
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger, calibrate_noise, epsilon
+from fedrec.common.runs import CHECKPOINT_META
+from fedrec.server.checkpoint import load_checkpoint_meta
 from fedrec.server.dp_fedavg import (
-    DPFedAvg,
     PrivacyBudgetExceeded,
     RecordLevelTally,
     UserLevelDP,
-    poisson_sample,
 )
-from fedrec.server.strategy import load_checkpoint_meta, make_strategy
+from fedrec.server.factory import ServerRandomness, make_strategy
+from fedrec.server.recorder import RoundRecorder
 
 DP_CONFIG = FederationConfig(
     strategy="fedavg",
@@ -33,22 +32,12 @@ DP_CONFIG = FederationConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _run_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flower stamps server messages with the run, node and task ids of the ServerApp."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)  # the server (SuperLink) node
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+pytestmark = pytest.mark.usefixtures("server_task")
 
 
-class FakeGrid:
-    """The part of a Grid that configure_train uses."""
-
-    def __init__(self, nodes: int) -> None:
-        self.nodes = list(range(1, nodes + 1))
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.nodes)
+def FakeGrid(nodes: int) -> StaticGrid:
+    """A grid of nodes 1..``nodes``."""
+    return StaticGrid(list(range(1, nodes + 1)))
 
 
 def _dp(**changes: float) -> UserLevelDP:
@@ -77,35 +66,39 @@ def _reply(update: dict[str, np.ndarray], node: int) -> Message:
     return Message(content=content, reply_to=server_message("train", None, node_id=node))
 
 
-def _strategy(dp: UserLevelDP, seed: int = 0, config: FederationConfig = DP_CONFIG) -> DPFedAvg:
-    strategy = make_strategy(
-        config, num_nodes=dp.num_nodes, run_dir=None, user_dp=dp,
-        dp_rng=np.random.default_rng(seed),
+def _strategy(
+    dp: UserLevelDP,
+    seed: int = 0,
+    config: FederationConfig = DP_CONFIG,
+    run_dir: Path | None = None,
+) -> RoundRecorder:
+    """The run's strategy with user-level DP (RoundRecorder(DPFedAvg(ServerStep(...))))."""
+    return make_strategy(
+        config, randomness=ServerRandomness.seeded(seed), num_rounds=1000, user_dp=dp,
+        run_dir=run_dir,
     )  # fmt: skip
-    strategy._current = {"round": 1, "clients_sampled": 3, "bytes_down_per_client": 1}
-    strategy._t0 = 0.0
-    assert isinstance(strategy, DPFedAvg)
-    return strategy
 
 
-def _round(strategy: DPFedAvg, start: ArrayRecord, replies: list[Message]) -> dict:
-    messages = list(strategy.configure_train(1, start, ConfigRecord(), FakeGrid(100)))
-    clip = strategy.dp.clip_norm  # every cohort member is told C
+def _record(strategy: RoundRecorder) -> dict:
+    """The last round's ``privacy.user_level`` entry."""
+    assert strategy.user_dp is not None
+    return strategy.user_dp.last_record
+
+
+def _round(
+    strategy: RoundRecorder, start: ArrayRecord, replies: list[Message], server_round: int = 1
+) -> dict:
+    grid = FakeGrid(100)
+    messages = list(strategy.configure_train(server_round, start, ConfigRecord(), grid))  # type: ignore[arg-type]
+    assert strategy.user_dp is not None
+    clip = strategy.user_dp.dp.clip_norm  # every cohort member is told C
     assert all(m.content[keys.CONFIG][keys.CLIPPING_NORM] == clip for m in messages)
-    new, _ = strategy.aggregate_train(1, replies)
+    new, _ = strategy.aggregate_train(server_round, replies)
     assert new is not None
     return {k: v.numpy().astype(np.float64) for k, v in new.items()}
 
 
 # --- pure pieces ---------------------------------------------------------------------------
-def test_poisson_sampling_rate() -> None:
-    rng = np.random.default_rng(0)
-    sizes = [len(poisson_sample(range(1000), 0.05, rng)) for _ in range(400)]
-    # Binomial(1000, 0.05): mean 50, sd 6.9; the mean of 400 rounds has sd 0.34
-    assert np.mean(sizes) == pytest.approx(50, abs=1.5)
-    assert np.std(sizes) == pytest.approx(np.sqrt(1000 * 0.05 * 0.95), rel=0.15)
-
-
 def test_noise_std_is_z_c_over_m() -> None:
     assert _dp(noise_multiplier=2.0, clip_norm=0.5, expected_clients=20).noise_std == 0.05
 
@@ -138,23 +131,18 @@ def test_rounds_within_budget_is_the_last_round_that_fits() -> None:
 
 
 # --- the strategy layer --------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox"])
-def test_dp_is_composed_just_before_fedavg_and_noises_every_strategy(name: str) -> None:
-    config = DP_CONFIG.replace(strategy=name)
-    strategy = make_strategy(
-        config, num_nodes=100, run_dir=None, user_dp=_dp(), dp_rng=np.random.default_rng(1)
-    )
-    mro = type(strategy).__mro__
-    assert mro.index(DPFedAvg) == mro.index(FedAvg) - 1
-    if name == "fedadam":
-        assert mro.index(FedAdam) < mro.index(DPFedAvg)
-    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
-    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
-    new, _ = strategy.aggregate_train(1, [])
-    assert new is not None
-    moved = np.concatenate([a.numpy().ravel() for a in new.values()])
+@pytest.mark.parametrize(
+    ("name", "flower"),
+    [("fedavg", "FedAvg"), ("fedavgm", "FedAvgM"), ("fedadam", "FedAdam"),
+     ("fedyogi", "FedYogi"), ("fedprox", "FedProx")],
+)  # fmt: skip
+def test_dp_noises_the_average_before_every_server_optimizer(name: str, flower: str) -> None:
+    strategy = _strategy(_dp(), seed=1, config=DP_CONFIG.replace(strategy=name))
+    assert repr(strategy) == f"RoundRecorder(DPFedAvg(ServerStep({flower})))"
+    new = _round(strategy, _global(), [])
+    moved = np.concatenate([a.ravel() for a in new.values()])
     assert np.all(np.isfinite(moved)) and np.any(moved != 0)  # the noise reached the model
-    assert strategy.dp_record["rounds"] == 1
+    assert _record(strategy)["rounds"] == 1
 
 
 def test_noise_has_the_claimed_std() -> None:
@@ -179,7 +167,7 @@ def test_average_has_the_fixed_denominator_and_server_clip() -> None:
     # (0.1 + 0.1 + 0) / m=10 on the embedding; the big update is clipped to C=1 on the bias
     np.testing.assert_allclose(out["item_embedding.weight"], 0.02, atol=1e-6)
     np.testing.assert_allclose(out["head.bias"], [0.1], atol=1e-6)
-    record = strategy.dp_record
+    record = _record(strategy)
     assert record["clipped_by_server"] == 1 and record["replies"] == 3
     assert record["rounds"] == 1
 
@@ -205,38 +193,39 @@ def test_a_non_finite_update_is_dropped_not_averaged() -> None:
     out = _round(strategy, _global(), [_reply(bad, 1), _reply(good, 2)])
     np.testing.assert_allclose(out["item_embedding.weight"], 0.01, atol=1e-6)  # 0.1 / m
     assert np.all(np.isfinite(out["head.bias"]))
-    assert strategy.dp_record["rejected_non_finite"] == 1
-    assert strategy.dp_record["replies"] == 1
+    assert _record(strategy)["rejected_non_finite"] == 1
+    assert _record(strategy)["replies"] == 1
 
 
 def test_a_dp_round_where_every_client_failed_is_a_noise_only_round() -> None:
     from flwr.app import Error
 
     strategy = _strategy(_dp())
-    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
+    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))  # type: ignore[arg-type]
     failed = Message(Error(code=1, reason="boom"), reply_to=server_message("train", None, 1))
     new, _ = strategy.aggregate_train(1, [failed])
-    assert new is not None and strategy.dp_record["rounds"] == 1
-    assert strategy.records == [] and strategy._current["clients_failed"] == 1
+    assert new is not None and _record(strategy)["rounds"] == 1
+    strategy.aggregate_evaluate(1, [])  # closes the round
+    assert strategy.records[-1]["clients_failed"] == 1
 
 
 def test_epsilon_accumulates_over_rounds_and_the_stop_fires() -> None:
     target = epsilon(1.0, 0.1, 3, 1e-4) + 1e-6  # three rounds fit, a fourth does not
     strategy = _strategy(_dp(target_epsilon=target))
     eps = []
-    for _ in range(3):
-        _round(strategy, _global(), [])
-        eps.append(strategy.dp_record["epsilon"])
+    for r in range(1, 4):
+        _round(strategy, _global(), [], r)
+        eps.append(_record(strategy)["epsilon"])
     assert eps[0] < eps[1] < eps[2] <= target
     assert eps[2] == pytest.approx(epsilon(1.0, 0.1, 3, 1e-4))
     with pytest.raises(PrivacyBudgetExceeded, match="target"):
-        strategy.configure_train(4, _global(), ConfigRecord(), FakeGrid(100))
+        strategy.configure_train(4, _global(), ConfigRecord(), FakeGrid(100))  # type: ignore[arg-type]
 
 
 def test_cohorts_are_poisson_samples() -> None:
     strategy = _strategy(_dp())
     sizes = [
-        len(list(strategy.configure_train(r, _global(), ConfigRecord(), FakeGrid(100))))
+        len(list(strategy.configure_train(r, _global(), ConfigRecord(), FakeGrid(100))))  # type: ignore[arg-type]
         for r in range(1, 201)
     ]
     assert len(set(sizes)) > 3  # not a fixed count
@@ -247,15 +236,13 @@ def test_fedadam_steps_on_the_noised_average() -> None:
     """The server optimizer's moment sees the DP average, not the raw one."""
     config = DP_CONFIG.replace(strategy="fedadam", server_beta1=0.9)
     dp = _dp(noise_multiplier=1.0)
-    strategy = make_strategy(
-        config, num_nodes=100, run_dir=None, user_dp=dp, dp_rng=np.random.default_rng(4)
-    )
-    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
-    list(strategy.configure_train(1, _global(5000), ConfigRecord(), FakeGrid(100)))
+    strategy = _strategy(dp, seed=4, config=config)
     update = {"item_embedding.weight": np.full((5000, 4), 0.001), "head.bias": np.array([0.0])}
-    strategy.aggregate_train(1, [_reply(update, 1), _reply(update, 2)])
+    _round(strategy, _global(5000), [_reply(update, 1), _reply(update, 2)])
     clean = 0.1 * 2 * 0.001 / 10  # (1 − β1) · mean update (fixed denominator m = 10)
-    deviation = strategy.m_t["item_embedding.weight"] - clean
+    m_t = strategy.step.optimizer.m_t
+    assert m_t is not None
+    deviation = m_t["item_embedding.weight"] - clean
     # m_1 = (1 − β1)·(clean mean + noise): the deviation is noise of std 0.1·σ
     assert deviation.std() == pytest.approx(0.1 * dp.noise_std, rel=0.05)
 
@@ -263,25 +250,17 @@ def test_fedadam_steps_on_the_noised_average() -> None:
 def test_fedadam_steps_on_the_noised_average_of_no_replies() -> None:
     config = DP_CONFIG.replace(strategy="fedadam", server_beta1=0.9)
     dp = _dp(noise_multiplier=1.0)
-    strategy = make_strategy(
-        config, num_nodes=100, run_dir=None, user_dp=dp, dp_rng=np.random.default_rng(3)
-    )
-    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
-    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
-    strategy.aggregate_train(1, [])
-    m_t = np.concatenate([np.ravel(v) for v in strategy.m_t.values()])
+    strategy = _strategy(dp, seed=3, config=config)
+    _round(strategy, _global(), [])
+    assert strategy.step.optimizer.m_t is not None
+    m_t = np.concatenate([np.ravel(v) for v in strategy.step.optimizer.m_t.values()])
     # m_1 = (1 − β1)·(noisy average − global): pure noise of std 0.1·σ
     assert m_t.std() > 0.5 * 0.1 * dp.noise_std
 
 
 def test_the_ledger_is_checkpointed(tmp_path: Path) -> None:
-    strategy = make_strategy(
-        DP_CONFIG, num_nodes=100, run_dir=tmp_path, user_dp=_dp(),
-        dp_rng=np.random.default_rng(0),
-    )  # fmt: skip
-    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
-    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
-    strategy.aggregate_train(1, [])
+    strategy = _strategy(_dp(), run_dir=tmp_path)
+    _round(strategy, _global(), [])
     ledger = PrivacyLedger.from_dict(load_checkpoint_meta(tmp_path)["user_level_ledger"])
     assert ledger.history == [(1.0, 0.1, 1)]
 
@@ -309,14 +288,9 @@ def test_record_level_tally() -> None:
 def test_a_resumed_run_continues_its_epsilon(tmp_path: Path) -> None:
     from fedrec.server.app import _restored_ledger
 
-    strategy = make_strategy(
-        DP_CONFIG, num_nodes=100, run_dir=tmp_path, user_dp=_dp(),
-        dp_rng=np.random.default_rng(0),
-    )  # fmt: skip
+    strategy = _strategy(_dp(), run_dir=tmp_path)
     for r in (1, 2):
-        strategy._current, strategy._t0 = {"round": r, "clients_sampled": 0}, 0.0
-        list(strategy.configure_train(r, _global(), ConfigRecord(), FakeGrid(100)))
-        strategy.aggregate_train(r, [])
+        _round(strategy, _global(), [], r)
     resumed = _restored_ledger(DP_CONFIG.replace(resume=str(tmp_path)), _dp())
     assert resumed.steps == 2
     assert resumed.epsilon(1e-4) == pytest.approx(epsilon(1.0, 0.1, 2, 1e-4))
@@ -326,15 +300,8 @@ def test_a_resumed_run_continues_its_epsilon(tmp_path: Path) -> None:
 def test_the_ledger_is_inside_the_atomically_replaced_checkpoint(tmp_path: Path) -> None:
     """A crash after the .npz is replaced but before checkpoint.json is written must not
     pair this round's model with the last round's ledger (review finding)."""
-    from fedrec.server.strategy import CHECKPOINT_META
-
-    strategy = make_strategy(
-        DP_CONFIG, num_nodes=100, run_dir=tmp_path, user_dp=_dp(),
-        dp_rng=np.random.default_rng(0),
-    )  # fmt: skip
-    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
-    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
-    strategy.aggregate_train(1, [])
+    strategy = _strategy(_dp(), run_dir=tmp_path)
+    _round(strategy, _global(), [])
     (tmp_path / CHECKPOINT_META).write_text('{"round": 0, "user_level_ledger": {}}')  # stale
     meta = load_checkpoint_meta(tmp_path)
     assert meta["round"] == 1 and meta["user_level_ledger"]["history"] == [[1.0, 0.1, 1]]
@@ -343,17 +310,14 @@ def test_the_ledger_is_inside_the_atomically_replaced_checkpoint(tmp_path: Path)
 def test_resuming_with_another_accountant_is_refused(tmp_path: Path) -> None:
     from fedrec.server.app import _restored_ledger
 
-    strategy = make_strategy(DP_CONFIG, num_nodes=100, run_dir=tmp_path, user_dp=_dp())
-    strategy._current, strategy._t0 = {"round": 1, "clients_sampled": 0}, 0.0
-    list(strategy.configure_train(1, _global(), ConfigRecord(), FakeGrid(100)))
-    strategy.aggregate_train(1, [])
+    strategy = _strategy(_dp(), run_dir=tmp_path)
+    _round(strategy, _global(), [])
     with pytest.raises(ValueError, match="one accountant"):
         _restored_ledger(DP_CONFIG.replace(resume=str(tmp_path)), _dp(accountant="prv"))
 
 
 def test_resuming_a_non_dp_checkpoint_with_dp_is_refused(tmp_path: Path) -> None:
     from fedrec.server.app import _restored_ledger
-    from fedrec.server.strategy import CHECKPOINT_META
 
     (tmp_path / CHECKPOINT_META).write_text('{"round": 3}')
     with pytest.raises(ValueError, match="no user-level privacy ledger"):
@@ -361,7 +325,7 @@ def test_resuming_a_non_dp_checkpoint_with_dp_is_refused(tmp_path: Path) -> None
 
 
 def test_privacy_summary_takes_the_last_round_and_the_stop() -> None:
-    from fedrec.server.app import privacy_summary
+    from fedrec.server.summary import privacy_summary
 
     records = [
         {"round": 1, "privacy": {"user_level": {"epsilon": 1.0}}},

@@ -17,10 +17,11 @@ import pytest
 from builders import ML100K
 from typer.testing import CliRunner
 
+from fedrec.common.crypto import load_or_create_key_file
 from fedrec.common.data.anonymize import AnonymizeConfig, pseudonym
 from fedrec.common.data.sources import load_interactions
 from fedrec.simulations.cli import app
-from fedrec.simulations.prepare import PrepareConfig, load_or_create_key, prepare
+from fedrec.simulations.prepare import PrepareConfig, prepare
 
 runner = CliRunner()
 
@@ -184,14 +185,14 @@ def test_an_existing_key_is_checked(tmp_path: Path) -> None:
     short.write_bytes(b"x" * 16)
     short.chmod(0o600)
     with pytest.raises(ValueError, match="holds 16 bytes, expected 32 random bytes"):
-        load_or_create_key(short)
+        load_or_create_key_file(short)
     shared = tmp_path / "shared.key"
     shared.write_bytes(b"x" * 32)
     shared.chmod(0o644)
     with pytest.raises(ValueError, match=r"readable by other users .*chmod 600"):
-        load_or_create_key(shared)
-    key, created = load_or_create_key(tmp_path / "new" / "fresh.key")
-    assert created and load_or_create_key(tmp_path / "new" / "fresh.key") == (key, False)
+        load_or_create_key_file(shared)
+    key, created = load_or_create_key_file(tmp_path / "new" / "fresh.key")
+    assert created and load_or_create_key_file(tmp_path / "new" / "fresh.key") == (key, False)
 
 
 def test_a_non_empty_output_folder_is_refused(tmp_path: Path) -> None:

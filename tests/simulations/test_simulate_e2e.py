@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedrec.client.app import expected_shared_shapes
-from fedrec.common.data.shard import load_catalog
+from fedrec.common.data.catalog import load_catalog
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.model import PRIVATE_KEYS
+from fedrec.common.model import PRIVATE_KEYS, shared_shapes
+from fedrec.common.runs import CATALOG_FILE
 from fedrec.simulations.cli import app
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_model_improves_over_round_zero(run: tuple[Path, Path]) -> None:
 def test_privacy_invariant_on_every_outgoing_message(run: tuple[Path, Path]) -> None:
     out, audit = run
     config = FederationConfig.from_mapping({k: v for k, v in SETTINGS.items()})
-    shared = expected_shared_shapes(load_catalog(config), config.dim)
+    shared = shared_shapes(load_catalog(out / CATALOG_FILE), config.dim)  # the run's catalog
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     metrics = json.loads((out / "metrics.json").read_text())
     trained = sum(r.get("clients_replied", 0) for r in metrics["rounds"])

@@ -11,9 +11,11 @@ import json
 from pathlib import Path
 
 import pytest
+from builders import node_context
 from typer.testing import CliRunner
 
-from fedrec.client.encrypted_shards import EncryptedShards, pseudonym
+from fedrec.client.data import pseudonym
+from fedrec.client.encrypted_shards import EncryptedPartitions
 from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.common import keys
 from fedrec.common.crypto import WrongKeyError, create_key_file, read_key_file
@@ -80,17 +82,18 @@ def test_private_state_and_ledger_are_sealed_per_node(run: dict[str, Path]) -> N
 
 def test_rotate_key_keeps_every_shard(run: dict[str, Path]) -> None:
     config = FederationConfig.from_mapping({"data": "synthetic", **DATA})
-    before = EncryptedShards(run["shards"], run["key"])
-    node = lambda u: type("Ctx", (), {"node_config": {"partition-id": u}})()  # noqa: E731
-    shards = [before.shard(config, node(u)) for u in range(USERS)]  # type: ignore[arg-type]
+    before = EncryptedPartitions(run["shards"], run["key"])
+    node = lambda u: node_context(u, USERS)  # noqa: E731
+    shards = [before.local_user(config, node(u)).shard for u in range(USERS)]
     args = ["data", "rotate-key", "--dir", str(run["shards"]),
             "--old-key-file", str(run["key"]), "--new-key-file", str(run["new-key"])]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "rotated" in result.output
-    after = EncryptedShards(run["shards"], run["new-key"])
+    after = EncryptedPartitions(run["shards"], run["new-key"])
     for u in range(USERS):
-        assert after.shard(config, node(u)).train_items.tolist() == shards[u].train_items.tolist()
+        got = after.local_user(config, node(u)).shard
+        assert got.train_items.tolist() == shards[u].train_items.tolist()
     with pytest.raises(WrongKeyError):
-        EncryptedShards(run["shards"], run["key"]).shard(config, node(0))  # type: ignore[arg-type]
+        EncryptedPartitions(run["shards"], run["key"]).local_user(config, node(0))
     assert pseudonym(3) == "user-000003"

@@ -15,7 +15,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from fedrec.common.secagg import records as wire
+from fedrec.common.secagg import wire
 from fedrec.simulations.cli import app
 
 pytestmark = pytest.mark.slow

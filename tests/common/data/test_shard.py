@@ -6,10 +6,20 @@ import numpy as np
 import pytest
 import torch
 
+from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.dataset import Interactions
-from fedrec.common.data.shard import Catalog, UserShard, initial_shared_state, user_shard
+from fedrec.common.data.examples import (
+    training_exclusions,
+)
+from fedrec.common.data.shard import UserShard, user_shard
 from fedrec.common.data.split import NO_ITEM, Split
-from fedrec.common.model import ModelConfig, SeedModel, shared_parameter_names
+from fedrec.common.model import ModelConfig, SeedModel, initial_shared_state, shared_parameter_names
+
+
+def _excluded(split: Split, user: int) -> np.ndarray:
+    """The training exclusions of ``user`` in a global split."""
+    held = (split.val_item[user], split.test_item[user])
+    return training_exclusions(split.train_items_of(user), held, split.candidates[user])
 
 
 def test_user_shard_matches_the_split(data: Interactions, split: Split) -> None:
@@ -23,7 +33,7 @@ def test_user_shard_matches_the_split(data: Interactions, split: Split) -> None:
         np.testing.assert_array_equal(shard.candidates, expected[expected != NO_ITEM])
         assert shard.num_items == split.num_items
         assert shard.evaluable == (split.test_item[user] != NO_ITEM)
-        np.testing.assert_array_equal(shard.excluded(), split.excluded_for_training(user))
+        np.testing.assert_array_equal(shard.excluded(), _excluded(split, user))
 
 
 def test_user_shard_is_a_copy(data: Interactions, split: Split) -> None:

@@ -8,15 +8,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedrec.common.data.dataset import Interactions, RawRatings, to_implicit
+from fedrec.common.data.examples import (
+    NegativeSampler,
+    training_exclusions,
+)
+from fedrec.common.data.features import UserFeatureSchema
 from fedrec.common.data.split import (
     MIN_INTERACTIONS_TO_EVALUATE,
     NO_ITEM,
-    NegativeSampler,
     Split,
     temporal_leave_one_out,
 )
 
 CATALOG = 150  # > 99 + any user's history, so the default 99 candidates always fit
+
+
+def _excluded(split: Split, user: int) -> np.ndarray:
+    """The training exclusions of ``user`` in a global split."""
+    held = (split.val_item[user], split.test_item[user])
+    return training_exclusions(split.train_items_of(user), held, split.candidates[user])
 
 
 def _interactions(
@@ -30,7 +40,7 @@ def _interactions(
         user_ids=tuple(str(u) for u in range(num_users)),
         item_ids=tuple(str(i) for i in range(num_items)),
         user_features=np.zeros((num_users, 0), np.float32),
-        user_feature_names=(),
+        user_schema=UserFeatureSchema(),
         item_features=np.zeros((num_items, 0), np.float32),
         item_feature_names=(),
         item_titles=("",) * num_items,
@@ -245,13 +255,13 @@ def test_excluded_for_training_covers_train_heldout_and_candidates() -> None:
     for u in range(s.num_users):
         expected = _user_items(data, u) | set(s.candidates[u].tolist())
         assert len(expected) == 27
-        excl = s.excluded_for_training(u)
+        excl = _excluded(s, u)
         assert excl.tolist() == sorted(expected)  # sorted, no NO_ITEM
 
 
 def test_no_leakage_in_training_negatives() -> None:
     _, s = _crowded_split()
-    sampler = NegativeSampler(s)
+    sampler = NegativeSampler.of_split(s)
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(s.num_users), 2_000)
     negatives = sampler.sample(users, rng)
@@ -274,7 +284,7 @@ def test_no_leakage_for_train_only_users() -> None:
     # user 0: 2 interactions (train-only) in a catalog of 4 -> only items 2, 3 are negatives
     data = _interactions([0, 0, 1, 1, 1], [0, 1, 0, 1, 2], [1, 2, 1, 2, 3], 2, 4)
     s = temporal_leave_one_out(data, num_candidates=0)
-    sampler = NegativeSampler(s)
+    sampler = NegativeSampler.of_split(s)
     negs = sampler.sample(np.zeros(500, np.int64), np.random.default_rng(0))
     assert set(negs.tolist()) == {2, 3}
     negs1 = sampler.sample(np.ones(500, np.int64), np.random.default_rng(0))
@@ -283,27 +293,27 @@ def test_no_leakage_for_train_only_users() -> None:
 
 def test_sampler_is_excluded_matches_split() -> None:
     _, s = _crowded_split()
-    sampler = NegativeSampler(s)
+    sampler = NegativeSampler.of_split(s)
     users = np.repeat(np.arange(s.num_users), s.num_items)
     items = np.tile(np.arange(s.num_items), s.num_users)
     flags = sampler.is_excluded(users, items).reshape(s.num_users, s.num_items)
     for u in range(s.num_users):
-        assert np.flatnonzero(flags[u]).tolist() == s.excluded_for_training(u).tolist()
+        assert np.flatnonzero(flags[u]).tolist() == _excluded(s, u).tolist()
 
 
 def test_sampler_for_a_subset_of_users() -> None:
     _, s = _crowded_split()
-    sampler = NegativeSampler(s, users=np.array([2]))
+    sampler = NegativeSampler.of_split(s, users=np.array([2]))
     negs = sampler.sample(np.full(300, 2), np.random.default_rng(4))
-    assert not set(negs.tolist()) & set(s.excluded_for_training(2).tolist())
-    empty = NegativeSampler(s, users=np.array([], dtype=np.int64))
+    assert not set(negs.tolist()) & set(_excluded(s, 2).tolist())
+    empty = NegativeSampler.of_split(s, users=np.array([], dtype=np.int64))
     assert not empty.is_excluded(np.array([0, 1]), np.array([0, 1])).any()
     assert empty.sample(np.array([0, 1, 2]), np.random.default_rng(0)).shape == (3,)
 
 
 def test_sampler_is_deterministic_given_the_rng() -> None:
     _, s = _crowded_split()
-    sampler = NegativeSampler(s)
+    sampler = NegativeSampler.of_split(s)
     users = np.arange(s.num_users).repeat(50)
     a = sampler.sample(users, np.random.default_rng(9))
     b = sampler.sample(users, np.random.default_rng(9))
@@ -315,8 +325,8 @@ def test_user_excluding_whole_catalog_is_an_error() -> None:
     data = _interactions([0, 0, 0], [0, 1, 2], [1, 2, 3], num_users=1, num_items=5)
     s = temporal_leave_one_out(data, num_candidates=2)
     with pytest.raises(ValueError, match="whole catalog"):
-        NegativeSampler(s)
+        NegativeSampler.of_split(s)
     # a train-only user who saw the whole (2-item) catalog
     data = _interactions([0, 0], [0, 1], [1, 2], num_users=1, num_items=2)
     with pytest.raises(ValueError, match="whole catalog"):
-        NegativeSampler(temporal_leave_one_out(data, num_candidates=0))
+        NegativeSampler.of_split(temporal_leave_one_out(data, num_candidates=0))

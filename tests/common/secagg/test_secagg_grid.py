@@ -1,5 +1,5 @@
-"""SecAgg+ as Message-API rounds: server/secagg.py with the real ClientApp and its mods
-(client/secagg_mod.py) on every node, messages passed in memory by a local grid."""
+"""SecAgg+ as Message-API rounds: common/secagg/grid.py with the real ClientApp and its mods
+(common/secagg/device.py) on every node, messages passed in memory by a local grid."""
 
 from __future__ import annotations
 
@@ -8,28 +8,31 @@ from collections.abc import Iterable
 
 import numpy as np
 import pytest
-from builders import node_context, server_message
+from builders import catalog_of, node_context, server_message, with_catalog
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.client.app import make_client_app
-from fedrec.client.data import SimulationShards
 from fedrec.client.mods import PRIVACY_GUARD_ERROR, SharedOnlyGuard, violations
 from fedrec.common import keys
-from fedrec.common.data.shard import initial_shared_state
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.secagg import records as wire
+from fedrec.common.model import initial_shared_state
+from fedrec.common.secagg import wire
 from fedrec.common.secagg.device import quantized_clip_norm, update_vector
 from fedrec.common.secagg.grid import SUMMED_METRICS, SecureAggregationGrid, secure_sum
 from fedrec.common.secagg.primitives import SecAggSettings, dequantize_sum, flatten, quantize
-from fedrec.server.dp_fedavg import DPFedAvg, UserLevelDP
-from fedrec.server.strategy import make_strategy
+from fedrec.server.dp_fedavg import UserLevelDP
+from fedrec.server.factory import ServerRandomness, make_strategy
+from fedrec.server.recorder import RoundRecorder
 
-CONFIG = FederationConfig(
-    synthetic_users=40, synthetic_items=300, dim=8, seed=0, client_weighting="uniform"
+CONFIG = with_catalog(
+    FederationConfig(
+        synthetic_users=40, synthetic_items=300, dim=8, seed=0, client_weighting="uniform"
+    )
 )
+CATALOG = catalog_of(CONFIG)
 NODES = 10
 SETTINGS = SecAggSettings(neighbours=6, threshold=0.6)  # k = 6, t = 5 of 7 shares
 
@@ -78,19 +81,18 @@ class LocalGrid:
 
 @pytest.fixture(scope="module")
 def app() -> ClientApp:
-    return make_client_app(CONFIG, SimulationShards())
+    return make_client_app(CONFIG)
 
 
 @pytest.fixture(scope="module")
 def initial() -> ArrayRecord:
-    catalog = SimulationShards().catalog(CONFIG)
-    return ArrayRecord(initial_shared_state(catalog, CONFIG.dim, CONFIG.seed))
+    return ArrayRecord(initial_shared_state(CATALOG, CONFIG.dim, CONFIG.seed))
 
 
 def _train_messages(initial: ArrayRecord, clip: float | None = None) -> list[Message]:
     messages = []
     for node in range(1, NODES + 1):
-        msg = server_message("train", initial, node, server_round=1)
+        msg = server_message("train", initial, node, server_round=1, catalog=CATALOG)
         if clip is not None:
             msg.content[keys.CONFIG][keys.CLIPPING_NORM] = clip
         messages.append(msg)
@@ -266,7 +268,7 @@ def test_a_tampered_ciphertext_is_refused_by_the_device(
 
 
 def test_the_guard_blocks_undeclared_secagg_keys() -> None:
-    request = server_message("train", None, 1)
+    request = server_message("train", None, 1, catalog=CATALOG)
     request.content[wire.SECAGG] = ConfigRecord({wire.STAGE: Stage.UNMASK})
     reply_content = RecordDict({wire.SECAGG: ConfigRecord({wire.STAGE: "unmask", "seed": b"x"})})
     msg = Message(content=reply_content, reply_to=request)
@@ -327,19 +329,17 @@ def test_dp_fedavg_noises_the_secure_sum_with_the_fixed_denominator(
         grid = LocalGrid(app)
         wrapped = SecureAggregationGrid(grid, SETTINGS)  # type: ignore[arg-type]
         strategy = make_strategy(
-            config, num_nodes=40, run_dir=None, user_dp=dp, dp_rng=np.random.default_rng(7),
-            secure_report=(lambda w=wrapped: w.report) if secure else None,
+            config, randomness=ServerRandomness.seeded(7), num_rounds=1, user_dp=dp,
+            secure=wrapped if secure else None,
         )  # fmt: skip
-        assert isinstance(strategy, DPFedAvg)
-        strategy._current = {"round": 1, "clients_sampled": NODES, "bytes_down_per_client": 1}
-        strategy._t0 = 0.0
-        strategy._dp_global = {k: v.numpy().astype(np.float64) for k, v in initial.items()}
+        assert repr(strategy) == "RoundRecorder(DPFedAvg(ServerStep(FedAvg)))"
+        _begin_round(strategy, initial, grid)  # the cohort draw, as in a run
         messages = _train_messages(initial, clip)
         sender = wrapped if secure else grid
         replies = list(sender.send_and_receive(messages))
         arrays, _ = strategy.aggregate_train(1, replies)
         assert arrays is not None
-        assert strategy.dp_record["replies"] == NODES
+        assert strategy.user_dp is not None and strategy.user_dp.last_record["replies"] == NODES
         outs.append({k: v.numpy() for k, v in arrays.items()})
     moved = max(np.abs(outs[1][k] - initial[k].numpy()).max() for k in outs[1])
     assert moved > 0.01  # the cohort's updates (and the noise) are far above the tolerance
@@ -351,11 +351,21 @@ def test_dp_fedavg_noises_the_secure_sum_with_the_fixed_denominator(
 
 
 # --- what the server and the device refuse ---------------------------------------------------
-def _plain_strategy(config: FederationConfig, secure_report=None):  # type: ignore[no-untyped-def]
-    strategy = make_strategy(config, num_nodes=NODES, run_dir=None, secure_report=secure_report)
-    strategy._current = {"round": 1, "clients_sampled": 3, "bytes_down_per_client": 1}
-    strategy._t0 = 0.0
-    return strategy
+def _plain_strategy(
+    config: FederationConfig, secure: SecureAggregationGrid | None = None
+) -> RoundRecorder:
+    return make_strategy(config, randomness=ServerRandomness.seeded(0), num_rounds=1, secure=secure)
+
+
+def _begin_round(strategy: RoundRecorder, initial: ArrayRecord, grid: LocalGrid) -> None:
+    """Round 1 as the run starts it: its cohort is drawn and the model handed out."""
+    list(strategy.configure_train(1, initial, ConfigRecord(), grid))  # type: ignore[arg-type]
+
+
+def _end_round(strategy: RoundRecorder) -> dict:
+    """Close round 1 (no evaluation) and return its record."""
+    strategy.aggregate_evaluate(1, [])
+    return strategy.records[-1]
 
 
 def test_a_forged_aggregate_reply_is_dropped_by_a_plain_run(
@@ -373,14 +383,14 @@ def test_a_forged_aggregate_reply_is_dropped_by_a_plain_run(
         target_epsilon=0.0,
     )  # fmt: skip
     config = CONFIG.replace(dp_clip_norm=0.5, dp_noise_multiplier=1.0, clients_per_round=20)
-    strategy = make_strategy(config, num_nodes=40, run_dir=None, user_dp=dp)
-    strategy._current = {"round": 1, "clients_sampled": 4, "bytes_down_per_client": 1}
-    strategy._t0 = 0.0
-    strategy._dp_global = {k: v.numpy().astype(np.float64) for k, v in initial.items()}
+    strategy = make_strategy(
+        config, randomness=ServerRandomness.seeded(0), num_rounds=1, user_dp=dp
+    )
+    _begin_round(strategy, initial, grid)
     arrays, _ = strategy.aggregate_train(1, [*honest, forged])
     assert arrays is not None
-    assert strategy.dp_record["replies"] == 3
-    assert strategy._current["clients_failed"] == 1
+    assert strategy.user_dp is not None and strategy.user_dp.last_record["replies"] == 3
+    assert _end_round(strategy)["clients_failed"] == 1
     moved = np.sqrt(sum(
         ((arrays[k].numpy() - initial[k].numpy()).astype(np.float64) ** 2).sum() for k in arrays
     ))  # fmt: skip
@@ -393,11 +403,11 @@ def test_a_failed_secure_round_leaves_the_model_unchanged(
     grid = LocalGrid(app, {Stage.SETUP: {1, 2, 3, 4, 5, 6, 7, 8}})
     secure = SecureAggregationGrid(grid, SETTINGS)  # type: ignore[arg-type]
     config = CONFIG.replace(strategy="fedadam", server_lr=0.05)
-    strategy = _plain_strategy(config, lambda: secure.report)
-    messages = list(strategy.configure_train(1, initial, ConfigRecord(), grid))
+    strategy = _plain_strategy(config, secure)
+    messages = list(strategy.configure_train(1, initial, ConfigRecord(), grid))  # type: ignore[arg-type]
     arrays, metrics = strategy.aggregate_train(1, secure.send_and_receive(messages))
     assert arrays is None and metrics is None  # Flower keeps the previous model
-    record = strategy._current
+    record = _end_round(strategy)
     assert record["clients_replied"] == 0 and record["secagg"]["status"].startswith("failed")
     # an empty fan-out (e.g. an empty Poisson cohort) resets the report, never reuses it
     assert list(secure.send_and_receive([])) == []
@@ -408,19 +418,24 @@ def test_a_round_every_device_refuses_stops_the_run() -> None:
     report = {"clients": 5, "survivors": 0, "dropped": {}, "errors": ["secure aggregation: x"],
               "bytes_down": 0, "bytes_up": 0, "stage_seconds": {}, "status": "failed closed",
               "all_failed": Stage.COLLECT_MASKED_VECTORS}  # fmt: skip
-    strategy = _plain_strategy(CONFIG, lambda: report)
+    secure = SecureAggregationGrid(LocalGrid(make_client_app(CONFIG)), SETTINGS)  # type: ignore[arg-type]
+    secure.report = report
+    strategy = _plain_strategy(CONFIG, secure)
+    list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), secure))  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match=r"every client refused .* collect_masked_vectors"):
         strategy.aggregate_train(1, [])
 
 
 def test_a_secure_device_refuses_a_plaintext_train_round(initial: ArrayRecord) -> None:
-    secure_app = make_client_app(CONFIG.replace(secure_aggregation="secagg+"), SimulationShards())
+    secure_app = make_client_app(CONFIG.replace(secure_aggregation="secagg+"))
     context = node_context(0, CONFIG.synthetic_users)
     context.state[wire.STATE] = ConfigRecord({"stage": "share_keys"})  # an abandoned round
-    reply = secure_app(server_message("train", initial, context.node_id), context)
+    reply = secure_app(server_message("train", initial, context.node_id, catalog=CATALOG), context)
     assert reply.has_error() and "refuses to send its update in the clear" in reply.error.reason
     assert wire.STATE not in context.state
-    evaluate = secure_app(server_message("evaluate", initial, context.node_id), context)
+    evaluate = secure_app(
+        server_message("evaluate", initial, context.node_id, catalog=CATALOG), context
+    )
     assert not evaluate.has_error()  # evaluation is not a train round
 
 
@@ -460,7 +475,7 @@ def test_a_device_refuses_round_parameters_that_change_between_stages(
 def test_the_guard_checks_a_secure_reply_against_its_request(records: dict, problem: str) -> None:
     from flwr.app import MetricRecord
 
-    request = server_message("train", None, 1)
+    request = server_message("train", None, 1, catalog=CATALOG)
     request.content[wire.SECAGG] = ConfigRecord({wire.STAGE: Stage.SETUP})
     content = RecordDict({
         k: (MetricRecord({"x": 1.0}) if v is None else v) for k, v in records.items()

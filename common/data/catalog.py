@@ -1,0 +1,266 @@
+"""The public catalog: what the server and every device share, and nothing about any user.
+
+A catalog is a published artifact (``fedrec catalog build --data PATH|synthetic --out FILE``):
+
+* the items — their ids (the row order of every item table), titles and feature matrix, in
+  named blocks (``genres`` now; room for a ``text`` embedding block with its provenance);
+* the user-feature **schema** — attribute names, encodings, category vocabularies and numeric
+  ranges, and the width of the vector (:class:`~fedrec.common.data.features.UserFeatureSchema`):
+  how a device encodes its own attributes, never anyone's values;
+* where it was built from (data format and rating threshold, not the path) and a SHA-256
+  content hash over all of the above.
+
+The ServerApp loads only this file; it sends the hash with every round and a device refuses a
+round whose hash differs from its own catalog's (``client/mods.py: CatalogCheck``).
+
+File layout: a NumPy ``.npz`` read with ``allow_pickle=False`` holding ``item_features``
+(float32, items × features) and ``meta`` (the UTF-8 JSON below as uint8). The hash is
+SHA-256 over the canonical JSON of ``meta`` without its ``sha256`` field, a NUL byte, the
+matrix's dtype and shape, and its bytes; :func:`load_catalog` recomputes it and refuses a file
+whose content does not match (damaged, edited, or written by another tool).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.features import UserFeatureSchema, append_item_block
+from fedrec.common.data.sources import load_interactions
+from fedrec.common.data.synthetic import SyntheticConfig
+from fedrec.common.runs import write_arrays
+
+__all__ = [
+    "CATALOG_FORMAT",
+    "Catalog",
+    "CatalogError",
+    "ItemBlock",
+    "build_catalog",
+    "load_catalog",
+    "read_catalog",
+    "save_catalog",
+]
+
+CATALOG_FORMAT = 1  # bumped with any change to the layout or the hash
+_KIND = "fedrec-catalog"
+_FEATURES, _META = "item_features", "meta"
+
+
+class CatalogError(ValueError):
+    """A catalog file cannot be used; the message names the file and the problem."""
+
+    def __init__(self, source: str | Path, problem: str) -> None:
+        self.source = str(source)
+        super().__init__(f"catalog {source}: {problem}")
+
+
+@dataclass(frozen=True)
+class ItemBlock:
+    """A named run of columns of the item feature matrix, and where its values came from."""
+
+    name: str  # "genres", "text", ...
+    width: int
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # e.g. encoder, weights sha256
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "width": self.width, "provenance": dict(self.provenance)}
+
+
+@dataclass(frozen=True, eq=False)
+class Catalog:
+    """Public item metadata and the user-feature schema: identical on the server and devices."""
+
+    item_ids: tuple[str, ...]  # dense item index -> raw id
+    item_features: np.ndarray  # (num_items, F_i) float32: the blocks side by side
+    user_schema: UserFeatureSchema  # the private user features' encoding (not their values)
+    item_titles: tuple[str, ...] = ()  # empty, or one per item
+    item_feature_names: tuple[str, ...] = ()  # empty (unnamed), or one per column
+    item_blocks: tuple[ItemBlock, ...] = ()  # empty: one unnamed block of every column
+    source: Mapping[str, Any] = field(default_factory=dict)  # data format, threshold
+
+    def __post_init__(self) -> None:
+        features = self.item_features
+        if features.ndim != 2 or features.shape[0] != len(self.item_ids):
+            raise ValueError(
+                f"item_features must be (items, features) with one row per item id: got"
+                f" {features.shape} for {len(self.item_ids)} ids"
+            )
+        if features.dtype != np.float32:
+            raise ValueError(f"item_features must be float32, got {features.dtype}")
+        if self.item_titles and len(self.item_titles) != len(self.item_ids):
+            raise ValueError(f"{len(self.item_titles)} titles for {len(self.item_ids)} items")
+        if self.item_feature_names and len(self.item_feature_names) != features.shape[1]:
+            raise ValueError(
+                f"{len(self.item_feature_names)} feature names for {features.shape[1]} columns"
+            )
+        if self.item_blocks and sum(b.width for b in self.item_blocks) != features.shape[1]:
+            raise ValueError(
+                f"item blocks {[b.name for b in self.item_blocks]} cover"
+                f" {sum(b.width for b in self.item_blocks)} of {features.shape[1]} columns"
+            )
+        if len(set(self.item_ids)) != len(self.item_ids):
+            raise ValueError("item ids must be unique")
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def item_feature_dim(self) -> int:
+        return int(self.item_features.shape[1])
+
+    @property
+    def user_feature_dim(self) -> int:
+        return self.user_schema.width
+
+    @cached_property
+    def hash(self) -> str:
+        """SHA-256 (hex) of the catalog's content: the version a round is trained on."""
+        return _content_hash(self._meta(), self.item_features)
+
+    @classmethod
+    def of(cls, data: Interactions) -> Catalog:
+        """The public part of a data set: its items and its user-feature schema."""
+        return cls(
+            item_ids=data.item_ids,
+            item_features=np.ascontiguousarray(data.item_features, dtype=np.float32),
+            user_schema=data.user_schema,
+            item_titles=data.item_titles,
+            item_feature_names=data.item_feature_names,
+            item_blocks=(ItemBlock("genres", data.item_features.shape[1]),),
+            source={"format": data.format, "threshold": float(data.stats.get("threshold", 0.0))},
+        )
+
+    @classmethod
+    def of_features(cls, item_features: np.ndarray, user_feature_dim: int) -> Catalog:
+        """An anonymous catalog of the given shapes (benchmarks and tests of model code)."""
+        ids = tuple(str(i) for i in range(len(item_features)))
+        schema = UserFeatureSchema.anonymous(user_feature_dim)
+        return cls(ids, np.ascontiguousarray(item_features, dtype=np.float32), schema)
+
+    def with_item_block(
+        self, name: str, block: np.ndarray, provenance: Mapping[str, Any]
+    ) -> Catalog:
+        """A new catalog (a new hash) with ``block`` (items × D) appended to the features."""
+        if any(b.name == name for b in self.item_blocks):
+            raise ValueError(f"the catalog already has an item block {name!r}")
+        names = self.item_feature_names or tuple(f"f[{j}]" for j in range(self.item_feature_dim))
+        features, names = append_item_block(self.item_features, names, block, name)
+        blocks = self.item_blocks or (ItemBlock("features", self.item_feature_dim),)
+        return Catalog(
+            item_ids=self.item_ids,
+            item_features=features,
+            user_schema=self.user_schema,
+            item_titles=self.item_titles,
+            item_feature_names=names,
+            item_blocks=(*blocks, ItemBlock(name, int(block.shape[1]), dict(provenance))),
+            source=self.source,
+        )
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "kind": _KIND,
+            "format": CATALOG_FORMAT,
+            "item_ids": list(self.item_ids),
+            "item_titles": list(self.item_titles),
+            "item_feature_names": list(self.item_feature_names),
+            "item_blocks": [b.to_dict() for b in self.item_blocks],
+            "user_schema": self.user_schema.to_dict(),
+            "source": dict(self.source),
+        }
+
+
+def build_catalog(
+    data: str | Path, *, threshold: float = 0.0, synthetic: SyntheticConfig | None = None
+) -> Catalog:
+    """The catalog of a data source (``"synthetic"`` or a path ``load_interactions`` reads)."""
+    return Catalog.of(load_interactions(data, threshold=threshold, synthetic=synthetic))
+
+
+def save_catalog(catalog: Catalog, path: str | Path) -> Path:
+    """Write ``catalog`` to ``path`` atomically (a crash leaves the old file or the new one)."""
+    path = Path(path)
+    meta = {**catalog._meta(), "sha256": catalog.hash}
+    encoded = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    return write_arrays(path, {_META: encoded, _FEATURES: catalog.item_features})
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read and verify a catalog file; a file that changed is read again (the cache is keyed
+    by its path, size and modification time: every node of a simulation reads it each call)."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError as err:
+        raise CatalogError(
+            path, "no such file: build it with `fedrec catalog build --data PATH --out FILE`"
+        ) from err
+    return _load_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def read_catalog(data: bytes, source: str | Path = "<bytes>") -> Catalog:
+    """Parse and verify the bytes of a catalog file."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            names = set(stored.files)
+            if names != {_META, _FEATURES}:
+                raise CatalogError(source, f"holds {sorted(names)}, not a fedrec catalog")
+            meta = json.loads(bytes(stored[_META]).decode("utf-8"))
+            features = stored[_FEATURES]
+    except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        if isinstance(err, CatalogError):
+            raise
+        raise CatalogError(source, f"not a readable catalog file ({err})") from err
+    if not isinstance(meta, dict) or meta.get("kind") != _KIND:
+        raise CatalogError(source, "not a fedrec catalog (no 'kind' marker)")
+    if meta.get("format") != CATALOG_FORMAT:
+        raise CatalogError(
+            source, f"format {meta.get('format')!r}; this fedrec reads format {CATALOG_FORMAT}"
+        )
+    stored_hash = meta.pop("sha256", None)
+    if _content_hash(meta, features) != stored_hash:
+        raise CatalogError(
+            source,
+            "its content does not match its sha256 (damaged or edited): rebuild it with"
+            " `fedrec catalog build`",
+        )
+    try:
+        return Catalog(
+            item_ids=tuple(str(i) for i in meta["item_ids"]),
+            item_features=features,
+            user_schema=UserFeatureSchema.from_dict(meta["user_schema"]),
+            item_titles=tuple(str(t) for t in meta["item_titles"]),
+            item_feature_names=tuple(str(n) for n in meta["item_feature_names"]),
+            item_blocks=tuple(
+                ItemBlock(str(b["name"]), int(b["width"]), dict(b.get("provenance", {})))
+                for b in meta["item_blocks"]
+            ),
+            source=dict(meta["source"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CatalogError(source, f"malformed metadata: {err}") from err
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, size: int, mtime_ns: int) -> Catalog:
+    return read_catalog(Path(path).read_bytes(), path)
+
+
+def _content_hash(meta: Mapping[str, Any], features: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    digest.update(b"\0")
+    array = np.ascontiguousarray(features, dtype="<f4")
+    digest.update(f"{array.dtype.str}{list(array.shape)}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()

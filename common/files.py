@@ -1,0 +1,56 @@
+"""Durable file writes: the one atomic writer every part of fedrec uses.
+
+:func:`write_atomic` writes to a temporary file in the destination's folder, flushes and
+fsyncs it, moves it into place and fsyncs the folder, so that a crash at any point leaves the
+old file or the new one, whole, never a mix (a stray ``.<name>.*.tmp`` may remain and is
+ignored). With ``exclusive=True`` the move is a hard link, which fails if the destination
+exists: key files are created this way, so an existing key is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import suppress
+from pathlib import Path
+
+__all__ = ["fsync_dir", "write_atomic"]
+
+
+def write_atomic(
+    path: str | Path, data: bytes, *, mode: int | None = None, exclusive: bool = False
+) -> Path:
+    """Replace (or, ``exclusive``, create) ``path`` with ``data``; ``mode`` sets its permissions
+    whatever the umask (e.g. 0o600 for a key). Missing parent folders are created (0700)."""
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            os.link(tmp, path)  # FileExistsError if path exists: nothing is overwritten
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX: the directory entry lives in the folder's own data)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

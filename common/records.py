@@ -1,0 +1,82 @@
+"""Reading Flower messages: typed access to their records, and what they weigh.
+
+A RecordDict maps names to *some* record (arrays, metrics or config) and a record maps keys to
+*some* value (numbers, text, lists, bytes): every reader of a message would otherwise narrow
+those types itself, or not at all. These accessors narrow once and fail with the record and
+key named when a message does not carry what its reader expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedrec.common import keys
+
+__all__ = [
+    "arrays_of",
+    "config_of",
+    "integer",
+    "message_bytes",
+    "metrics_of",
+    "numpy_arrays",
+    "scalar",
+    "text",
+]
+
+
+def arrays_of(content: RecordDict, name: str = keys.ARRAYS) -> ArrayRecord:
+    """The ArrayRecord ``name`` of a message's content."""
+    records = content.array_records
+    if name not in records:
+        raise KeyError(f"the message carries no array record {name!r} (records: {list(content)})")
+    return records[name]
+
+
+def metrics_of(content: RecordDict, name: str = keys.METRICS) -> MetricRecord:
+    """The MetricRecord ``name`` of a message's content."""
+    records = content.metric_records
+    if name not in records:
+        raise KeyError(f"the message carries no metric record {name!r} (records: {list(content)})")
+    return records[name]
+
+
+def config_of(content: RecordDict, name: str = keys.CONFIG) -> ConfigRecord:
+    """The ConfigRecord ``name`` of a message's content, empty if it has none."""
+    return content.config_records.get(name, ConfigRecord())
+
+
+def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays as NumPy, in its order."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def scalar(record: Mapping[str, object], key: str, default: float | None = None) -> float:
+    """A number of a metric or config record (``default`` if absent)."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"record key {key!r} holds {value!r}, not a number")
+    return float(value)
+
+
+def integer(record: Mapping[str, object], key: str, default: int | None = None) -> int:
+    """An integral number of a metric or config record (``default`` if absent)."""
+    value = scalar(record, key, None if default is None else float(default))
+    if not value.is_integer():
+        raise ValueError(f"record key {key!r} holds {value!r}, not an integer")
+    return int(value)
+
+
+def text(record: Mapping[str, object], key: str, default: str | None = None) -> str:
+    """A string of a config record (``default`` if absent)."""
+    value = record.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"record key {key!r} holds {value!r}, not text")
+    return value
+
+
+def message_bytes(message: Message) -> int:
+    """Payload bytes of a message's records (what travels, without framing)."""
+    return sum(r.count_bytes() for r in message.content.values()) if message.has_content() else 0

@@ -1,0 +1,237 @@
+"""The round driver: who takes part, which rounds evaluate, and the record of every round.
+
+:class:`RoundRecorder` is the outermost strategy of every run (``server/factory.py``). It wraps
+the aggregation stack (the server optimizer, with DP-FedAvg around it when user-level DP is
+on) and adds, without touching the aggregation math:
+  * the cohort of each round, from its :class:`~fedrec.server.cohorts.CohortSampler` (an
+    exact count, a fraction, or DP-FedAvg's Poisson sample), drawn from the nodes connected
+    when the round starts (at least ``min-clients``, else it waits up to the round timeout);
+  * evaluation every ``eval-every`` rounds and after the last, of every connected node or of
+    ``eval-clients`` of them;
+  * a record per round: clients sampled/replied/failed, train loss, bytes down and up per
+    client, the server step size, round seconds, evaluation metrics, the privacy ledgers and
+    the secure-aggregation report; streamed to ``rounds.jsonl`` and to ``on_round``;
+  * a checkpoint after every round (``server/checkpoint.py``);
+  * absolute round numbers for everything it wraps, so a resumed run continues its schedule
+    and FedAdam's bias correction instead of restarting them.
+Evaluation metrics are aggregated as means over evaluated users (each holds one held-out
+item), so a user that cannot be evaluated counts as nothing, not as a zero.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedrec.common import keys
+from fedrec.common.records import message_bytes, scalar
+from fedrec.common.runs import append_round
+from fedrec.common.secagg.grid import SecureAggregationGrid, secure_sum
+from fedrec.server.cohorts import CohortGrid, CohortSampler, connected_nodes, in_cohort_order
+from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally
+from fedrec.server.optimizer import ServerStep
+
+__all__ = ["RoundPlan", "RoundRecorder"]
+
+RoundCallback = Callable[[dict[str, Any]], None]
+Checkpoint = Callable[[ArrayRecord, int], None]
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """Which rounds run and when they evaluate."""
+
+    num_rounds: int  # rounds this run executes (fewer than num-rounds when resuming)
+    eval_every: int  # evaluate when the absolute round is a multiple (and after the last)
+    round_offset: int = 0  # the checkpoint's round: round r of this run is r + offset
+    min_clients: int = 1  # a train round starts once this many nodes are connected
+    timeout: float = 600.0  # seconds a round, and the wait for nodes before it, may take
+
+
+class RoundRecorder(Strategy):
+    """Drives and records the rounds of ``inner`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        plan: RoundPlan,
+        step: ServerStep,
+        train_cohorts: CohortSampler,
+        eval_cohorts: CohortSampler,
+        run_dir: Path | None = None,
+        on_round: RoundCallback | None = None,
+        checkpoint: Checkpoint | None = None,
+        user_dp: DPFedAvg | None = None,
+        record_tally: RecordLevelTally | None = None,
+        secure: SecureAggregationGrid | None = None,
+    ) -> None:
+        """``step`` is the server optimizer inside ``inner`` (its step size is recorded);
+        ``user_dp`` the DP-FedAvg layer, ``secure`` the SecAgg+ grid, when the run has them."""
+        self.inner = inner
+        self.plan = plan
+        self.step = step
+        self.train_cohorts = train_cohorts
+        self.eval_cohorts = eval_cohorts
+        self.run_dir = run_dir
+        self.on_round = on_round
+        self.checkpoint = checkpoint
+        self.user_dp = user_dp
+        self.record_tally = record_tally
+        self.secure = secure
+        self.records: list[dict[str, Any]] = []
+        self._current: dict[str, Any] = {}
+        self._t0 = 0.0
+
+    def __repr__(self) -> str:
+        return f"RoundRecorder({self.inner!r})"
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    # --- training -----------------------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._t0 = time.perf_counter()
+        absolute = server_round + self.plan.round_offset
+        nodes = connected_nodes(
+            grid, self.plan.min_clients, self.plan.timeout, what=f"round {absolute}"
+        )
+        cohort = self.train_cohorts.sample(nodes)
+        messages = in_cohort_order(
+            self.inner.configure_train(absolute, arrays, config, CohortGrid(grid, cohort)), cohort
+        )
+        self._current = {
+            "round": absolute,
+            "clients_sampled": len(messages),
+            "bytes_down_per_client": message_bytes(messages[0]) if messages else 0,
+        }
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        absolute = server_round + self.plan.round_offset
+        replies = list(replies)
+        forged = 0
+        if self.secure is None:  # only the secure grid builds aggregate replies
+            forged = sum(secure_sum(m)[1] for m in replies)
+            replies = [m for m in replies if not secure_sum(m)[1]]
+        ok = [m for m in replies if not m.has_error()]
+        ups = [message_bytes(m) for m in ok]
+        arrays, metrics = self.inner.aggregate_train(absolute, replies)
+        if arrays is None and replies and not ok:  # (under DP: a noise-only round instead)
+            reason = (replies[0].error.reason or "")[-2000:]
+            raise RuntimeError(
+                f"round {absolute}: all {len(replies)} clients failed; first error: {reason}"
+            )
+        rec = self._current
+        if self.step.last_step_size is not None:
+            rec["server_lr"] = self.step.last_step_size
+        rec.update(
+            clients_replied=len(ok),
+            clients_failed=len(replies) - len(ok),
+            errors=sorted({(m.error.reason or "")[-300:] for m in replies if m.has_error()})[:3],
+            bytes_up_per_client=float(np.mean(ups)) if ups else 0.0,
+            bytes_up_total=int(sum(ups)),
+            bytes_down_total=rec["bytes_down_per_client"] * rec["clients_sampled"],
+            train_loss=scalar(metrics, keys.TRAIN_LOSS) if metrics else None,
+            returning=scalar(metrics, keys.RETURNING, 0.0) if metrics else None,
+            train_seconds=time.perf_counter() - self._t0,
+        )
+        if forged:
+            rec["clients_failed"] += forged
+            rec["errors"] = [*rec["errors"], f"{forged} forged aggregate replies dropped"][:3]
+        if self.secure is not None:  # the four stages' traffic, not the one aggregate
+            self._record_secure_round(rec, absolute, arrays)
+        privacy = self._privacy_record(ok)
+        if privacy:
+            rec["privacy"] = privacy
+        if arrays is not None and self.checkpoint is not None:
+            self.checkpoint(arrays, absolute)
+        return arrays, metrics
+
+    def _record_secure_round(
+        self, rec: dict[str, Any], absolute: int, arrays: ArrayRecord | None
+    ) -> None:
+        assert self.secure is not None
+        report = self.secure.report
+        if report.get("all_failed") and arrays is None:
+            raise RuntimeError(
+                f"round {absolute}: every client refused the secure round at stage"
+                f" {report['all_failed']}; first error: {(report['errors'] or [''])[0]}"
+            )
+        n = max(report["clients"], 1)
+        rec.update(
+            clients_replied=report["survivors"],
+            clients_failed=report["clients"] - report["survivors"],
+            bytes_down_per_client=report["bytes_down"] / n,
+            bytes_up_per_client=report["bytes_up"] / n,
+            bytes_down_total=report["bytes_down"],
+            bytes_up_total=report["bytes_up"],
+            errors=report["errors"],
+            secagg=dict(report),
+        )
+
+    def _privacy_record(self, ok: list[Message]) -> dict[str, Any]:
+        """This round's ``privacy`` entry: the user-level ledger (DP-FedAvg) and the devices'
+        record-level ε (if they report one)."""
+        privacy: dict[str, Any] = {}
+        if self.user_dp is not None and self.user_dp.last_record:
+            privacy["user_level"] = dict(self.user_dp.last_record)
+        if self.record_tally is not None:
+            declined = self.record_tally.update(ok)
+            if self.record_tally.latest or declined or self.record_tally.secure_mean is not None:
+                privacy["record_level"] = self.record_tally.summary(declined)
+        return privacy
+
+    # --- evaluation ---------------------------------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        absolute = server_round + self.plan.round_offset
+        if absolute % self.plan.eval_every != 0 and server_round != self.plan.num_rounds:
+            return []
+        cohort = self.eval_cohorts.sample(list(grid.get_node_ids()))  # whoever is connected
+        messages = self.inner.configure_evaluate(absolute, arrays, config, CohortGrid(grid, cohort))
+        return in_cohort_order(messages, cohort)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        replies = list(replies)
+        metrics = self.inner.aggregate_evaluate(server_round + self.plan.round_offset, replies)
+        rec = self._current
+        if metrics is not None:
+            rec["eval"] = {k: scalar(metrics, k) for k in metrics}
+            rec["clients_evaluated"] = len(replies)
+        rec["round_seconds"] = time.perf_counter() - self._t0
+        self.records.append(dict(rec))
+        if self.run_dir is not None:  # streamed, so a long run can be watched (tail -f)
+            append_round(self.run_dir, rec)
+        if self.on_round:
+            self.on_round(dict(rec))
+        return metrics
+
+    def evaluate_initial(
+        self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, timeout: float
+    ) -> None:
+        """Federated evaluation of the initial model, recorded as round 0 (the baseline)."""
+        self._t0 = time.perf_counter()
+        self._current = {
+            "round": self.plan.round_offset,
+            "clients_sampled": 0,
+            "bytes_down_per_client": 0,
+        }
+        messages = self.configure_evaluate(0, arrays, config, grid)
+        replies = grid.send_and_receive(messages=messages, timeout=timeout)
+        self.aggregate_evaluate(0, replies)
