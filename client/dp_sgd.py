@@ -50,6 +50,15 @@ from fedrec.common.data.shard import UserShard
 from fedrec.common.model import SeedModel, shared_parameter_names
 from fedrec.common.privacy import ACCOUNTANTS, PrivacyLedger
 
+__all__ = [
+    "GRAD_SAMPLE_MODES",
+    "DPTrainResult",
+    "RecordDPConfig",
+    "dp_local_train",
+    "planned_use",
+    "round_examples",
+]
+
 GRAD_SAMPLE_MODES = ("ghost", "hooks")  # ghost: norms only (default); hooks: dense, for comparison
 
 

@@ -26,6 +26,16 @@ from fedrec.common.model import (
     shared_parameter_names,
 )
 
+__all__ = [
+    "ME",
+    "LocalTrainConfig",
+    "build_local_model",
+    "local_evaluate",
+    "local_train",
+    "recommend",
+    "refresh_user",
+]
+
 ME = torch.zeros(1, dtype=torch.long)  # the only user row of a device's model
 
 
@@ -71,14 +81,13 @@ def build_local_model(
 
     Without stored private state (first participation) the user embedding is initialised
     from ``seed``, so a device's first round is reproducible. A local generator is used, not
-    ``torch.manual_seed``: that call also reseeds every accelerator backend and cost ~2.5 ms
-    per client call, a tenth of a whole local round.
+    ``torch.manual_seed``: that call also reseeds every accelerator backend, on every call.
     """
     if shared is None:  # no server arrays (a device working offline from scratch)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = device_model(catalog, dim, shard.user_features)
-    else:  # every parameter is set below: skip initialising the tables (~1 ms on ml-100k)
+    else:  # every parameter is set below: skip initialising the tables
         with torch.random.fork_rng(devices=[]):
             model = device_model(catalog, dim, shard.user_features, initialize=False)
         load_shared_state(model, shared)
@@ -273,10 +282,9 @@ def refresh_user(
 
     A device's user row was last trained in the round it last took part in, against the item
     side of that round; before ranking with a newer global model it takes ``epochs`` private
-    epochs on its own train items (the shared parameters do not change). On ml-100k with 20
-    clients per round a user last trained ~47 rounds earlier on average; two such epochs
-    raised validation HR@10 by 0.011 at round 300 of 600, but not at the end of a cosine
-    schedule, when the global model has stopped moving (off by default).
+    epochs on its own train items (the shared parameters do not change). It helps while the
+    global model still moves and not at the end of a cosine schedule (docs/results.md), so
+    it is off by default.
     """
     if epochs > 0:
         local_train(model, shard, replace(config, epochs=0, private_epochs=epochs), rng)

@@ -6,9 +6,11 @@
   by an error Message, so private state cannot leak even through a bug in the handler.
 * :class:`UserLevelClipping` clips the shared-parameter update to the norm C the server
   sends when it runs DP-FedAvg (server/dp_fedavg.py).
-* Under secure aggregation (client/secagg_mod.py) the answer to a stage request must be one
-  ``secagg`` ConfigRecord of that stage, with the keys the stage declares
-  (``common/secagg_records.REPLY_KEYS``), bytes and text only, and no arrays or metrics.
+* :class:`CatalogCheck` refuses a round whose model is built on another catalog than the
+  device's own (the server sends the catalog's hash with every model).
+* Under secure aggregation (common/secagg/device.py) the answer to a stage request must be
+  one ``secagg`` ConfigRecord of that stage, with the keys the stage declares
+  (``common/secagg/wire.REPLY_KEYS``), bytes and text only, and no arrays or metrics.
 * :class:`MessageRecorder` appends a description of every reply (record names, array
   names/shapes/dtypes, metric keys and values, bytes) to a JSON-lines file. The simulation's
   ClientApps run in Ray worker processes, so a file is the way a test sees their messages.
@@ -29,6 +31,19 @@ from fedrec.common.data.catalog import Catalog
 from fedrec.common.privacy import NonFiniteUpdate, clip_delta
 from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar, text
 from fedrec.common.secagg.wire import REPLY_KEYS, SECAGG, STAGE
+
+__all__ = [
+    "CATALOG_MISMATCH_ERROR",
+    "NON_FINITE_ERROR",
+    "PRIVACY_GUARD_ERROR",
+    "CatalogCheck",
+    "MessageRecorder",
+    "SharedOnlyGuard",
+    "UserLevelClipping",
+    "describe",
+    "secagg_violations",
+    "violations",
+]
 
 PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
 NON_FINITE_ERROR = 4002  # error code of an update with NaN/inf values (cannot be clipped)
@@ -116,8 +131,8 @@ class SharedOnlyGuard:
     """A mod that blocks any reply carrying more than the shared group and scalar metrics.
 
     Mods are module-level callable classes, not closures: the simulation engine pickles the
-    ClientApp with every message, and a closure is pickled by value (code and all), which
-    cost ~4 ms per message; an instance of a class is pickled by reference.
+    ClientApp with every message, and a closure is pickled by value (code and all), a cost
+    paid on every message; an instance of a class is pickled by reference.
     """
 
     def __init__(self, shared_shapes: Callable[[Context], Mapping[str, tuple[int, ...]]]) -> None:

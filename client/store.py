@@ -14,6 +14,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
+__all__ = [
+    "JSON_FIELD",
+    "ContextStateStore",
+    "MemoryStateStore",
+    "StateStore",
+]
+
 JSON_FIELD = "json"
 
 

@@ -19,6 +19,14 @@ from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import SeedModel
 from fedrec.common.privacy import PrivacyLedger
 
+__all__ = [
+    "DPSGDTraining",
+    "PlainTraining",
+    "Trainer",
+    "local_train_config",
+    "trainer_for",
+]
+
 if TYPE_CHECKING:
     from fedrec.client.dp_sgd import RecordDPConfig
 

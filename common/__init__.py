@@ -1,1 +1,36 @@
-"""fedrec.common: data, model, metrics, privacy math and crypto helpers (client and server)."""
+"""fedrec.common: what the client and the server share. Nothing here imports either.
+
+Pure pieces first, then the small stateful ones and the Flower glue both sides use:
+
+    data/       data sets, the public catalog, splits, examples, anonymization (fedrec.common.data)
+    model       the seed model and its shared / private parameter groups
+    metrics     HR@K, NDCG@K and the evaluation protocol (LOO-99 and full ranking)
+    training    the centralized trainer's epoch and evaluation loops
+    baselines   matrix factorization and MostPopular, for the centralized references
+    privacy     ε accounting (Opacus), the privacy ledger, clipping
+    crypto      sealed files: AES-256-GCM, key files, passphrase KDFs
+    secagg/     SecAgg+: the protocol and both sides of it on Flower (fedrec.common.secagg)
+    fedconfig   the federation's settings, parsed once into a frozen dataclass
+    keys        names of message records, metrics and config keys
+    records     typed access to Flower records; message sizes
+    grids       the Grid wrapper every grid view builds on
+    runs        run folders: file names and writers
+    files       the atomic file writer
+"""
+
+__all__ = [
+    "baselines",
+    "crypto",
+    "data",
+    "fedconfig",
+    "files",
+    "grids",
+    "keys",
+    "metrics",
+    "model",
+    "privacy",
+    "records",
+    "runs",
+    "secagg",
+    "training",
+]

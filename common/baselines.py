@@ -10,6 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
+__all__ = [
+    "MatrixFactorization",
+    "MostPopular",
+]
+
 
 class MatrixFactorization(nn.Module):
     """logit = p_u · q_i + b_i, trained with the same BCE + negatives loop as the seed model."""

@@ -34,8 +34,8 @@ still rejects any deliberate change. A forger who rewrites the key check *and* t
 reported as a wrong key — never given data.
 
 Passphrase KDFs (parameters stored in each header, so they can change without breaking files):
-Argon2id, RFC 9106 §4 "second recommended option" (t=3, p=4, m=64 MiB; 0.5-1.8 s measured on
-this project's 2-core machine) by default;
+Argon2id, RFC 9106 §4 "second recommended option" (t=3, p=4, m=64 MiB; its cost on our
+machines is in docs/results.md) by default;
 scrypt with N=2^17, r=8, p=1 (128 MiB, OWASP's recommendation) as the alternative.
 """
 
@@ -57,6 +57,44 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from fedrec.common.files import write_atomic
+
+__all__ = [
+    "CHECK_SIZE",
+    "DIGEST_SIZE",
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "KDF_ARGON2ID",
+    "KDF_RAW_KEY",
+    "KDF_SCRYPT",
+    "KEY_SIZE",
+    "MAGIC",
+    "MAX_KDF_ITERATIONS",
+    "MAX_KDF_MEMORY_KIB",
+    "NONCE_SIZE",
+    "NO_SALT",
+    "SALT_SIZE",
+    "TAG_SIZE",
+    "Argon2idParams",
+    "Header",
+    "InsecureKeyFileError",
+    "KdfParams",
+    "Passphrase",
+    "ScryptParams",
+    "SealedFileError",
+    "SealingKey",
+    "TamperedError",
+    "TruncatedError",
+    "UnsupportedFormatError",
+    "WrongKeyError",
+    "create_key_file",
+    "describe_kdf",
+    "kdf_from_header",
+    "load_or_create_key_file",
+    "open_sealed",
+    "read_header",
+    "read_key_file",
+    "seal",
+]
 
 MAGIC = b"FEDRECSF"  # "fedrec sealed file"
 FORMAT_VERSION = 1

@@ -15,13 +15,24 @@ from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.privacy import ACCOUNTANTS
 from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS, SecAggSettings
 
+__all__ = [
+    "AGGREGATIONS",
+    "CLIENT_WEIGHTINGS",
+    "DECAY_STRATEGIES",
+    "LOCAL_OPTIMIZERS",
+    "LR_SCHEDULES",
+    "SERVER_LR_STRATEGIES",
+    "STRATEGIES",
+    "FederationConfig",
+]
+
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
 SERVER_LR_STRATEGIES = ("fedavgm", "fedadam", "fedyogi")  # the ones with a server step size
 DECAY_STRATEGIES = ("fedadam", "fedyogi")  # server optimizers with decoupled weight decay
 LR_SCHEDULES = ("constant", "cosine")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 CLIENT_WEIGHTINGS = ("examples", "uniform")
-AGGREGATIONS = ("off", "secagg+")  # secure aggregation of the train updates (server/secagg.py)
+AGGREGATIONS = ("off", "secagg+")  # secure aggregation of the train updates (common/secagg/grid.py)
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,7 @@ class FederationConfig:
     local_dp_clip_norm: float = 1.0  # per-example gradient clip
     local_dp_delta: float = 1e-4  # δ of each device's own ledger
     local_epsilon_budget: float = 0.0  # a device declines rounds past this ε (0: no limit)
-    # secure aggregation: SecAgg+ (Bell et al., 2020) as Message-API rounds, server/secagg.py
+    # secure aggregation: SecAgg+ (Bell et al., 2020) as Message-API rounds, common/secagg/
     secure_aggregation: str = "off"  # off | secagg+
     secagg_neighbours: int = 0  # k peers per client; 0: 2*ceil(log2 n); >= n-1: all pairs
     secagg_threshold: float = 0.5  # fraction of a secret's k+1 shares that rebuild it

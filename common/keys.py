@@ -5,6 +5,31 @@ Config keys are kebab-case, as Flower's ``[tool.flwr.app.config]`` expects.
 
 from __future__ import annotations
 
+__all__ = [
+    "ARRAYS",
+    "BUDGET_EXHAUSTED",
+    "CATALOG_HASH",
+    "CLIPPING_NORM",
+    "CONFIG",
+    "EVAL_SPLIT",
+    "FULL_HR",
+    "FULL_NDCG",
+    "HR",
+    "METRICS",
+    "NDCG",
+    "NUM_EXAMPLES",
+    "RECORD_EPSILON",
+    "RETURNING",
+    "SERVER_ROUND",
+    "STATE_COUNTERS",
+    "STATE_PRIVATE",
+    "STATE_RECORD_LEDGER",
+    "TRAIN_LOSS",
+    "UNIT_WEIGHT",
+    "USERS",
+    "VAL_PREFIX",
+]
+
 # Records inside a Message's RecordDict
 ARRAYS = "arrays"  # ArrayRecord: the shared parameters (down) or their update (up)
 CONFIG = "config"  # ConfigRecord: per-round instructions

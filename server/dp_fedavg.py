@@ -7,7 +7,7 @@ Language Models", ICLR 2018) protects a whole user's participation:
   2. each client clips its shared-parameter update Δ_i to ‖Δ_i‖ ≤ C (client/mods.py,
      ``UserLevelClipping``); the server clips again, so a client that skips it cannot raise
      the sensitivity (with secure aggregation only the client can; a plain run drops any reply
-     that claims to be a secure sum, server/strategy.py), and drops an update with
+     that claims to be a secure sum, server/recorder.py), and drops an update with
      a non-finite value as a dropout (it cannot be clipped);
   3. the server averages with the *fixed* denominator m, not the number of replies, and
      adds Gaussian noise of std σ = z·C / m to every coordinate: a round with fewer
@@ -71,6 +71,7 @@ from fedrec.common.privacy import (
 from fedrec.common.records import arrays_of, metrics_of, numpy_arrays, scalar
 from fedrec.common.secagg.grid import secure_sum
 from fedrec.server.cohorts import PoissonCohort
+from fedrec.server.wrapper import StrategyWrapper
 
 __all__ = [
     "CLIP_TOLERANCE",
@@ -181,7 +182,7 @@ class UserLevelDP:
         }
 
 
-class DPFedAvg(Strategy):
+class DPFedAvg(StrategyWrapper[Strategy]):
     """DP-FedAvg around a server optimizer: Poisson cohorts, clip, noise, fixed denominator.
 
     ``configure_train`` checks the budget and sends C to the clients (the cohort is
@@ -199,7 +200,7 @@ class DPFedAvg(Strategy):
         ledger: PrivacyLedger | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         self.dp = dp
         self.ledger = ledger if ledger is not None else PrivacyLedger(dp.accountant)
         if self.ledger.accountant != dp.accountant:
@@ -211,9 +212,6 @@ class DPFedAvg(Strategy):
         self.cohorts = PoissonCohort(dp.sample_rate, self.rng)  # the sampling ε assumes
         self.last_record: dict[str, Any] = {}  # the round's ``privacy.user_level`` entry
         self._global: dict[str, np.ndarray] = {}
-
-    def __repr__(self) -> str:
-        return f"DPFedAvg({self.optimizer!r})"
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -228,7 +226,7 @@ class DPFedAvg(Strategy):
                 )
         self._global = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
         config[keys.CLIPPING_NORM] = dp.clip_norm
-        return self.optimizer.configure_train(server_round, arrays, config, grid)
+        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -277,22 +275,9 @@ class DPFedAvg(Strategy):
         )
         metrics[keys.UNIT_WEIGHT] = 1
         mean = RecordDict({keys.ARRAYS: ArrayRecord(out), keys.METRICS: metrics})
-        return self.optimizer.aggregate_train(
+        return self.inner.aggregate_train(
             server_round, [Message(content=mean, dst_node_id=0, message_type=MessageType.TRAIN)]
         )
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.optimizer.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.optimizer.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.optimizer.summary()
 
 
 class RecordLevelTally:

@@ -24,15 +24,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.records import integer, metrics_of, scalar
 from fedrec.server.cohorts import TAKE_EVERY_NODE
+from fedrec.server.wrapper import StrategyWrapper
 
 __all__ = [
     "STRATEGY_CLASSES",
@@ -114,7 +114,7 @@ def flower_strategy(config: FederationConfig) -> FedAvg:
     return STRATEGY_CLASSES[config.strategy](**kwargs)
 
 
-class ServerStep(Strategy):
+class ServerStep(StrategyWrapper[FedAvg]):
     """A Flower strategy's server step with a schedule, weight decay and float32 output."""
 
     def __init__(
@@ -126,7 +126,7 @@ class ServerStep(Strategy):
     ) -> None:
         """``step_size(round)``: the server step of each absolute round (FedAvgM, FedAdam,
         FedYogi); ``weight_decay``: decoupled decay of weight matrices (FedAdam, FedYogi)."""
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         # where Flower reads the step size each round (no schedule hook in 1.42)
         self._step_attribute = (
             "eta"
@@ -143,13 +143,10 @@ class ServerStep(Strategy):
         self.weight_decay = weight_decay
         self.last_step_size: float | None = None
 
-    def __repr__(self) -> str:
-        return f"ServerStep({type(self.optimizer).__name__})"
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.optimizer.configure_train(server_round, arrays, config, grid)
+    @property
+    def optimizer(self) -> FedAvg:
+        """The Flower strategy taking the step (its state lives in its attributes)."""
+        return self.inner
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -170,19 +167,6 @@ class ServerStep(Strategy):
             value = v.numpy() * decay if k.endswith(".weight") else v.numpy()
             wire[k] = Array(value.astype(np.float32, copy=False))
         return ArrayRecord(wire), metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.optimizer.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.optimizer.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.optimizer.summary()
 
     def state_dict(self, array_names: list[str]) -> dict[str, np.ndarray]:
         """The optimizer's state as ``name/array`` entries (``array_names``: model order)."""

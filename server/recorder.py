@@ -38,6 +38,7 @@ from fedrec.common.secagg.grid import SecureAggregationGrid, secure_sum
 from fedrec.server.cohorts import CohortGrid, CohortSampler, connected_nodes, in_cohort_order
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally
 from fedrec.server.optimizer import ServerStep
+from fedrec.server.wrapper import StrategyWrapper
 
 __all__ = ["RoundPlan", "RoundRecorder"]
 
@@ -56,7 +57,7 @@ class RoundPlan:
     timeout: float = 600.0  # seconds a round, and the wait for nodes before it, may take
 
 
-class RoundRecorder(Strategy):
+class RoundRecorder(StrategyWrapper[Strategy]):
     """Drives and records the rounds of ``inner`` (see the module docstring)."""
 
     def __init__(
@@ -76,7 +77,7 @@ class RoundRecorder(Strategy):
     ) -> None:
         """``step`` is the server optimizer inside ``inner`` (its step size is recorded);
         ``user_dp`` the DP-FedAvg layer, ``secure`` the SecAgg+ grid, when the run has them."""
-        self.inner = inner
+        super().__init__(inner)
         self.plan = plan
         self.step = step
         self.train_cohorts = train_cohorts
@@ -90,12 +91,6 @@ class RoundRecorder(Strategy):
         self.records: list[dict[str, Any]] = []
         self._current: dict[str, Any] = {}
         self._t0 = 0.0
-
-    def __repr__(self) -> str:
-        return f"RoundRecorder({self.inner!r})"
-
-    def summary(self) -> None:
-        self.inner.summary()
 
     # --- training -----------------------------------------------------------------------
     def configure_train(

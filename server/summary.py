@@ -66,7 +66,7 @@ def secure_summary(records: list[dict[str, Any]], config: FederationConfig) -> d
 
     return {
         "enabled": True,
-        "protocol": "SecAgg+ (Bell et al. 2020), semi-honest; server/secagg.py",
+        "protocol": "SecAgg+ (Bell et al. 2020), semi-honest; fedrec.common.secagg",
         **config.secagg_settings().describe(),
         "rounds": len(rounds),
         "rounds_failed_closed": sum(r["status"].startswith("failed") for r in rounds),

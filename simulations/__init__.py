@@ -1,1 +1,12 @@
-"""fedrec.simulations."""
+"""fedrec.simulations: running federations on one machine, and the ``fedrec`` command line.
+
+cli         the ``fedrec`` command line
+runner      ``fedrec simulate`` through Flower's simulation engine; scenario files
+engine      fixes for the simulation engine's in-memory link (applied by the runner)
+inprocess   a seeded, paired federation in one process (research comparisons)
+central     the centralized references (``fedrec train-central``)
+prepare     ``fedrec data prepare``: a de-identified copy of a data set
+plots       quality and loss figures of a run
+"""
+
+__all__ = ["central", "cli", "engine", "inprocess", "plots", "prepare", "runner"]

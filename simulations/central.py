@@ -26,6 +26,18 @@ from fedrec.common.model import ModelConfig, SeedModel
 from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, prepare_run_dir, run_header, write_json
 from fedrec.common.training import evaluate, train_epoch
 
+__all__ = [
+    "MODELS",
+    "SELECTION_METRIC",
+    "CentralConfig",
+    "CentralModel",
+    "CentralResult",
+    "ModelName",
+    "build_model",
+    "run_central",
+    "train_central",
+]
+
 ModelName = Literal["seed", "mf", "mostpop"]
 MODELS: tuple[str, ...] = ("seed", "mf", "mostpop")
 SELECTION_METRIC = "hr@10"

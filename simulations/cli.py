@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+__all__ = ["app", "main"]
+
 app = typer.Typer(
     name="fedrec",
     help="Privacy-preserving federated recommender on Flower.",

@@ -24,7 +24,7 @@ comparison can check that its arms were.
 Research only: a seeded noise generator makes DP noise predictable to whoever knows the
 seed, so a run from here makes no privacy claim (``metrics.json`` says so under
 ``reproducible``). One process, one core: a 943-user round of 100 clients takes about as
-long as in the engine (measured in ``benchmarks/secagg_paired.py``).
+long as in the engine (``benchmarks/secagg_paired.py`` reports both).
 """
 
 from __future__ import annotations
@@ -51,6 +51,15 @@ from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import prepare_run_dir
 from fedrec.common.secagg import wire
 from fedrec.simulations.runner import simulation_inputs
+
+__all__ = [
+    "RUN_ID",
+    "SERVER_NODE_ID",
+    "InProcessGrid",
+    "run_inprocess",
+    "run_summarized",
+    "seeded_task",
+]
 
 RUN_ID = 1
 SERVER_NODE_ID = 0  # Flower's SuperLink node id; nodes are 1..N

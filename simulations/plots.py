@@ -10,6 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+__all__ = [
+    "plot_rounds",
+]
+
 
 def plot_rounds(records: list[dict[str, Any]], out: Path) -> list[Path]:
     """Write ``quality.png`` (HR@10/NDCG@10 sampled and full) and ``loss.png``; return paths."""

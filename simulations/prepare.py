@@ -44,6 +44,17 @@ from fedrec.common.data.anonymize import (
 from fedrec.common.data.dataset import RawRatings
 from fedrec.common.data.loaders import RATING_COLUMNS, load_ratings
 
+__all__ = [
+    "ITEMS_FILE",
+    "RATINGS_FILE",
+    "SUMMARY_FILE",
+    "SUPPORTED_FORMATS",
+    "USERS_FILE",
+    "PrepareConfig",
+    "prepare",
+    "summary_lines",
+]
+
 RATINGS_FILE = "ratings.csv"
 USERS_FILE = "users.csv"
 ITEMS_FILE = "items.csv"

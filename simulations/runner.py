@@ -27,6 +27,15 @@ from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import CATALOG_FILE, prepare_run_dir
 
+__all__ = [
+    "SCENARIO_DIR",
+    "apply_settings",
+    "load_scenario",
+    "parse_setting",
+    "simulate",
+    "simulation_inputs",
+]
+
 SCENARIO_DIR = Path(__file__).resolve().parent
 
 

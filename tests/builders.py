@@ -11,7 +11,18 @@ import uuid
 from functools import cache, lru_cache
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 
 from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog, build_catalog, load_catalog, save_catalog
@@ -19,6 +30,9 @@ from fedrec.common.fedconfig import FederationConfig
 
 # The real MovieLens 100K, read in place (never copied: its license forbids redistribution).
 ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+needs_ml100k = pytest.mark.skipif(
+    not ML100K.exists(), reason="MovieLens 100K not found at ../shared/data/ml-100k"
+)
 
 
 def node_context(user: int, num_users: int, run_config: dict | None = None) -> Context:
@@ -60,6 +74,23 @@ def server_message(
         message_type=message_type,
     )
     return Message(metadata=metadata, content=content)
+
+
+def model_arrays(scale: float = 1.0) -> ArrayRecord:
+    """A small shared-model stand-in: a 3 x 4 item table and a bias, times ``scale``."""
+    return ArrayRecord({
+        "item_embedding.weight": Array(np.arange(12, dtype=np.float32).reshape(3, 4) * scale),
+        "head.bias": Array(np.array([0.5], dtype=np.float32) * scale),
+    })  # fmt: skip
+
+
+def train_reply(arrays: ArrayRecord, examples: int, loss: float, node: int) -> Message:
+    """A device's train reply: ``arrays`` and its metrics (examples, unit weight, loss)."""
+    metrics = MetricRecord(
+        {keys.NUM_EXAMPLES: examples, keys.UNIT_WEIGHT: 1, keys.TRAIN_LOSS: loss}
+    )
+    content = RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics})
+    return Message(content=content, reply_to=server_message("train", None, node_id=node))
 
 
 def with_catalog(config: FederationConfig) -> FederationConfig:

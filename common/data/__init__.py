@@ -1,0 +1,30 @@
+"""fedrec.common.data: from files on disk to what a model trains and is evaluated on.
+
+loaders     MovieLens 100K / 1M / latest and generic CSV into raw ratings (file, line, problem)
+download    public data sets, sha256-checked
+synthetic   the embedded, deterministic generator (the default data set)
+sources     one entry point: ``--data PATH|synthetic`` to interactions
+dataset     raw ratings and dense implicit interactions
+features    user-feature schema and encoding, item genre / text blocks
+catalog     the public catalog: items, features, user-feature schema, content hash
+split       temporal leave-one-out and evaluation candidates
+examples    training examples: positives plus leak-free negatives
+shard       one user's data as a device holds it
+anonymize   pseudonyms, generalization, k-anonymity (``fedrec data prepare``)
+errors      the data-format error every loader raises
+"""
+
+__all__ = [
+    "anonymize",
+    "catalog",
+    "dataset",
+    "download",
+    "errors",
+    "examples",
+    "features",
+    "loaders",
+    "shard",
+    "sources",
+    "split",
+    "synthetic",
+]

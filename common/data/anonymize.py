@@ -43,6 +43,37 @@ import numpy as np
 
 from fedrec.common.data.dataset import RawRatings
 
+__all__ = [
+    "DIRECT_IDENTIFIERS",
+    "KEY_BYTES",
+    "MAX_SECONDS",
+    "MAX_ZIP_DIGITS",
+    "OCCUPATION_MODES",
+    "PSEUDONYM_BYTES",
+    "QUASI_IDENTIFIERS",
+    "SUPPRESSED",
+    "SUPPRESSION_MODES",
+    "TIME_UNITS",
+    "AnonymizeConfig",
+    "Anonymized",
+    "ColumnPlan",
+    "KAnonymity",
+    "age_band",
+    "anonymize",
+    "coarsen_timestamps",
+    "drop_reason",
+    "equivalence_classes",
+    "generalizations",
+    "generalize",
+    "k_anonymize",
+    "key_fingerprint",
+    "normalize_column",
+    "plan_user_columns",
+    "pseudonym",
+    "pseudonymize",
+    "zip_prefix",
+]
+
 KEY_BYTES = 32  # random key bytes: SHA-256's output size, the length RFC 2104 recommends
 PSEUDONYM_BYTES = 16  # 128-bit pseudonyms, 32 hex characters
 SUPPRESSED = "*"

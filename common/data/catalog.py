@@ -210,6 +210,8 @@ def load_catalog(path: str | Path) -> Catalog:
 
 def read_catalog(data: bytes, source: str | Path = "<bytes>") -> Catalog:
     """Parse and verify the bytes of a catalog file."""
+    if not data.startswith(b"PK"):  # every .npz is a zip archive
+        raise CatalogError(source, "not a readable catalog file (not an .npz archive)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             names = set(stored.files)
@@ -220,7 +222,10 @@ def read_catalog(data: bytes, source: str | Path = "<bytes>") -> Catalog:
     except (OSError, ValueError, zipfile.BadZipFile, UnicodeDecodeError) as err:
         if isinstance(err, CatalogError):
             raise
-        raise CatalogError(source, f"not a readable catalog file ({err})") from err
+        # (numpy's own message advises loading the file with pickle: never for a catalog)
+        raise CatalogError(
+            source, "not a readable catalog file (a damaged or foreign .npz)"
+        ) from err
     if not isinstance(meta, dict) or meta.get("kind") != _KIND:
         raise CatalogError(source, "not a fedrec catalog (no 'kind' marker)")
     if meta.get("format") != CATALOG_FORMAT:

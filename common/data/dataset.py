@@ -12,6 +12,12 @@ import numpy as np
 
 from fedrec.common.data.features import UserFeatureSchema, encode_item_features
 
+__all__ = [
+    "Interactions",
+    "RawRatings",
+    "to_implicit",
+]
+
 
 @dataclass(frozen=True)
 class RawRatings:

@@ -21,6 +21,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+__all__ = [
+    "DATASETS",
+    "ChecksumError",
+    "DatasetSpec",
+    "DownloadError",
+    "ProgressCallback",
+    "UnsafeArchiveError",
+    "dataset_spec",
+    "download_dataset",
+    "is_complete",
+]
+
 ProgressCallback = Callable[[int, int | None], None]
 """``on_progress(bytes_done, bytes_total)``; ``bytes_total`` is None without a Content-Length."""
 

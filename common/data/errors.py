@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+__all__ = [
+    "DataFormatError",
+]
+
 
 class DataFormatError(ValueError):
     """A data file is malformed: wrong field count, bad id, bad encoding, empty, unknown format."""

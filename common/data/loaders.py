@@ -42,6 +42,22 @@ import numpy as np
 from fedrec.common.data.dataset import RawRatings
 from fedrec.common.data.errors import DataFormatError
 
+__all__ = [
+    "LAYOUTS",
+    "ML1M_GENRES",
+    "ML1M_OCCUPATIONS",
+    "ML100K_GENRES",
+    "NO_GENRES",
+    "RATING_COLUMNS",
+    "Columns",
+    "Rows",
+    "load_csv",
+    "load_movielens_1m",
+    "load_movielens_100k",
+    "load_movielens_latest",
+    "load_ratings",
+]
+
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",

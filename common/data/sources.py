@@ -12,6 +12,11 @@ from fedrec.common.data.dataset import Interactions, to_implicit
 from fedrec.common.data.loaders import load_ratings
 from fedrec.common.data.synthetic import SyntheticConfig, generate
 
+__all__ = [
+    "SYNTHETIC",
+    "load_interactions",
+]
+
 SYNTHETIC = "synthetic"
 
 

@@ -18,6 +18,13 @@ import numpy as np
 
 from fedrec.common.data.dataset import Interactions
 
+__all__ = [
+    "MIN_INTERACTIONS_TO_EVALUATE",
+    "NO_ITEM",
+    "Split",
+    "temporal_leave_one_out",
+]
+
 MIN_INTERACTIONS_TO_EVALUATE = 3
 NO_ITEM = -1
 

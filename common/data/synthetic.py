@@ -27,6 +27,16 @@ import numpy as np
 
 from fedrec.common.data.dataset import RawRatings
 
+__all__ = [
+    "GENRES",
+    "MIN_INTERACTIONS",
+    "OCCUPATIONS",
+    "SyntheticConfig",
+    "SyntheticTruth",
+    "generate",
+    "generate_with_truth",
+]
+
 GENRES: tuple[str, ...] = (
     "Action",
     "Adventure",

@@ -34,6 +34,13 @@ from fedrec.common.secagg import wire
 from fedrec.common.secagg.primitives import SecAggConfig, SecAggError
 from fedrec.common.secagg.protocol import SecAggClient, StateValue
 
+__all__ = [
+    "SECAGG_ERROR",
+    "SecAggPlusMod",
+    "quantized_clip_norm",
+    "update_vector",
+]
+
 SECAGG_ERROR = 4003  # error code of a device that refuses a stage (protocol violation etc.)
 
 

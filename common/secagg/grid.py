@@ -57,6 +57,12 @@ from fedrec.common.secagg import wire
 from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS, SecAggError, SecAggSettings
 from fedrec.common.secagg.protocol import SecAggServer
 
+__all__ = [
+    "SUMMED_METRICS",
+    "SecureAggregationGrid",
+    "secure_sum",
+]
+
 # Metrics the devices sum securely, with the bound of each (a device reports 0 for one it
 # does not have; a value beyond its bound is clipped to it). Per device a metric is exact to
 # 2·bound/Q: 1/64 of an example, 5e-7 of a 0/1 flag at the default Q = 2^22.

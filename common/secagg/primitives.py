@@ -32,6 +32,42 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+__all__ = [
+    "KEY_SIZE",
+    "MASK_INFO",
+    "MAX_MODULUS",
+    "MIN_MODULUS",
+    "MIN_SECURE_CLIENTS",
+    "SHARE_INFO",
+    "CollectRequest",
+    "Entropy",
+    "InsufficientSharesError",
+    "ProtocolViolationError",
+    "PublicKeys",
+    "SecAggConfig",
+    "SecAggError",
+    "SecAggResult",
+    "SecAggSettings",
+    "ShareKeysReply",
+    "ShareKeysRequest",
+    "TamperedShareError",
+    "UnmaskReply",
+    "UnmaskRequest",
+    "agree",
+    "decode_vector",
+    "dequantize_sum",
+    "encode_vector",
+    "expand_mask",
+    "flatten",
+    "generate_keypair",
+    "neighbour_graph",
+    "pair_sign",
+    "public_key_of",
+    "quantize",
+    "unflatten",
+    "wire_dtype",
+]
+
 KEY_SIZE = 32  # X25519 keys, self-mask seeds and ChaCha20 keys are all 32 bytes
 MASK_INFO = b"fedrec/secagg/v1/pairwise-mask"  # HKDF label: pairwise mask seed s_uv
 SHARE_INFO = b"fedrec/secagg/v1/share-encryption"  # HKDF label: key encrypting u's shares to v

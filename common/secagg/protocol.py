@@ -63,6 +63,13 @@ from fedrec.common.secagg.primitives import (
     unflatten,
 )
 
+__all__ = [
+    "SecAggClient",
+    "SecAggServer",
+    "StateValue",
+    "run_secagg",
+]
+
 StateValue = int | str | bytes | list[int] | list[bytes]  # what a ConfigRecord can hold
 _NEW, _DONE = "new", "done"
 _ORDER = (_NEW, *Stage.all(), _DONE)  # setup, share_keys, collect_masked_vectors, unmask

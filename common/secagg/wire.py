@@ -30,8 +30,38 @@ from fedrec.common.secagg.primitives import (
     UnmaskRequest,
 )
 
+__all__ = [
+    "REPLY_KEYS",
+    "SECAGG",
+    "SECURE_SUM",
+    "STAGE",
+    "STATE",
+    "collect_request",
+    "config_digest",
+    "config_record",
+    "masked_reply",
+    "metric_bounds",
+    "metric_scales",
+    "public_keys_reply",
+    "read_collect_request",
+    "read_masked",
+    "read_public_keys",
+    "read_share_keys_reply",
+    "read_share_keys_request",
+    "read_unmask_reply",
+    "read_unmask_request",
+    "round_config",
+    "share_keys_reply",
+    "share_keys_request",
+    "stage_of",
+    "unmask_reply",
+    "unmask_request",
+]
+
 SECAGG = "secagg"  # the record of a secure round, in both directions
-SECURE_SUM = "secagg-sum"  # server side only: marks the one aggregate reply (see server/secagg.py)
+SECURE_SUM = (
+    "secagg-sum"  # server side only: marks the one aggregate reply (see common/secagg/grid.py)
+)
 STAGE = "stage"
 STATE = "fedrec.secagg"  # node state: the client's secrets between stages (never sent)
 

@@ -129,6 +129,25 @@ def test_epsilon_after_plans_without_spending() -> None:
     assert ledger.steps == 10  # nothing recorded
 
 
+def test_the_ledger_is_an_opacus_accountant_state() -> None:
+    """Steps taken by Opacus's own accountant carry over through its state dict, merged the
+    way Opacus merges them (what a device's DP-SGD round does, client/dp_sgd.py)."""
+    from opacus.accountants import RDPAccountant
+
+    ledger = PrivacyLedger()
+    ledger.record(1.0, 0.1, steps=2)
+    engine = RDPAccountant()
+    engine.load_state_dict(ledger.state_dict())
+    for _ in range(3):
+        engine.step(noise_multiplier=1.0, sample_rate=0.1)
+    engine.step(noise_multiplier=2.0, sample_rate=0.1)
+    ledger.load_state_dict(engine.state_dict())
+    assert ledger.history == [(1.0, 0.1, 5), (2.0, 0.1, 1)]
+    assert ledger.epsilon(1e-5) == pytest.approx(engine.get_epsilon(1e-5, alphas=RDP_ORDERS))
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        PrivacyLedger("prv").load_state_dict(engine.state_dict())  # one mechanism per ledger
+
+
 def test_ledger_survives_serialization() -> None:
     ledger = PrivacyLedger(accountant="rdp")
     ledger.record(1.3, 0.02, steps=7)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
+from builders import model_arrays
+from flwr.app import ArrayRecord
 
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger
@@ -16,16 +17,9 @@ from fedrec.server.checkpoint import Checkpointer, load_checkpoint, load_checkpo
 from fedrec.server.optimizer import ServerStep, flower_strategy
 
 
-def _arrays(scale: float = 1.0) -> ArrayRecord:
-    return ArrayRecord({
-        "item_embedding.weight": Array(np.arange(12, dtype=np.float32).reshape(3, 4) * scale),
-        "head.bias": Array(np.array([0.5], dtype=np.float32) * scale),
-    })  # fmt: skip
-
-
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     step = ServerStep(flower_strategy(FederationConfig()))
-    arrays = _arrays(2.0)
+    arrays = model_arrays(2.0)
     Checkpointer(tmp_path, step)(arrays, 7)
     assert (tmp_path / CHECKPOINT).exists() and (tmp_path / CHECKPOINT_META).exists()
     assert not list(tmp_path.glob(".*tmp*"))  # the temporary file was renamed away
@@ -42,11 +36,11 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 def test_the_optimizer_state_and_the_ledger_are_checkpointed(tmp_path: Path) -> None:
     step = ServerStep(flower_strategy(FederationConfig(strategy="fedadam")))
-    m_t = {k: v.numpy() * 0.1 for k, v in _arrays().items()}
+    m_t = {k: v.numpy() * 0.1 for k, v in model_arrays().items()}
     step.optimizer.m_t, step.optimizer.v_t = m_t, {k: v**2 for k, v in m_t.items()}
     ledger = PrivacyLedger()
     ledger.record(1.0, 0.1, 3)
-    Checkpointer(tmp_path, step, ledger)(_arrays(), 3)
+    Checkpointer(tmp_path, step, ledger)(model_arrays(), 3)
     _, state, round_ = load_checkpoint(tmp_path)
     assert round_ == 3 and set(state) == {f"{n}/{k}" for n in ("m_t", "v_t") for k in m_t}
     np.testing.assert_array_equal(state["m_t/head.bias"], m_t["head.bias"])

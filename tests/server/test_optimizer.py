@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from builders import StaticGrid, server_message
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from builders import StaticGrid, model_arrays, train_reply
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 from fedrec.common import keys
@@ -27,21 +27,6 @@ def _metrics(**values: float) -> RecordDict:
     return RecordDict({keys.METRICS: MetricRecord(values)})
 
 
-def _arrays(scale: float = 1.0) -> ArrayRecord:
-    return ArrayRecord({
-        "item_embedding.weight": Array(np.arange(12, dtype=np.float32).reshape(3, 4) * scale),
-        "head.bias": Array(np.array([0.5], dtype=np.float32) * scale),
-    })  # fmt: skip
-
-
-def _train_reply(arrays: ArrayRecord, examples: int, loss: float, node: int) -> Message:
-    metrics = MetricRecord(
-        {keys.NUM_EXAMPLES: examples, keys.UNIT_WEIGHT: 1, keys.TRAIN_LOSS: loss}
-    )
-    content = RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics})
-    return Message(content=content, reply_to=server_message("train", None, node_id=node))
-
-
 def step_of(config: FederationConfig) -> ServerStep:
     """The server step a run of ``config`` builds (server/factory.py)."""
     from fedrec.server.factory import ServerRandomness, make_strategy
@@ -53,8 +38,8 @@ def _aggregate(step: ServerStep, arrays: ArrayRecord, absolute_round: int) -> Ar
     """One round: the model goes out to nodes 1 and 2, two fixed replies come back."""
     grid = CohortGrid(StaticGrid([1, 2]), [1, 2])  # type: ignore[arg-type]
     list(step.configure_train(absolute_round, arrays, ConfigRecord(), grid))  # type: ignore[arg-type]
-    replies = [_train_reply(_arrays(0.5 + absolute_round), 30, 0.4, 1),
-               _train_reply(_arrays(1.5 + absolute_round), 10, 0.8, 2)]  # fmt: skip
+    replies = [train_reply(model_arrays(0.5 + absolute_round), 30, 0.4, 1),
+               train_reply(model_arrays(1.5 + absolute_round), 10, 0.8, 2)]  # fmt: skip
     new, metrics = step.aggregate_train(absolute_round, replies)
     assert new is not None and metrics is not None
     return new
@@ -115,9 +100,9 @@ def test_flower_strategy_builds_each_strategy(name: str, base: type) -> None:
 def test_a_cohort_grid_gets_exactly_its_nodes() -> None:
     strategy = flower_strategy(FederationConfig())
     grid = CohortGrid(StaticGrid([1, 2, 3, 4, 5]), [4, 2])  # type: ignore[arg-type]
-    messages = list(strategy.configure_train(1, _arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    messages = list(strategy.configure_train(1, model_arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
     assert sorted(m.metadata.dst_node_id for m in messages) == [2, 4]
-    assert not list(strategy.configure_train(1, _arrays(), ConfigRecord(),
+    assert not list(strategy.configure_train(1, model_arrays(), ConfigRecord(),
                                              CohortGrid(StaticGrid([1]), [])))  # type: ignore[arg-type]  # fmt: skip
 
 
@@ -142,7 +127,7 @@ def test_the_schedule_sets_the_step_of_the_absolute_round(name: str, attribute: 
     config = FederationConfig(strategy=name, server_lr=0.04, server_lr_schedule="cosine",
                               num_rounds=10)  # fmt: skip
     step = step_of(config)
-    _aggregate(step, _arrays(), 7)
+    _aggregate(step, model_arrays(), 7)
     assert getattr(step.optimizer, attribute) == pytest.approx(scheduled_lr(0.04, "cosine", 7, 10))
     assert step.last_step_size == getattr(step.optimizer, attribute)
 
@@ -153,8 +138,8 @@ def test_the_schedule_changes_the_fedadam_step() -> None:
     for schedule in ("constant", "cosine"):
         config = FederationConfig(strategy="fedadam", server_lr=0.1, num_rounds=10,
                                   server_lr_schedule=schedule)  # fmt: skip
-        new = _aggregate(step_of(config), _arrays(), 6)
-        moves.append(new["head.bias"].numpy() - _arrays()["head.bias"].numpy())
+        new = _aggregate(step_of(config), model_arrays(), 6)
+        moves.append(new["head.bias"].numpy() - model_arrays()["head.bias"].numpy())
     np.testing.assert_allclose(moves[1], 0.5 * moves[0], rtol=1e-5)
 
 
@@ -164,7 +149,7 @@ def test_server_weight_decay_shrinks_weight_matrices_after_the_step() -> None:
     for wd in (0.0, 2.0):
         config = FederationConfig(strategy="fedadam", server_lr=0.1, num_rounds=10,
                                   server_lr_schedule="cosine", server_weight_decay=wd)  # fmt: skip
-        results[wd] = _aggregate(step_of(config), _arrays(), 6)
+        results[wd] = _aggregate(step_of(config), model_arrays(), 6)
     factor = 1.0 - scheduled_lr(0.1, "cosine", 6, 10) * 2.0
     np.testing.assert_allclose(results[2.0]["item_embedding.weight"].numpy(),
                                results[0.0]["item_embedding.weight"].numpy() * factor,
@@ -180,7 +165,7 @@ def test_server_weight_decay_shrinks_weight_matrices_after_the_step() -> None:
 
 
 def test_the_step_sends_float32() -> None:
-    new = _aggregate(step_of(FederationConfig(strategy="fedadam")), _arrays(), 1)
+    new = _aggregate(step_of(FederationConfig(strategy="fedadam")), model_arrays(), 1)
     assert all(v.numpy().dtype == np.float32 for v in new.values())  # Flower's is float64
 
 
@@ -191,7 +176,7 @@ def test_uniform_client_weighting_counts_every_client_once() -> None:
         "uniform": 0.5 * (0.5 * 1.5 + 0.5 * 2.5),
     }
     for weighting, value in expected.items():
-        new = _aggregate(step_of(FederationConfig(client_weighting=weighting)), _arrays(), 1)
+        new = _aggregate(step_of(FederationConfig(client_weighting=weighting)), model_arrays(), 1)
         np.testing.assert_allclose(new["head.bias"].numpy(), [value])
 
 
@@ -200,7 +185,7 @@ def test_uniform_client_weighting_counts_every_client_once() -> None:
 def test_adaptive_optimizer_state_round_trips(name: str) -> None:
     config = FederationConfig(strategy=name)
     step = step_of(config)
-    arrays = _aggregate(step, _aggregate(step, _arrays(), 1), 2)
+    arrays = _aggregate(step, _aggregate(step, model_arrays(), 1), 2)
     state = step.state_dict(list(arrays.keys()))
     assert {k.split("/")[0] for k in state} == {"m_t", "v_t"}
     resumed = step_of(config)
@@ -215,7 +200,7 @@ def test_adaptive_optimizer_state_round_trips(name: str) -> None:
 def test_fedavgm_momentum_round_trips_as_a_list() -> None:
     config = FederationConfig(strategy="fedavgm", server_lr=0.5, server_beta1=0.9)
     step = step_of(config)
-    arrays = _aggregate(step, _arrays(), 1)
+    arrays = _aggregate(step, model_arrays(), 1)
     names = list(arrays.keys())
     state = step.state_dict(names)
     assert set(state) == {f"momentum_vector/{k}" for k in names}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import StaticGrid, server_message
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from builders import StaticGrid, model_arrays, server_message, train_reply
+from flwr.app import ConfigRecord, Error, Message
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
@@ -19,21 +19,6 @@ from fedrec.server.factory import ServerRandomness, make_strategy
 from fedrec.server.recorder import RoundRecorder
 
 pytestmark = pytest.mark.usefixtures("server_task")
-
-
-def _arrays(scale: float = 1.0) -> ArrayRecord:
-    return ArrayRecord({
-        "item_embedding.weight": Array(np.arange(12, dtype=np.float32).reshape(3, 4) * scale),
-        "head.bias": Array(np.array([0.5], dtype=np.float32) * scale),
-    })  # fmt: skip
-
-
-def _train_reply(arrays: ArrayRecord, examples: int, loss: float, node: int) -> Message:
-    metrics = MetricRecord(
-        {keys.NUM_EXAMPLES: examples, keys.UNIT_WEIGHT: 1, keys.TRAIN_LOSS: loss}
-    )
-    content = RecordDict({keys.ARRAYS: arrays, keys.METRICS: metrics})
-    return Message(content=content, reply_to=server_message("train", None, node_id=node))
 
 
 def _recorder(
@@ -48,7 +33,7 @@ def _recorder(
 def test_a_round_goes_to_its_cohort_in_cohort_order() -> None:
     recorder = _recorder(FederationConfig(clients_per_round=4))
     grid = StaticGrid(list(range(1, 31)))
-    messages = list(recorder.configure_train(1, _arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    messages = list(recorder.configure_train(1, model_arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
     nodes = [m.metadata.dst_node_id for m in messages]
     # exactly the seeded cohort, in its draw order (Flower's own shuffle is undone)
     expected = make_strategy(FederationConfig(clients_per_round=4),
@@ -61,12 +46,15 @@ def test_a_round_goes_to_its_cohort_in_cohort_order() -> None:
 def test_rounds_are_absolute_after_a_resume(tmp_path: Path) -> None:
     recorder = _recorder(FederationConfig(clients_per_round=2), run_dir=tmp_path, offset=2)
     grid = StaticGrid([1, 2, 3])
-    messages = list(recorder.configure_train(1, _arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    messages = list(recorder.configure_train(1, model_arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
     assert messages[0].content[keys.CONFIG][keys.SERVER_ROUND] == 3  # devices see round 3
     failed = Message(error=Error(code=1, reason="boom"),
                      reply_to=server_message("train", None, node_id=3))  # fmt: skip
-    replies = [_train_reply(_arrays(1.0), 30, 0.4, 1), _train_reply(_arrays(3.0), 10, 0.8, 2),
-               failed]  # fmt: skip
+    replies = [
+        train_reply(model_arrays(1.0), 30, 0.4, 1),
+        train_reply(model_arrays(3.0), 10, 0.8, 2),
+        failed,
+    ]
     arrays, metrics = recorder.aggregate_train(1, replies)
     assert arrays is not None and metrics is not None
     np.testing.assert_allclose(arrays["head.bias"].numpy(), [0.5 * (0.75 * 1 + 0.25 * 3)])
@@ -89,7 +77,7 @@ def test_rounds_are_absolute_after_a_resume(tmp_path: Path) -> None:
 
 def test_a_round_where_every_client_failed_stops_the_run() -> None:
     recorder = _recorder(FederationConfig(clients_per_round=2), offset=5)
-    list(recorder.configure_train(1, _arrays(), ConfigRecord(), StaticGrid([1, 2])))  # type: ignore[arg-type]
+    list(recorder.configure_train(1, model_arrays(), ConfigRecord(), StaticGrid([1, 2])))  # type: ignore[arg-type]
     failed = [
         Message(error=Error(code=1, reason=f"node {n} broke"),
                 reply_to=server_message("train", None, node_id=n))
@@ -103,10 +91,10 @@ def test_a_round_waits_for_min_clients_then_times_out() -> None:
     """Deployment: a round samples from the connected nodes once min-clients are there."""
     config = FederationConfig(clients_per_round=10, min_clients=3, round_timeout=0.2)
     recorder = _recorder(config)
-    few = list(recorder.configure_train(1, _arrays(), ConfigRecord(), StaticGrid([1, 2, 3])))  # type: ignore[arg-type]
+    few = list(recorder.configure_train(1, model_arrays(), ConfigRecord(), StaticGrid([1, 2, 3])))  # type: ignore[arg-type]
     assert len(few) == 3  # 10 wanted, 3 connected: the round goes ahead with them
     with pytest.raises(RuntimeError, match=r"only 2 node\(s\) connected after 0.2 s, 3 needed"):
-        recorder.configure_train(2, _arrays(), ConfigRecord(), StaticGrid([1, 2]))  # type: ignore[arg-type]
+        recorder.configure_train(2, model_arrays(), ConfigRecord(), StaticGrid([1, 2]))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("eval_clients", "expected"), [(0, 12), (5, 5)])
@@ -115,7 +103,7 @@ def test_evaluation_every_k_rounds_and_after_the_last(eval_clients: int, expecte
     recorder = _recorder(config, offset=1, rounds=4)  # absolute rounds 2..5
     grid = StaticGrid(list(range(1, 13)))
     sizes = {
-        r + 1: len(list(recorder.configure_evaluate(r, _arrays(), ConfigRecord(), grid)))  # type: ignore[arg-type]
+        r + 1: len(list(recorder.configure_evaluate(r, model_arrays(), ConfigRecord(), grid)))  # type: ignore[arg-type]
         for r in range(1, 5)
     }
     # absolute round 3 is a multiple of 3; round 5 is the run's last

@@ -1,6 +1,6 @@
 """User story (researcher): run a small federation through the real Flower simulation engine.
 
-One run of `fedrec simulate` (20+ virtual nodes, 3 rounds, Ray backend) backs three claims:
+One run of `fedrec simulate` (20+ virtual nodes, 4 rounds, Ray backend) backs three claims:
 the run folder is complete, the model improves over round 0, and no message leaving a device
 carries anything outside the declared shared group (the privacy invariant).
 """
@@ -21,14 +21,17 @@ from fedrec.simulations.cli import app
 
 pytestmark = pytest.mark.slow
 
+# 4 rounds at server-lr 0.1: over 20 seeded in-process runs of these settings the quality
+# gain below was 0.545 ± 0.107 (min 0.29), so the 0.2 bar fails a learning run about once in
+# a thousand; with 3 rounds at 0.05 (the settings before) it failed one run in five.
 SETTINGS = {
     "synthetic-users": 40,
     "synthetic-items": 300,
-    "num-rounds": 3,
+    "num-rounds": 4,
     "clients-per-round": 20,
     "eval-every": 1,
     "strategy": "fedadam",
-    "server-lr": 0.05,
+    "server-lr": 0.1,
     "server-tau": 0.0001,
     "local-epochs": 2,
 }
@@ -54,6 +57,8 @@ def test_run_folder_is_complete(run: tuple[Path, Path]) -> None:
     for name in (
         "config.json",
         "metrics.json",
+        "rounds.jsonl",
+        "catalog.npz",
         "model.npz",
         "checkpoint.npz",
         "quality.png",
@@ -61,7 +66,7 @@ def test_run_folder_is_complete(run: tuple[Path, Path]) -> None:
     ):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2, 3]
+    assert [r["round"] for r in metrics["rounds"]] == list(range(SETTINGS["num-rounds"] + 1))
     assert set(metrics["final"]) >= {"hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10"}
     assert metrics["bytes_per_client_round"]["down"] > 0
     assert metrics["bytes_per_client_round"]["up"] > 0

@@ -21,6 +21,8 @@ from fedrec.simulations.cli import app
 pytestmark = pytest.mark.slow
 
 USERS, PER_ROUND, ROUNDS = 40, 20, 3
+# server-lr 0.1: six engine runs of these settings lowered the loss by 0.074-0.082 over the
+# three rounds (at 0.05, the settings before, by 0.014-0.050: the 0.02 bar failed one run in six)
 SETTINGS = {
     "synthetic-users": USERS,
     "synthetic-items": 300,
@@ -28,7 +30,7 @@ SETTINGS = {
     "clients-per-round": PER_ROUND,
     "eval-every": ROUNDS,
     "strategy": "fedadam",
-    "server-lr": 0.05,
+    "server-lr": 0.1,
     "server-tau": 0.0001,
     "client-weighting": "uniform",
     "local-epochs": 2,

@@ -1,0 +1,54 @@
+"""Tests for fedrec.common.records: typed access to Flower records, with the key named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedrec.common.records import (
+    arrays_of,
+    config_of,
+    integer,
+    metrics_of,
+    numpy_arrays,
+    scalar,
+    text,
+)
+
+
+def _content() -> RecordDict:
+    return RecordDict({
+        "arrays": ArrayRecord({"w": Array(np.ones((2, 3), np.float32))}),
+        "metrics": MetricRecord({"loss": 0.5, "n": 3}),
+        "config": ConfigRecord({"round": 4, "name": "x", "flag": True}),
+    })  # fmt: skip
+
+
+def test_records_by_kind() -> None:
+    content = _content()
+    assert list(numpy_arrays(arrays_of(content))) == ["w"]
+    assert numpy_arrays(arrays_of(content))["w"].shape == (2, 3)
+    assert dict(metrics_of(content)) == {"loss": 0.5, "n": 3}
+    assert config_of(content)["round"] == 4
+    assert dict(config_of(RecordDict())) == {}  # no config: an empty one
+    with pytest.raises(KeyError, match="no array record 'arrays'"):
+        arrays_of(RecordDict({"metrics": MetricRecord({"n": 1})}))
+    with pytest.raises(KeyError, match="no metric record 'metrics'"):
+        metrics_of(RecordDict())
+
+
+def test_values_by_type() -> None:
+    content = _content()
+    metrics, config = metrics_of(content), config_of(content)
+    assert scalar(metrics, "loss") == 0.5 and scalar(metrics, "missing", 2.0) == 2.0
+    assert integer(metrics, "n") == 3 and integer(config, "round") == 4
+    assert text(config, "name") == "x" and text(config, "missing", "") == ""
+    with pytest.raises(ValueError, match="'flag' holds True, not a number"):
+        scalar(config, "flag")  # a bool is not a number here
+    with pytest.raises(ValueError, match=r"'loss' holds 0\.5, not an integer"):
+        integer(metrics, "loss")
+    with pytest.raises(ValueError, match="'round' holds 4, not text"):
+        text(config, "round")
+    with pytest.raises(ValueError, match="'missing' holds None"):
+        scalar(metrics, "missing")

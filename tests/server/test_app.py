@@ -1,0 +1,78 @@
+"""Tests for fedrec.server.app: the server side of a run needs the published catalog only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from builders import catalog_of, with_catalog
+
+from fedrec.client.app import make_client_app
+from fedrec.common import runs
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.server.app import run_federation
+from fedrec.server.factory import ServerRandomness
+from fedrec.simulations.inprocess import InProcessGrid, seeded_task
+
+USERS = 30
+CLIENT = with_catalog(
+    FederationConfig(
+        synthetic_users=USERS, synthetic_items=500, dim=8, num_rounds=2, clients_per_round=5,
+        eval_every=2, strategy="fedadam", server_lr=0.05, expected_nodes=USERS,
+    )
+)  # fmt: skip
+
+
+def test_the_server_reads_the_catalog_and_nothing_of_the_data(tmp_path: Path) -> None:
+    """The devices have their data; the server gets a data path that does not exist and a
+    catalog file: any read of interactions or user features on its side would fail."""
+    server = CLIENT.replace(data=str(tmp_path / "no-such-data"), out_dir=str(tmp_path / "run"))
+    grid = InProcessGrid(make_client_app(CLIENT), USERS)
+    with seeded_task(1):
+        metrics = run_federation(grid, server, randomness=ServerRandomness.seeded(1))
+    assert metrics["final"]["users"] == USERS and metrics["best_round"] == 2
+    assert [r["clients_replied"] for r in metrics["rounds"][1:]] == [5, 5]
+    header = json.loads((tmp_path / "run" / runs.CONFIG_FILE).read_text())
+    assert header["catalog_sha256"] == catalog_of(CLIENT).hash
+    assert header["strategy"] == "RoundRecorder(ServerStep(FedAdam))"
+
+
+def test_every_model_sent_names_its_catalog() -> None:
+    app, sent = make_client_app(CLIENT), []
+
+    def device(message, context):  # type: ignore[no-untyped-def]  # what each device received
+        sent.append(message)
+        return app(message, context)
+
+    grid = InProcessGrid(device, USERS)  # type: ignore[arg-type]
+    with seeded_task(1):
+        run_federation(grid, CLIENT, randomness=ServerRandomness.seeded(1))
+    with_model = [m for m in sent if "arrays" in m.content]
+    assert len(with_model) == 2 * 5 + 2 * USERS  # 2 rounds of 5, evaluation at 0 and 2
+    assert {m.content["config"]["catalog-hash"] for m in with_model} == {catalog_of(CLIENT).hash}
+
+
+def test_a_server_without_a_catalog_says_how_to_build_one() -> None:
+    grid = InProcessGrid(make_client_app(CLIENT), USERS)
+    with pytest.raises(ValueError, match="fedrec catalog build --data PATH"):
+        run_federation(grid, CLIENT.replace(catalog=""))
+
+
+def test_metrics_json_is_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[str] = []
+    original = runs.write_json
+
+    def counting(path, payload):  # type: ignore[no-untyped-def]
+        written.append(Path(path).name)
+        return original(path, payload)
+
+    monkeypatch.setattr("fedrec.server.app.write_json", counting)
+    from fedrec.simulations.inprocess import run_inprocess
+
+    metrics, _ = run_inprocess(CLIENT.replace(out_dir=str(tmp_path / "run")), seed=2)
+    assert written.count(runs.METRICS_FILE) == 1
+    stored = json.loads((tmp_path / "run" / runs.METRICS_FILE).read_text())
+    assert stored["reproducible"]["server_seed"] == 2 == metrics["reproducible"]["server_seed"]
+    assert np.isclose(stored["final"]["hr@10"], metrics["final"]["hr@10"])

@@ -1,0 +1,63 @@
+"""User story (operator): publish the catalog a federation is built on, and check a copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from fedrec.common.data.catalog import load_catalog
+from fedrec.simulations.cli import app
+
+
+def test_catalog_build_writes_a_verified_file_and_show_reads_it(tmp_path: Path) -> None:
+    out = tmp_path / "published" / "catalog.npz"
+    args = ["catalog", "build", "--data", "synthetic", "--out", str(out),
+            "--set", "synthetic-users=50", "--set", "synthetic-items=300"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    catalog = load_catalog(out)
+    assert catalog.num_items == 300
+    assert f"sha256 {catalog.hash}" in result.output and "items 300" in result.output
+    shown = CliRunner().invoke(app, ["catalog", "show", str(out)])
+    assert shown.exit_code == 0 and f"sha256 {catalog.hash}" in shown.output
+    assert "user features 24: age: age (1), gender: one-hot (2)" in " ".join(shown.output.split())
+
+
+def test_catalog_show_of_a_damaged_file_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "catalog.npz"
+    bad.write_bytes(b"garbage")
+    result = CliRunner().invoke(app, ["catalog", "show", str(bad)])
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())  # the console wraps long lines
+    assert output.startswith("error: catalog") and "not a readable catalog file" in output
+    assert "pickle" not in output
+
+
+def test_simulate_refuses_a_catalog_of_other_data(tmp_path: Path) -> None:
+    other = tmp_path / "other.npz"
+    build = ["catalog", "build", "--data", "synthetic", "--out", str(other),
+             "--set", "synthetic-items=301"]  # fmt: skip
+    assert CliRunner().invoke(app, build).exit_code == 0
+    simulate = ["simulate", "--data", "synthetic", "--out", str(tmp_path / "run"),
+                "--set", f"catalog={other}", "--num-rounds", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, simulate)
+    assert result.exit_code == 2
+    output = " ".join(result.output.split())
+    assert "does not list the items of synthetic" in output and "rebuild it with" in output
+
+
+def test_simulation_inputs_build_the_catalog_for_the_run(tmp_path: Path) -> None:
+    from fedrec.common.fedconfig import FederationConfig
+    from fedrec.common.runs import CATALOG_FILE
+    from fedrec.simulations.runner import simulation_inputs
+
+    config = FederationConfig(synthetic_users=30, synthetic_items=300)
+    with simulation_inputs(config.replace(out_dir=str(tmp_path / "run"))) as (ready, users):
+        assert users == 30 == ready.expected_nodes
+        assert Path(ready.catalog) == tmp_path / "run" / CATALOG_FILE
+        assert load_catalog(ready.catalog).num_items == 300
+    with simulation_inputs(config) as (ready, _):  # no run folder: a temporary catalog
+        scratch = Path(ready.catalog)
+        assert scratch.exists()
+    assert not scratch.exists()  # removed with the run
