@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -197,15 +198,15 @@ def save_catalog(catalog: Catalog, path: str | Path) -> Path:
 
 def load_catalog(path: str | Path) -> Catalog:
     """Read and verify a catalog file; a file that changed is read again (the cache is keyed
-    by its path, size and modification time: every node of a simulation reads it each call)."""
-    path = Path(path)
+    by its path, size and modification time: every node of a simulation asks for it in every
+    call, so a call costs one ``stat`` once the file is read)."""
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except FileNotFoundError as err:
         raise CatalogError(
             path, "no such file: build it with `fedrec catalog build --data PATH --out FILE`"
         ) from err
-    return _load_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return _load_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def read_catalog(data: bytes, source: str | Path = "<bytes>") -> Catalog:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ class FeatureColumn:
                 f" got {self.encoding!r}"
             )
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         if self.encoding == "age":
             return ("age/100",)
@@ -60,7 +61,7 @@ class FeatureColumn:
             return (f"{self.attribute}(scaled)",)
         return tuple(f"{self.attribute}={c}" for c in self.categories)
 
-    @property
+    @cached_property
     def width(self) -> int:
         return len(self.names)
 
@@ -126,11 +127,11 @@ class UserFeatureSchema:
 
     columns: tuple[FeatureColumn, ...] = ()
 
-    @property
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(name for column in self.columns for name in column.names)
 
-    @property
+    @cached_property
     def width(self) -> int:
         return sum(column.width for column in self.columns)
 
