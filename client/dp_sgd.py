@@ -278,6 +278,8 @@ def _step(private: _Private, items: torch.Tensor, labels: torch.Tensor) -> float
 
 def _release(private: _Private, model: SeedModel) -> None:
     """Remove Opacus's hooks and per-parameter attributes; drop the round's dense grads."""
+    # private in Opacus 1.6, and its only way to unhook the model it wrapped: the device's
+    # model lives on after the round (tests/client/test_dp_sgd.py fails if hooks remain)
     private.module._close()
     for p in model.parameters():
         for attr in ("summed_grad", "_norm_sample", "grad_sample"):
