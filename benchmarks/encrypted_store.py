@@ -47,6 +47,7 @@ from fedrec.common.crypto import Argon2idParams, Passphrase, SealingKey, read_ke
 from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.runs import CATALOG_FILE
 
 WARMUP = 5
 
@@ -117,7 +118,7 @@ def main() -> None:
     data, split = plain.split(config)
     users = split.num_users
     scratch = tempfile.TemporaryDirectory(prefix="fedrec-bench-catalog-")
-    catalog = save_catalog(Catalog.of(data), Path(scratch.name) / "catalog.npz")
+    catalog = save_catalog(Catalog.of(data), Path(scratch.name) / CATALOG_FILE)
     config = config.replace(catalog=str(catalog))
     order = np.random.default_rng(args.seed).integers(0, users, size=args.calls)
     states: dict[int, RecordDict] = {}

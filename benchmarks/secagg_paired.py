@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from fedrec.common import keys
+from fedrec.common.runs import FINAL_MODEL
 from fedrec.simulations.runner import apply_settings, load_scenario
 
 FINAL_KEYS = (keys.HR, keys.NDCG, keys.FULL_HR, keys.FULL_NDCG)
@@ -47,7 +48,7 @@ def run_arm(values: dict[str, Any], mode: str, seed: int, out: str) -> dict[str,
 
 def model_distance(a: str, b: str) -> float:
     """‖θ_a − θ_b‖ / ‖θ_b‖ over the final shared models of two run folders."""
-    with np.load(Path(a) / "model.npz") as fa, np.load(Path(b) / "model.npz") as fb:
+    with np.load(Path(a) / FINAL_MODEL) as fa, np.load(Path(b) / FINAL_MODEL) as fb:
         diff = sum(float(np.sum((fa[k] - fb[k]) ** 2)) for k in fb.files)
         norm = sum(float(np.sum(fb[k] ** 2)) for k in fb.files)
     return (diff / norm) ** 0.5 if norm else float("nan")

@@ -72,13 +72,14 @@ def source_for(config: FederationConfig, node_config: Mapping[str, object]) -> S
     """The source a node's configuration names: its own store (a deployed device), else its
     partition of the data set, read from encrypted folders when ``shard-dir`` is set."""
     if NODE_STORE in node_config:
-        key_file = str(node_config.get(NODE_KEY_FILE) or config.key_file)
-        if not key_file:
+        missing = [k for k in (NODE_KEY_FILE, NODE_CATALOG) if not node_config.get(k)]
+        if missing:  # the device's own: never the paths of the server's run config
             raise ValueError(
-                f"node config {NODE_STORE}={node_config[NODE_STORE]} needs {NODE_KEY_FILE}=PATH:"
-                " a device store is sealed"
+                f"node config {NODE_STORE}={node_config[NODE_STORE]} also needs"
+                f" {', '.join(f'{k}=PATH' for k in missing)}: the key its store is sealed"
+                " under and its copy of the published catalog"
             )
-        return DeviceStore(str(node_config[NODE_STORE]), key_file)
+        return DeviceStore(str(node_config[NODE_STORE]), str(node_config[NODE_KEY_FILE]))
     if config.shard_dir:
         return EncryptedPartitions(config.shard_dir, config.key_file)
     return DataSetPartitions()

@@ -54,6 +54,7 @@ __all__ = [
     "ShardSource",
     "partition_of",
     "pseudonym",
+    "require_partition",
     "state_store",
 ]
 
@@ -92,14 +93,19 @@ def state_store(config: FederationConfig, context: Context, name: str) -> StateS
     return EncryptedFileStore(Path(config.state_dir) / name, read_key_file(config.key_file), name)
 
 
-def partition_of(context: Context, num_users: int) -> int:
-    """The user index a simulated node serves (``partition-id``), checked against the data."""
-    node_config = context.node_config
-    if PARTITION_ID not in node_config:
+def require_partition(context: Context) -> None:
+    """A simulated node has ``partition-id``; anything else is a device without its store."""
+    if PARTITION_ID not in context.node_config:
         raise ValueError(
             f"node {context.node_id} has no {PARTITION_ID!r} in its node config: a simulated"
             f" node gets one from the engine; a deployed device sets {NODE_STORE}=PATH instead"
         )
+
+
+def partition_of(context: Context, num_users: int) -> int:
+    """The user index a simulated node serves (``partition-id``), checked against the data."""
+    require_partition(context)
+    node_config = context.node_config
     partitions = int(node_config.get(NUM_PARTITIONS, num_users))
     if partitions != num_users:
         raise ValueError(
@@ -127,6 +133,7 @@ class DataSetPartitions:
         return _load_split(config.data, config.threshold, config.seed, config.synthetic())
 
     def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
+        require_partition(context)  # before loading a data set this node may not serve
         data, split = self.split(config)
         user = partition_of(context, split.num_users)
         name = pseudonym(user)

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedrec.client.local import LocalTrainConfig
 from fedrec.common.data.shard import UserShard
 from fedrec.common.model import SeedModel, shared_parameter_names
-from fedrec.common.privacy import ACCOUNTANTS, PrivacyLedger
+from fedrec.common.privacy import ACCOUNTANTS, PrivacyLedger, check_accountant
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
@@ -193,11 +193,7 @@ def round_examples(
 def _check_round(
     config: LocalTrainConfig, dp: RecordDPConfig, ledger: PrivacyLedger, grad_sample_mode: str
 ) -> None:
-    if ledger.accountant != dp.accountant:
-        raise ValueError(
-            f"the ledger accounts with {ledger.accountant!r} but the DP config asks for"
-            f" {dp.accountant!r}: one device's ε must come from one accountant"
-        )
+    check_accountant(ledger, dp.accountant, "the device's ledger")
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ValueError(
             f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {grad_sample_mode!r}"

@@ -91,8 +91,8 @@ def build_local_model(
         with torch.random.fork_rng(devices=[]):
             model = device_model(catalog, dim, shard.user_features, initialize=False)
         load_shared_state(model, shared)
-    if private is not None:
-        load_private_state(model, private)
+    if private is not None:  # the stored row; the features are the shard's (they may change)
+        load_private_state(model, {**private, "user_features": model.user_features.clone()})
     else:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():

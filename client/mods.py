@@ -28,6 +28,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 
 from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog
+from fedrec.common.keys import CATALOG_MISMATCH_ERROR, NON_FINITE_ERROR, PRIVACY_GUARD_ERROR
 from fedrec.common.privacy import NonFiniteUpdate, clip_delta
 from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar, text
 from fedrec.common.secagg.wire import REPLY_KEYS, SECAGG, STAGE
@@ -44,10 +45,6 @@ __all__ = [
     "secagg_violations",
     "violations",
 ]
-
-PRIVACY_GUARD_ERROR = 4001  # error code of a reply blocked by the guard
-NON_FINITE_ERROR = 4002  # error code of an update with NaN/inf values (cannot be clipped)
-CATALOG_MISMATCH_ERROR = 4004  # error code of a round built on another catalog (4003: SecAgg+)
 
 
 def describe(message: Message) -> dict[str, object]:

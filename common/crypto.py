@@ -382,8 +382,10 @@ def create_key_file(path: str | Path) -> bytes:
 def read_key_file(path: str | Path) -> bytes:
     """The 32-byte key in ``path``; refuse a file other users can read (like ssh does)."""
     path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"key file {path} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"key file {path} does not exist or is not a regular file")
+        raise ValueError(f"key file {path} is not a regular file")
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise InsecureKeyFileError(

@@ -3,8 +3,9 @@
 :func:`write_atomic` writes to a temporary file in the destination's folder, flushes and
 fsyncs it, moves it into place and fsyncs the folder, so that a crash at any point leaves the
 old file or the new one, whole, never a mix (a stray ``.<name>.*.tmp`` may remain and is
-ignored). With ``exclusive=True`` the move is a hard link, which fails if the destination
-exists: key files are created this way, so an existing key is never overwritten.
+ignored). With ``exclusive=True`` the destination is first claimed with an exclusive create,
+which fails if it exists: key files are created this way, so an existing key is never
+overwritten (a crash in between leaves an empty file, which no reader takes for a key).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def write_atomic(
     whatever the umask (e.g. 0o600 for a key). Missing parent folders are created (0700)."""
     path = Path(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if exclusive:  # claim the name: FileExistsError if it is taken, nothing written
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode or 0o600))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -32,14 +35,13 @@ def write_atomic(
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if exclusive:
-            os.link(tmp, path)  # FileExistsError if path exists: nothing is overwritten
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
+        if exclusive:  # give the name back: nothing was written under it
+            with suppress(FileNotFoundError):
+                os.unlink(path)
         raise
     fsync_dir(path.parent)
     return path

@@ -56,6 +56,14 @@ SERVER_ROUND = "server-round"
 CATALOG_HASH = "catalog-hash"  # the SHA-256 of the catalog the round's model is built on
 EVAL_SPLIT = "eval-split"  # "val" or "test"
 
+# Error codes of a device's refusal (its error reply): the server tells a setting that every
+# device refuses (stop the run) from devices that fail (a dropout)
+PRIVACY_GUARD_ERROR = 4001  # the reply carried something other than the shared group
+NON_FINITE_ERROR = 4002  # the update has NaN/inf values (cannot be clipped)
+SECAGG_ERROR = 4003  # the device refused a secure-aggregation stage
+CATALOG_MISMATCH_ERROR = 4004  # the round is built on another catalog than the device's
+SETTING_ERRORS = (PRIVACY_GUARD_ERROR, SECAGG_ERROR, CATALOG_MISMATCH_ERROR)
+
 # Differential privacy (issue 4)
 STATE_RECORD_LEDGER = "fedrec.record-ledger"  # node state: the device's DP-SGD ledger (JSON)
 RECORD_EPSILON = "record-epsilon"  # metric: the device's record-level ε after this round

@@ -32,6 +32,7 @@ __all__ = [
     "NonFiniteUpdate",
     "PrivacyLedger",
     "calibrate_noise",
+    "check_accountant",
     "clip_delta",
     "clip_update",
     "epsilon",
@@ -160,10 +161,15 @@ def clip_delta(
 
     The one place where an update is formed from two models — the device's clip mod, its
     secure-aggregation mod and DP-FedAvg's server re-clip all call it. ``local`` must hold
-    exactly ``start``'s arrays; ``clip_norm`` None only checks that Δ is finite.
+    exactly ``start``'s arrays, each of its shape (no broadcasting); ``clip_norm`` None only
+    checks that Δ is finite.
     """
     if set(local) != set(start):
         raise ValueError(f"the update's arrays {sorted(local)} are not the model's {sorted(start)}")
+    shapes = {k: (np.shape(local[k]), np.shape(start[k])) for k in start}
+    wrong = {k: got for k, (got, want) in shapes.items() if got != want}
+    if wrong:
+        raise ValueError(f"the update's arrays {wrong} do not have the model's shapes")
     update = {
         k: np.asarray(local[k], dtype=np.float64) - np.asarray(start[k], dtype=np.float64)
         for k in start
@@ -174,6 +180,15 @@ def clip_delta(
             raise NonFiniteUpdate(f"the update has a non-finite value (norm {norm})")
         return update, norm
     return clip_update(update, clip_norm)
+
+
+def check_accountant(ledger: PrivacyLedger, accountant: str, what: str) -> None:
+    """One run's (one device's) ε must come from one accountant: refuse to mix them."""
+    if ledger.accountant != accountant:
+        raise ValueError(
+            f"{what} accounts with {ledger.accountant!r}, the run asks for {accountant!r}:"
+            " one ε must come from one accountant"
+        )
 
 
 def clip_update(

@@ -29,7 +29,7 @@ from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog, load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state
-from fedrec.common.privacy import PrivacyLedger
+from fedrec.common.privacy import PrivacyLedger, check_accountant
 from fedrec.common.runs import (
     CONFIG_FILE,
     FINAL_MODEL,
@@ -102,7 +102,9 @@ def run_federation(
         _check_quantization_margin(config, initial, secure)
     start_round, optimizer_state = 0, dict[str, np.ndarray]()
     if config.resume:
+        fresh = initial
         initial, optimizer_state, start_round = load_checkpoint(Path(config.resume))
+        _check_resumed_model(config, catalog, fresh, initial)
     remaining = config.num_rounds - start_round
     if remaining < 1:
         raise ValueError(
@@ -134,6 +136,7 @@ def run_federation(
         user_dp=user_dp,
         user_ledger=ledger,
         secure=secure,
+        catalog_hash=catalog.hash,
     )
     strategy.step.load_state_dict(optimizer_state, list(initial.keys()))
     if run_dir is not None:
@@ -200,6 +203,28 @@ def _check_quantization_margin(
         )
 
 
+def _check_resumed_model(
+    config: FederationConfig, catalog: Catalog, fresh: ArrayRecord, resumed: ArrayRecord
+) -> None:
+    """The checkpoint continues this run's model: same catalog, same arrays and shapes."""
+    meta = load_checkpoint_meta(Path(config.resume))
+    saved = meta.get("catalog_sha256")
+    if saved and saved != catalog.hash:
+        raise ValueError(
+            f"checkpoint {config.resume} was trained on catalog {saved[:12]}, this run's"
+            f" catalog is {catalog.hash[:12]}: its item rows would mean other items; resume"
+            " with the catalog the run started with"
+        )
+    want = {k: tuple(v.shape) for k, v in fresh.items()}
+    got = {k: tuple(v.shape) for k, v in resumed.items()}
+    if want != got:
+        differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        raise ValueError(
+            f"checkpoint {config.resume} holds a model that does not fit dim {config.dim} over"
+            f" this catalog ({catalog.num_items} items): {differ} differ"
+        )
+
+
 def _restored_ledger(config: FederationConfig, dp: UserLevelDP) -> PrivacyLedger:
     """A resumed run continues its ε from the checkpoint: it never starts again at zero."""
     if not config.resume:
@@ -211,11 +236,7 @@ def _restored_ledger(config: FederationConfig, dp: UserLevelDP) -> PrivacyLedger
             " without user-level DP and cannot be resumed with it"
         )
     ledger = PrivacyLedger.from_dict(meta["user_level_ledger"])
-    if ledger.accountant != dp.accountant:
-        raise ValueError(
-            f"checkpoint {config.resume} accounts with {ledger.accountant!r}, the run asks for"
-            f" {dp.accountant!r}: one run's ε must come from one accountant"
-        )
+    check_accountant(ledger, dp.accountant, f"checkpoint {config.resume}")
     return ledger
 
 

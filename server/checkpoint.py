@@ -9,6 +9,7 @@ one round's model with another round's ledger, so no release of the model goes u
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +27,28 @@ MODEL_PREFIX = "model/"
 
 
 class Checkpointer:
-    """The per-round hook: ``checkpointer(arrays, absolute_round)`` writes the checkpoint."""
+    """The per-round hook: ``checkpointer(arrays, absolute_round)`` writes the checkpoint.
+
+    ``model`` (the catalog's hash, the width) is stored with it: a resume must continue the
+    model it saved, over the catalog whose rows its item table indexes.
+    """
 
     def __init__(
-        self, run_dir: Path, step: ServerStep, ledger: PrivacyLedger | None = None
+        self,
+        run_dir: Path,
+        step: ServerStep,
+        ledger: PrivacyLedger | None = None,
+        model: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.step = step
         self.ledger = ledger  # DP-FedAvg: ε must survive a restart
+        self.model = dict(model or {})
 
     def __call__(self, arrays: ArrayRecord, absolute_round: int) -> None:
         state = {MODEL_PREFIX + k: v.numpy() for k, v in arrays.items()}
         state.update(self.step.state_dict(list(arrays.keys())))
-        meta: dict[str, Any] = {"round": absolute_round}
+        meta: dict[str, Any] = {"round": absolute_round, **self.model}
         if self.ledger is not None:
             meta["user_level_ledger"] = self.ledger.to_dict()
         state[META_KEY] = np.array(json.dumps(meta))

@@ -66,6 +66,7 @@ from fedrec.common.privacy import (
     NonFiniteUpdate,
     PrivacyLedger,
     calibrate_noise,
+    check_accountant,
     clip_delta,
 )
 from fedrec.common.records import arrays_of, metrics_of, numpy_arrays, scalar
@@ -203,11 +204,7 @@ class DPFedAvg(StrategyWrapper[Strategy]):
         super().__init__(optimizer)
         self.dp = dp
         self.ledger = ledger if ledger is not None else PrivacyLedger(dp.accountant)
-        if self.ledger.accountant != dp.accountant:
-            raise ValueError(
-                f"the ledger accounts with {self.ledger.accountant!r}, the mechanism with"
-                f" {dp.accountant!r}: one run's ε must come from one accountant"
-            )
+        check_accountant(self.ledger, dp.accountant, "the user-level ledger")
         self.rng = rng if rng is not None else np.random.default_rng()
         self.cohorts = PoissonCohort(dp.sample_rate, self.rng)  # the sampling ε assumes
         self.last_record: dict[str, Any] = {}  # the round's ``privacy.user_level`` entry
@@ -233,23 +230,29 @@ class DPFedAvg(StrategyWrapper[Strategy]):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         dp, start = self.dp, self._global
         total = {k: np.zeros_like(v) for k, v in start.items()}
-        used, over, rejected, contributors = [], 0, 0, 0
+        used, over, rejected, malformed, contributors = [], 0, 0, 0, 0
         for msg in replies:
             if msg.has_error():
                 continue
             content = msg.content
             metrics = content.metric_records.get(keys.METRICS, MetricRecord())
             if keys.ARRAYS not in content.array_records or keys.UNIT_WEIGHT not in metrics:
-                rejected += 1  # not a train reply: nothing to clip or to count
+                malformed += 1  # not a train reply: nothing to clip or to count
                 continue
             sent = numpy_arrays(arrays_of(content))
             count, summed = secure_sum(msg)
+            if summed and count < 1:  # a malformed aggregate: nothing to un-average
+                malformed += 1
+                continue
             try:  # SecAgg+: the mean of `count` device-clipped updates; un-averaged below.
                 # The server cannot re-clip inside a sum: each device clipped its own Δ so
                 # that even quantized it has norm ≤ C (common/secagg/device.py).
                 update, norm = clip_delta(start, sent, None if summed else dp.clip_norm)
-            except (NonFiniteUpdate, ValueError):  # a dropout: the denominator m stays
+            except NonFiniteUpdate:  # a dropout: the denominator m stays
                 rejected += 1
+                continue
+            except ValueError:  # other arrays or shapes than the model's: a dropout too
+                malformed += 1
                 continue
             used.append(msg)
             contributors += count
@@ -266,6 +269,7 @@ class DPFedAvg(StrategyWrapper[Strategy]):
             "replies": contributors,
             "clipped_by_server": over,  # counts only: no per-user value is published
             "rejected_non_finite": rejected,
+            "rejected_malformed": malformed,
         }
         # the averaged metrics of the replies used (FedAvg's weighted mean, uniform weights)
         metrics = (

@@ -28,6 +28,7 @@ from flwr.serverapp.strategy import Strategy
 from fedrec.common.fedconfig import SERVER_LR_STRATEGIES, FederationConfig
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.secagg.grid import SecureAggregationGrid
+from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS
 from fedrec.server.checkpoint import Checkpointer
 from fedrec.server.cohorts import CohortSampler, FractionCohort, UniformCohort
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
@@ -71,6 +72,7 @@ def make_strategy(
     user_dp: UserLevelDP | None = None,
     user_ledger: PrivacyLedger | None = None,
     secure: SecureAggregationGrid | None = None,
+    catalog_hash: str = "",
 ) -> RoundRecorder:
     """The run's composition (see the module docstring)."""
     step = ServerStep(
@@ -95,7 +97,10 @@ def make_strategy(
             num_rounds=num_rounds,
             eval_every=config.eval_every,
             round_offset=round_offset,
-            min_clients=config.min_clients,
+            # a secure round needs MIN_SECURE_CLIENTS: it would skip a smaller cohort
+            min_clients=(
+                max(config.min_clients, MIN_SECURE_CLIENTS) if config.secure else config.min_clients
+            ),
             timeout=config.round_timeout,
         ),
         step=step,
@@ -104,7 +109,12 @@ def make_strategy(
         run_dir=run_dir,
         on_round=on_round,
         checkpoint=(
-            Checkpointer(run_dir, step, dp_layer.ledger if dp_layer else None)
+            Checkpointer(
+                run_dir,
+                step,
+                dp_layer.ledger if dp_layer else None,
+                model={"catalog_sha256": catalog_hash, "dim": config.dim},
+            )
             if run_dir is not None
             else None
         ),

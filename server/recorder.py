@@ -123,6 +123,7 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             replies = [m for m in replies if not secure_sum(m)[1]]
         ok = [m for m in replies if not m.has_error()]
         ups = [message_bytes(m) for m in ok]
+        self._stop_if_refused(absolute, replies)  # before DP-FedAvg would spend ε on it
         arrays, metrics = self.inner.aggregate_train(absolute, replies)
         if arrays is None and replies and not ok:  # (under DP: a noise-only round instead)
             reason = (replies[0].error.reason or "")[-2000:]
@@ -147,7 +148,7 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             rec["clients_failed"] += forged
             rec["errors"] = [*rec["errors"], f"{forged} forged aggregate replies dropped"][:3]
         if self.secure is not None:  # the four stages' traffic, not the one aggregate
-            self._record_secure_round(rec, absolute, arrays)
+            self._record_secure_round(rec)
         privacy = self._privacy_record(ok)
         if privacy:
             rec["privacy"] = privacy
@@ -155,16 +156,26 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             self.checkpoint(arrays, absolute)
         return arrays, metrics
 
-    def _record_secure_round(
-        self, rec: dict[str, Any], absolute: int, arrays: ArrayRecord | None
-    ) -> None:
-        assert self.secure is not None
-        report = self.secure.report
-        if report.get("all_failed") and arrays is None:
+    def _stop_if_refused(self, absolute: int, replies: list[Message]) -> None:
+        """Every device refused the round (its catalog differs, its guard or secure
+        aggregation refused): a setting, not bad luck. Stop before a round is spent on it."""
+        refusals = [m for m in replies if m.has_error() and m.error.code in keys.SETTING_ERRORS]
+        if replies and len(refusals) == len(replies):
+            reason = (refusals[0].error.reason or "")[-2000:]
+            raise RuntimeError(
+                f"round {absolute}: every one of the {len(replies)} clients refused the round;"
+                f" first refusal: {reason}"
+            )
+        report = self.secure.report if self.secure is not None else {}
+        if report.get("all_failed"):
             raise RuntimeError(
                 f"round {absolute}: every client refused the secure round at stage"
                 f" {report['all_failed']}; first error: {(report['errors'] or [''])[0]}"
             )
+
+    def _record_secure_round(self, rec: dict[str, Any]) -> None:
+        assert self.secure is not None
+        report = self.secure.report
         n = max(report["clients"], 1)
         rec.update(
             clients_replied=report["survivors"],

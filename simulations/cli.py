@@ -203,18 +203,41 @@ def catalog_build_cmd(
     config: Annotated[Path | None, typer.Option("--config", help="Scenario TOML.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="'synthetic' or a path.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting.")] = None,
+    min_users: Annotated[
+        int,
+        typer.Option(help="Refuse a schema entry (category, range end) fewer users hold."),
+    ] = 5,
+    allow_user_values: Annotated[
+        bool,
+        typer.Option("--allow-user-values", help="Publish such entries anyway (after a review)."),
+    ] = False,
 ) -> None:
     """Write the public catalog of a data set: what a server and its devices share.
 
     It holds the items (ids, titles, feature blocks), the user-feature schema (names,
-    encodings, width: no user's values) and a content hash; nothing about any user.
+    encodings, width, and the categories and ranges found in the data) and a content hash;
+    no user's interactions or feature row. A category or range end that fewer than
+    --min-users users hold would name those users' values: the catalog is then refused
+    (de-identify first: `fedrec data prepare --k K`) unless --allow-user-values.
     """
-    from fedrec.common.data.catalog import build_catalog, save_catalog
+    from fedrec.common.data.catalog import Catalog, save_catalog, schema_disclosures
+    from fedrec.common.data.sources import load_interactions
 
     fed = _federation_config(config, set_, {"data": data})
-    catalog = _or_exit(
-        lambda: build_catalog(fed.data, threshold=fed.threshold, synthetic=fed.synthetic())
+    interactions = _or_exit(
+        lambda: load_interactions(fed.data, threshold=fed.threshold, synthetic=fed.synthetic())
     )
+    catalog = Catalog.of(interactions)
+    problems = schema_disclosures(catalog.user_schema, interactions.user_features, min_users)
+    for problem in problems:
+        console.print(f"[yellow]user values:[/] {problem}", highlight=False)
+    if problems and not allow_user_values:
+        console.print(
+            "[red]error:[/] the user-feature schema would publish values of fewer than"
+            f" {min_users} users: de-identify the data first (fedrec data prepare --k"
+            f" {min_users}), or pass --allow-user-values"
+        )
+        raise typer.Exit(code=2)
     _or_exit(lambda: save_catalog(catalog, out))
     for line in _catalog_lines(catalog):
         console.print(line, markup=False, highlight=False)

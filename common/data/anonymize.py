@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.common.crypto import KEY_SIZE
 from fedrec.common.data.dataset import RawRatings
 
 __all__ = [
@@ -74,7 +75,9 @@ __all__ = [
     "zip_prefix",
 ]
 
-KEY_BYTES = 32  # random key bytes: SHA-256's output size, the length RFC 2104 recommends
+# random key bytes: SHA-256's output size, the length RFC 2104 recommends, and the size of
+# every fedrec key file (fedrec.common.crypto), which is where the pseudonym key lives
+KEY_BYTES = KEY_SIZE
 PSEUDONYM_BYTES = 16  # 128-bit pseudonyms, 32 hex characters
 SUPPRESSED = "*"
 TIME_UNITS = ("day", "week", "month")

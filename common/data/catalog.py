@@ -50,6 +50,7 @@ __all__ = [
     "load_catalog",
     "read_catalog",
     "save_catalog",
+    "schema_disclosures",
 ]
 
 CATALOG_FORMAT = 1  # bumped with any change to the layout or the hash
@@ -181,6 +182,41 @@ class Catalog:
         }
 
 
+def schema_disclosures(
+    schema: UserFeatureSchema, user_features: np.ndarray, min_users: int
+) -> list[str]:
+    """What the schema would tell about fewer than ``min_users`` users if published.
+
+    A one-hot attribute lists every category found in the data, a scaled one its minimum and
+    maximum: a category only a few users hold, or a range end only a few users reach, names
+    those users' values. (Age and zip region use fixed encodings and publish nothing of the
+    data.) ``user_features`` are the encoded rows of the data the schema was fitted on.
+    """
+    problems, start = [], 0
+    for column in schema.columns:
+        block = user_features[:, start : start + column.width]
+        start += column.width
+        if column.encoding == "one-hot":
+            counts = block.sum(axis=0)
+            rare = [c for c, n in zip(column.categories, counts, strict=True) if n < min_users]
+            if rare:
+                problems.append(
+                    f"{column.attribute}: {len(rare)} of {len(column.categories)} categories are"
+                    f" held by fewer than {min_users} users (e.g. {rare[:3]})"
+                )
+        elif column.encoding == "scaled" and column.high > column.low:
+            ends = {"minimum": (block == 0.0).sum(), "maximum": (block == 1.0).sum()}
+            thin = [name for name, n in ends.items() if n < min_users]
+            if thin:
+                verb = "is" if len(thin) == 1 else "are"
+                problems.append(
+                    f"{column.attribute}: the {' and the '.join(thin)} of its range"
+                    f" [{column.low:g}, {column.high:g}] {verb} reached by fewer than"
+                    f" {min_users} users"
+                )
+    return problems
+
+
 def build_catalog(
     data: str | Path, *, threshold: float = 0.0, synthetic: SyntheticConfig | None = None
 ) -> Catalog:
@@ -198,15 +234,19 @@ def save_catalog(catalog: Catalog, path: str | Path) -> Path:
 
 def load_catalog(path: str | Path) -> Catalog:
     """Read and verify a catalog file; a file that changed is read again (the cache is keyed
-    by its path, size and modification time: every node of a simulation asks for it in every
-    call, so a call costs one ``stat`` once the file is read)."""
+    by its path, device, inode, size and modification time: every node of a simulation asks
+    for it in every call, so a call costs one ``stat`` once the file is read, and a rewrite —
+    atomic, so a new inode — is always seen)."""
     try:
         stat = os.stat(path)
     except FileNotFoundError as err:
         raise CatalogError(
             path, "no such file: build it with `fedrec catalog build --data PATH --out FILE`"
         ) from err
-    return _load_cached(str(path), stat.st_size, stat.st_mtime_ns)
+    except OSError as err:
+        raise CatalogError(path, f"cannot be read ({err.strerror})") from err
+    key = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return _load_cached(*key)
 
 
 def read_catalog(data: bytes, source: str | Path = "<bytes>") -> Catalog:
@@ -233,6 +273,10 @@ def read_catalog(data: bytes, source: str | Path = "<bytes>") -> Catalog:
         raise CatalogError(
             source, f"format {meta.get('format')!r}; this fedrec reads format {CATALOG_FORMAT}"
         )
+    if features.dtype != np.float32 or features.ndim != 2:
+        raise CatalogError(
+            source, f"item features are {features.dtype} {features.shape}, not 2-D float32"
+        )
     stored_hash = meta.pop("sha256", None)
     if _content_hash(meta, features) != stored_hash:
         raise CatalogError(
@@ -258,8 +302,12 @@ def read_catalog(data: bytes, source: str | Path = "<bytes>") -> Catalog:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, size: int, mtime_ns: int) -> Catalog:
-    return read_catalog(Path(path).read_bytes(), path)
+def _load_cached(path: str, device: int, inode: int, size: int, mtime_ns: int) -> Catalog:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise CatalogError(path, f"cannot be read ({err.strerror})") from err
+    return read_catalog(data, path)
 
 
 def _content_hash(meta: Mapping[str, Any], features: np.ndarray) -> str:

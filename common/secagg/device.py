@@ -28,6 +28,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from fedrec.common import keys
+from fedrec.common.keys import SECAGG_ERROR
 from fedrec.common.privacy import NonFiniteUpdate, clip_delta
 from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar
 from fedrec.common.secagg import wire
@@ -40,8 +41,6 @@ __all__ = [
     "quantized_clip_norm",
     "update_vector",
 ]
-
-SECAGG_ERROR = 4003  # error code of a device that refuses a stage (protocol violation etc.)
 
 
 def quantized_clip_norm(clip_norm: float, config: SecAggConfig, length: int) -> float:

@@ -442,3 +442,31 @@ def test_a_node_without_partition_or_store_is_a_clear_error(initial: ArrayRecord
     context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(ValueError, match=r"no 'partition-id'.*store=PATH"):
         app(server_message("train", initial, 5, 1, catalog=CATALOG), context)
+
+
+def test_a_device_store_needs_its_own_key_and_catalog(tmp_path: Path) -> None:
+    """Never the server's run-config paths: a device names its key file and catalog."""
+    (tmp_path / "store").mkdir()
+    app = make_client_app(CONFIG.replace(key_file=str(tmp_path / "server.key")))
+    context = Context(run_id=1, node_id=5, node_config={"store": str(tmp_path / "store")},
+                      state=RecordDict(), run_config={})  # fmt: skip
+    initial = ArrayRecord(initial_shared_state(CATALOG, CONFIG.dim, CONFIG.seed))
+    with pytest.raises(ValueError, match="also needs key-file=PATH, catalog=PATH"):
+        app(server_message("train", initial, 5, 1, catalog=CATALOG), context)
+
+
+def test_the_features_come_from_the_shard_not_the_stored_state(
+    app: ClientApp, initial: ArrayRecord
+) -> None:
+    """A device's attributes may change (a new profile): the stored row is kept, the
+    features are the shard's."""
+    context = node_context(31, USERS)
+    _train(app, context, initial, 1)
+    stale = _private(context)
+    stale["user_features"][:] = 9.0  # what an older profile encoded to
+    context.state[keys.STATE_PRIVATE] = ArrayRecord(
+        {k: torch.from_numpy(v) for k, v in stale.items()}
+    )
+    _train(app, context, initial, 2)
+    current = DataSetPartitions().local_user(CONFIG, context).shard.user_features
+    np.testing.assert_array_equal(_private(context)["user_features"][0], current)

@@ -51,3 +51,16 @@ def test_exclusive_never_overwrites_and_mode_is_exact(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         write_atomic(path, b"other", exclusive=True)
     assert path.read_bytes() == b"k" * 32 and _leftovers(tmp_path) == []
+
+
+def test_a_failed_exclusive_write_gives_the_name_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(tmp_path / "key", b"k" * 32, mode=0o600, exclusive=True)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []  # no empty key file left to be mistaken for one

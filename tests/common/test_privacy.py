@@ -202,3 +202,15 @@ def test_epsilon_after_predicts_exactly_what_record_gives() -> None:
         predicted = ledger.epsilon_after(1e-4, 1.0, 0.1, 3)
         ledger.record(1.0, 0.1, 3)
         assert ledger.epsilon(1e-4) == predicted
+
+
+def test_clip_delta_refuses_other_arrays_or_shapes() -> None:
+    from fedrec.common.privacy import clip_delta
+
+    start = {"w": np.zeros((3, 2)), "b": np.zeros(1)}
+    delta, norm = clip_delta(start, {"w": np.ones((3, 2)), "b": np.zeros(1)}, None)
+    assert norm == pytest.approx(np.sqrt(6)) and delta["w"].dtype == np.float64
+    with pytest.raises(ValueError, match="are not the model's"):
+        clip_delta(start, {"w": np.ones((3, 2))}, 1.0)
+    with pytest.raises(ValueError, match=r"\{'w': \(1, 2\)\} do not have the model's shapes"):
+        clip_delta(start, {"w": np.ones((1, 2)), "b": np.zeros(1)}, 1.0)  # would broadcast

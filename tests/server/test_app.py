@@ -76,3 +76,33 @@ def test_metrics_json_is_written_once(tmp_path: Path, monkeypatch: pytest.Monkey
     stored = json.loads((tmp_path / "run" / runs.METRICS_FILE).read_text())
     assert stored["reproducible"]["server_seed"] == 2 == metrics["reproducible"]["server_seed"]
     assert np.isclose(stored["final"]["hr@10"], metrics["final"]["hr@10"])
+
+
+def test_resuming_on_another_catalog_or_model_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    grid = InProcessGrid(make_client_app(CLIENT), USERS)
+    with seeded_task(1):
+        run_federation(
+            grid, CLIENT.replace(out_dir=str(run)), randomness=ServerRandomness.seeded(1)
+        )
+    meta = json.loads((run / runs.CHECKPOINT_META).read_text())
+    assert meta["catalog_sha256"] == catalog_of(CLIENT).hash and meta["dim"] == 8
+    other = with_catalog(CLIENT.replace(synthetic_items=501))
+    with pytest.raises(ValueError, match=r"was trained on catalog .* resume with the catalog"):
+        run_federation(grid, other.replace(resume=str(run), num_rounds=4))
+    with pytest.raises(ValueError, match="does not fit dim 16"):
+        run_federation(grid, CLIENT.replace(resume=str(run), num_rounds=4, dim=16))
+
+
+def test_a_round_every_device_refuses_stops_before_dp_spends_epsilon() -> None:
+    """The devices hold another catalog: under DP a noise-only round would still cost ε."""
+    devices = with_catalog(CLIENT.replace(synthetic_items=501))  # their catalog differs
+    server = CLIENT.replace(
+        client_weighting="uniform", dp_clip_norm=0.5, dp_noise_multiplier=1.0, eval_every=5
+    )
+    grid = InProcessGrid(make_client_app(devices.replace(catalog=devices.catalog)), USERS)
+    with (
+        seeded_task(1),
+        pytest.raises(RuntimeError, match=r"every one of the .* refused the round"),
+    ):
+        run_federation(grid, server, randomness=ServerRandomness.seeded(1))

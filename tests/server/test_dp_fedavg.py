@@ -337,3 +337,15 @@ def test_privacy_summary_takes_the_last_round_and_the_stop() -> None:
     assert summary["stopped_by_budget"] is True and summary["stop_round"] == 2
     plain = privacy_summary([], FederationConfig(), None)
     assert plain == {"user_level": None, "record_level": None}
+
+
+def test_a_reply_of_another_shape_is_a_dropout_counted_as_malformed() -> None:
+    """(1, 4) would broadcast over the (6, 4) table and be averaged in six times."""
+    strategy = _strategy(_dp(noise_multiplier=1e-9))
+    good = {"item_embedding.weight": np.full((6, 4), 0.1), "head.bias": np.array([0.0])}
+    wide = {"item_embedding.weight": np.full((1, 4), 0.1), "head.bias": np.array([0.0])}
+    out = _round(strategy, _global(), [_reply(good, 1), _reply(wide, 2)])
+    np.testing.assert_allclose(out["item_embedding.weight"], 0.01, atol=1e-6)  # 0.1 / m
+    record = _record(strategy)
+    assert record["rejected_malformed"] == 1 and record["rejected_non_finite"] == 0
+    assert record["replies"] == 1

@@ -67,3 +67,15 @@ def test_seeded_randomness_repeats_and_fresh_does_not() -> None:
     # the streams of one seed are those of an earlier run with that seed (pairing)
     _, graph = np.random.default_rng(3).spawn(2)
     assert ServerRandomness.seeded(3).graph.random() == graph.random()
+
+
+def test_a_secure_run_waits_for_a_cohort_a_secure_sum_can_use() -> None:
+    config = FederationConfig(
+        min_clients=2, clients_per_round=5, secure_aggregation="secagg+",
+        client_weighting="uniform",
+    )  # fmt: skip
+    strategy = make_strategy(config, randomness=ServerRandomness.seeded(0), num_rounds=1)
+    assert strategy.plan.min_clients == 3  # 2 connected nodes would be skipped, silently
+    plain = make_strategy(config.replace(secure_aggregation="off"),
+                          randomness=ServerRandomness.seeded(0), num_rounds=1)  # fmt: skip
+    assert plain.plan.min_clients == 2

@@ -13,7 +13,7 @@ from fedrec.simulations.cli import app
 def test_catalog_build_writes_a_verified_file_and_show_reads_it(tmp_path: Path) -> None:
     out = tmp_path / "published" / "catalog.npz"
     args = ["catalog", "build", "--data", "synthetic", "--out", str(out),
-            "--set", "synthetic-users=50", "--set", "synthetic-items=300"]  # fmt: skip
+            "--set", "synthetic-items=300"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     catalog = load_catalog(out)
@@ -61,3 +61,32 @@ def test_simulation_inputs_build_the_catalog_for_the_run(tmp_path: Path) -> None
         scratch = Path(ready.catalog)
         assert scratch.exists()
     assert not scratch.exists()  # removed with the run
+
+
+def _raw_csv(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "ratings.csv").write_text(
+        "user,item,rating,timestamp\n1,10,4,100\n1,11,3,101\n2,10,5,102\n2,12,2,103\n"
+        "3,11,4,104\n3,12,5,105\n"
+    )
+    (folder / "users.csv").write_text(
+        "user,income,city\n1,51234,Springfield\n2,98765,Shelbyville\n3,,Springfield\n"
+    )
+    return folder
+
+
+def test_a_schema_naming_few_users_values_is_not_published(tmp_path: Path) -> None:
+    """Raw attributes: each income and city is one or two users' value. Publishing the
+    schema would publish them, so the catalog is refused until the data is de-identified."""
+    data = _raw_csv(tmp_path / "raw")
+    out = tmp_path / "catalog.npz"
+    result = CliRunner().invoke(app, ["catalog", "build", "--data", str(data), "--out", str(out)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and not out.exists()
+    assert "income: 2 of 2 categories are held by fewer than 5 users" in output
+    assert "fedrec data prepare --k 5" in output and "--allow-user-values" in output
+    allowed = CliRunner().invoke(
+        app, ["catalog", "build", "--data", str(data), "--out", str(out), "--allow-user-values"]
+    )
+    assert allowed.exit_code == 0 and out.exists()
+    assert "user values: city" in " ".join(allowed.output.split())

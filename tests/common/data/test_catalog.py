@@ -160,3 +160,38 @@ def _synthetic(users: int, items: int):  # type: ignore[no-untyped-def]
     from fedrec.common.data.synthetic import SyntheticConfig
 
     return SyntheticConfig(num_users=users, num_items=items)
+
+
+def test_schema_disclosures_name_rare_categories_and_thin_range_ends() -> None:
+    from fedrec.common.data.catalog import schema_disclosures
+    from fedrec.common.data.features import UserFeatureSchema
+
+    meta = {str(u): {"score": str(u % 3 if u else 100), "team": "a" if u < 9 else "b",
+                     "age": str(20 + u)} for u in range(12)}  # fmt: skip
+    users = [str(u) for u in range(12)]
+    schema = UserFeatureSchema.fit(meta, users)
+    features = schema.encode(meta, users)
+    problems = schema_disclosures(schema, features, min_users=3)
+    # score: its maximum 100 is one user's; team "b" is held by 3 users: fine at 3; age: fixed
+    assert len(problems) == 1 and problems[0].startswith(
+        "score: the maximum of its range [0, 100] is"
+    )
+    assert len(schema_disclosures(schema, features, min_users=4)) == 2  # now team too
+
+
+def test_a_rewritten_catalog_is_read_again_even_with_the_same_size_and_time(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    import os
+
+    path = save_catalog(catalog, tmp_path / "catalog.npz")
+    first = load_catalog(path)
+    stat = path.stat()
+    changed = Catalog(
+        catalog.item_ids, catalog.item_features + 1.0, catalog.user_schema,
+        catalog.item_titles, catalog.item_feature_names, catalog.item_blocks, catalog.source,
+    )  # fmt: skip
+    save_catalog(changed, path)  # an atomic replace: same size, a new inode
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # a coarse clock: same time
+    assert path.stat().st_size == stat.st_size
+    assert load_catalog(path).hash == changed.hash != first.hash
