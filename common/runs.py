@@ -47,7 +47,9 @@ __all__ = [
     "prepare_run_dir",
     "run_header",
     "write_arrays",
+    "write_figure",
     "write_json",
+    "write_state_dict",
 ]
 
 CONFIG_FILE = "config.json"
@@ -84,6 +86,22 @@ def write_arrays(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     buffer = io.BytesIO()
     named: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
     np.savez(buffer, **named)
+    return write_atomic(path, buffer.getvalue())
+
+
+def write_figure(path: str | Path, figure: Any, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as a PNG atomically."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return write_atomic(path, buffer.getvalue())
+
+
+def write_state_dict(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write a torch state dict (``torch.save``) atomically."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
     return write_atomic(path, buffer.getvalue())
 
 

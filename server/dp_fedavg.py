@@ -277,7 +277,7 @@ class DPFedAvg(StrategyWrapper[Strategy]):
             if used
             else MetricRecord()
         )
-        metrics[keys.UNIT_WEIGHT] = 1
+        metrics[keys.UNIT_WEIGHT] = 1  # the key the optimizer weighs by (DP requires "uniform")
         mean = RecordDict({keys.ARRAYS: ArrayRecord(out), keys.METRICS: metrics})
         return self.inner.aggregate_train(
             server_round, [Message(content=mean, dst_node_id=0, message_type=MessageType.TRAIN)]

@@ -23,7 +23,15 @@ from fedrec.common.data.examples import NegativeSampler, make_examples
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import Split, temporal_leave_one_out
 from fedrec.common.model import ModelConfig, SeedModel
-from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, prepare_run_dir, run_header, write_json
+from fedrec.common.runs import (
+    CENTRAL_MODEL,
+    CONFIG_FILE,
+    METRICS_FILE,
+    prepare_run_dir,
+    run_header,
+    write_json,
+    write_state_dict,
+)
 from fedrec.common.training import evaluate, train_epoch
 
 __all__ = [
@@ -189,5 +197,5 @@ def run_central(
     }
     write_json(run_dir / METRICS_FILE, metrics)
     if config.model != "mostpop":
-        torch.save(model.state_dict(), run_dir / "model.pt")
+        write_state_dict(run_dir / CENTRAL_MODEL, model.state_dict())
     return metrics

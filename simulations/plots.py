@@ -10,13 +10,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from fedrec.common.runs import LOSS_PLOT, QUALITY_PLOT, write_figure
+
 __all__ = [
     "plot_rounds",
 ]
 
 
 def plot_rounds(records: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Write ``quality.png`` (HR@10/NDCG@10 sampled and full) and ``loss.png``; return paths."""
+    """Write the quality plot (HR@10/NDCG@10 sampled and full) and the loss plot; return
+    their paths."""
     out = Path(out)
     written = []
     evaluated = [r for r in records if "eval" in r]
@@ -35,10 +38,10 @@ def plot_rounds(records: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.set_ylabel("test metric")
     ax.set_title("federated evaluation (test item, on-device)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if evaluated:
+        ax.legend()
     fig.tight_layout()
-    written.append(out / "quality.png")
-    fig.savefig(written[-1], dpi=110)
+    written.append(write_figure(out / QUALITY_PLOT, fig))
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -49,7 +52,6 @@ def plot_rounds(records: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.set_title("training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    written.append(out / "loss.png")
-    fig.savefig(written[-1], dpi=110)
+    written.append(write_figure(out / LOSS_PLOT, fig))
     plt.close(fig)
     return written

@@ -215,7 +215,7 @@ class SecureAggregationGrid(GridWrapper):
                 wire.SECURE_SUM: ConfigRecord({"count": count}),
             }
         )
-        # from no single node: the server builds it, from the sum of ``count`` of them
+        # sent by no device: the server builds it (its source is the server) from the sum
         template = train[result.contributors[0]].metadata
         return [_instruction(content, template, template.src_node_id)]
 
