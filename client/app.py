@@ -16,6 +16,7 @@ catalog (``catalog`` in the run config).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,20 +24,20 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.client.data import (
-    NODE_CATALOG,
     NODE_KEY_FILE,
+    NODE_PASSPHRASE_FILE,
     NODE_STORE,
     DataSetPartitions,
-    DeviceStore,
     LocalUser,
     ShardSource,
 )
+from fedrec.client.device import DeviceSource
 from fedrec.client.encrypted_shards import EncryptedPartitions
 from fedrec.client.local import build_local_model, local_evaluate, refresh_user
 from fedrec.client.mods import CatalogCheck, MessageRecorder, SharedOnlyGuard, UserLevelClipping
 from fedrec.client.trainers import local_train_config, trainer_for
 from fedrec.common import keys
-from fedrec.common.data.catalog import Catalog, load_catalog
+from fedrec.common.data.catalog import Catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import SeedModel, private_state, shared_shapes, shared_state
 from fedrec.common.records import arrays_of, config_of, integer
@@ -71,15 +72,20 @@ def make_client_app(
 def source_for(config: FederationConfig, node_config: Mapping[str, object]) -> ShardSource:
     """The source a node's configuration names: its own store (a deployed device), else its
     partition of the data set, read from encrypted folders when ``shard-dir`` is set."""
-    if NODE_STORE in node_config:
-        missing = [k for k in (NODE_KEY_FILE, NODE_CATALOG) if not node_config.get(k)]
-        if missing:  # the device's own: never the paths of the server's run config
+    if NODE_STORE in node_config:  # the device's own key: never the server's run config's
+        key_file, passphrase_file = (
+            node_config.get(k) for k in (NODE_KEY_FILE, NODE_PASSPHRASE_FILE)
+        )
+        if not key_file and not passphrase_file:
             raise ValueError(
                 f"node config {NODE_STORE}={node_config[NODE_STORE]} also needs"
-                f" {', '.join(f'{k}=PATH' for k in missing)}: the key its store is sealed"
-                " under and its copy of the published catalog"
+                f" {NODE_KEY_FILE}=PATH or {NODE_PASSPHRASE_FILE}=PATH: the store is sealed"
             )
-        return DeviceStore(str(node_config[NODE_STORE]), str(node_config[NODE_KEY_FILE]))
+        return DeviceSource(
+            Path(str(node_config[NODE_STORE])),
+            key_file=str(key_file) if key_file else None,
+            passphrase_file=str(passphrase_file) if passphrase_file else None,
+        )
     if config.shard_dir:
         return EncryptedPartitions(config.shard_dir, config.key_file)
     return DataSetPartitions()
@@ -97,19 +103,16 @@ class Handlers:
     def config_of(self, context: Context) -> FederationConfig:
         return self.fixed_config or FederationConfig.from_mapping(context.run_config)
 
+    def source_of(self, config: FederationConfig, context: Context) -> ShardSource:
+        return self.source or source_for(config, context.node_config)
+
     def catalog_of(self, context: Context) -> Catalog:
-        """The node's own copy of the published catalog (node config, else the run's)."""
-        path = str(context.node_config.get(NODE_CATALOG) or self.config_of(context).catalog)
-        if not path:
-            raise ValueError(
-                "this node has no catalog: set `catalog` in the run config, or"
-                f" {NODE_CATALOG}=PATH in the node config (fedrec catalog build writes one)"
-            )
-        return load_catalog(path)
+        """The node's own copy of the published catalog."""
+        config = self.config_of(context)
+        return self.source_of(config, context).catalog(config, context)
 
     def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
-        source = self.source or source_for(config, context.node_config)
-        user = source.local_user(config, context)
+        user = self.source_of(config, context).local_user(config, context)
         catalog = self.catalog_of(context)
         if user.shard.num_items != catalog.num_items:
             raise ValueError(
@@ -137,6 +140,9 @@ class Handlers:
         rng = np.random.default_rng([config.seed, user.stream, _round(msg)])
         trained = trainer_for(config)(model, user.shard, user.store, rng)
         user.store.save(keys.STATE_PRIVATE, private_state(model))
+        if user.device is not None:  # a deployed device keeps the model for its own use
+            user.device.cache_model(arrays_of(msg.content), _round(msg), config_of(msg.content))
+            user.device.note_round(config, True, config_of(msg.content))
         returning = int(private is not None)
         metrics = MetricRecord({**trained, keys.UNIT_WEIGHT: 1, keys.RETURNING: returning})
         content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
@@ -153,6 +159,8 @@ class Handlers:
         train_config = local_train_config(config)
         refresh_user(model, user.shard, train_config, config.eval_private_epochs, rng)
         values = local_evaluate(model, user.shard)
+        if user.device is not None:
+            user.device.cache_model(arrays_of(msg.content), _round(msg), config_of(msg.content))
         evaluated = 1 if values else 0
         metrics = MetricRecord(
             {keys.USERS: evaluated, keys.NUM_EXAMPLES: evaluated, keys.UNIT_WEIGHT: 1, **values}

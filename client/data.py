@@ -6,9 +6,9 @@ the :class:`~fedrec.client.store.StateStore` its private state and DP ledger liv
 source provides it follows from what the node was configured with
 (``client/app.py: source_for``):
 
-* a **deployed device** (node config ``store=PATH key-file=PATH``): its own sealed folder
-  (:class:`DeviceStore`) holds its shard and, between rounds and runs, its private state;
-  no ``partition-id`` is involved;
+* a **deployed device** (node config ``store=PATH key-file=PATH``): its own sealed store
+  (:class:`fedrec.client.device.DeviceSource`) holds its history, its copy of the catalog
+  and, between rounds and runs, its private state; no ``partition-id`` is involved;
 * a **simulated node** (the engine sets ``partition-id``): the user of that index, cut from the
   data set (:class:`DataSetPartitions`) or read from its encrypted folder under ``shard-dir``
   (:class:`~fedrec.client.encrypted_shards.EncryptedPartitions`); its state lives in Flower's
@@ -24,17 +24,17 @@ never serve a stale split.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-from flwr.app import Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.client.store import ContextStateStore, StateStore
 from fedrec.common.crypto import read_key_file
+from fedrec.common.data.catalog import Catalog, load_catalog
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.shard import UserShard, user_shard
 from fedrec.common.data.sources import load_interactions
@@ -45,15 +45,17 @@ from fedrec.common.fedconfig import FederationConfig
 __all__ = [
     "NODE_CATALOG",
     "NODE_KEY_FILE",
+    "NODE_PASSPHRASE_FILE",
     "NODE_STORE",
     "NUM_PARTITIONS",
     "PARTITION_ID",
     "DataSetPartitions",
-    "DeviceStore",
     "LocalUser",
+    "ModelCache",
     "ShardSource",
     "partition_of",
     "pseudonym",
+    "published_catalog",
     "require_partition",
     "state_store",
 ]
@@ -61,9 +63,18 @@ __all__ = [
 # node-config keys: the simulation engine sets the first two; a deployed device the others
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
-NODE_STORE = "store"  # the device's sealed folder (its shard and its state)
-NODE_KEY_FILE = "key-file"  # the key file that folder is sealed under
-NODE_CATALOG = "catalog"  # the device's copy of the published catalog
+NODE_STORE = "store"  # the device's store (fedrec.client.device)
+NODE_KEY_FILE = "key-file"  # the key file that store is sealed under
+NODE_PASSPHRASE_FILE = "passphrase-file"  # or a file holding its passphrase
+NODE_CATALOG = "catalog"  # a simulated node's copy of the published catalog
+
+
+class ModelCache(Protocol):
+    """What a deployed device keeps of each round: the newest model, the rounds it joined."""
+
+    def cache_model(self, arrays: ArrayRecord, server_round: int, config: ConfigRecord) -> None: ...
+
+    def note_round(self, config: FederationConfig, trained: bool, server: ConfigRecord) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -74,10 +85,23 @@ class LocalUser:
     stream: int  # its own stream of randomness, with the run seed and the round
     shard: UserShard
     store: StateStore  # its private state and record-level DP ledger, between rounds
+    device: ModelCache | None = None  # a deployed device's own record of the rounds
 
 
 class ShardSource(Protocol):
+    def catalog(self, config: FederationConfig, context: Context) -> Catalog: ...
     def local_user(self, config: FederationConfig, context: Context) -> LocalUser: ...
+
+
+def published_catalog(config: FederationConfig, context: Context) -> Catalog:
+    """A simulated node's catalog: the node config's copy, else the run's ``catalog``."""
+    path = str(context.node_config.get(NODE_CATALOG) or config.catalog)
+    if not path:
+        raise ValueError(
+            "this node has no catalog: set `catalog` in the run config, or"
+            f" {NODE_CATALOG}=PATH in the node config (the file the server publishes)"
+        )
+    return load_catalog(path)
 
 
 def pseudonym(user: int) -> str:
@@ -129,6 +153,9 @@ def _load_split(
 class DataSetPartitions:
     """Simulation: node ``partition-id`` serves that user of the configured data set."""
 
+    def catalog(self, config: FederationConfig, context: Context) -> Catalog:
+        return published_catalog(config, context)
+
     def split(self, config: FederationConfig) -> tuple[Interactions, Split]:
         return _load_split(config.data, config.threshold, config.seed, config.synthetic())
 
@@ -139,23 +166,3 @@ class DataSetPartitions:
         name = pseudonym(user)
         shard = user_shard(data, split, user)
         return LocalUser(name, user, shard, state_store(config, context, name))
-
-
-class DeviceStore:
-    """A deployed device: one sealed folder holds its shard and keeps its state across runs.
-
-    Flower's ``context.state`` lives for one run only, so a device's user row and DP ledger
-    live in its own folder instead. Holds two paths: it pickles cheaply with the ClientApp.
-    """
-
-    def __init__(self, folder: str | Path, key_file: str | Path) -> None:
-        self.folder = Path(folder)
-        self.key_file = Path(key_file)
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"device store {self.folder} does not exist")
-
-    def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
-        name = self.folder.name
-        store = EncryptedFileStore(self.folder, read_key_file(self.key_file), name)
-        stream = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big")
-        return LocalUser(name, stream, store.load_shard(), store)

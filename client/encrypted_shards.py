@@ -10,10 +10,9 @@ each node from its own encrypted store.
 Every folder is sealed under one key file kept *outside* the shard folder; each user's folder
 is bound to its pseudonym (the folder name), so a shard copied to another user's folder does
 not open. :class:`EncryptedPartitions` then serves node ``partition-id`` from its folder; it
-holds only two paths, so it pickles cheaply with the ClientApp on every message. One user's
-folder is also what a deployed device's node config names (``store=…/users/user-000042``,
-:class:`~fedrec.client.data.DeviceStore`). The items are the public catalog's
-(``fedrec catalog build``), not sealed here: nothing about them is private.
+holds only two paths, so it pickles cheaply with the ClientApp on every message. The items
+are the public catalog's (``fedrec catalog build``), not sealed here: nothing about them is
+private.
 """
 
 from __future__ import annotations
@@ -28,10 +27,12 @@ from fedrec.client.data import (
     LocalUser,
     partition_of,
     pseudonym,
+    published_catalog,
     state_store,
 )
 from fedrec.client.secure_store import EncryptedFileStore, RotationResult, rotate_key
 from fedrec.common.crypto import load_or_create_key_file, read_key_file
+from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import SYNTHETIC
 from fedrec.common.fedconfig import FederationConfig
@@ -85,6 +86,9 @@ class EncryptedPartitions:
                 f"{self.shard_dir} holds no encrypted shards (no {SOURCE_DIR}/ folder):"
                 " write them first with `fedrec data encrypt`"
             )
+
+    def catalog(self, config: FederationConfig, context: Context) -> Catalog:
+        return published_catalog(config, context)
 
     def num_users(self, config: FederationConfig) -> int:
         return int(self._check_source(config)["num-users"])

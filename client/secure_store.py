@@ -105,6 +105,25 @@ class EncryptedFileStore:
     def save_json(self, key: str, document: dict[str, Any]) -> None:
         self._write(key, {"kind": _JSON, "document": document}, {})
 
+    # -- any other object: a kind, a small JSON description and named arrays -----------------
+    def save_object(
+        self, key: str, kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]
+    ) -> None:
+        """Seal an object of ``kind`` (a name the reader checks) under ``key``."""
+        if kind in (_ARRAYS, _JSON, _SHARD):
+            raise ValueError(f"object kind {kind!r} is reserved")
+        self._write(key, {**meta, "kind": kind}, arrays)
+
+    def load_object(
+        self, key: str, kind: str
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """(meta, arrays) of the object of ``kind`` under ``key``, None if there is none."""
+        return self._read(key, kind)
+
+    def delete(self, key: str) -> None:
+        """Remove the object ``key`` (nothing if it does not exist)."""
+        self.path_of(key).unlink(missing_ok=True)
+
     # -- the device's shard -----------------------------------------------------------------
     def save_shard(self, shard: UserShard) -> None:
         meta = {

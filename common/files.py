@@ -15,7 +15,7 @@ import tempfile
 from contextlib import suppress
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_atomic"]
+__all__ = ["fsync_dir", "shred", "write_atomic"]
 
 
 def write_atomic(
@@ -45,6 +45,21 @@ def write_atomic(
         raise
     fsync_dir(path.parent)
     return path
+
+
+def shred(path: str | Path) -> None:
+    """Overwrite a file with random bytes, sync it, and unlink it (a key, a sealed object).
+
+    On copy-on-write or wear-levelled storage the old blocks may survive the overwrite; the
+    contents are sealed, so destroying the key is what makes them unreadable."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.write(os.urandom(size))
+        f.flush()
+        os.fsync(f.fileno())
+    path.unlink()
+    fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:

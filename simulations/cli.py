@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedrec.simulations.cli_client import client_app
+from fedrec.simulations.cli_common import console, federation_config, or_exit
 
 __all__ = ["app", "main"]
 
@@ -24,7 +26,7 @@ catalog_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(catalog_app, name="catalog")
-console = Console()
+app.add_typer(client_app, name="client")
 
 DataOption = Annotated[
     str, typer.Option("--data", help="'synthetic' (embedded default) or a path to a data set.")
@@ -50,7 +52,7 @@ def train_central_cmd(
     """Train one model on all data in one place (the centralized reference)."""
     from fedrec.simulations.central import CentralConfig, run_central
 
-    config = _or_exit(
+    config = or_exit(
         lambda: CentralConfig(
             model=model,
             data=data,
@@ -76,7 +78,7 @@ def train_central_cmd(
             info = f"epoch {record['epoch']}  {loss}val HR@10 {val['hr@10']:.3f}"
             progress.update(task, advance=1, info=info)
 
-        metrics = _or_exit(lambda: run_central(config, out, on_epoch))
+        metrics = or_exit(lambda: run_central(config, out, on_epoch))
     final = metrics["final"]
     console.print(
         f"[bold]test[/] (best val epoch {metrics['best_epoch']}): "
@@ -116,7 +118,7 @@ def simulate_cmd(
     from fedrec.simulations.inprocess import run_inprocess
     from fedrec.simulations.runner import simulate
 
-    fed = _federation_config(
+    fed = federation_config(
         config,
         set_,
         {
@@ -148,10 +150,10 @@ def simulate_cmd(
             progress.update(task, completed=record["round"], info=info, description="simulate")
 
         if server_seed is None:
-            metrics = _or_exit(lambda: simulate(fed, on_round))
+            metrics = or_exit(lambda: simulate(fed, on_round))
         else:
             progress.update(task, description="simulate (in-process, seeded)")
-            metrics = _or_exit(lambda: run_inprocess(fed, server_seed, on_round)[0])
+            metrics = or_exit(lambda: run_inprocess(fed, server_seed, on_round)[0])
     final = metrics.get("final", {})
     if final:
         console.print(
@@ -223,8 +225,8 @@ def catalog_build_cmd(
     from fedrec.common.data.catalog import Catalog, save_catalog, schema_disclosures
     from fedrec.common.data.sources import load_interactions
 
-    fed = _federation_config(config, set_, {"data": data})
-    interactions = _or_exit(
+    fed = federation_config(config, set_, {"data": data})
+    interactions = or_exit(
         lambda: load_interactions(fed.data, threshold=fed.threshold, synthetic=fed.synthetic())
     )
     catalog = Catalog.of(interactions)
@@ -238,7 +240,7 @@ def catalog_build_cmd(
             f" {min_users}), or pass --allow-user-values"
         )
         raise typer.Exit(code=2)
-    _or_exit(lambda: save_catalog(catalog, out))
+    or_exit(lambda: save_catalog(catalog, out))
     for line in _catalog_lines(catalog):
         console.print(line, markup=False, highlight=False)
     console.print(f"catalog written to [bold]{out}[/]")
@@ -251,7 +253,7 @@ def catalog_show_cmd(
     """Verify a catalog file (its content hash) and describe it."""
     from fedrec.common.data.catalog import load_catalog
 
-    catalog = _or_exit(lambda: load_catalog(path))
+    catalog = or_exit(lambda: load_catalog(path))
     for line in _catalog_lines(catalog):
         console.print(line, markup=False, highlight=False)
 
@@ -278,7 +280,7 @@ def download_cmd(
     """Download a public data set, verify its sha256 and unpack it."""
     from fedrec.common.data.download import download_dataset
 
-    folder = _or_exit(lambda: download_dataset(name, to))
+    folder = or_exit(lambda: download_dataset(name, to))
     console.print(f"{name} ready at [bold]{folder}[/]")
 
 
@@ -298,8 +300,8 @@ def encrypt_cmd(
     """
     from fedrec.client.encrypted_shards import write_encrypted_shards
 
-    fed = _federation_config(config, set_, {"data": data})
-    users = _or_exit(lambda: write_encrypted_shards(fed, out, key_file))
+    fed = federation_config(config, set_, {"data": data})
+    users = or_exit(lambda: write_encrypted_shards(fed, out, key_file))
     console.print(f"{users} encrypted shards in [bold]{out}[/] (key: {key_file})")
 
 
@@ -312,7 +314,7 @@ def rotate_key_cmd(
     """Re-encrypt every shard under a new key; rerun after an interruption to finish."""
     from fedrec.client.encrypted_shards import rotate_shard_keys
 
-    result = _or_exit(lambda: rotate_shard_keys(folder, old_key_file, new_key_file))
+    result = or_exit(lambda: rotate_shard_keys(folder, old_key_file, new_key_file))
     console.print(f"rotated {result.rotated} file(s), {result.already} already under the new key")
 
 
@@ -349,7 +351,7 @@ def prepare_cmd(
     from fedrec.common.data.anonymize import AnonymizeConfig
     from fedrec.simulations.prepare import PrepareConfig, prepare, summary_lines
 
-    config = _or_exit(
+    config = or_exit(
         lambda: PrepareConfig(
             source=source,
             out=out,
@@ -367,32 +369,9 @@ def prepare_cmd(
             item_features=item_features,
         )
     )
-    summary = _or_exit(lambda: prepare(config))
+    summary = or_exit(lambda: prepare(config))
     for line in summary_lines(summary, out):
         console.print(line, markup=False, highlight=False)
-
-
-def _federation_config(config: Path | None, set_: list[str] | None, options: dict[str, Any]) -> Any:
-    """Scenario TOML, then ``--set KEY=VALUE`` overrides, then the named options (if given),
-    parsed once into a FederationConfig (one red line and exit 2 on any error)."""
-    from fedrec.common.fedconfig import FederationConfig
-    from fedrec.simulations.runner import apply_settings, load_scenario
-
-    values: dict[str, Any] = _or_exit(lambda: load_scenario(config)) if config else {}
-    values = _or_exit(lambda: apply_settings(values, set_ or []))
-    for key, value in options.items():
-        if value is not None:
-            values[key] = str(value) if isinstance(value, Path) else value
-    return _or_exit(lambda: FederationConfig.from_mapping(values))
-
-
-def _or_exit(fn: Any) -> Any:
-    """Run ``fn``; turn expected user errors into one red line and exit code 2."""
-    try:
-        return fn()
-    except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(code=2) from err
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.features import UserFeatureSchema, append_item_block
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.synthetic import SyntheticConfig
-from fedrec.common.runs import write_arrays
+from fedrec.common.files import write_atomic
 
 __all__ = [
     "CATALOG_FORMAT",
@@ -47,6 +47,7 @@ __all__ = [
     "CatalogError",
     "ItemBlock",
     "build_catalog",
+    "dump_catalog",
     "load_catalog",
     "read_catalog",
     "save_catalog",
@@ -224,12 +225,18 @@ def build_catalog(
     return Catalog.of(load_interactions(data, threshold=threshold, synthetic=synthetic))
 
 
-def save_catalog(catalog: Catalog, path: str | Path) -> Path:
-    """Write ``catalog`` to ``path`` atomically (a crash leaves the old file or the new one)."""
-    path = Path(path)
+def dump_catalog(catalog: Catalog) -> bytes:
+    """The bytes of ``catalog``'s file (what :func:`save_catalog` writes)."""
     meta = {**catalog._meta(), "sha256": catalog.hash}
     encoded = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    return write_arrays(path, {_META: encoded, _FEATURES: catalog.item_features})
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=encoded, item_features=catalog.item_features)  # _META, _FEATURES
+    return buffer.getvalue()
+
+
+def save_catalog(catalog: Catalog, path: str | Path) -> Path:
+    """Write ``catalog`` to ``path`` atomically (a crash leaves the old file or the new one)."""
+    return write_atomic(path, dump_catalog(catalog))
 
 
 def load_catalog(path: str | Path) -> Catalog:

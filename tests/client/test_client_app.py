@@ -16,10 +16,8 @@ from fedrec.client.app import make_client_app
 from fedrec.client.data import DataSetPartitions, LocalUser
 from fedrec.client.local import build_local_model, local_train
 from fedrec.client.mods import CATALOG_MISMATCH_ERROR
-from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.client.trainers import local_train_config
 from fedrec.common import keys
-from fedrec.common.crypto import create_key_file
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.shard import UserShard
 from fedrec.common.data.split import NO_ITEM
@@ -245,6 +243,9 @@ class _TrainOnly:
     def __init__(self, inner: DataSetPartitions) -> None:
         self.inner = inner
 
+    def catalog(self, config: FederationConfig, context: Context) -> Catalog:
+        return self.inner.catalog(config, context)
+
     def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
         user = self.inner.local_user(config, context)
         full = user.shard
@@ -410,48 +411,11 @@ def test_data_of_another_catalog_is_a_clear_error(initial: ArrayRecord) -> None:
         app(server_message("train", initial, context.node_id, 1, catalog=other), context)
 
 
-# --- a deployed device: its own store, no partition-id -------------------------------------------
-def test_a_device_trains_from_its_own_store_across_runs(
-    shards: DataSetPartitions, initial: ArrayRecord, tmp_path: Path
-) -> None:
-    key_file = tmp_path / "device.key"
-    key = create_key_file(key_file)
-    folder = tmp_path / "store" / "alice"
-    shard = shards.local_user(CONFIG, node_context(3, USERS)).shard
-    EncryptedFileStore(folder, key, "alice").save_shard(shard)
-    app = make_client_app(CONFIG)  # no source: chosen from the node config
-
-    def device_context() -> Context:  # a new run: Flower's context.state starts empty
-        node_config = {"store": str(folder), "key-file": str(key_file), "catalog": CONFIG.catalog}
-        return Context(run_id=7, node_id=12345, node_config=node_config,
-                       state=RecordDict(), run_config={})  # fmt: skip
-
-    first = _train(app, device_context(), initial, 1)
-    assert first.content[keys.METRICS][keys.RETURNING] == 0
-    assert first.content[keys.METRICS][keys.NUM_EXAMPLES] == len(shard.train_items) * 5
-    stored = EncryptedFileStore(folder, key, "alice").load(keys.STATE_PRIVATE)
-    assert stored is not None and set(stored) == {"user_embedding.weight", "user_features"}
-    second = _train(app, device_context(), initial, 2)  # another run, same store
-    assert second.content[keys.METRICS][keys.RETURNING] == 1  # the row came from its store
-    reply = app(server_message("evaluate", initial, 12345, 2, catalog=CATALOG), device_context())
-    assert not reply.has_error() and reply.content[keys.METRICS][keys.USERS] == 1
-
-
+# --- a node that is neither a partition nor a device ---------------------------------------
 def test_a_node_without_partition_or_store_is_a_clear_error(initial: ArrayRecord) -> None:
     app = make_client_app(CONFIG)
     context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(ValueError, match=r"no 'partition-id'.*store=PATH"):
-        app(server_message("train", initial, 5, 1, catalog=CATALOG), context)
-
-
-def test_a_device_store_needs_its_own_key_and_catalog(tmp_path: Path) -> None:
-    """Never the server's run-config paths: a device names its key file and catalog."""
-    (tmp_path / "store").mkdir()
-    app = make_client_app(CONFIG.replace(key_file=str(tmp_path / "server.key")))
-    context = Context(run_id=1, node_id=5, node_config={"store": str(tmp_path / "store")},
-                      state=RecordDict(), run_config={})  # fmt: skip
-    initial = ArrayRecord(initial_shared_state(CATALOG, CONFIG.dim, CONFIG.seed))
-    with pytest.raises(ValueError, match="also needs key-file=PATH, catalog=PATH"):
         app(server_message("train", initial, 5, 1, catalog=CATALOG), context)
 
 
