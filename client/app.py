@@ -135,14 +135,16 @@ class Handlers:
         torch.set_num_threads(1)
         config = self.config_of(context)
         user = self.local_user(config, context)
-        private = user.store.load(keys.STATE_PRIVATE)
+        private = _private_row(user, config.dim)
         model = self._model(msg, config, user, private, context)
         rng = np.random.default_rng([config.seed, user.stream, _round(msg)])
         trained = trainer_for(config)(model, user.shard, user.store, rng)
         user.store.save(keys.STATE_PRIVATE, private_state(model))
         if user.device is not None:  # a deployed device keeps the model for its own use
             user.device.cache_model(arrays_of(msg.content), _round(msg), config_of(msg.content))
-            user.device.note_round(config, True, config_of(msg.content))
+            user.device.note_round(
+                config, _round(msg), len(user.shard.train_items), config_of(msg.content)
+            )
         returning = int(private is not None)
         metrics = MetricRecord({**trained, keys.UNIT_WEIGHT: 1, keys.RETURNING: returning})
         content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
@@ -152,7 +154,7 @@ class Handlers:
         torch.set_num_threads(1)
         config = self.config_of(context)
         user = self.local_user(config, context)
-        private = user.store.load(keys.STATE_PRIVATE)
+        private = _private_row(user, config.dim)
         model = self._model(msg, config, user, private, context)
         rng = np.random.default_rng([config.seed, user.stream, _round(msg), EVAL_STREAM])
         # not stored: evaluating must not change what the next train round starts from
@@ -179,6 +181,17 @@ class Handlers:
         seed = int(np.random.default_rng([config.seed, user.stream]).integers(2**31))
         catalog = self.catalog_of(context)
         return build_local_model(catalog, user.shard, config.dim, shared, private, seed)
+
+
+def _private_row(user: LocalUser, dim: int) -> Mapping[str, torch.Tensor] | None:
+    """The user's stored private state. A device keeps it across runs, and a later run may
+    train a model of another width: its row of the old width is set aside (learnt anew)
+    rather than failing every round; in a simulation a mismatch is a bug and stays one."""
+    private = user.store.load(keys.STATE_PRIVATE)
+    if private is None or user.device is None:
+        return private
+    row = private.get("user_embedding.weight")
+    return private if row is not None and tuple(row.shape) == (1, dim) else None
 
 
 def _round(msg: Message) -> int:

@@ -53,6 +53,7 @@ __all__ = [
     "LocalUser",
     "ModelCache",
     "ShardSource",
+    "check_state_is_kept",
     "partition_of",
     "pseudonym",
     "published_catalog",
@@ -74,7 +75,9 @@ class ModelCache(Protocol):
 
     def cache_model(self, arrays: ArrayRecord, server_round: int, config: ConfigRecord) -> None: ...
 
-    def note_round(self, config: FederationConfig, trained: bool, server: ConfigRecord) -> None: ...
+    def note_round(
+        self, config: FederationConfig, server_round: int, trained_on: int, server: ConfigRecord
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,22 @@ def pseudonym(user: int) -> str:
     return f"user-{user:06d}"
 
 
+def check_state_is_kept(config: FederationConfig) -> None:
+    """A resumed run with device DP must find every ledger where the last run left it: in
+    memory (``context.state``, one run) each would start again at ε = 0. A deployed device
+    keeps its own in its store; a simulated node needs ``state-dir``."""
+    if config.resume and config.record_level_dp and not config.state_dir:
+        raise ValueError(
+            "resuming with local DP needs state-dir: in memory (context.state) every"
+            " device's ledger would start again at ε = 0"
+        )
+
+
 def state_store(config: FederationConfig, context: Context, name: str) -> StateStore:
     """Where a simulated node's state lives between rounds: Flower's ``context.state``
     (memory, one run), or an encrypted folder per user under ``state-dir``."""
     if not config.state_dir:
+        check_state_is_kept(config)
         return ContextStateStore(context.state)
     return EncryptedFileStore(Path(config.state_dir) / name, read_key_file(config.key_file), name)
 

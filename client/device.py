@@ -71,6 +71,7 @@ __all__ = [
     "DeviceStatus",
     "Interaction",
     "Recommendation",
+    "read_passphrase",
 ]
 
 DEVICE_FORMAT = 1  # the layout of a device store; later versions keep reading this one
@@ -115,6 +116,8 @@ class DeviceStatus:
     model_round: int | None  # the round of the cached global model (None: none yet)
     model_catalog_sha256: str | None
     rounds_joined: int  # train rounds this device took part in
+    last_round: int | None  # the last train round it took part in
+    last_trained_on: int | None  # how many of its interactions that round trained on
     interactions: int
     record_epsilon: float | None  # ε of the device's own DP-SGD ledger, at record_delta
     record_delta: float | None
@@ -344,6 +347,8 @@ class Device:
             model_round=model_meta.get("round"),
             model_catalog_sha256=model_meta.get("catalog_sha256"),
             rounds_joined=int(status.get("rounds_joined", 0)),
+            last_round=status.get("last_round"),
+            last_trained_on=status.get("last_trained_on"),
             interactions=len(self.history()),
             record_epsilon=record_epsilon,
             record_delta=delta,
@@ -364,10 +369,14 @@ class Device:
         }
         self.store.save_object(MODEL_KEY, _MODEL, meta, {k: v.numpy() for k, v in arrays.items()})
 
-    def note_round(self, config: FederationConfig, trained: bool, server: ConfigRecord) -> None:
-        """Count a round the device took part in, and what the server said of its ε."""
+    def note_round(
+        self, config: FederationConfig, server_round: int, trained_on: int, server: ConfigRecord
+    ) -> None:
+        """Count a train round the device took part in (``trained_on``: how many of its
+        interactions it trained on), and what the server said of its ε."""
         status = self.store.load_json(STATUS_KEY) or {}
-        status["rounds_joined"] = int(status.get("rounds_joined", 0)) + int(trained)
+        status["rounds_joined"] = int(status.get("rounds_joined", 0)) + 1
+        status["last_round"], status["last_trained_on"] = server_round, trained_on
         if config.record_level_dp:
             status["record_delta"] = config.local_dp_delta
         if keys.USER_EPSILON in server:
@@ -442,9 +451,7 @@ class DeviceSource:
             raise DeviceError("a device store opens with key-file=PATH or passphrase-file=PATH")
 
     def device(self) -> Device:
-        passphrase = None
-        if self.passphrase_file is not None:
-            passphrase = Path(self.passphrase_file).read_text(encoding="utf-8").rstrip("\n")
+        passphrase = read_passphrase(self.passphrase_file) if self.passphrase_file else None
         return Device.open(self.folder, key_file=self.key_file, passphrase=passphrase)
 
     def catalog(self, config: FederationConfig, context: Context) -> Catalog:
@@ -462,6 +469,12 @@ class DeviceSource:
 @lru_cache(maxsize=4)
 def _stored_catalog(source: DeviceSource, version: tuple[int, int, int, int]) -> Catalog:
     return source.device().catalog
+
+
+def read_passphrase(path: str | Path) -> str:
+    """A store's passphrase from a file: its first line (no newline)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return lines[0] if lines else ""
 
 
 def _key_material(

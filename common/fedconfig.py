@@ -235,11 +235,6 @@ class FederationConfig:
                 'local DP needs client-weighting = "uniform": a device that declines at its'
                 " budget sends a zero update with no examples (and counts stay private)"
             )
-        if self.resume and not self.state_dir:
-            raise ValueError(
-                "resuming with local DP needs state-dir: in memory (context.state) every"
-                " device's ledger would start again at ε = 0"
-            )
         if self.local_dp_clip_norm <= 0:
             raise ValueError(f"local-dp-clip-norm must be > 0, got {self.local_dp_clip_norm}")
         if self.local_optimizer != "sgd":

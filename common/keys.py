@@ -54,7 +54,7 @@ VAL_PREFIX = "val-"  # val-hr@10 etc.: the validation item, used to pick the bes
 # Config keys sent by the server each round
 SERVER_ROUND = "server-round"
 CATALOG_HASH = "catalog-hash"  # the SHA-256 of the catalog the round's model is built on
-USER_EPSILON = "user-epsilon"  # user-level ε the federation has spent before this round
+USER_EPSILON = "user-epsilon"  # user-level ε the run reaches with this round (DP-FedAvg)
 EVAL_SPLIT = "eval-split"  # "val" or "test"
 
 # Error codes of a device's refusal (its error reply): the server tells a setting that every

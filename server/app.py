@@ -142,7 +142,7 @@ def run_federation(
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         header = {
-            "job": "simulate",
+            "job": "federation",
             "config": config.to_mapping(),
             "nodes": num_nodes,
             "strategy": repr(strategy),

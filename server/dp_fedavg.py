@@ -214,15 +214,15 @@ class DPFedAvg(StrategyWrapper[Strategy]):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         dp = self.dp
-        if dp.target_epsilon > 0:
-            after = self.ledger.epsilon_after(dp.delta, dp.noise_multiplier, dp.sample_rate, 1)
-            if after > dp.target_epsilon:
-                raise PrivacyBudgetExceeded(
-                    f"round {server_round} would raise user-level ε to {after:.4f} >"
-                    f" target {dp.target_epsilon}: the run must stop before it"
-                )
+        after = self.ledger.epsilon_after(dp.delta, dp.noise_multiplier, dp.sample_rate, 1)
+        if 0 < dp.target_epsilon < after:
+            raise PrivacyBudgetExceeded(
+                f"round {server_round} would raise user-level ε to {after:.4f} >"
+                f" target {dp.target_epsilon}: the run must stop before it"
+            )
         self._global = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
         config[keys.CLIPPING_NORM] = dp.clip_norm
+        config[keys.USER_EPSILON] = after  # what a device in this round is covered by
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(

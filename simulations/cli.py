@@ -6,10 +6,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedrec.simulations.cli_client import client_app
-from fedrec.simulations.cli_common import console, federation_config, or_exit
+from fedrec.simulations.cli_common import (
+    console,
+    federation_config,
+    or_exit,
+    print_results,
+    progress_view,
+    round_line,
+)
+from fedrec.simulations.cli_server import deploy_app, server_app
 
 __all__ = ["app", "main"]
 
@@ -27,6 +34,8 @@ catalog_app = typer.Typer(
 )
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(client_app, name="client")
+app.add_typer(server_app, name="server")
+app.add_typer(deploy_app, name="deploy")
 
 DataOption = Annotated[
     str, typer.Option("--data", help="'synthetic' (embedded default) or a path to a data set.")
@@ -69,7 +78,7 @@ def train_central_cmd(
         )
     )
     total = 1 if model == "mostpop" else epochs
-    with _progress() as progress:
+    with progress_view() as progress:
         task = progress.add_task(f"train-central {model}", total=total, info="")
 
         def on_epoch(record: dict[str, Any]) -> None:
@@ -130,23 +139,11 @@ def simulate_cmd(
         },
     )
 
-    table_rows: list[dict[str, Any]] = []
-    with _progress() as progress:
+    with progress_view() as progress:
         task = progress.add_task("simulate (starting Ray)", total=fed.num_rounds, info="")
 
         def on_round(record: dict[str, Any]) -> None:
-            table_rows.append(record)
-            hr = record.get("eval", {}).get("hr@10")
-            quality = f"  HR@10 {hr:.3f}" if hr is not None else ""
-            loss = record.get("train_loss")
-            eps = record.get("privacy", {}).get("user_level", {}).get("epsilon")
-            info = (
-                f"round {record['round']}  clients {record.get('clients_replied', 0)}/"
-                f"{record.get('clients_sampled', 0)}"
-                + (f"  loss {loss:.4f}" if loss is not None else "")
-                + quality
-                + (f"  ε {eps:.3f}" if eps is not None else "")
-            )
+            info = round_line(record)
             progress.update(task, completed=record["round"], info=info, description="simulate")
 
         if server_seed is None:
@@ -154,49 +151,7 @@ def simulate_cmd(
         else:
             progress.update(task, description="simulate (in-process, seeded)")
             metrics = or_exit(lambda: run_inprocess(fed, server_seed, on_round)[0])
-    final = metrics.get("final", {})
-    if final:
-        console.print(
-            f"[bold]test[/] (best val round {metrics['best_round']}): "
-            f"HR@10 {final['hr@10']:.4f}  NDCG@10 {final['ndcg@10']:.4f}  "
-            f"full HR@10 {final['full_hr@10']:.4f}  full NDCG@10 {final['full_ndcg@10']:.4f}"
-        )
-    b = metrics["bytes_per_client_round"]
-    console.print(f"bytes per client per round: down {b['down']:.0f}  up {b['up']:.0f}")
-    _print_privacy(metrics.get("privacy", {}))
-    console.print(f"run folder: [bold]{out}[/] (config.json, metrics.json, model.npz, *.png)")
-
-
-def _print_privacy(privacy: dict[str, Any]) -> None:
-    user, record = privacy.get("user_level"), privacy.get("record_level")
-    if user:
-        stop = (
-            f", stopped by the budget at round {privacy['stop_round']}"
-            if privacy.get("stopped_by_budget")
-            else ""
-        )
-        console.print(
-            f"user-level DP: ε {user['epsilon']:.3f} (δ {user['delta']:g}) after"
-            f" {user['rounds']} rounds, z {user['z']:.3f}, C {user['C']:g}, q {user['q']:.4f},"
-            f" {user['accountant']}{stop}"
-        )
-    if record and record.get("epsilon_max") is not None:
-        console.print(
-            f"record-level DP (devices): ε min/median/max {record['epsilon_min']:.3f}/"
-            f"{record['epsilon_median']:.3f}/{record['epsilon_max']:.3f} (δ {record['delta']:g}),"
-            f" {record['clients_at_budget']} device(s) reached their budget"
-        )
-
-
-def _progress() -> Progress:
-    """The live view: description, bar, a line of current figures, elapsed time."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    print_results(metrics, out)
 
 
 @catalog_app.command("build")

@@ -7,8 +7,16 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-__all__ = ["console", "federation_config", "or_exit"]
+__all__ = [
+    "console",
+    "federation_config",
+    "or_exit",
+    "print_results",
+    "progress_view",
+    "round_line",
+]
 
 console = Console()
 
@@ -34,3 +42,64 @@ def or_exit(fn: Any) -> Any:
     except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(code=2) from err
+
+
+def progress_view() -> Progress:
+    """The live view: description, bar, a line of current figures, elapsed time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def round_line(record: dict[str, Any]) -> str:
+    """One round's figures (a rounds.jsonl record) for the live view."""
+    hr = record.get("eval", {}).get("hr@10")
+    loss = record.get("train_loss")
+    eps = record.get("privacy", {}).get("user_level", {}).get("epsilon")
+    return (
+        f"round {record['round']}  clients {record.get('clients_replied', 0)}/"
+        f"{record.get('clients_sampled', 0)}"
+        + (f"  loss {loss:.4f}" if loss is not None else "")
+        + (f"  HR@10 {hr:.3f}" if hr is not None else "")
+        + (f"  ε {eps:.3f}" if eps is not None else "")
+    )
+
+
+def print_results(metrics: dict[str, Any], out: Path) -> None:
+    """What a finished federation (simulated or deployed) prints: test quality, bytes, ε."""
+    final = metrics.get("final", {})
+    if final:
+        console.print(
+            f"[bold]test[/] (best val round {metrics['best_round']}): "
+            f"HR@10 {final['hr@10']:.4f}  NDCG@10 {final['ndcg@10']:.4f}  "
+            f"full HR@10 {final['full_hr@10']:.4f}  full NDCG@10 {final['full_ndcg@10']:.4f}"
+        )
+    b = metrics["bytes_per_client_round"]
+    console.print(f"bytes per client per round: down {b['down']:.0f}  up {b['up']:.0f}")
+    _print_privacy(metrics.get("privacy", {}))
+    console.print(f"run folder: [bold]{out}[/] (config.json, metrics.json, model.npz, *.png)")
+
+
+def _print_privacy(privacy: dict[str, Any]) -> None:
+    user, record = privacy.get("user_level"), privacy.get("record_level")
+    if user:
+        stop = (
+            f", stopped by the budget at round {privacy['stop_round']}"
+            if privacy.get("stopped_by_budget")
+            else ""
+        )
+        console.print(
+            f"user-level DP: ε {user['epsilon']:.3f} (δ {user['delta']:g}) after"
+            f" {user['rounds']} rounds, z {user['z']:.3f}, C {user['C']:g}, q {user['q']:.4f},"
+            f" {user['accountant']}{stop}"
+        )
+    if record and record.get("epsilon_max") is not None:
+        console.print(
+            f"record-level DP (devices): ε min/median/max {record['epsilon_min']:.3f}/"
+            f"{record['epsilon_median']:.3f}/{record['epsilon_max']:.3f} (δ {record['delta']:g}),"
+            f" {record['clients_at_budget']} device(s) reached their budget"
+        )

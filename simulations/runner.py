@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedrec.client.data import check_state_is_kept
 from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
@@ -86,6 +87,7 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
     folder) unless ``catalog`` names one, which must then list this data set's items; the
     ServerApp reads only that file. The run also waits for every node before round 1.
     """
+    check_state_is_kept(config)  # before anything starts, not in every node's first round
     data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
     with tempfile.TemporaryDirectory(prefix="fedrec-catalog-") as scratch:
         if config.catalog:

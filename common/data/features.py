@@ -99,6 +99,16 @@ class FeatureColumn:
                 out[row, index[value]] = 1.0
         return out
 
+    def decode(self, row: np.ndarray) -> str:
+        """A raw value whose encoding is ``row`` (this column's slice); MISSING for zeros
+        of a categorical column. ``encode([decode(row)])`` gives ``row`` back (float32)."""
+        if self.encoding == "age":
+            return repr(float(row[0]) * 100.0)
+        if self.encoding == "scaled":
+            return repr(self.low + float(row[0]) * (self.high - self.low))
+        hot = np.flatnonzero(row)
+        return self.categories[int(hot[0])] if len(hot) else MISSING
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"attribute": self.attribute, "encoding": self.encoding}
         if self.encoding in ("one-hot", "zip-region"):
@@ -164,6 +174,19 @@ class UserFeatureSchema:
             known = [c.attribute for c in self.columns]
             raise ValueError(f"user attributes {unknown} are not in the catalog's schema {known}")
         return self.encode({"me": dict(attributes)}, ["me"])[0]
+
+    def decode_one(self, row: np.ndarray) -> dict[str, str]:
+        """Raw attributes that :meth:`encode_one` turns into ``row`` (a data set's user
+        becoming a device: ``fedrec deploy local``); missing ones are left out."""
+        if len(row) != self.width:
+            raise ValueError(f"a user feature row of width {len(row)}, the schema has {self.width}")
+        out, start = {}, 0
+        for column in self.columns:
+            value = column.decode(np.asarray(row[start : start + column.width]))
+            start += column.width
+            if value != MISSING:
+                out[column.attribute] = value
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"width": self.width, "columns": [c.to_dict() for c in self.columns]}

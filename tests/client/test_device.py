@@ -151,7 +151,21 @@ def test_a_device_trains_from_its_store_and_keeps_state_across_runs(
     assert evaluated.content[keys.METRICS][keys.USERS] == 1
     status = device.status()
     assert status.rounds_joined == 2 and status.model_round == 2
+    assert (status.last_round, status.last_trained_on) == (2, 10)  # 12 minus the 2 held out
     assert status.model_catalog_sha256 == CATALOG.hash and status.last_sync
+
+
+def test_a_later_run_of_another_model_width_starts_a_new_row(
+    tmp_path: Path, initial: ArrayRecord
+) -> None:
+    device = _device(tmp_path)
+    _round(make_client_app(CONFIG), tmp_path, "train", initial, 1)
+    narrower = CONFIG.replace(dim=4)  # the next run: the operator changed the model
+    arrays = ArrayRecord(initial_shared_state(CATALOG, narrower.dim, narrower.seed))
+    reply = _round(make_client_app(narrower), tmp_path, "train", arrays, 1)
+    assert reply.content[keys.METRICS][keys.RETURNING] == 0  # the old row was set aside
+    stored = device.store.load(keys.STATE_PRIVATE)
+    assert stored is not None and tuple(stored["user_embedding.weight"].shape) == (1, 4)
 
 
 def test_recommendations_offline_exclude_seen_and_explain(
@@ -216,6 +230,7 @@ def test_a_store_of_format_1_still_opens_and_reads_the_same(tmp_path: Path) -> N
     )  # fmt: skip
     status = device.status()
     assert (status.model_round, status.rounds_joined, status.interactions) == (3, 1, 9)
+    assert status.last_round is None  # v1 stores predate it: read as unknown
     assert status.catalog_sha256 == status.model_catalog_sha256 == device.catalog.hash
     assert device.catalog.num_items == 150 and device.catalog.user_feature_dim == 23
     assert [r.item for r in device.recommend(k=3)] == ["138", "141", "135"]

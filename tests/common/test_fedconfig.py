@@ -157,7 +157,6 @@ def test_user_level_dp_accepts_a_target_instead_of_z() -> None:
         ({"local-dp-delta": 0.0}, "local-dp-delta"),
         ({"local-epsilon-budget": -1.0}, "local-epsilon-budget"),
         ({"client-weighting": "examples"}, "uniform"),
-        ({"resume": "runs/a"}, "state-dir"),
     ],
 )
 def test_record_level_dp_settings_are_checked(changes: dict, match: str) -> None:

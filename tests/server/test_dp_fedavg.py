@@ -93,7 +93,9 @@ def _round(
     assert strategy.user_dp is not None
     clip = strategy.user_dp.dp.clip_norm  # every cohort member is told C
     assert all(m.content[keys.CONFIG][keys.CLIPPING_NORM] == clip for m in messages)
+    told = {m.content[keys.CONFIG][keys.USER_EPSILON] for m in messages}  # the device's status
     new, _ = strategy.aggregate_train(server_round, replies)
+    assert len(told) == 1 and told.pop() == pytest.approx(_record(strategy)["epsilon"])
     assert new is not None
     return {k: v.numpy().astype(np.float64) for k, v in new.items()}
 

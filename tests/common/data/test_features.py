@@ -46,6 +46,27 @@ def test_user_features_hand_computed() -> None:
     np.testing.assert_array_equal(feats[:, zip_cols].sum(axis=1), [1, 1, 1])
 
 
+def test_a_decoded_row_encodes_back_to_itself() -> None:
+    """A data set's user becoming a device (fedrec deploy local) keeps its feature row."""
+    from fedrec.common.data.features import UserFeatureSchema
+
+    meta = {
+        "1": {"age": "24", "gender": "M", "zip": "85711", "score": "10"},
+        "2": {"age": "35-44", "gender": "F", "zip": "T8H1N", "score": "30"},
+        "3": {"age": "", "gender": "", "zip": "", "score": "20"},
+    }
+    schema = UserFeatureSchema.fit(meta, ["1", "2", "3"])
+    rows = schema.encode(meta, ["1", "2", "3"])
+    decoded = [schema.decode_one(row) for row in rows]
+    assert decoded[0]["gender"] == "M" and decoded[1]["zip"] == "other"
+    assert float(decoded[1]["age"]) == pytest.approx(39.5)
+    assert "gender" not in decoded[2]  # missing stays missing
+    for row, attributes in zip(rows, decoded, strict=True):
+        np.testing.assert_array_equal(schema.encode_one(attributes), row)
+    with pytest.raises(ValueError, match="width 3, the schema has 15"):
+        schema.decode_one(np.zeros(3))
+
+
 def test_user_features_row_order_follows_user_ids() -> None:
     meta = {"a": {"gender": "F"}, "b": {"gender": "M"}}
     fa, _ = encode_user_features(meta, ["a", "b"])
