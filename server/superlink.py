@@ -55,12 +55,15 @@ class DeploymentError(RuntimeError):
     """The SuperLink refused a request, or a run did not complete."""
 
 
+IN_MEMORY = ":flwr-in-memory:"  # Flower's in-process LinkState: lost when the SuperLink stops
+
+
 @dataclass(frozen=True)
 class SuperLinkSettings:
     """How to start the SuperLink: its credentials folder, state database and address."""
 
     credentials: Path  # holds ca.crt, server.pem, server.key (fedrec server certs)
-    database: Path  # registrations and runs survive a restart
+    database: Path | None  # registrations and runs survive a restart; None: in memory
     host: str = "0.0.0.0"
     port: int = 8000
 
@@ -92,7 +95,7 @@ class SuperLinkSettings:
             "--ssl-keyfile", str(self.credentials / SERVER_KEY),
             "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
-            "--database", str(self.database),
+            "--database", str(self.database) if self.database else IN_MEMORY,
             "--host", self.host,
             "--port", str(self.port),
         ]  # fmt: skip

@@ -211,6 +211,14 @@ def deploy_local_cmd(
     config: Annotated[Path | None, typer.Option("--config", help="Scenario TOML.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="'synthetic' or a path.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting.")] = None,
+    keep_state: Annotated[
+        bool,
+        typer.Option(
+            "--keep-state",
+            help="SuperLink state in a database file (survives a SuperLink restart; on a"
+            " loaded machine Flower's SQLite lock can time out and lose a reply).",
+        ),
+    ] = False,
 ) -> None:
     """A whole deployment on loopback: CA and keys, SuperLink (TLS, node auth), one sealed
     device store per user, N SuperNodes, the run; every process stopped at the end.
@@ -234,7 +242,7 @@ def deploy_local_cmd(
             info = round_line(record)
             progress.update(task, completed=record["round"], info=info, description="federation")
 
-        deployment = LocalDeployment(out, nodes, fed, on_event=on_event)
+        deployment = LocalDeployment(out, nodes, fed, on_event=on_event, keep_state=keep_state)
         try:
             with interrupt_on_sigterm(), deployment:
                 outcome = or_exit(lambda: deployment.run(on_round))

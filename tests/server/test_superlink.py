@@ -66,6 +66,8 @@ def test_superlink_settings_check_the_credentials(tmp_path: Path) -> None:
         assert flag in argv
     assert argv[argv.index("--database") + 1] == str(tmp_path / "state.db")
     assert "--insecure" not in argv
+    in_memory = SuperLinkSettings(tmp_path, None).argv()
+    assert in_memory[in_memory.index("--database") + 1] == ":flwr-in-memory:"
     assert settings.address == "127.0.0.1:18000"  # it listens everywhere; dial loopback
     assert SuperLinkSettings(tmp_path, tmp_path / "db", host="::1", port=9).address == "[::1]:9"
     with pytest.raises(ValueError, match="port must be"):

@@ -75,7 +75,7 @@ def _open(deployment: LocalDeployment, n: int, **kwargs: Any) -> Device:
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     out = tmp_path_factory.mktemp("deploy") / "run"
     seen: dict[str, Any] = {"rounds": []}
-    with LocalDeployment(out, NODES, CONFIG) as deployment:
+    with LocalDeployment(out, NODES, CONFIG, keep_state=True) as deployment:
 
         def on_round(record: dict[str, Any]) -> None:
             seen["rounds"].append(record["round"])
@@ -246,3 +246,16 @@ def test_the_operator_resumes_the_run_from_its_checkpoint(
     assert [r["round"] for r in metrics["rounds"]] == [4]  # one more round, not four
     assert (out / "quality.png").exists() and "run folder" in result.output
     assert _open(deployment, 1).status().model_round == 4
+
+
+def test_recommend_works_with_the_superlink_stopped(deployed: dict[str, Any]) -> None:
+    deployment = deployed["deployment"]
+    deployment.stop_superlink()
+    node = deployment.devices[2]
+    args = ["client", "recommend", "--store", str(node.store), "--key-file", str(node.key_file),
+            "-k", "10", "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    seen = {i.item for i in _open(deployment, 2).history()}
+    assert len(document["items"]) == 10 and not seen & {i["item"] for i in document["items"]}
