@@ -18,6 +18,7 @@ from fedrec.common import keys
 __all__ = [
     "arrays_of",
     "config_of",
+    "describe_received",
     "integer",
     "message_bytes",
     "metrics_of",
@@ -80,3 +81,33 @@ def text(record: Mapping[str, object], key: str, default: str | None = None) -> 
 def message_bytes(message: Message) -> int:
     """Payload bytes of a message's records (what travels, without framing)."""
     return sum(r.count_bytes() for r in message.content.values()) if message.has_content() else 0
+
+
+def describe_received(messages: list[Message], into: dict[str, dict[str, object]]) -> None:
+    """Add what ``messages`` carry to ``into``: per ``record/key``, its kind (array, metric,
+    config), shape and dtype (arrays) or value type, and how many messages carried it.
+
+    The server's own evidence of what it received (``rounds.jsonl``, ``received``): names and
+    shapes only, never a value."""
+    for message in messages:
+        if message.has_error() or not message.has_content():
+            continue
+        content = message.content
+        found: list[tuple[str, dict[str, object]]] = []
+        for name, arrays in content.array_records.items():
+            found += [
+                (f"{name}/{key}", {"kind": "array", "shape": list(a.shape), "dtype": a.dtype})
+                for key, a in arrays.items()
+            ]
+        for kind, records in (
+            ("metric", content.metric_records),
+            ("config", content.config_records),
+        ):
+            for name, record in records.items():
+                found += [
+                    (f"{name}/{key}", {"kind": kind, "type": type(value).__name__})
+                    for key, value in record.items()
+                ]
+        for key, entry in found:
+            seen = into.setdefault(key, {"messages": 0})
+            seen.update(entry, messages=int(str(seen["messages"])) + 1)

@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrec.common import keys
-from fedrec.common.records import message_bytes, scalar
+from fedrec.common.records import describe_received, message_bytes, scalar
 from fedrec.common.runs import append_round
 from fedrec.common.secagg.grid import SecureAggregationGrid, secure_sum
 from fedrec.server.cohorts import CohortGrid, CohortSampler, connected_nodes, in_cohort_order
@@ -123,6 +123,8 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             replies = [m for m in replies if not secure_sum(m)[1]]
         ok = [m for m in replies if not m.has_error()]
         ups = [message_bytes(m) for m in ok]
+        received: dict[str, dict[str, object]] = {}
+        describe_received(ok, received)
         self._stop_if_refused(absolute, replies)  # before DP-FedAvg would spend ε on it
         arrays, metrics = self.inner.aggregate_train(absolute, replies)
         if arrays is None and replies and not ok:  # (under DP: a noise-only round instead)
@@ -144,6 +146,7 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             returning=scalar(metrics, keys.RETURNING, 0.0) if metrics else None,
             train_seconds=time.perf_counter() - self._t0,
         )
+        rec["received"] = {"train": received}
         if forged:
             rec["clients_failed"] += forged
             rec["errors"] = [*rec["errors"], f"{forged} forged aggregate replies dropped"][:3]
@@ -185,7 +188,8 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             bytes_down_total=report["bytes_down"],
             bytes_up_total=report["bytes_up"],
             errors=report["errors"],
-            secagg=dict(report),
+            secagg={k: v for k, v in report.items() if k != "received"},
+            received=report["received"],  # the four stages' replies, not the sum it unmasked
         )
 
     def _privacy_record(self, ok: list[Message]) -> dict[str, Any]:
@@ -220,6 +224,10 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         if metrics is not None:
             rec["eval"] = {k: scalar(metrics, k) for k in metrics}
             rec["clients_evaluated"] = len(replies)
+        if replies:
+            evaluated: dict[str, dict[str, object]] = {}
+            describe_received(replies, evaluated)
+            rec.setdefault("received", {})["evaluate"] = evaluated
         rec["round_seconds"] = time.perf_counter() - self._t0
         self.records.append(dict(rec))
         if self.run_dir is not None:  # streamed, so a long run can be watched (tail -f)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fedrec.simulations.cli_audit import audit_cmd
 from fedrec.simulations.cli_client import client_app
 from fedrec.simulations.cli_common import (
     console,
@@ -36,6 +37,7 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(client_app, name="client")
 app.add_typer(server_app, name="server")
 app.add_typer(deploy_app, name="deploy")
+app.command("audit")(audit_cmd)
 
 DataOption = Annotated[
     str, typer.Option("--data", help="'synthetic' (embedded default) or a path to a data set.")

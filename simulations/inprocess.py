@@ -174,9 +174,11 @@ def run_inprocess(
     seed: int,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     client_app: ClientApp | None = None,
+    grid_factory: Callable[[ClientApp, int], InProcessGrid] = InProcessGrid,
 ) -> tuple[dict[str, Any], InProcessGrid]:
     """Run ``config`` with every server-side draw seeded by ``seed``; returns its metrics
-    (also written to ``config.out_dir``, with a ``reproducible`` record) and the grid."""
+    (also written to ``config.out_dir``, with a ``reproducible`` record) and the grid
+    (``grid_factory(app, nodes)``: an InProcessGrid that also records, for the audit)."""
     from fedrec.client.app import make_client_app
     from fedrec.server.app import run_federation
     from fedrec.server.factory import ServerRandomness
@@ -192,7 +194,7 @@ def run_inprocess(
         }
     }
     with simulation_inputs(config) as (config, num_users):
-        grid = InProcessGrid(client_app or make_client_app(config), num_users)
+        grid = grid_factory(client_app or make_client_app(config), num_users)
         with seeded_task(seed):
             metrics = run_federation(
                 grid,

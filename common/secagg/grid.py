@@ -52,7 +52,13 @@ from flwr.serverapp import Grid
 
 from fedrec.common import keys
 from fedrec.common.grids import GridWrapper
-from fedrec.common.records import arrays_of, config_of, message_bytes, numpy_arrays
+from fedrec.common.records import (
+    arrays_of,
+    config_of,
+    describe_received,
+    message_bytes,
+    numpy_arrays,
+)
 from fedrec.common.secagg import wire
 from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS, SecAggError, SecAggSettings
 from fedrec.common.secagg.protocol import SecAggServer
@@ -135,6 +141,7 @@ class SecureAggregationGrid(GridWrapper):
             replies = list(self.grid.send_and_receive(out, timeout=left))
             report["bytes_down"] += sum(message_bytes(m) for m in out)
             report["bytes_up"] += sum(message_bytes(m) for m in replies)
+            describe_received(replies, report["received"].setdefault(str(stage), {}))
             answers, errors = {}, []
             for reply in replies:
                 if reply.has_error():  # a dropout at this stage, with its reason
@@ -242,6 +249,7 @@ def _new_report(clients: int, status: str) -> dict[str, Any]:
         "bytes_up": 0,
         "stage_seconds": {},
         "status": status,
+        "received": {},  # per stage: what the replies carried (names, shapes, types)
     }
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedrec.common.records import (
     arrays_of,
     config_of,
+    describe_received,
     integer,
     metrics_of,
     numpy_arrays,
@@ -52,3 +53,20 @@ def test_values_by_type() -> None:
         text(config, "round")
     with pytest.raises(ValueError, match="'missing' holds None"):
         scalar(metrics, "missing")
+
+
+@pytest.mark.usefixtures("server_task")
+def test_what_was_received_is_described_by_name_shape_and_type_never_value() -> None:
+    replies = [Message(_content(), dst_node_id=n, message_type="train") for n in (1, 2)]
+    replies.append(Message(Error(code=1, reason="dropped"), reply_to=replies[0]))
+    received: dict[str, dict[str, object]] = {}
+    describe_received(replies, received)
+    assert received == {
+        "arrays/w": {"kind": "array", "shape": [2, 3], "dtype": "float32", "messages": 2},
+        "metrics/loss": {"kind": "metric", "type": "float", "messages": 2},
+        "metrics/n": {"kind": "metric", "type": "int", "messages": 2},
+        "config/round": {"kind": "config", "type": "int", "messages": 2},
+        "config/name": {"kind": "config", "type": "str", "messages": 2},
+        "config/flag": {"kind": "config", "type": "bool", "messages": 2},
+    }
+    assert "0.5" not in str(received)  # no value

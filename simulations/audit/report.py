@@ -1,0 +1,274 @@
+"""``fedrec audit RUN_DIR``: the privacy audit of one run, as ``audit.json`` and ``report.html``.
+
+:func:`audit_run` reads the run folder (config.json, rounds.jsonl, metrics.json, the
+checkpoint, and ``deployment/deployment.json`` for a deployed run), recomputes the ε ledger
+(``ledger.py``), merges the server's record of every message it received (``evidence.py``),
+runs the attacks asked for (``interaction.py``: it needs the run's data, ``--data`` when the
+path in config.json is not readable here) and states each protection with its evidence
+(``protections.py``). :func:`write_report` writes the JSON (schema :data:`SCHEMA`) and one
+self-contained HTML file: inline CSS and SVG figures, no script, nothing fetched, printable.
+
+``violations`` lists what contradicts a claim (an ε that does not recompute, a private key
+received, a masked upload an attack reads); the command exits 1 when it is not empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment
+
+from fedrec.common.data.catalog import load_catalog
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.model import shared_shapes
+from fedrec.common.runs import CATALOG_FILE, CHECKPOINT, METRICS_FILE, ROUNDS_LOG
+from fedrec.simulations.audit.evidence import merge_received
+from fedrec.simulations.audit.interaction import attack_sums, attack_uploads, observe_uploads
+from fedrec.simulations.audit.ledger import recompute_user_level
+from fedrec.simulations.audit.protections import CHANCE_AUC, NOT_COVERED, protections
+
+__all__ = ["ATTACKS", "SCHEMA", "audit_run", "write_report"]
+
+SCHEMA = "fedrec-audit/1"
+ATTACKS = ("interaction",)
+NOT_YET = {
+    "membership": "membership inference against the released model (score-based and LiRA)",
+    "canary": "the one-run canary audit (Steinke, Nasr and Jagielski 2023)",
+    "attribute": "attribute inference from uploads",
+}
+
+
+def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / ROUNDS_LOG
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a fedrec run folder")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _data_handling(data: str) -> dict[str, Any] | None:
+    path = Path(data) / "data-handling.json" if data != "synthetic" else None
+    return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+
+def audit_run(
+    run_dir: str | Path,
+    *,
+    data: str | None = None,
+    attacks: Sequence[str] = ATTACKS,
+    targets: int = 100,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The audit document of ``run_dir`` (see the module docstring)."""
+    started = time.perf_counter()
+    run_dir = Path(run_dir).resolve()
+    unknown = sorted(set(attacks) - set(ATTACKS))
+    if unknown:
+        later = [f"{a} ({NOT_YET[a]})" for a in unknown if a in NOT_YET]
+        raise ValueError(
+            f"unknown attacks {unknown}: choose from {ATTACKS} (or none)"
+            + (f"; not in this version: {', '.join(later)}" if later else "")
+        )
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir / 'config.json'} not found: not a fedrec run folder")
+    described = json.loads((run_dir / "config.json").read_text())
+    config = FederationConfig.from_mapping(described["config"])
+    if data is not None:
+        config = config.replace(data=data)
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    records = _read_rounds(run_dir)
+    local = run_dir / CATALOG_FILE
+    catalog = load_catalog(local if local.exists() else config.catalog)
+    population = int(described.get("nodes") or 0)
+    ledger = recompute_user_level(records, population)
+    evidence = merge_received(records, shared_shapes(catalog, config.dim))
+    deployment_file = run_dir / "deployment" / "deployment.json"
+    deployment = json.loads(deployment_file.read_text()) if deployment_file.exists() else None
+    handling = _data_handling(config.data)
+    results: dict[str, Any] = {}
+    if "interaction" in attacks:
+        results["interaction"] = _interaction(config, run_dir, targets, seed)
+    seeded = "reproducible" in metrics
+    summary = protections(
+        config,
+        ledger=ledger,
+        evidence=evidence,
+        attacks=results,
+        data_handling=handling,
+        deployment=deployment,
+        seeded=seeded,
+    )
+    violations = [f"ε: round {r.round} recorded {r.recorded}, recomputed {r.recomputed}"
+                  for r in ledger.disagreements]  # fmt: skip
+    violations += [f for f in evidence.findings if evidence.rounds]
+    masked = results.get("interaction", {}).get("masked-upload")
+    if masked and masked["auc"]["value"] > CHANCE_AUC:
+        violations.append(f"masked uploads are readable: AUC {masked['auc']['value']:.3f}")
+    return {
+        "schema": SCHEMA,
+        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run": {
+            "dir": str(run_dir),
+            "job": described.get("job"),
+            "strategy": described.get("strategy"),
+            "nodes": population,
+            "rounds": len([r for r in records if r.get("round", 0) > 0]),
+            "catalog_sha256": catalog.hash,
+            "final": metrics.get("final", {}),
+            "seeded": seeded,
+            "deployed": deployment is not None,
+            "config": described["config"],
+        },
+        "summary": [p.to_dict() for p in summary],
+        "not_covered": list(NOT_COVERED),
+        "ledger": ledger.to_dict(),
+        "data_handling": handling,
+        "storage": _storage(run_dir),
+        "evidence": evidence.to_dict(),
+        "attacks": results,
+        "not_run": [v for k, v in NOT_YET.items()],
+        "record_of_processing": _record_of_processing(config, catalog.user_schema.names, summary),
+        "violations": violations,
+        "audit_seconds": time.perf_counter() - started,
+    }
+
+
+def _interaction(
+    config: FederationConfig, run_dir: Path, targets: int, seed: int
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    plain = observe_uploads(config, run_dir, targets, seed)
+    cohort = max(2, min(config.clients_per_round, len(plain.deltas)))
+    clip = config.dp_clip_norm
+    z = _noise_multiplier(run_dir) if config.user_level_dp else 0.0
+    found = [attack_uploads(plain, clip_norm=clip, seed=seed)]
+    found += attack_sums(plain, cohort=cohort, clip_norm=clip, noise_multiplier=z, seed=seed)
+    if config.secure:
+        found.append(attack_uploads(observe_uploads(config, run_dir, targets, seed, secure=True)))
+    out: dict[str, Any] = {a.view: a.to_dict() for a in found}
+    out["observed_round"] = plain.round
+    out["seconds"] = time.perf_counter() - started
+    return out
+
+
+def _noise_multiplier(run_dir: Path) -> float:
+    for record in reversed(_read_rounds(run_dir)):
+        entry = record.get("privacy", {}).get("user_level")
+        if entry:
+            return float(entry["z"])
+    return 0.0
+
+
+def _storage(run_dir: Path) -> dict[str, Any]:
+    checkpoint = run_dir / CHECKPOINT
+    arrays = {}
+    if checkpoint.exists():
+        with np.load(checkpoint) as saved:
+            arrays = {k: list(saved[k].shape) for k in saved.files}
+    return {
+        "run_folder": sorted(p.name for p in run_dir.iterdir()),
+        "checkpoint_arrays": arrays,
+        "retention": "kept until the operator deletes the run folder (controller: set a period)",
+    }
+
+
+CONTROLLER = "(controller to fill)"
+
+
+def _record_of_processing(
+    config: FederationConfig, user_features: Sequence[str], summary: Sequence[Any]
+) -> list[dict[str, str]]:
+    """GDPR Art. 30(1) fields: what the run can fill, and what the controller must."""
+    measures = "; ".join(f"{p.name}: {p.status}" for p in summary)
+    return [
+        {"field": "Name and contact of the controller (Art. 30(1)(a))", "value": CONTROLLER},
+        {"field": "Purposes of the processing (b)",
+         "value": "training a recommendation model on devices; recommendations computed on"
+                  " each device"},
+        {"field": "Categories of data subjects (c)", "value": "users of the devices in the run"},
+        {"field": "Categories of personal data (c)",
+         "value": "interactions (item, time) and user features "
+                  f"({', '.join(user_features) or 'none'}), kept on the device; model updates"
+                  " sent to the server"},
+        {"field": "Recipients (d)", "value": "the federation server's operator" + (
+            " (sees only sums: SecAgg+)" if config.secure else " (sees each device's update)")},
+        {"field": "Transfers to third countries (e)", "value": CONTROLLER},
+        {"field": "Time limits for erasure (f)",
+         "value": "on the device: until `fedrec client erase`; on the server: " + CONTROLLER},
+        {"field": "Technical and organisational security measures (g)", "value": measures},
+    ]  # fmt: skip
+
+
+# --- the HTML report --------------------------------------------------------------------------
+
+
+def _svg(figure: Any) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _epsilon_figure(ledger: dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3))
+    rounds = ledger["rounds"]
+    axis.plot([r["round"] for r in rounds], [r["recomputed"] for r in rounds], label="recomputed")
+    axis.plot([r["round"] for r in rounds], [r["recorded"] for r in rounds], "--", label="run")
+    if ledger.get("target_epsilon"):
+        axis.axhline(ledger["target_epsilon"], color="grey", lw=0.8, label="budget")
+    axis.set(xlabel="round", ylabel=f"ε (δ = {ledger['delta']:g})")
+    axis.legend()
+    svg = _svg(figure)
+    plt.close(figure)
+    return svg
+
+
+def _roc_figure(attacks: dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    floor = 1e-4
+    for view, result in attacks.items():
+        if not isinstance(result, dict) or "roc" not in result:
+            continue
+        fpr = np.maximum(result["roc"]["fpr"], floor)
+        tpr = np.maximum(result["roc"]["tpr"], floor)
+        axis.plot(fpr, tpr, label=f"{view} (AUC {result['auc']['value']:.3f})")
+    axis.plot([floor, 1], [floor, 1], color="grey", lw=0.8, ls=":", label="chance")
+    axis.set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate")
+    axis.legend(fontsize=8)
+    svg = _svg(figure)
+    plt.close(figure)
+    return svg
+
+
+def write_report(audit: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """``out/audit.json`` and ``out/report.html``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "audit.json"
+    json_path.write_text(json.dumps(audit, indent=2, default=str) + "\n")
+    figures = {
+        "epsilon": _epsilon_figure(audit["ledger"]) if audit["ledger"]["rounds"] else "",
+        "roc": _roc_figure(audit["attacks"].get("interaction", {})),
+    }
+    template = (resources.files(__package__) / "report.html").read_text()
+    html = Environment(autoescape=True).from_string(template).render(a=audit, figures=figures)
+    html_path = out / "report.html"
+    html_path.write_text(html)
+    return json_path, html_path
