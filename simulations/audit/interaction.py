@@ -95,6 +95,7 @@ class Observation:
     num_items: int
     round: int
     secure: bool = False
+    features: dict[int, np.ndarray] | None = None  # user index -> its encoded feature row
 
 
 def observe_uploads(
@@ -113,7 +114,7 @@ def observe_uploads(
     if not checkpoint.exists():
         raise FileNotFoundError(
             f"{checkpoint} not found: the interaction attack replays a round from the run's"
-            " checkpoint (every `fedrec simulate` / `fedrec server run` writes one)"
+            " checkpoint (every fedrec simulate and fedrec server run writes one)"
         )
     start = int(load_checkpoint_meta(checkpoint)["round"])
     catalog = run_dir / CATALOG_FILE
@@ -149,7 +150,8 @@ def observe_uploads(
     split = temporal_leave_one_out(data, seed=run_config.seed)
     uploads = _masked(grids[0], sent) if secure else _plain(grids[0], sent)
     items = {u: user_shard(data, split, u).train_items for u in uploads}
-    return Observation(uploads, items, data.num_items, start + 1, secure)
+    features = {u: data.user_features[u] for u in uploads}
+    return Observation(uploads, items, data.num_items, start + 1, secure, features)
 
 
 def _sent_models(grid: RecordingGrid) -> dict[str, np.ndarray]:

@@ -17,11 +17,14 @@ from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.audit.evidence import MessageEvidence
 from fedrec.simulations.audit.ledger import LedgerCheck
 
-__all__ = ["CHANCE_AUC", "NOT_COVERED", "Protection", "protections"]
+__all__ = ["ATTRIBUTE_MARGIN", "CHANCE_AUC", "NOT_COVERED", "Protection", "protections"]
 
 CHANCE_AUC = 0.55  # an attack AUC at or under this is "near chance" for the summary
+ATTRIBUTE_MARGIN = 0.05  # accuracy above the majority-class baseline by more: a leak
 
 NOT_COVERED = (
+    "Without SecAgg+, a device's update gives its user features away: the user tower's update"
+    " is the features scaled (the attribute attack reads them exactly).",
     "Evaluation replies (per-user hit and NDCG) reach the server in the clear; so do the"
     " scalar train metrics unless SecAgg+ is on.",
     "Without SecAgg+, user-level DP trusts the server with each device's clipped update: it"
@@ -62,7 +65,7 @@ def protections(
     seeded: bool,
 ) -> list[Protection]:
     """The summary rows, in the order of the report (see the module docstring)."""
-    rows = [_private_state(evidence)]
+    rows = [_private_state(evidence), _features(config, attacks.get("attribute"))]
     rows.append(_user_level(config, ledger, seeded))
     rows.append(_record_level(config, ledger))
     rows.append(_secure(config, attacks))
@@ -88,6 +91,38 @@ def _private_state(evidence: MessageEvidence) -> Protection:
         )
     return Protection(
         "Private state stays on the device", "red", guarantee, "; ".join(evidence.findings)
+    )
+
+
+def _features(config: FederationConfig, found: Mapping[str, Any] | None) -> Protection:
+    name = "User features not inferable from what the server receives"
+    guarantee = "The server cannot tell a device's attributes from the messages it receives."
+    if found is None:
+        return Protection(name, "amber", guarantee, "the attribute attack was not run")
+    view = "masked-upload" if config.secure else "upload"
+    scores = found.get(view, {})
+    if not scores:
+        return Protection(name, "n/a", guarantee, "the run has no user features")
+    read = []
+    for attribute, s in scores.items():
+        if s["kind"] == "categorical" and s["accuracy"] is not None:
+            if s["accuracy"] > s["baseline"] + ATTRIBUTE_MARGIN:
+                read.append(f"{attribute} {s['accuracy']:.0%} (baseline {s['baseline']:.0%})")
+        elif s["kind"] == "numeric" and s["mean_abs_error"] < s["baseline"] / 2:
+            read.append(
+                f"{attribute} to ±{s['mean_abs_error']:.2g} (baseline ±{s['baseline']:.2g})"
+            )
+    where = "each masked upload" if config.secure else "each device's update"
+    if read:
+        return Protection(
+            name,
+            "red",
+            guarantee,
+            f"read from {where}: {'; '.join(read)} — the user tower's update is the"
+            " features scaled (W_u's columns move by Σδ·x_j)",
+        )
+    return Protection(
+        name, "green", guarantee, f"no attribute read from {where} beyond the baseline"
     )
 
 
@@ -176,7 +211,7 @@ def _pseudonymized(data_handling: Mapping[str, Any] | None) -> Protection:
             name,
             "red",
             "(when on) identifiers are keyed pseudonyms; demographics are k-anonymous.",
-            "the data set was not prepared with `fedrec data prepare`",
+            "the data set was not prepared with fedrec data prepare",
         )
     anonymity = data_handling.get("k_anonymity", {})
     k, smallest = anonymity.get("k_requested"), anonymity.get("k_achieved")

@@ -30,19 +30,24 @@ from fedrec.common.data.catalog import load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import shared_shapes
 from fedrec.common.runs import CATALOG_FILE, CHECKPOINT, METRICS_FILE, ROUNDS_LOG
+from fedrec.simulations.audit.attribute import attribute_inference
 from fedrec.simulations.audit.evidence import merge_received
-from fedrec.simulations.audit.interaction import attack_sums, attack_uploads, observe_uploads
+from fedrec.simulations.audit.interaction import (
+    Observation,
+    attack_sums,
+    attack_uploads,
+    observe_uploads,
+)
 from fedrec.simulations.audit.ledger import recompute_user_level
 from fedrec.simulations.audit.protections import CHANCE_AUC, NOT_COVERED, protections
 
 __all__ = ["ATTACKS", "SCHEMA", "audit_run", "write_report"]
 
 SCHEMA = "fedrec-audit/1"
-ATTACKS = ("interaction",)
+ATTACKS = ("interaction", "attribute")
 NOT_YET = {
     "membership": "membership inference against the released model (score-based and LiRA)",
     "canary": "the one-run canary audit (Steinke, Nasr and Jagielski 2023)",
-    "attribute": "attribute inference from uploads",
 }
 
 
@@ -93,8 +98,14 @@ def audit_run(
     deployment = json.loads(deployment_file.read_text()) if deployment_file.exists() else None
     handling = _data_handling(config.data)
     results: dict[str, Any] = {}
+    observed = _observe(config, run_dir, targets, seed) if attacks else {}
     if "interaction" in attacks:
-        results["interaction"] = _interaction(config, run_dir, targets, seed)
+        results["interaction"] = _interaction(config, run_dir, observed, seed)
+    if "attribute" in attacks:
+        results["attribute"] = {
+            view: attribute_inference(o, catalog.user_schema, o.features or {})
+            for view, o in observed.items()
+        }
     seeded = "reproducible" in metrics
     summary = protections(
         config,
@@ -140,18 +151,28 @@ def audit_run(
     }
 
 
-def _interaction(
+def _observe(
     config: FederationConfig, run_dir: Path, targets: int, seed: int
+) -> dict[str, Observation]:
+    """The observed round: plain uploads, and masked ones when the run had SecAgg+."""
+    observed = {"upload": observe_uploads(config, run_dir, targets, seed)}
+    if config.secure:
+        observed["masked-upload"] = observe_uploads(config, run_dir, targets, seed, secure=True)
+    return observed
+
+
+def _interaction(
+    config: FederationConfig, run_dir: Path, observed: dict[str, Observation], seed: int
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    plain = observe_uploads(config, run_dir, targets, seed)
+    plain = observed["upload"]
     cohort = max(2, min(config.clients_per_round, len(plain.deltas)))
     clip = config.dp_clip_norm
     z = _noise_multiplier(run_dir) if config.user_level_dp else 0.0
     found = [attack_uploads(plain, clip_norm=clip, seed=seed)]
     found += attack_sums(plain, cohort=cohort, clip_norm=clip, noise_multiplier=z, seed=seed)
-    if config.secure:
-        found.append(attack_uploads(observe_uploads(config, run_dir, targets, seed, secure=True)))
+    if "masked-upload" in observed:
+        found.append(attack_uploads(observed["masked-upload"]))
     out: dict[str, Any] = {a.view: a.to_dict() for a in found}
     out["observed_round"] = plain.round
     out["seconds"] = time.perf_counter() - started

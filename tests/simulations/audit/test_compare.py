@@ -19,7 +19,8 @@ def test_runs_are_compared_on_epsilon_utility_and_attack_auc(
     shutil.copytree(plain_run, plain)
     shutil.copytree(protected_run, protected)
     out = tmp_path / "compared"
-    args = ["audit", "compare", str(plain), str(protected), "--targets", "30", "--out", str(out)]
+    args = ["audit", "compare", str(plain), str(protected), "--targets", "30",
+            "--attacks", "interaction", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = {r["run"]: r for r in json.loads((out / "compare.json").read_text())}

@@ -31,6 +31,9 @@ def test_the_audit_states_each_protection_with_its_evidence(audited: dict) -> No
     assert status["Secure aggregation (SecAgg+)"] == "green"
     assert status["User-level DP (DP-FedAvg)"] == "amber"  # seeded: its noise is predictable
     assert status["Record-level DP (DP-SGD on the device)"] == "red"  # off
+    # under SecAgg+ the server's messages are masked: no attribute is read from them
+    assert status["User features not inferable from what the server receives"] == "green"
+    assert audit["attacks"]["attribute"]["upload"]["gender"]["accuracy"] == 1.0  # without it
     assert audit["ledger"]["agrees"] and len(audit["ledger"]["rounds"]) == 4
     views = audit["attacks"]["interaction"]
     assert {"upload", "cohort-sum", "released", "masked-upload"} <= set(views)
@@ -49,7 +52,8 @@ def test_the_report_renders_in_headless_chromium(audited: dict, tmp_path: Path) 
     assert dom.returncode == 0, dom.stderr[-2000:]
     audit = audited["audit"]
     for section in ('id="summary"', 'id="ledger"', 'id="attacks"', 'id="evidence"',
-                    'id="data-handling"', "Record of processing", "DPIA outline"):  # fmt: skip
+                    'id="data-handling"', 'id="attribute"', "Record of processing",
+                    "DPIA outline"):  # fmt: skip
         assert section in dom.stdout, section
     assert f"{audit['ledger']['epsilon']:.4g}" in dom.stdout
     assert f"{audit['attacks']['interaction']['masked-upload']['auc']['value']:.3f}" in dom.stdout
