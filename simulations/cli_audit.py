@@ -26,10 +26,13 @@ def audit_cmd(
         typer.Option("--data", help="The run's data, if config.json's path is not readable."),
     ] = None,
     attacks: Annotated[
-        str, typer.Option(help="all | none | a comma-separated list (interaction).")
+        str,
+        typer.Option(help="all | none | a comma-separated list (interaction, attribute, canary)."),
     ] = "all",
     targets: Annotated[int, typer.Option(help="Devices the attacks observe.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the observed round and the bootstrap.")] = 0,
+    canaries: Annotated[int, typer.Option(help="Canary users of the canary audit.")] = 200,
+    canary_items: Annotated[int, typer.Option(help="Items of each canary.")] = 20,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Folder for audit.json and report.html (compare.*)."),
@@ -48,9 +51,17 @@ def audit_cmd(
     chosen = named[attacks] if attacks in named else [a.strip() for a in attacks.split(",")]
 
     def audit_one(run: Path, folder: Path | None = None) -> dict[str, Any]:
-        with console.status(f"auditing {run} (the attacks replay a round of the run)"):
+        with console.status(f"auditing {run} (the attacks replay the run)"):
             audit = or_exit(
-                lambda: audit_run(run, data=data, attacks=chosen, targets=targets, seed=seed)
+                lambda: audit_run(
+                    run,
+                    data=data,
+                    attacks=chosen,
+                    targets=targets,
+                    seed=seed,
+                    canaries=canaries,
+                    canary_items=canary_items,
+                )
             )
         write_report(audit, folder or run / "audit")
         return audit
@@ -80,6 +91,14 @@ def audit_cmd(
                 f"interaction inference, {view}: AUC {auc['value']:.3f}"
                 f" ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})"
             )
+    if "canary" in audit["attacks"]:
+        c = audit["attacks"]["canary"]
+        claim = "none" if c["claimed_epsilon"] is None else f"{c['claimed_epsilon']:.3f}"
+        console.print(
+            f"canary audit: ε ≥ {c['epsilon_lower_bound']:.3f} (95 %, {c['correct']}/"
+            f"{c['guesses']} correct guesses) against claimed ε {claim};"
+            f" rerun {c['rerun_seconds']:.0f} s"
+        )
     console.print(
         f"written: {folder / 'audit.json'}, {folder / 'report.html'}"
         f" ({audit['audit_seconds']:.1f} s)"

@@ -6,8 +6,9 @@ outer products δ·[e_u; x_u]ᵀ over the device's examples: the column of featu
 (Σ δ)·x_j, the same vector scaled by the feature's value. A one-hot attribute is therefore
 read off as the category whose column moved, and a scaled numeric attribute (age/100) as the
 ratio of its column's norm to that of the active one-hot column (value 1). Each attribute's
-accuracy (categorical) or mean absolute error (numeric) is reported against the baseline that
-knows only the population: the majority class, or the mean value.
+accuracy (categorical, with the one-sided binomial p-value of beating the majority class) or
+mean absolute error (numeric) is reported against the baseline that knows only the
+population: the majority class, or the mean value.
 
 Under SecAgg+ the server holds only sums; the masked uploads carry nothing to read, and the
 attack is run on them too (``masked-upload``) as the check that it finds nothing there.
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from scipy.stats import binomtest  # type: ignore[import-untyped]
 
 from fedrec.common.data.features import UserFeatureSchema
 from fedrec.simulations.audit.interaction import Observation
@@ -55,11 +57,17 @@ def attribute_inference(
         known = truth[:, block].max(axis=1) > 0  # a suppressed value has no category
         guess = np.array([norms[u][block].argmax() for u in users])
         counts = np.bincount(actual[known], minlength=column.width)
+        baseline = float(counts.max() / max(known.sum(), 1))
+        correct = int(np.sum(guess[known] == actual[known]))
         out[column.attribute] = {
             "kind": "categorical",
             "devices": int(known.sum()),
-            "accuracy": float(np.mean(guess[known] == actual[known])) if known.any() else None,
-            "baseline": float(counts.max() / max(known.sum(), 1)),
+            "accuracy": correct / int(known.sum()) if known.any() else None,
+            "baseline": baseline,
+            # one-sided: is the attack better than always naming the majority class?
+            "p_value": float(binomtest(correct, int(known.sum()), baseline, "greater").pvalue)
+            if known.any() and baseline < 1
+            else 1.0,
         }
     start = 0
     for column in schema.columns:

@@ -17,10 +17,10 @@ from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.audit.evidence import MessageEvidence
 from fedrec.simulations.audit.ledger import LedgerCheck
 
-__all__ = ["ATTRIBUTE_MARGIN", "CHANCE_AUC", "NOT_COVERED", "Protection", "protections"]
+__all__ = ["ATTRIBUTE_ALPHA", "CHANCE_AUC", "NOT_COVERED", "Protection", "protections"]
 
 CHANCE_AUC = 0.55  # an attack AUC at or under this is "near chance" for the summary
-ATTRIBUTE_MARGIN = 0.05  # accuracy above the majority-class baseline by more: a leak
+ATTRIBUTE_ALPHA = 1e-3  # an attribute attack beating the majority class at this p-value: a leak
 
 NOT_COVERED = (
     "Without SecAgg+, a device's update gives its user features away: the user tower's update"
@@ -66,7 +66,7 @@ def protections(
 ) -> list[Protection]:
     """The summary rows, in the order of the report (see the module docstring)."""
     rows = [_private_state(evidence), _features(config, attacks.get("attribute"))]
-    rows.append(_user_level(config, ledger, seeded))
+    rows.append(_user_level(config, ledger, seeded, attacks.get("canary")))
     rows.append(_record_level(config, ledger))
     rows.append(_secure(config, attacks))
     rows.append(_pseudonymized(data_handling))
@@ -106,7 +106,7 @@ def _features(config: FederationConfig, found: Mapping[str, Any] | None) -> Prot
     read = []
     for attribute, s in scores.items():
         if s["kind"] == "categorical" and s["accuracy"] is not None:
-            if s["accuracy"] > s["baseline"] + ATTRIBUTE_MARGIN:
+            if s["p_value"] < ATTRIBUTE_ALPHA:
                 read.append(f"{attribute} {s['accuracy']:.0%} (baseline {s['baseline']:.0%})")
         elif s["kind"] == "numeric" and s["mean_abs_error"] < s["baseline"] / 2:
             read.append(
@@ -126,14 +126,26 @@ def _features(config: FederationConfig, found: Mapping[str, Any] | None) -> Prot
     )
 
 
-def _user_level(config: FederationConfig, ledger: LedgerCheck, seeded: bool) -> Protection:
+def _user_level(
+    config: FederationConfig,
+    ledger: LedgerCheck,
+    seeded: bool,
+    canary: Mapping[str, Any] | None,
+) -> Protection:
     name = "User-level DP (DP-FedAvg)"
+    bound = (
+        f"; canary audit: ε ≥ {canary['epsilon_lower_bound']:.3g} at 95 % from"
+        f" {canary['correct']}/{canary['guesses']} correct guesses on {canary['canaries']}"
+        " canaries"
+        if canary
+        else ""
+    )
     if not config.user_level_dp:
         return Protection(
             name,
             "red",
             "(when on) the released models are (ε, δ)-DP with respect to any one user.",
-            "off: the released models carry no ε guarantee",
+            "off: the released models carry no ε guarantee" + bound,
         )
     guarantee = (
         f"The sequence of released models is ({ledger.epsilon:.3g}, {ledger.delta:g})-DP with"
@@ -149,16 +161,18 @@ def _user_level(config: FederationConfig, ledger: LedgerCheck, seeded: bool) -> 
             f" rounds (round {worst.round}: {worst.recorded} vs {worst.recomputed})",
         )
     problems = []
+    if canary and canary.get("violates"):
+        problems.append("the canary lower bound exceeds the claimed ε")
     if ledger.delta_too_large:
         problems.append(f"δ = {ledger.delta:g} ≥ 1/N = {1 / ledger.population:.3g}")
     if seeded:
         problems.append("the run was seeded (--server-seed): its noise is predictable")
-    status = "amber" if problems else "green"
+    status = "red" if canary and canary.get("violates") else "amber" if problems else "green"
     checked = (
         f"ε recomputed with a fresh {ledger.accountant} accountant over {len(ledger.rounds)}"
         " rounds equals the run's own in every round"
     )
-    return Protection(name, status, guarantee, "; ".join([checked, *problems]))
+    return Protection(name, status, guarantee, "; ".join([checked, *problems]) + bound)
 
 
 def _record_level(config: FederationConfig, ledger: LedgerCheck) -> Protection:

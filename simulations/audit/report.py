@@ -31,6 +31,7 @@ from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import shared_shapes
 from fedrec.common.runs import CATALOG_FILE, CHECKPOINT, METRICS_FILE, ROUNDS_LOG
 from fedrec.simulations.audit.attribute import attribute_inference
+from fedrec.simulations.audit.canary import Rerun, canary_audit
 from fedrec.simulations.audit.evidence import merge_received
 from fedrec.simulations.audit.interaction import (
     Observation,
@@ -44,10 +45,9 @@ from fedrec.simulations.audit.protections import CHANCE_AUC, NOT_COVERED, protec
 __all__ = ["ATTACKS", "SCHEMA", "audit_run", "write_report"]
 
 SCHEMA = "fedrec-audit/1"
-ATTACKS = ("interaction", "attribute")
+ATTACKS = ("interaction", "attribute", "canary")
 NOT_YET = {
     "membership": "membership inference against the released model (score-based and LiRA)",
-    "canary": "the one-run canary audit (Steinke, Nasr and Jagielski 2023)",
 }
 
 
@@ -70,8 +70,13 @@ def audit_run(
     attacks: Sequence[str] = ATTACKS,
     targets: int = 100,
     seed: int = 0,
+    canaries: int = 200,
+    canary_items: int = 20,
+    rerun: Rerun | None = None,
 ) -> dict[str, Any]:
-    """The audit document of ``run_dir`` (see the module docstring)."""
+    """The audit document of ``run_dir`` (see the module docstring). ``rerun`` runs the
+    canary audit's extra training run (default: the simulation engine, as ``fedrec
+    simulate``)."""
     started = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     unknown = sorted(set(attacks) - set(ATTACKS))
@@ -98,7 +103,7 @@ def audit_run(
     deployment = json.loads(deployment_file.read_text()) if deployment_file.exists() else None
     handling = _data_handling(config.data)
     results: dict[str, Any] = {}
-    observed = _observe(config, run_dir, targets, seed) if attacks else {}
+    observed = _observe(config, run_dir, targets, seed) if set(attacks) - {"canary"} else {}
     if "interaction" in attacks:
         results["interaction"] = _interaction(config, run_dir, observed, seed)
     if "attribute" in attacks:
@@ -106,6 +111,11 @@ def audit_run(
             view: attribute_inference(o, catalog.user_schema, o.features or {})
             for view, o in observed.items()
         }
+    if "canary" in attacks:
+        found = canary_audit(
+            config, rerun or _engine, canaries=canaries, items=canary_items, seed=seed
+        )
+        results["canary"] = found.to_dict()
     seeded = "reproducible" in metrics
     summary = protections(
         config,
@@ -119,6 +129,12 @@ def audit_run(
     violations = [f"ε: round {r.round} recorded {r.recorded}, recomputed {r.recomputed}"
                   for r in ledger.disagreements]  # fmt: skip
     violations += [f for f in evidence.findings if evidence.rounds]
+    if results.get("canary", {}).get("violates"):
+        c = results["canary"]
+        violations.append(
+            f"the canary audit's ε lower bound {c['epsilon_lower_bound']:.3f} exceeds the"
+            f" claimed ε {c['claimed_epsilon']:.3f}"
+        )
     masked = results.get("interaction", {}).get("masked-upload")
     if masked and masked["auc"]["value"] > CHANCE_AUC:
         violations.append(f"masked uploads are readable: AUC {masked['auc']['value']:.3f}")
@@ -177,6 +193,12 @@ def _interaction(
     out["observed_round"] = plain.round
     out["seconds"] = time.perf_counter() - started
     return out
+
+
+def _engine(config: FederationConfig) -> dict[str, Any]:
+    from fedrec.simulations.runner import simulate
+
+    return simulate(config)
 
 
 def _noise_multiplier(run_dir: Path) -> float:

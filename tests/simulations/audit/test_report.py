@@ -13,11 +13,13 @@ from typer.testing import CliRunner
 
 from fedrec.simulations.audit.report import SCHEMA, audit_run, write_report
 from fedrec.simulations.cli import app
+from fedrec.simulations.inprocess import run_inprocess
 
 
 @pytest.fixture(scope="module")
 def audited(protected_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    audit = audit_run(protected_run, targets=30)
+    rerun = lambda config: run_inprocess(config, seed=1)[0]  # noqa: E731
+    audit = audit_run(protected_run, targets=30, canaries=20, canary_items=10, rerun=rerun)
     out = tmp_path_factory.mktemp("report")
     json_path, html_path = write_report(audit, out)
     return {"audit": audit, "json": json_path, "html": html_path}
@@ -39,6 +41,8 @@ def test_the_audit_states_each_protection_with_its_evidence(audited: dict) -> No
     assert {"upload", "cohort-sum", "released", "masked-upload"} <= set(views)
     assert views["masked-upload"]["auc"]["value"] <= 0.55 < views["upload"]["auc"]["value"]
     assert audit["storage"]["checkpoint_arrays"] and audit["not_covered"]
+    canary = audit["attacks"]["canary"]
+    assert canary["canaries"] == 20 and canary["epsilon_lower_bound"] <= canary["claimed_epsilon"]
 
 
 def test_the_report_renders_in_headless_chromium(audited: dict, tmp_path: Path) -> None:
@@ -52,7 +56,7 @@ def test_the_report_renders_in_headless_chromium(audited: dict, tmp_path: Path) 
     assert dom.returncode == 0, dom.stderr[-2000:]
     audit = audited["audit"]
     for section in ('id="summary"', 'id="ledger"', 'id="attacks"', 'id="evidence"',
-                    'id="data-handling"', 'id="attribute"', "Record of processing",
+                    'id="data-handling"', 'id="attribute"', 'id="canary"', "Record of processing",
                     "DPIA outline"):  # fmt: skip
         assert section in dom.stdout, section
     assert f"{audit['ledger']['epsilon']:.4g}" in dom.stdout
