@@ -109,5 +109,10 @@ def describe_received(messages: list[Message], into: dict[str, dict[str, object]
                     for key, value in record.items()
                 ]
         for key, entry in found:
-            seen = into.setdefault(key, {"messages": 0})
-            seen.update(entry, messages=int(str(seen["messages"])) + 1)
+            seen = into.setdefault(key, {**entry, "messages": 0})
+            seen["messages"] = int(str(seen["messages"])) + 1
+            for field in ("shape", "dtype", "type", "kind"):  # a second form is kept, not lost
+                if field in entry and entry[field] != seen.get(field):
+                    variants = seen.setdefault(f"other_{field}s", [])
+                    if entry[field] not in variants:  # type: ignore[operator]
+                        variants.append(entry[field])  # type: ignore[attr-defined]

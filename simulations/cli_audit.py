@@ -75,6 +75,9 @@ def audit_cmd(
             aucs = "  ".join(f"{v} {a:.3f}" for v, a in r["auc"].items())
             console.print(f"{r['run']}: ε {r['epsilon']:.3g}, HR@10 {r['hr@10']}  {aucs}")
         console.print(f"written: {json_path}, {html_path}")
+        if any(r["violations"] for r in rows):
+            console.print("[red]violation:[/] a run's audit contradicts one of its claims")
+            raise typer.Exit(code=1)
         return
     if len(run_dirs) != 1:
         console.print("[red]error:[/] one run folder (or `compare RUN1 RUN2 …`)")

@@ -73,16 +73,25 @@ def attribute_inference(
     for column in schema.columns:
         block = slice(start, start + column.width)
         start += column.width
-        if column.encoding not in ("age", "scaled") or not one_hot_blocks:
+        if column.encoding not in ("age", "scaled"):
             continue
         actual = truth[:, block.start]
         # the active one-hot column has value 1: the scale of every column of this device
+        # (a device with every one-hot value suppressed has none, and is left out)
+        active = np.array(
+            [any(truth[i, b].max() > 0 for b in one_hot_blocks) for i in range(len(users))],
+            dtype=bool,
+        )
+        if not active.any():
+            out[column.attribute] = {"kind": "numeric", "devices": 0, "mean_abs_error": None,
+                                     "baseline": None}  # fmt: skip
+            continue
         unit = np.array([max(norms[u][b].max() for b in one_hot_blocks) for u in users])
         guess = np.array([norms[u][block.start] for u in users]) / np.maximum(unit, 1e-12)
         out[column.attribute] = {
             "kind": "numeric",
-            "devices": len(users),
-            "mean_abs_error": float(np.mean(np.abs(guess - actual))),
-            "baseline": float(np.mean(np.abs(actual.mean() - actual))),
+            "devices": int(active.sum()),
+            "mean_abs_error": float(np.mean(np.abs(guess - actual)[active])),
+            "baseline": float(np.mean(np.abs(actual[active].mean() - actual[active]))),
         }
     return out

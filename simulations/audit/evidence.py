@@ -61,14 +61,22 @@ def merge_received(
                 seen["messages"] += int(entry.get("messages", 0))
                 if entry.get("shape") != seen.get("shape"):
                     seen.setdefault("other_shapes", []).append(entry.get("shape"))
+                for other in ("other_shapes", "other_dtypes", "other_kinds", "other_types"):
+                    if entry.get(other):  # the recorder saw a second form within a round
+                        seen.setdefault(other, []).extend(entry[other])
     findings = []
     for kind, entries in merged.items():
         for key, entry in entries.items():
             name = key.split("/", 1)[-1]
             if any(p in name for p in PRIVATE_KEYS) or name.startswith("user_embedding"):
                 findings.append(f"{kind}: {key} names the device's private state")
+            for other in ("other_dtypes", "other_kinds", "other_types"):
+                if entry.get(other):
+                    findings.append(f"{kind}: {key} arrived in more than one form ({other[6:]})")
             if entry.get("kind") != "array":
                 continue
+            if key.split("/", 1)[0] != "arrays":
+                findings.append(f"{kind}: array {key} came under an unexpected record")
             if name not in shared:
                 findings.append(f"{kind}: array {key} is not a shared parameter of the model")
             elif tuple(entry.get("shape", ())) != tuple(shared[name]) or "other_shapes" in entry:

@@ -9,10 +9,10 @@ What "came back" depends on the run's protections, so the attack is run on *view
 
 * ``upload``: one device's update Δ — what the server receives without SecAgg+ (with
   user-level DP the device clips Δ to C first, and the server still sees it);
-* ``cohort-sum``: Σ of a cohort's Δ — all a server learns under SecAgg+. The question is then
-  whether it can tell *which* device holds an item: members are the items only the target
-  holds in its cohort, non-members the items exactly one other member holds (so both kinds
-  were moved by one device, and only attribution is asked);
+* ``cohort-sum``: Σ of a cohort's Δ — all a server learns under SecAgg+: each member's items
+  against every item it does not hold, scored from the one sum (so it measures what the sum
+  shows of the cohort's items, which includes the member's; it does not ask *whose* they are,
+  which the sum cannot tell by symmetry);
 * ``released``: the noised sum DP-FedAvg releases, Σ clip(Δ) + N(0, (zC)²) per coordinate (same
   members and non-members as ``cohort-sum``).
 

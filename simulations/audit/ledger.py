@@ -54,6 +54,7 @@ class LedgerCheck:
     rounds: tuple[RoundEpsilon, ...] = ()
     at_deltas: dict[str, float] = field(default_factory=dict)
     record_level: dict[str, Any] = field(default_factory=dict)
+    assumed_rounds: int = 0  # rounds before the log (a resumed run), composed with its first z, q
 
     @property
     def epsilon(self) -> float:
@@ -99,6 +100,11 @@ def recompute_user_level(records: Sequence[dict[str, Any]], population: int) -> 
     first = dp_rounds[0]["privacy"]["user_level"]
     name, delta = str(first["accountant"]), float(first["delta"])
     accountant = create_accountant(name)
+    # a resumed run's log starts after the checkpoint: its first record counts every round
+    # the ledger holds; the ones before it are composed with that record's (z, q), assumed
+    prefix = max(int(first.get("rounds", 1)) - 1, 0)
+    for _ in range(prefix):
+        accountant.step(noise_multiplier=float(first["z"]), sample_rate=float(first["q"]))
     checked = []
     for record in dp_rounds:
         entry = record["privacy"]["user_level"]
@@ -129,4 +135,5 @@ def recompute_user_level(records: Sequence[dict[str, Any]], population: int) -> 
         rounds=tuple(checked),
         at_deltas={f"{d:g}": _epsilon(accountant, name, d) for d in DELTAS},
         record_level=record_level,
+        assumed_rounds=prefix,
     )

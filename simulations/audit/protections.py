@@ -103,6 +103,13 @@ def _features(config: FederationConfig, found: Mapping[str, Any] | None) -> Prot
     scores = found.get(view, {})
     if not scores:
         return Protection(name, "n/a", guarantee, "the run has no user features")
+    if any(s["kind"] == "numeric" and s.get("mean_abs_error") is None for s in scores.values()):
+        return Protection(
+            name,
+            "amber",
+            guarantee,
+            "a numeric attribute could not be estimated (no one-hot scale)",
+        )
     read = []
     for attribute, s in scores.items():
         if s["kind"] == "categorical" and s["accuracy"] is not None:
@@ -160,7 +167,19 @@ def _user_level(
             f"the recorded ε does not match the recomputed one in {len(ledger.disagreements)}"
             f" rounds (round {worst.round}: {worst.recorded} vs {worst.recomputed})",
         )
+    if not ledger.rounds:
+        return Protection(
+            name,
+            "amber",
+            "(on) released models (ε, δ)-DP per user",
+            "on, but no round recorded a user-level ledger: nothing to recompute" + bound,
+        )
     problems = []
+    if ledger.assumed_rounds:
+        problems.append(
+            f"the {ledger.assumed_rounds} rounds before this log (a resumed run) are assumed"
+            " to have used the first logged (z, q)"
+        )
     if canary and canary.get("violates"):
         problems.append("the canary lower bound exceeds the claimed ε")
     if ledger.delta_too_large:
@@ -246,15 +265,23 @@ def _at_rest(config: FederationConfig, deployment: Mapping[str, Any] | None) -> 
     if deployment is not None:
         return Protection(
             name,
-            "green",
+            "amber",
             guarantee,
-            "deployed: every device store is sealed (checked by the deployment test suite);"
-            f" {len(deployment.get('devices', []))} devices",
+            f"deployed with {len(deployment.get('devices', []))} device stores, sealed by the"
+            " device SDK (tests/simulations/test_deploy_e2e.py); the stores are on the devices,"
+            " not checked from here",
         )
-    if config.shard_dir and config.state_dir:
-        return Protection(name, "green", guarantee, "shards and device state sealed on disk")
     if config.shard_dir or config.state_dir:
-        return Protection(name, "amber", guarantee, "only part of the device data is sealed")
+        return Protection(
+            name,
+            "amber",
+            guarantee,
+            "the run was configured to keep "
+            + " and ".join(
+                n for n, v in (("shards", config.shard_dir), ("state", config.state_dir)) if v
+            )
+            + " sealed (client/secure_store.py); the files are not opened from here",
+        )
     return Protection(name, "n/a", guarantee, "a simulation that keeps nothing on disk")
 
 
@@ -269,8 +296,9 @@ def _transport(deployment: Mapping[str, Any] | None) -> Protection:
         )
     return Protection(
         name,
-        "green",
+        "amber",
         "Devices reach the SuperLink over TLS to the operator's CA; only registered keys join.",
-        f"SuperLink {deployment.get('superlink', {}).get('address', '?')} started with TLS and"
-        " --enable-supernode-auth",
+        f"SuperLink {deployment.get('superlink', {}).get('address', '?')} started by fedrec"
+        " with TLS and --enable-supernode-auth (server/superlink.py; refusals tested in"
+        " test_deploy_e2e.py); the live link is not probed from here",
     )

@@ -28,7 +28,7 @@ from jinja2 import Environment
 
 from fedrec.common.data.catalog import load_catalog
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.model import shared_shapes
+from fedrec.common.model import PRIVATE_KEYS, shared_shapes
 from fedrec.common.runs import CATALOG_FILE, CHECKPOINT, METRICS_FILE, ROUNDS_LOG
 from fedrec.simulations.audit.attribute import attribute_inference
 from fedrec.simulations.audit.canary import Rerun, canary_audit
@@ -59,7 +59,7 @@ def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _data_handling(data: str) -> dict[str, Any] | None:
-    path = Path(data) / "data-handling.json" if data != "synthetic" else None
+    path = Path(data) / "data-handling.json" if data not in ("synthetic", "") else None
     return json.loads(path.read_text()) if path is not None and path.exists() else None
 
 
@@ -129,6 +129,12 @@ def audit_run(
     violations = [f"ε: round {r.round} recorded {r.recorded}, recomputed {r.recomputed}"
                   for r in ledger.disagreements]  # fmt: skip
     violations += [f for f in evidence.findings if evidence.rounds]
+    storage = _storage(run_dir)
+    violations += [
+        f"the checkpoint holds a private array: {k}" for k in storage["checkpoint_private_arrays"]
+    ]
+    if ledger.delta_too_large:
+        violations.append(f"δ = {ledger.delta:g} ≥ 1/N = {1 / ledger.population:.3g}")
     if results.get("canary", {}).get("violates"):
         c = results["canary"]
         violations.append(
@@ -157,7 +163,7 @@ def audit_run(
         "not_covered": list(NOT_COVERED),
         "ledger": ledger.to_dict(),
         "data_handling": handling,
-        "storage": _storage(run_dir),
+        "storage": storage,
         "evidence": evidence.to_dict(),
         "attacks": results,
         "not_run": [v for k, v in NOT_YET.items()],
@@ -182,11 +188,14 @@ def _interaction(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     plain = observed["upload"]
-    cohort = max(2, min(config.clients_per_round, len(plain.deltas)))
+    sampled = [r["clients_sampled"] for r in _read_rounds(run_dir) if r.get("round", 0) > 0]
+    typical = round(float(np.mean(sampled))) if sampled else config.clients_per_round
+    cohort = max(2, min(typical, len(plain.deltas)))  # the run's mean train cohort
     clip = config.dp_clip_norm
     z = _noise_multiplier(run_dir) if config.user_level_dp else 0.0
     found = [attack_uploads(plain, clip_norm=clip, seed=seed)]
-    found += attack_sums(plain, cohort=cohort, clip_norm=clip, noise_multiplier=z, seed=seed)
+    if len(plain.deltas) >= 2:  # a sum needs two devices
+        found += attack_sums(plain, cohort=cohort, clip_norm=clip, noise_multiplier=z, seed=seed)
     if "masked-upload" in observed:
         found.append(attack_uploads(observed["masked-upload"]))
     out: dict[str, Any] = {a.view: a.to_dict() for a in found}
@@ -215,9 +224,11 @@ def _storage(run_dir: Path) -> dict[str, Any]:
     if checkpoint.exists():
         with np.load(checkpoint) as saved:
             arrays = {k: list(saved[k].shape) for k in saved.files}
+    private = sorted(k for k in arrays if any(p in k for p in PRIVATE_KEYS))
     return {
         "run_folder": sorted(p.name for p in run_dir.iterdir()),
         "checkpoint_arrays": arrays,
+        "checkpoint_private_arrays": private,  # must be empty: no user row on the server
         "retention": "kept until the operator deletes the run folder (controller: set a period)",
     }
 

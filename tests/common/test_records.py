@@ -70,3 +70,16 @@ def test_what_was_received_is_described_by_name_shape_and_type_never_value() -> 
         "config/flag": {"kind": "config", "type": "bool", "messages": 2},
     }
     assert "0.5" not in str(received)  # no value
+
+
+@pytest.mark.usefixtures("server_task")
+def test_a_second_shape_of_one_key_is_kept_not_overwritten() -> None:
+    odd = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones((3, 3), np.float64))})})
+    replies = [Message(_content(), dst_node_id=1, message_type="train"),
+               Message(odd, dst_node_id=2, message_type="train"),
+               Message(_content(), dst_node_id=3, message_type="train")]  # fmt: skip
+    received: dict[str, dict[str, object]] = {}
+    describe_received(replies, received)
+    entry = received["arrays/w"]
+    assert entry["shape"] == [2, 3] and entry["other_shapes"] == [[3, 3]]
+    assert entry["other_dtypes"] == ["float64"] and entry["messages"] == 3

@@ -51,3 +51,15 @@ def test_a_private_key_or_a_foreign_array_is_a_finding(plain_run: Path) -> None:
 def test_a_run_that_recorded_nothing_proves_nothing() -> None:
     evidence = merge_received([{"round": 1}], {"w": (2,)})
     assert not evidence.holds and "recorded no received messages" in evidence.findings[0]
+
+
+def test_a_second_form_within_a_round_is_a_finding(plain_run: Path) -> None:
+    rounds, shared = _inputs(plain_run)
+    train = dict(rounds[1]["received"]["train"])
+    entry = dict(train["arrays/item_embedding.weight"])
+    entry.update(other_shapes=[[3, 64]], other_dtypes=["float64"])
+    train["arrays/item_embedding.weight"] = entry
+    rounds[1] = {**rounds[1], "received": {"train": train}}
+    findings = merge_received(rounds, shared).findings
+    assert any("more than one form (dtypes)" in f for f in findings)
+    assert any("item_embedding.weight has shape" in f for f in findings)

@@ -42,3 +42,10 @@ def test_delta_at_or_above_one_over_n_is_flagged(protected_run: Path) -> None:
 def test_a_run_without_dp_has_an_empty_ledger(plain_run: Path) -> None:
     check = recompute_user_level(_rounds(plain_run), population=60)
     assert check.rounds == () and check.epsilon == 0.0 and not check.delta_too_large
+
+
+def test_a_resumed_runs_log_is_recomputed_from_the_rounds_it_counts(protected_run: Path) -> None:
+    later = [r for r in _rounds(protected_run) if r["round"] >= 3]  # as a run resumed at 2
+    check = recompute_user_level(later, population=60)
+    assert check.assumed_rounds == 2 and [r.round for r in check.rounds] == [3, 4]
+    assert check.disagreements == []
