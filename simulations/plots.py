@@ -1,4 +1,5 @@
-"""PNG plots of a run's per-round records (matplotlib, no display needed)."""
+"""Plots of a run's per-round records as PNG, and any figure as inline SVG (matplotlib, no
+display needed)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,19 @@ from fedrec.common.runs import LOSS_PLOT, QUALITY_PLOT, write_figure
 
 __all__ = [
     "plot_rounds",
+    "svg_of",
 ]
+
+
+def svg_of(figure: Any) -> str:
+    """``figure`` as an ``<svg>`` element to inline in HTML (the figure is closed)."""
+    import io
+
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
 
 
 def plot_rounds(records: list[dict[str, Any]], out: Path) -> list[Path]:

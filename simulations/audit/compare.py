@@ -51,12 +51,7 @@ def compare_audits(runs: Sequence[Path], audit: Auditor) -> list[dict[str, Any]]
 
 
 def _figure(rows: list[dict[str, Any]]) -> str:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from fedrec.simulations.plots import plt, svg_of
 
     finite = [r["epsilon"] for r in rows if math.isfinite(r["epsilon"])]
     plain_at = 2 * max(finite) if finite else 1.0  # runs without DP, drawn right of the rest
@@ -69,11 +64,7 @@ def _figure(rows: list[dict[str, Any]]) -> str:
     axis.axhline(0.5, color="grey", lw=0.8, ls=":")
     axis.set(xscale="log", xlabel="user-level ε (rightmost: no DP)", ylabel="attack AUC")
     axis.legend(fontsize=8)
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(figure)
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
+    return svg_of(figure)
 
 
 def write_comparison(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:

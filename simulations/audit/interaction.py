@@ -40,7 +40,7 @@ from flwr.app import Message
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from fedrec.common import keys
-from fedrec.common.audit_stats import AttackResult, summarize_attack
+from fedrec.common.audit_stats import AttackResult, average_ranks, summarize_attack
 from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import temporal_leave_one_out
@@ -211,19 +211,6 @@ def item_scores(delta: Mapping[str, np.ndarray], num_items: int) -> np.ndarray:
     return np.sqrt(total)
 
 
-def _ranks(scores: np.ndarray) -> np.ndarray:
-    """Scores as ranks in [0, 1] (ties share their mean rank)."""
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(len(scores))
-    sorted_scores = scores[order]
-    _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    for s, c in zip(start, counts, strict=True):
-        if c > 1:
-            ranks[order[s : s + c]] = s + (c - 1) / 2
-    return ranks / max(len(scores) - 1, 1)
-
-
 @dataclass(frozen=True)
 class InteractionAttack:
     """One view's result: pooled member/non-member ranks and their metrics."""
@@ -251,7 +238,8 @@ def _pooled(
         if len(inside) == 0 or len(outside) == 0:
             continue
         candidates = np.concatenate([inside, outside])
-        ranks = _ranks(scores[candidates])
+        # ranks in [0, 1] among the target's own candidates (ties share their mean rank)
+        ranks = (average_ranks(scores[candidates]) - 1) / max(len(candidates) - 1, 1)
         members.append(ranks[: len(inside)])
         others.append(ranks[len(inside) :])
     if not members:

@@ -15,7 +15,6 @@ received, a masked upload an attack reads); the command exits 1 when it is not e
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -105,7 +104,8 @@ def audit_run(
     results: dict[str, Any] = {}
     observed = _observe(config, run_dir, targets, seed) if set(attacks) - {"canary"} else {}
     if "interaction" in attacks:
-        results["interaction"] = _interaction(config, run_dir, observed, seed)
+        z = ledger.rounds[-1].z if ledger.rounds else 0.0
+        results["interaction"] = _interaction(config, records, observed, z, seed)
     if "attribute" in attacks:
         results["attribute"] = {
             view: attribute_inference(o, catalog.user_schema, o.features or {})
@@ -184,18 +184,23 @@ def _observe(
 
 
 def _interaction(
-    config: FederationConfig, run_dir: Path, observed: dict[str, Observation], seed: int
+    config: FederationConfig,
+    records: Sequence[dict[str, Any]],
+    observed: dict[str, Observation],
+    noise_multiplier: float,
+    seed: int,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     plain = observed["upload"]
-    sampled = [r["clients_sampled"] for r in _read_rounds(run_dir) if r.get("round", 0) > 0]
+    sampled = [r["clients_sampled"] for r in records if r.get("round", 0) > 0]
     typical = round(float(np.mean(sampled))) if sampled else config.clients_per_round
     cohort = max(2, min(typical, len(plain.deltas)))  # the run's mean train cohort
     clip = config.dp_clip_norm
-    z = _noise_multiplier(run_dir) if config.user_level_dp else 0.0
     found = [attack_uploads(plain, clip_norm=clip, seed=seed)]
     if len(plain.deltas) >= 2:  # a sum needs two devices
-        found += attack_sums(plain, cohort=cohort, clip_norm=clip, noise_multiplier=z, seed=seed)
+        found += attack_sums(
+            plain, cohort=cohort, clip_norm=clip, noise_multiplier=noise_multiplier, seed=seed
+        )
     if "masked-upload" in observed:
         found.append(attack_uploads(observed["masked-upload"]))
     out: dict[str, Any] = {a.view: a.to_dict() for a in found}
@@ -208,14 +213,6 @@ def _engine(config: FederationConfig) -> dict[str, Any]:
     from fedrec.simulations.runner import simulate
 
     return simulate(config)
-
-
-def _noise_multiplier(run_dir: Path) -> float:
-    for record in reversed(_read_rounds(run_dir)):
-        entry = record.get("privacy", {}).get("user_level")
-        if entry:
-            return float(entry["z"])
-    return 0.0
 
 
 def _storage(run_dir: Path) -> dict[str, Any]:
@@ -263,18 +260,8 @@ def _record_of_processing(
 # --- the HTML report --------------------------------------------------------------------------
 
 
-def _svg(figure: Any) -> str:
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
-    text = buffer.getvalue()
-    return text[text.index("<svg") :]
-
-
 def _epsilon_figure(ledger: dict[str, Any]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from fedrec.simulations.plots import plt, svg_of
 
     figure, axis = plt.subplots(figsize=(6, 3))
     rounds = ledger["rounds"]
@@ -284,16 +271,11 @@ def _epsilon_figure(ledger: dict[str, Any]) -> str:
         axis.axhline(ledger["target_epsilon"], color="grey", lw=0.8, label="budget")
     axis.set(xlabel="round", ylabel=f"ε (δ = {ledger['delta']:g})")
     axis.legend()
-    svg = _svg(figure)
-    plt.close(figure)
-    return svg
+    return svg_of(figure)
 
 
 def _roc_figure(attacks: dict[str, Any]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    from fedrec.simulations.plots import plt, svg_of
 
     figure, axis = plt.subplots(figsize=(4.5, 4.5))
     floor = 1e-4
@@ -306,9 +288,7 @@ def _roc_figure(attacks: dict[str, Any]) -> str:
     axis.plot([floor, 1], [floor, 1], color="grey", lw=0.8, ls=":", label="chance")
     axis.set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate")
     axis.legend(fontsize=8)
-    svg = _svg(figure)
-    plt.close(figure)
-    return svg
+    return svg_of(figure)
 
 
 def write_report(audit: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
