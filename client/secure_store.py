@@ -54,6 +54,8 @@ from fedrec.common.data.shard import UserShard
 from fedrec.common.files import fsync_dir, write_atomic
 
 __all__ = [
+    "ROTATION_MARKER",
+    "SUFFIX",
     "EncryptedFileStore",
     "KeyMaterial",
     "RotationResult",

@@ -337,6 +337,10 @@ class RecordLevelTally:
             "epsilon_min": values[0] if values else None,
             "epsilon_median": statistics.median(values) if values else None,
             "epsilon_max": values[-1] if values else None,
+            # the distribution over devices: ε at 0 %, 10 %, …, 100 % of them (the audit's figure)
+            "epsilon_deciles": (
+                [float(q) for q in np.percentile(values, np.arange(0, 101, 10))] if values else []
+            ),
             "clients": len(values),
             "delta": self.delta,
             "budget": self.budget or None,

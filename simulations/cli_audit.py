@@ -27,12 +27,20 @@ def audit_cmd(
     ] = None,
     attacks: Annotated[
         str,
-        typer.Option(help="all | none | a comma-separated list (interaction, attribute, canary)."),
+        typer.Option(
+            help="all | none | a comma-separated list (interaction, attribute, membership, canary)."
+        ),
     ] = "all",
     targets: Annotated[int, typer.Option(help="Devices the attacks observe.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the observed round and the bootstrap.")] = 0,
     canaries: Annotated[int, typer.Option(help="Canary users of the canary audit.")] = 200,
     canary_items: Annotated[int, typer.Option(help="Items of each canary.")] = 20,
+    members: Annotated[
+        int, typer.Option(help="Candidate users of membership inference (half left out).")
+    ] = 200,
+    shadows: Annotated[
+        int, typer.Option(help="Shadow reruns of membership inference (it trains 1 + N).")
+    ] = 2,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Folder for audit.json and report.html (compare.*)."),
@@ -61,6 +69,8 @@ def audit_cmd(
                     seed=seed,
                     canaries=canaries,
                     canary_items=canary_items,
+                    members=members,
+                    shadows=shadows,
                 )
             )
         write_report(audit, folder or run / "audit")
@@ -94,6 +104,17 @@ def audit_cmd(
                 f"interaction inference, {view}: AUC {auc['value']:.3f}"
                 f" ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})"
             )
+    membership = audit["attacks"].get("membership", {})
+    for view in ("loss", "rank", "lira"):
+        if view in membership:
+            auc = membership[view]["auc"]
+            console.print(
+                f"membership inference, {view}: AUC {auc['value']:.3f}"
+                f" ({auc['ci_low']:.3f}–{auc['ci_high']:.3f})"
+            )
+    if membership:
+        seconds = ", ".join(f"{s:.0f}" for s in membership["rerun_seconds"])
+        console.print(f"membership inference: {membership['reruns']} reruns ({seconds} s)")
     if "canary" in audit["attacks"]:
         c = audit["attacks"]["canary"]
         claim = "none" if c["claimed_epsilon"] is None else f"{c['claimed_epsilon']:.3f}"

@@ -17,15 +17,13 @@ bound) and the number of correct guesses gives ε_lb: if the run is (ε, δ)-DP,
 95 % confidence. A lower bound above the claimed ε is a violation.
 
 The rerun is the scenario with the item genres kept and the user features dropped (canaries
-have none); its own ledger gives the ε it claims (N, and so q, include the canaries).
+have none) and SecAgg+ off (``rerun.py``); its own ledger gives the ε it claims (N, and so q,
+include the canaries).
 """
 
 from __future__ import annotations
 
-import csv
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,18 +31,16 @@ from typing import Any
 import numpy as np
 
 from fedrec.common.audit_stats import DEFAULT_K_FRACTIONS, best_one_run_audit
-from fedrec.common.data.catalog import load_catalog
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state
-from fedrec.common.runs import CATALOG_FILE, FINAL_MODEL
+from fedrec.simulations.audit.rerun import Rerun, train_again, write_data
 
 __all__ = ["CANARY_DELTA", "CanaryAudit", "canary_audit", "write_canary_data"]
 
 CANARY_DELTA = 1e-5  # δ of the bound for a run that claims none
 ITEM_TABLE = "item_embedding.weight"
-Rerun = Callable[[FederationConfig], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -74,33 +70,19 @@ def write_canary_data(
 ) -> tuple[np.ndarray, list[list[str]]]:
     """``folder/ratings.csv`` and ``items.csv``: ``data`` plus the included canaries; returns
     the inclusion draw and each canary's item ids."""
-    folder.mkdir(parents=True, exist_ok=True)
     included = rng.random(canaries) < 0.5
     canary_items = [[f"canary-{c}-{t}" for t in range(items)] for c in range(canaries)]
-    genres = [
-        (j, name.split("=", 1)[1])
-        for j, name in enumerate(data.item_feature_names)
-        if name.startswith("genre=")
-    ]
-    with (folder / "items.csv").open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["item", "title", "genres"])
-        for i, item in enumerate(data.item_ids):
-            listed = [g for j, g in genres if data.item_features[i, j] > 0]
-            out.writerow([item, data.item_titles[i], "|".join(listed)])
-        out.writerows([item, item, ""] for row in canary_items for item in row)
     last = int(data.timestamp.max()) if len(data) else 0
-    with (folder / "ratings.csv").open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["user", "item", "rating", "timestamp"])
-        out.writerows(
-            [data.user_ids[u], data.item_ids[i], 5, int(t)]
-            for u, i, t in zip(data.user, data.item, data.timestamp, strict=True)
-        )
-        for c in np.flatnonzero(included):
-            out.writerows(
-                [f"canary-{c}", item, 5, last + 1 + t] for t, item in enumerate(canary_items[c])
-            )
+    write_data(
+        data,
+        folder,
+        extra_items=[item for row in canary_items for item in row],
+        extra_ratings=[
+            (f"canary-{c}", item, last + 1 + t)
+            for c in np.flatnonzero(included)
+            for t, item in enumerate(canary_items[c])
+        ],
+    )
     return included, canary_items
 
 
@@ -137,41 +119,28 @@ def canary_audit(
     with tempfile.TemporaryDirectory(prefix="fedrec-canary-") as scratch:
         folder = Path(scratch)
         included, canary_items = write_canary_data(data, folder / "data", canaries, items, rng)
-        rerun_config = config.replace(
-            data=str(folder / "data"),
-            threshold=0.0,
-            out_dir=str(folder / "run"),
-            catalog="",
-            resume="",
-            state_dir="",
-            shard_dir="",
-        )
-        started = time.perf_counter()
-        metrics = rerun(rerun_config)
-        seconds = time.perf_counter() - started
-        catalog = load_catalog(folder / "run" / CATALOG_FILE)
-        with np.load(folder / "run" / FINAL_MODEL) as saved:
-            final = saved[ITEM_TABLE].astype(np.float64)
+        retrained = train_again(config, rerun, folder)
+    catalog = retrained.catalog
+    final = retrained.shared[ITEM_TABLE].astype(np.float64)
     start = initial_shared_state(catalog, config.dim, config.seed)[ITEM_TABLE].numpy()
     moved = final - start.astype(np.float64)
     moved -= moved.mean(axis=0)  # the drift every row shares (the server step moves them all)
     index = {item: i for i, item in enumerate(catalog.item_ids)}
     rows = np.array([[index[i] for i in row] for row in canary_items])
     scores = _coherence(moved[rows])
-    user_level = (metrics.get("privacy") or {}).get("user_level") or {}
-    claimed = user_level.get("epsilon")
-    delta = float(user_level.get("delta") or CANARY_DELTA)
+    claimed = retrained.claimed_epsilon
+    delta = retrained.delta or CANARY_DELTA
     corrected = 1 - (1 - confidence) / len(DEFAULT_K_FRACTIONS)  # valid over the grid
     found = best_one_run_audit(scores, included, delta=delta, confidence=corrected)
     return CanaryAudit(
         canaries=canaries,
         included=int(included.sum()),
         items_per_canary=items,
-        claimed_epsilon=float(claimed) if claimed is not None else None,
+        claimed_epsilon=claimed,
         delta=delta,
         epsilon_lower_bound=found.epsilon_lb,
         guesses=found.guesses,
         correct=found.correct,
         confidence=confidence,
-        rerun_seconds=seconds,
+        rerun_seconds=retrained.seconds,
     )

@@ -2,9 +2,10 @@
 
 Each run's ``audit/audit.json`` is read (written first by :func:`~.report.audit_run` when a
 run has none), and one table and one figure put the runs side by side: the user-level ε the
-audit recomputed (∞ without user-level DP), whether SecAgg+ was on, test HR@10, and each
-interaction-inference view's AUC — the privacy/utility trade-off of TF Privacy's privacy
-report, on our attacks.
+audit recomputed (∞ without user-level DP), whether SecAgg+ was on, test HR@10, each
+interaction-inference view's AUC, membership inference's AUC (LiRA and the loss score) and the
+canary audit's ε lower bound — the privacy/utility trade-off of TF Privacy's privacy report,
+on our attacks.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from typing import Any
 
 from jinja2 import Environment
 
-__all__ = ["VIEW_ORDER", "compare_audits", "write_comparison"]
+__all__ = ["MEMBERSHIP_ORDER", "VIEW_ORDER", "compare_audits", "write_comparison"]
 
 VIEW_ORDER = ("upload", "masked-upload", "cohort-sum", "released")
+MEMBERSHIP_ORDER = ("lira", "loss")
 Auditor = Callable[[Path], dict[str, Any]]
 
 
 def _row(run: Path, audit: dict[str, Any]) -> dict[str, Any]:
     ledger = audit["ledger"]
     views = audit["attacks"].get("interaction", {})
+    membership = audit["attacks"].get("membership", {})
+    canary = audit["attacks"].get("canary")
     return {
         "run": run.name,
         "dir": str(run),
@@ -35,6 +39,10 @@ def _row(run: Path, audit: dict[str, Any]) -> dict[str, Any]:
         "secure": audit["run"]["config"].get("secure-aggregation", "off") != "off",
         "hr@10": audit["run"]["final"].get("hr@10"),
         "auc": {v: views[v]["auc"]["value"] for v in VIEW_ORDER if v in views},
+        "membership_auc": {
+            v: membership[v]["auc"]["value"] for v in MEMBERSHIP_ORDER if v in membership
+        },
+        "canary_epsilon_lb": canary["epsilon_lower_bound"] if canary else None,
         "violations": len(audit["violations"]),
     }
 
@@ -56,11 +64,13 @@ def _figure(rows: list[dict[str, Any]]) -> str:
     finite = [r["epsilon"] for r in rows if math.isfinite(r["epsilon"])]
     plain_at = 2 * max(finite) if finite else 1.0  # runs without DP, drawn right of the rest
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    for view in VIEW_ORDER:
-        points = [(r["epsilon"] if math.isfinite(r["epsilon"]) else plain_at, r["auc"][view])
-                  for r in rows if view in r["auc"]]  # fmt: skip
+    series = [(v, "auc", v) for v in VIEW_ORDER]
+    series += [(f"membership ({v})", "membership_auc", v) for v in MEMBERSHIP_ORDER]
+    for label, column, view in series:
+        points = [(r["epsilon"] if math.isfinite(r["epsilon"]) else plain_at, r[column][view])
+                  for r in rows if view in r[column]]  # fmt: skip
         if points:
-            axis.scatter(*zip(*points, strict=True), label=view)
+            axis.scatter(*zip(*points, strict=True), label=label)
     axis.axhline(0.5, color="grey", lw=0.8, ls=":")
     axis.set(xscale="log", xlabel="user-level ε (rightmost: no DP)", ylabel="attack AUC")
     axis.legend(fontsize=8)
@@ -76,7 +86,13 @@ def write_comparison(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]
     html = (
         Environment(autoescape=True)
         .from_string(template)
-        .render(rows=rows, views=VIEW_ORDER, figure=_figure(rows), inf=math.inf)
+        .render(
+            rows=rows,
+            views=VIEW_ORDER,
+            membership=MEMBERSHIP_ORDER,
+            figure=_figure(rows),
+            inf=math.inf,
+        )
     )
     html_path = out / "compare.html"
     html_path.write_text(html)

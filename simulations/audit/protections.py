@@ -63,14 +63,17 @@ def protections(
     data_handling: Mapping[str, Any] | None,
     deployment: Mapping[str, Any] | None,
     seeded: bool,
+    at_rest: Mapping[str, Any] | None = None,
 ) -> list[Protection]:
     """The summary rows, in the order of the report (see the module docstring)."""
     rows = [_private_state(evidence), _features(config, attacks.get("attribute"))]
-    rows.append(_user_level(config, ledger, seeded, attacks.get("canary")))
+    rows.append(
+        _user_level(config, ledger, seeded, attacks.get("canary"), attacks.get("membership"))
+    )
     rows.append(_record_level(config, ledger))
     rows.append(_secure(config, attacks))
     rows.append(_pseudonymized(data_handling))
-    rows.append(_at_rest(config, deployment))
+    rows.append(_at_rest(config, deployment, at_rest))
     rows.append(_transport(deployment))
     return rows
 
@@ -138,6 +141,7 @@ def _user_level(
     ledger: LedgerCheck,
     seeded: bool,
     canary: Mapping[str, Any] | None,
+    membership: Mapping[str, Any] | None = None,
 ) -> Protection:
     name = "User-level DP (DP-FedAvg)"
     bound = (
@@ -147,6 +151,14 @@ def _user_level(
         if canary
         else ""
     )
+    strongest = max(
+        ((v, r["auc"]["value"]) for v, r in (membership or {}).items() if isinstance(r, dict)),
+        key=lambda pair: pair[1],
+        default=None,
+    )
+    if strongest is not None:
+        bound += f"; membership inference against the released model: AUC {strongest[1]:.3f}"
+        bound += f" ({strongest[0]}, the strongest view)"
     if not config.user_level_dp:
         return Protection(
             name,
@@ -259,7 +271,11 @@ def _pseudonymized(data_handling: Mapping[str, Any] | None) -> Protection:
     )
 
 
-def _at_rest(config: FederationConfig, deployment: Mapping[str, Any] | None) -> Protection:
+def _at_rest(
+    config: FederationConfig,
+    deployment: Mapping[str, Any] | None,
+    at_rest: Mapping[str, Any] | None,
+) -> Protection:
     name = "Encryption at rest"
     guarantee = "Each device's data and state are sealed with AES-256-GCM."
     if deployment is not None:
@@ -271,18 +287,28 @@ def _at_rest(config: FederationConfig, deployment: Mapping[str, Any] | None) -> 
             " device SDK (tests/simulations/test_deploy_e2e.py); the stores are on the devices,"
             " not checked from here",
         )
-    if config.shard_dir or config.state_dir:
-        return Protection(
-            name,
-            "amber",
-            guarantee,
-            "the run was configured to keep "
-            + " and ".join(
-                n for n, v in (("shards", config.shard_dir), ("state", config.state_dir)) if v
-            )
-            + " sealed (client/secure_store.py); the files are not opened from here",
-        )
-    return Protection(name, "n/a", guarantee, "a simulation that keeps nothing on disk")
+    if not (config.shard_dir or config.state_dir):
+        return Protection(name, "n/a", guarantee, "a simulation that keeps nothing on disk")
+    if not at_rest:
+        return Protection(name, "amber", guarantee, "sealed folders configured, not inspected")
+    folders = at_rest["folders"]
+    key_file = at_rest.get("key_file")
+    problems = [p for f in folders for p in f["problems"]] + (
+        key_file["problems"] if key_file else []
+    )
+    warnings = [w for f in folders for w in f["warnings"]]
+    checked = "; ".join(
+        f"{f['path']}: {f['sealed']} of {f['files']} files sealed"
+        f" ({', '.join(f'{k}: {n}' for k, n in f['kdfs'].items()) or 'none'};"
+        f" {len(f['key_fingerprints'])} key fingerprints)"
+        for f in folders
+    )
+    if key_file and key_file["exists"]:
+        checked += f"; key file mode {key_file['mode']}, outside the folders"
+    if problems:
+        return Protection(name, "red", guarantee, "; ".join([*problems, checked]))
+    status = "amber" if warnings else "green"
+    return Protection(name, status, guarantee, "; ".join([checked, *warnings]))
 
 
 def _transport(deployment: Mapping[str, Any] | None) -> Protection:

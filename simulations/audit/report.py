@@ -29,8 +29,9 @@ from fedrec.common.data.catalog import load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS, shared_shapes
 from fedrec.common.runs import CATALOG_FILE, CHECKPOINT, METRICS_FILE, ROUNDS_LOG
+from fedrec.simulations.audit.at_rest import inspect_folder, inspect_key_file
 from fedrec.simulations.audit.attribute import attribute_inference
-from fedrec.simulations.audit.canary import Rerun, canary_audit
+from fedrec.simulations.audit.canary import canary_audit
 from fedrec.simulations.audit.evidence import merge_received
 from fedrec.simulations.audit.interaction import (
     Observation,
@@ -39,15 +40,20 @@ from fedrec.simulations.audit.interaction import (
     observe_uploads,
 )
 from fedrec.simulations.audit.ledger import recompute_user_level
+from fedrec.simulations.audit.membership import VIEWS, membership_audit
 from fedrec.simulations.audit.protections import CHANCE_AUC, NOT_COVERED, protections
+from fedrec.simulations.audit.rerun import Rerun
 
 __all__ = ["ATTACKS", "SCHEMA", "audit_run", "write_report"]
 
 SCHEMA = "fedrec-audit/1"
-ATTACKS = ("interaction", "attribute", "canary")
-NOT_YET = {
-    "membership": "membership inference against the released model (score-based and LiRA)",
+NAMES = {
+    "interaction": "interaction inference by the server",
+    "attribute": "attribute inference by the server",
+    "membership": "membership inference against the released model",
+    "canary": "the canary audit (ε lower bound)",
 }
+ATTACKS = ("interaction", "attribute", "membership", "canary")
 
 
 def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
@@ -71,20 +77,19 @@ def audit_run(
     seed: int = 0,
     canaries: int = 200,
     canary_items: int = 20,
+    members: int = 200,
+    shadows: int = 2,
     rerun: Rerun | None = None,
 ) -> dict[str, Any]:
     """The audit document of ``run_dir`` (see the module docstring). ``rerun`` runs the
-    canary audit's extra training run (default: the simulation engine, as ``fedrec
-    simulate``)."""
+    extra training runs of the membership attack (``shadows + 1`` runs, ``members``
+    candidates) and of the canary audit (one run; default: the simulation engine, as
+    ``fedrec simulate``)."""
     started = time.perf_counter()
     run_dir = Path(run_dir).resolve()
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
-        later = [f"{a} ({NOT_YET[a]})" for a in unknown if a in NOT_YET]
-        raise ValueError(
-            f"unknown attacks {unknown}: choose from {ATTACKS} (or none)"
-            + (f"; not in this version: {', '.join(later)}" if later else "")
-        )
+        raise ValueError(f"unknown attacks {unknown}: choose from {ATTACKS} (or none)")
     if not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir / 'config.json'} not found: not a fedrec run folder")
     described = json.loads((run_dir / "config.json").read_text())
@@ -101,8 +106,10 @@ def audit_run(
     deployment_file = run_dir / "deployment" / "deployment.json"
     deployment = json.loads(deployment_file.read_text()) if deployment_file.exists() else None
     handling = _data_handling(config.data)
+    at_rest = _at_rest(config)
     results: dict[str, Any] = {}
-    observed = _observe(config, run_dir, targets, seed) if set(attacks) - {"canary"} else {}
+    replayed = set(attacks) & {"interaction", "attribute"}
+    observed = _observe(config, run_dir, targets, seed) if replayed else {}
     if "interaction" in attacks:
         z = ledger.rounds[-1].z if ledger.rounds else 0.0
         results["interaction"] = _interaction(config, records, observed, z, seed)
@@ -111,6 +118,11 @@ def audit_run(
             view: attribute_inference(o, catalog.user_schema, o.features or {})
             for view, o in observed.items()
         }
+    if "membership" in attacks:
+        membership = membership_audit(
+            config, rerun or _engine, targets=members, shadows=shadows, seed=seed
+        )
+        results["membership"] = membership.to_dict()
     if "canary" in attacks:
         found = canary_audit(
             config, rerun or _engine, canaries=canaries, items=canary_items, seed=seed
@@ -125,6 +137,7 @@ def audit_run(
         data_handling=handling,
         deployment=deployment,
         seeded=seeded,
+        at_rest=at_rest,
     )
     violations = [f"ε: round {r.round} recorded {r.recorded}, recomputed {r.recomputed}"
                   for r in ledger.disagreements]  # fmt: skip
@@ -164,9 +177,10 @@ def audit_run(
         "ledger": ledger.to_dict(),
         "data_handling": handling,
         "storage": storage,
+        "at_rest": at_rest,
         "evidence": evidence.to_dict(),
         "attacks": results,
-        "not_run": [v for k, v in NOT_YET.items()],
+        "not_run": [NAMES[a] for a in ATTACKS if a not in attacks],
         "record_of_processing": _record_of_processing(config, catalog.user_schema.names, summary),
         "violations": violations,
         "audit_seconds": time.perf_counter() - started,
@@ -213,6 +227,18 @@ def _engine(config: FederationConfig) -> dict[str, Any]:
     from fedrec.simulations.runner import simulate
 
     return simulate(config)
+
+
+def _at_rest(config: FederationConfig) -> dict[str, Any] | None:
+    """The run's sealed folders and key file, read without the key (``at_rest.py``)."""
+    folders = [f for f in (config.shard_dir, config.state_dir) if f]
+    if not folders:
+        return None
+    key_file = inspect_key_file(config.key_file, folders) if config.key_file else None
+    return {
+        "folders": [inspect_folder(f).to_dict() for f in folders],
+        "key_file": key_file.to_dict() if key_file else None,
+    }
 
 
 def _storage(run_dir: Path) -> dict[str, Any]:
@@ -274,6 +300,22 @@ def _epsilon_figure(ledger: dict[str, Any]) -> str:
     return svg_of(figure)
 
 
+def _record_level_figure(summary: dict[str, Any]) -> str:
+    """The devices' record-level ε as a distribution: the fraction of devices at or under ε."""
+    from fedrec.simulations.plots import plt, svg_of
+
+    deciles = summary.get("epsilon_deciles") or []
+    if not deciles:
+        return ""
+    figure, axis = plt.subplots(figsize=(6, 3))
+    axis.plot(deciles, np.linspace(0, 1, len(deciles)), marker=".", label="devices")
+    if summary.get("budget"):
+        axis.axvline(summary["budget"], color="grey", lw=0.8, label="budget")
+    axis.set(xlabel=f"record-level ε (δ = {summary['delta']:g})", ylabel="fraction of devices ≤ ε")
+    axis.legend()
+    return svg_of(figure)
+
+
 def _roc_figure(attacks: dict[str, Any]) -> str:
     from fedrec.simulations.plots import plt, svg_of
 
@@ -299,7 +341,13 @@ def write_report(audit: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     json_path.write_text(json.dumps(audit, indent=2, default=str) + "\n")
     figures = {
         "epsilon": _epsilon_figure(audit["ledger"]) if audit["ledger"]["rounds"] else "",
+        "record_level": _record_level_figure(audit["ledger"].get("record_level") or {}),
         "roc": _roc_figure(audit["attacks"].get("interaction", {})),
+        "membership_roc": _roc_figure(
+            {v: r for v, r in audit["attacks"]["membership"].items() if v in VIEWS}
+        )
+        if "membership" in audit["attacks"]
+        else "",
     }
     template = (resources.files(__package__) / "report.html").read_text()
     html = Environment(autoescape=True).from_string(template).render(a=audit, figures=figures)

@@ -284,6 +284,9 @@ def test_record_level_tally() -> None:
     )  # fmt: skip
     assert summary["clients"] == 3 and summary["clients_at_budget"] == 1
     assert summary["declined_this_round"] == 1 and summary["delta"] == 1e-4
+    # linear interpolation between the latest ε of the 3 nodes (2, 3, 5): 0 %, 10 %, …, 100 %
+    deciles = [2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.4, 3.8, 4.2, 4.6, 5.0]
+    assert summary["epsilon_deciles"] == pytest.approx(deciles)
 
 
 # --- the run: resume and summary (server/app.py) -------------------------------------------

@@ -30,6 +30,7 @@ def test_runs_are_compared_on_epsilon_utility_and_attack_auc(
         "masked-upload" in rows["protected"]["auc"] and "masked-upload" not in rows["plain"]["auc"]
     )
     assert rows["plain"]["auc"]["upload"] > 0.8
+    assert rows["plain"]["membership_auc"] == {} and rows["plain"]["canary_epsilon_lb"] is None
     assert (plain / "audit" / "audit.json").exists()  # audited on the way, kept for next time
     html = (out / "compare.html").read_text()
     assert 'id="comparison"' in html and "∞ (no DP)" in html and "<svg" in html
