@@ -55,6 +55,7 @@ class FederationConfig:
     round_timeout: float = 600.0  # seconds a round (and the wait for its nodes) may take
     eval_every: int = 5  # federated evaluation every k rounds (and after the last)
     eval_clients: int = 0  # clients per evaluation (0: all nodes)
+    max_update_norm: float = 0.0  # refuse a longer update (0: the norm of the start model)
     # server optimizer
     strategy: str = "fedavg"  # fedavg | fedavgm | fedadam | fedyogi | fedprox
     server_lr: float = 1.0  # FedAvgM: step on the averaged update; FedAdam/FedYogi: eta
@@ -120,6 +121,7 @@ class FederationConfig:
         for name in (
             "clients_per_round",
             "eval_clients",
+            "max_update_norm",
             "negatives",
             "proximal_mu",
             "expected_nodes",

@@ -28,7 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog, load_catalog
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.model import initial_shared_state
+from fedrec.common.model import initial_shared_state, shared_shapes
 from fedrec.common.privacy import PrivacyLedger, check_accountant
 from fedrec.common.runs import (
     CONFIG_FILE,
@@ -45,6 +45,7 @@ from fedrec.server.cohorts import connected_nodes
 from fedrec.server.dp_fedavg import UserLevelDP
 from fedrec.server.factory import ServerRandomness, make_strategy
 from fedrec.server.summary import privacy_summary, secure_summary, summarize_rounds
+from fedrec.server.validation import ReplyValidator, model_norm
 
 __all__ = ["app", "make_server_app", "run_federation"]
 
@@ -137,6 +138,7 @@ def run_federation(
         user_ledger=ledger,
         secure=secure,
         catalog_hash=catalog.hash,
+        validator=_validator(config, catalog, initial),
     )
     strategy.step.load_state_dict(optimizer_state, list(initial.keys()))
     if run_dir is not None:
@@ -187,6 +189,17 @@ def _catalog(config: FederationConfig) -> Catalog:
             " one itself)"
         )
     return load_catalog(config.catalog)
+
+
+def _validator(config: FederationConfig, catalog: Catalog, start: ArrayRecord) -> ReplyValidator:
+    """The check of every reply (server/validation.py); the update-norm bound defaults to the
+    norm of the model the run starts from."""
+    bound = config.max_update_norm or model_norm({k: v.numpy() for k, v in start.items()})
+    return ReplyValidator(
+        shared_shapes(catalog, config.dim),
+        max_update_norm=bound,
+        weigh_by_examples=config.client_weighting == "examples",
+    )
 
 
 def _check_quantization_margin(

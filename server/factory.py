@@ -34,6 +34,7 @@ from fedrec.server.cohorts import CohortSampler, FractionCohort, UniformCohort
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
 from fedrec.server.optimizer import ServerStep, flower_strategy, scheduled_lr
 from fedrec.server.recorder import RoundPlan, RoundRecorder
+from fedrec.server.validation import ReplyValidator
 
 __all__ = ["ServerRandomness", "make_strategy"]
 
@@ -73,6 +74,7 @@ def make_strategy(
     user_ledger: PrivacyLedger | None = None,
     secure: SecureAggregationGrid | None = None,
     catalog_hash: str = "",
+    validator: ReplyValidator | None = None,
 ) -> RoundRecorder:
     """The run's composition (see the module docstring)."""
     step = ServerStep(
@@ -125,6 +127,7 @@ def make_strategy(
             else None
         ),
         secure=secure,
+        validator=validator,
     )
 
 

@@ -38,6 +38,7 @@ from fedrec.common.secagg.grid import SecureAggregationGrid, secure_sum
 from fedrec.server.cohorts import CohortGrid, CohortSampler, connected_nodes, in_cohort_order
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally
 from fedrec.server.optimizer import ServerStep
+from fedrec.server.validation import Refusal, ReplyValidator
 from fedrec.server.wrapper import StrategyWrapper
 
 __all__ = ["RoundPlan", "RoundRecorder"]
@@ -74,9 +75,11 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         user_dp: DPFedAvg | None = None,
         record_tally: RecordLevelTally | None = None,
         secure: SecureAggregationGrid | None = None,
+        validator: ReplyValidator | None = None,
     ) -> None:
         """``step`` is the server optimizer inside ``inner`` (its step size is recorded);
-        ``user_dp`` the DP-FedAvg layer, ``secure`` the SecAgg+ grid, when the run has them."""
+        ``user_dp`` the DP-FedAvg layer, ``secure`` the SecAgg+ grid, when the run has them;
+        ``validator`` refuses malformed replies before anything aggregates them."""
         super().__init__(inner)
         self.plan = plan
         self.step = step
@@ -88,6 +91,8 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         self.user_dp = user_dp
         self.record_tally = record_tally
         self.secure = secure
+        self.validator = validator
+        self._global: dict[str, np.ndarray] | None = None
         self.records: list[dict[str, Any]] = []
         self._current: dict[str, Any] = {}
         self._t0 = 0.0
@@ -102,6 +107,8 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             grid, self.plan.min_clients, self.plan.timeout, what=f"round {absolute}"
         )
         cohort = self.train_cohorts.sample(nodes)
+        if self.validator is not None:  # the round's model: each update is measured against it
+            self._global = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
         messages = in_cohort_order(
             self.inner.configure_train(absolute, arrays, config, CohortGrid(grid, cohort)), cohort
         )
@@ -124,9 +131,11 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         ok = [m for m in replies if not m.has_error()]
         ups = [message_bytes(m) for m in ok]
         received: dict[str, dict[str, object]] = {}
-        describe_received(ok, received)
+        describe_received(ok, received)  # everything received, refused or not
         self._stop_if_refused(absolute, replies)  # before DP-FedAvg would spend ε on it
-        arrays, metrics = self.inner.aggregate_train(absolute, replies)
+        accepted, refused = self._validated(ok, self._global)
+        failed = [m for m in replies if m.has_error()]
+        arrays, metrics = self.inner.aggregate_train(absolute, failed + accepted)
         if arrays is None and replies and not ok:  # (under DP: a noise-only round instead)
             reason = (replies[0].error.reason or "")[-2000:]
             raise RuntimeError(
@@ -136,9 +145,12 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         if self.step.last_step_size is not None:
             rec["server_lr"] = self.step.last_step_size
         rec.update(
-            clients_replied=len(ok),
-            clients_failed=len(replies) - len(ok),
-            errors=sorted({(m.error.reason or "")[-300:] for m in replies if m.has_error()})[:3],
+            clients_replied=len(accepted),
+            clients_failed=len(replies) - len(accepted),
+            errors=(
+                sorted({(m.error.reason or "")[-300:] for m in failed})
+                + [f"refused: {r}" for r in refused[:1]]
+            )[:3],
             bytes_up_per_client=float(np.mean(ups)) if ups else 0.0,
             bytes_up_total=int(sum(ups)),
             bytes_down_total=rec["bytes_down_per_client"] * rec["clients_sampled"],
@@ -147,17 +159,36 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             train_seconds=time.perf_counter() - self._t0,
         )
         rec["received"] = {"train": received}
+        if refused:
+            rec["rejected"] = {"train": _count_reasons(refused)}
         if forged:
             rec["clients_failed"] += forged
             rec["errors"] = [*rec["errors"], f"{forged} forged aggregate replies dropped"][:3]
         if self.secure is not None:  # the four stages' traffic, not the one aggregate
             self._record_secure_round(rec)
-        privacy = self._privacy_record(ok)
+            if refused:  # the unmasked sum itself was refused: the round changed nothing
+                rec["clients_replied"], rec["clients_failed"] = 0, rec["clients_sampled"]
+        privacy = self._privacy_record(accepted)
         if privacy:
             rec["privacy"] = privacy
         if arrays is not None and self.checkpoint is not None:
             self.checkpoint(arrays, absolute)
         return arrays, metrics
+
+    def _validated(
+        self, replies: list[Message], global_: dict[str, np.ndarray] | None
+    ) -> tuple[list[Message], list[Refusal]]:
+        """(accepted, refusals) of replies without an error (all accepted without a validator)."""
+        if self.validator is None:
+            return replies, []
+        accepted, refused = [], []
+        for msg in replies:
+            refusal = self.validator.check(msg, global_)
+            if refusal is None:
+                accepted.append(msg)
+            else:
+                refused.append(refusal)
+        return accepted, refused
 
     def _stop_if_refused(self, absolute: int, replies: list[Message]) -> None:
         """Every device refused the round (its catalog differs, its guard or secure
@@ -219,11 +250,19 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         replies = list(replies)
-        metrics = self.inner.aggregate_evaluate(server_round + self.plan.round_offset, replies)
+        ok = [m for m in replies if not m.has_error()]
+        accepted, refused = self._validated(ok, None)
+        failed = [m for m in replies if m.has_error()]
+        metrics = self.inner.aggregate_evaluate(
+            server_round + self.plan.round_offset, failed + accepted
+        )
         rec = self._current
         if metrics is not None:
             rec["eval"] = {k: scalar(metrics, k) for k in metrics}
-            rec["clients_evaluated"] = len(replies)
+            rec["clients_evaluated"] = len(accepted)
+        if refused:
+            rec.setdefault("rejected", {})["evaluate"] = _count_reasons(refused)
+            rec["eval_errors"] = [f"refused: {r}" for r in refused[:3]]
         if replies:
             evaluated: dict[str, dict[str, object]] = {}
             describe_received(replies, evaluated)
@@ -249,3 +288,10 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         messages = self.configure_evaluate(0, arrays, config, grid)
         replies = grid.send_and_receive(messages=messages, timeout=timeout)
         self.aggregate_evaluate(0, replies)
+
+
+def _count_reasons(refused: list[Refusal]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in refused:
+        counts[r.reason] = counts.get(r.reason, 0) + 1
+    return counts

@@ -230,7 +230,7 @@ def test_the_app_pickles_by_reference(app: ClientApp, initial: ArrayRecord) -> N
     from ray import cloudpickle
 
     data = cloudpickle.dumps(make_client_app(CONFIG))
-    assert len(data) < 4000, len(data)  # 2.6 kB; the closure version was 9.6 kB
+    assert len(data) < 5000, len(data)  # 4.0 kB (it carries the config); closures: 9.6 kB
     clone = cloudpickle.loads(data)
     context = node_context(19, USERS)
     reply = clone(server_message("train", initial, context.node_id, 1, catalog=CATALOG), context)
