@@ -146,6 +146,8 @@ class Handlers:
                 config, _round(msg), len(user.shard.train_items), config_of(msg.content)
             )
         returning = int(private is not None)
+        if config.client_weighting == "uniform":  # unused, and it would tell the history's length
+            trained.pop(keys.NUM_EXAMPLES, None)
         metrics = MetricRecord({**trained, keys.UNIT_WEIGHT: 1, keys.RETURNING: returning})
         content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
         return Message(content=content, reply_to=msg)

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
 from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog
+from fedrec.common.files import append_private
 from fedrec.common.keys import CATALOG_MISMATCH_ERROR, NON_FINITE_ERROR, PRIVACY_GUARD_ERROR
 from fedrec.common.privacy import NonFiniteUpdate, clip_delta
 from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar, text
@@ -224,6 +224,5 @@ class MessageRecorder:
         path = self.path_of(context)
         if path:
             line = json.dumps({"node": context.node_id, "pid": os.getpid(), **describe(reply)})
-            with Path(path).open("a", encoding="utf-8") as fh:  # one short line: atomic append
-                fh.write(line + "\n")
+            append_private(path, line + "\n")  # per-device results: 0600
         return reply

@@ -7,6 +7,7 @@ is the only place that reads them. Unknown keys are errors, not silently ignored
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -115,6 +116,12 @@ class FederationConfig:
             "synthetic_users",
             "synthetic_items",
         )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if str(f.type) in ("int", "float") and isinstance(value, bool):
+                raise ValueError(f"{_kebab(f.name)} must be a number, got {value}")
+            if str(f.type) == "float" and not math.isfinite(value):
+                raise ValueError(f"{_kebab(f.name)} must be a finite number, got {value}")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{_kebab(name)} must be >= 1, got {getattr(self, name)}")
@@ -171,8 +178,20 @@ class FederationConfig:
             raise ValueError("shard-dir and state-dir are encrypted: give key-file too")
         if self.user_level_dp:
             self._check_user_level_dp()
+        else:
+            named = [n for n in ("dp_noise_multiplier", "dp_target_epsilon") if getattr(self, n)]
+            if named:
+                raise ValueError(
+                    f"{_kebab(named[0])} is set but dp-clip-norm is 0, so user-level DP is off:"
+                    " set dp-clip-norm (C) to turn it on, or remove the setting"
+                )
         if self.record_level_dp:
             self._check_record_level_dp()
+        elif self.local_epsilon_budget:
+            raise ValueError(
+                "local-epsilon-budget is set but local-dp-noise-multiplier is 0, so devices run"
+                " no DP-SGD and keep no ε to budget: set local-dp-noise-multiplier, or remove it"
+            )
         if self.secure:
             self._check_secure_aggregation()
 
@@ -187,6 +206,18 @@ class FederationConfig:
     @property
     def secure(self) -> bool:
         return self.secure_aggregation != "off"
+
+    def warnings(self) -> list[str]:
+        """Settings that work but protect less than a user may think (printed at start)."""
+        found = []
+        if self.user_level_dp and not self.secure:
+            found.append(
+                "user-level DP without secure aggregation: the released models are (ε, δ)-DP,"
+                " but the server still receives each device's clipped update, from which"
+                " interaction inference reads the device's items (AUC 0.95 on ml-100k,"
+                ' docs/privacy.md); add secure-aggregation = "secagg+" to hide it'
+            )
+        return found
 
     def secagg_settings(self) -> SecAggSettings:
         return SecAggSettings(
@@ -281,6 +312,10 @@ def _kebab(name: str) -> str:
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     kind = {"int": int, "float": float, "str": str}[str(annotation)]
+    if kind is not str and isinstance(value, bool):  # TOML's true would be read as 1
+        raise ValueError(f"{key} must be a number, got {str(value).lower()}")
+    if kind is str and not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {value!r}")
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError(f"{key} must be an integer, got {value}")
     try:

@@ -15,7 +15,7 @@ import tempfile
 from contextlib import suppress
 from pathlib import Path
 
-__all__ = ["fsync_dir", "shred", "write_atomic"]
+__all__ = ["append_private", "fsync_dir", "shred", "write_atomic"]
 
 
 def write_atomic(
@@ -45,6 +45,18 @@ def write_atomic(
         raise
     fsync_dir(path.parent)
     return path
+
+
+def append_private(path: str | Path, line: str) -> None:
+    """Append ``line`` to ``path``, a file only its owner may read or write (0600 whatever
+    the umask, also when it already existed with wider permissions): logs that hold
+    per-device results. One short write: an atomic append."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def shred(path: str | Path) -> None:

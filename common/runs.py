@@ -64,12 +64,21 @@ QUALITY_PLOT = "quality.png"
 LOSS_PLOT = "loss.png"
 
 
-def prepare_run_dir(out: str | Path) -> Path:
-    """Create ``out`` (parents too); an existing non-empty run folder is refused, not mixed."""
+def prepare_run_dir(out: str | Path, resume: str | Path = "") -> Path:
+    """Create ``out`` (parents too). A folder holding a run is refused, not overwritten: a
+    finished one always, an interrupted one (a round log or checkpoint, no metrics) unless
+    this run resumes from it (``resume``: its folder or checkpoint)."""
     path = Path(out)
     if path.exists() and (path / METRICS_FILE).exists():
         raise FileExistsError(
             f"{path} already holds a finished run ({METRICS_FILE}); choose a new --out folder"
+        )
+    interrupted = path.exists() and any((path / f).exists() for f in (ROUNDS_LOG, CHECKPOINT))
+    resumed = Path(resume).resolve() if resume else None
+    if interrupted and resumed not in (path.resolve(), (path / CHECKPOINT).resolve()):
+        raise FileExistsError(
+            f"{path} holds an interrupted run: continue it with --resume {path}, or choose a"
+            " new --out folder (its files would be overwritten)"
         )
     path.mkdir(parents=True, exist_ok=True)
     return path

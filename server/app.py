@@ -16,6 +16,7 @@ runner wraps the grid for the engine's in-memory link) and the in-process resear
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +35,7 @@ from fedrec.common.runs import (
     CONFIG_FILE,
     FINAL_MODEL,
     METRICS_FILE,
+    ROUNDS_LOG,
     run_header,
     write_arrays,
     write_json,
@@ -43,7 +45,7 @@ from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS
 from fedrec.server.checkpoint import load_checkpoint, load_checkpoint_meta
 from fedrec.server.cohorts import connected_nodes
 from fedrec.server.dp_fedavg import UserLevelDP
-from fedrec.server.factory import ServerRandomness, make_strategy
+from fedrec.server.factory import ServerRandomness, make_strategy, resume_identity
 from fedrec.server.summary import privacy_summary, secure_summary, summarize_rounds
 from fedrec.server.validation import ReplyValidator, model_norm
 
@@ -168,7 +170,10 @@ def run_federation(
         train_config=train_config,
         evaluate_config=evaluate_config,
     )
-    metrics = summarize_rounds(strategy.records)
+    earlier = _earlier_rounds(Path(config.resume), start_round) if config.resume else []
+    metrics = summarize_rounds(earlier + strategy.records)  # a resumed run: all its rounds
+    if config.resume:
+        metrics["resumed"] = {"from": config.resume, "round": start_round, "logged": len(earlier)}
     metrics["train_seconds"] = time.perf_counter() - started
     metrics["nodes"] = num_nodes
     metrics["shared_parameters"] = int(sum(a.numpy().size for a in result.arrays.values()))
@@ -179,6 +184,15 @@ def run_federation(
         write_arrays(run_dir / FINAL_MODEL, {k: v.numpy() for k, v in result.arrays.items()})
         write_json(run_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def _earlier_rounds(resume: Path, start_round: int) -> list[dict[str, Any]]:
+    """The resumed run's logged rounds up to its checkpoint (empty if it kept no log)."""
+    log = (resume if resume.is_dir() else resume.parent) / ROUNDS_LOG
+    if not log.exists():
+        return []
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("round", 0) <= start_round]
 
 
 def _catalog(config: FederationConfig) -> Catalog:
@@ -227,6 +241,16 @@ def _check_resumed_model(
             f"checkpoint {config.resume} was trained on catalog {saved[:12]}, this run's"
             f" catalog is {catalog.hash[:12]}: its item rows would mean other items; resume"
             " with the catalog the run started with"
+        )
+    identity = resume_identity(config)
+    changed = {k: (meta[k], v) for k, v in identity.items() if k in meta and meta[k] != v}
+    if changed:
+        said = "; ".join(
+            f"{k} {was} in the checkpoint, {now} now" for k, (was, now) in changed.items()
+        )
+        raise ValueError(
+            f"checkpoint {config.resume} comes from another experiment: {said}; resume with"
+            " the settings the run started with"
         )
     want = {k: tuple(v.shape) for k, v in fresh.items()}
     got = {k: tuple(v.shape) for k, v in resumed.items()}

@@ -289,7 +289,9 @@ class RecordLevelTally:
 
     Each device reports its record-level ε after a round (``record-epsilon``) and whether it
     declined because its local budget was spent (``budget-exhausted``); the server keeps
-    the latest ε per node and the set of nodes that ever declined.
+    the highest ε per node and the set of nodes that ever declined. A ledger only grows: a
+    node that reports less than it did before has had its ledger restored from an older copy
+    (a rolled-back budget), and is counted in ``rolled_back``.
     """
 
     def __init__(self, delta: float, budget: float) -> None:
@@ -297,6 +299,7 @@ class RecordLevelTally:
         self.budget = budget
         self.latest: dict[int, float] = {}
         self.exhausted: set[int] = set()
+        self.rolled_back: set[int] = set()  # nodes whose reported ε went down
         self.secure_mean: float | None = None  # under SecAgg+: the last cohort's mean ε
         self.secure_declined = 0  # under SecAgg+: declines summed over rounds
 
@@ -314,7 +317,10 @@ class RecordLevelTally:
                 continue
             node = msg.metadata.src_node_id
             if keys.RECORD_EPSILON in metrics:
-                self.latest[node] = scalar(metrics, keys.RECORD_EPSILON)
+                epsilon, before = scalar(metrics, keys.RECORD_EPSILON), self.latest.get(node)
+                if before is not None and epsilon < before * (1 - 1e-9):
+                    self.rolled_back.add(node)
+                self.latest[node] = max(epsilon, before or 0.0)
             if scalar(metrics, keys.BUDGET_EXHAUSTED, 0.0):
                 declined += 1
                 self.exhausted.add(node)
@@ -345,5 +351,6 @@ class RecordLevelTally:
             "delta": self.delta,
             "budget": self.budget or None,
             "clients_at_budget": len(self.exhausted),
+            "rolled_back": len(self.rolled_back),  # ledgers restored from an older copy
             "declined_this_round": declined_this_round,
         }

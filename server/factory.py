@@ -36,7 +36,7 @@ from fedrec.server.optimizer import ServerStep, flower_strategy, scheduled_lr
 from fedrec.server.recorder import RoundPlan, RoundRecorder
 from fedrec.server.validation import ReplyValidator
 
-__all__ = ["ServerRandomness", "make_strategy"]
+__all__ = ["ServerRandomness", "make_strategy", "resume_identity"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def make_strategy(
                 run_dir,
                 step,
                 dp_layer.ledger if dp_layer else None,
-                model={"catalog_sha256": catalog_hash, "dim": config.dim},
+                model={"catalog_sha256": catalog_hash, **resume_identity(config)},
             )
             if run_dir is not None
             else None
@@ -129,6 +129,18 @@ def make_strategy(
         secure=secure,
         validator=validator,
     )
+
+
+def resume_identity(config: FederationConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint (written into it): the
+    model's width, the seed of the split, candidates and initialization, and what selects
+    the interactions (the catalog hash covers the items)."""
+    identity: dict[str, Any] = {"dim": config.dim, "seed": config.seed}
+    identity["threshold"] = config.threshold
+    if config.data == "synthetic":
+        identity["synthetic-users"] = config.synthetic_users
+        identity["synthetic-items"] = config.synthetic_items
+    return identity
 
 
 def _step_schedule(config: FederationConfig) -> Callable[[int], float] | None:

@@ -140,6 +140,8 @@ def simulate_cmd(
             "out-dir": out,
         },
     )
+    for warning in fed.warnings():
+        console.print(f"[yellow]warning:[/] {warning}")
 
     with progress_view() as progress:
         task = progress.add_task("simulate (starting Ray)", total=fed.num_rounds, info="")

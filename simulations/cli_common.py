@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 __all__ = [
+    "PlainProgress",
     "console",
     "federation_config",
     "or_exit",
@@ -44,8 +46,11 @@ def or_exit(fn: Any) -> Any:
         raise typer.Exit(code=2) from err
 
 
-def progress_view() -> Progress:
-    """The live view: description, bar, a line of current figures, elapsed time."""
+def progress_view() -> Progress | PlainProgress:
+    """The live view on a terminal (description, bar, a line of current figures, elapsed
+    time); plain progress lines otherwise (a log file, CI), where a live view prints nothing."""
+    if not console.is_terminal:
+        return PlainProgress(console)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -53,6 +58,52 @@ def progress_view() -> Progress:
         TimeElapsedColumn(),
         console=console,
     )
+
+
+class PlainProgress:
+    """The live view's interface as one printed line per change of a task's figures."""
+
+    def __init__(self, out: Console) -> None:
+        self.console = out
+        self._tasks: dict[TaskID, dict[str, Any]] = {}
+        self._started = time.monotonic()
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> TaskID:
+        task = TaskID(len(self._tasks))
+        self._tasks[task] = {"description": description, "total": total, "completed": 0.0,
+                             "info": fields.get("info", ""), "printed": None}  # fmt: skip
+        return task
+
+    def update(
+        self,
+        task: TaskID,
+        *,
+        advance: float | None = None,
+        completed: float | None = None,
+        description: str | None = None,
+        info: str | None = None,
+    ) -> None:
+        state = self._tasks[task]
+        if advance is not None:
+            state["completed"] += advance
+        if completed is not None:
+            state["completed"] = completed
+        if description is not None:
+            state["description"] = description
+        if info is not None:
+            state["info"] = info
+        total = f"/{state['total']:g}" if state["total"] else ""
+        line = f"{state['description']} {state['completed']:g}{total}  {state['info']}".rstrip()
+        if line != state["printed"]:  # one line per change, with the elapsed time
+            elapsed = time.monotonic() - self._started
+            self.console.print(f"[{elapsed:7.1f} s] {line}", markup=False, highlight=False)
+            state["printed"] = line
 
 
 def round_line(record: dict[str, Any]) -> str:

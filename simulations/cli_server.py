@@ -186,8 +186,10 @@ def run_cmd(
             "resume": resume.resolve() if resume else None,
         },
     )
+    for warning in fed.warnings():
+        console.print(f"[yellow]warning:[/] {warning}")
     control = _control(credentials, superlink, flwr_home)
-    or_exit(lambda: prepare_run_dir(out))
+    or_exit(lambda: prepare_run_dir(out, resume or ""))
     with tempfile.TemporaryDirectory(prefix="fedrec-app-") as app_dir:
         run_id = or_exit(lambda: submit_federation(control, fed, app_dir))
     console.print(f"run {run_id} submitted to {superlink}")

@@ -184,7 +184,7 @@ def run_inprocess(
     from fedrec.server.factory import ServerRandomness
 
     if config.out_dir:
-        prepare_run_dir(config.out_dir)
+        prepare_run_dir(config.out_dir, config.resume)
     provenance = {
         "reproducible": {
             "backend": "in-process (fedrec.simulations.inprocess)",

@@ -54,6 +54,12 @@ def load_scenario(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid TOML: {err}") from err
     if "run" not in document:
         raise ValueError(f"{path}: a scenario needs a [run] table of federation settings")
+    outside = sorted(k for k in document if k != "run")
+    if outside:
+        raise ValueError(
+            f"{path}: {outside} {'is' if len(outside) == 1 else 'are'} outside the [run] table"
+            " and would be ignored: move every setting below [run]"
+        )
     return dict(document["run"])
 
 
@@ -89,6 +95,7 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
     """
     check_state_is_kept(config)  # before anything starts, not in every node's first round
     data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
+    check_population(config, data.num_users)
     with tempfile.TemporaryDirectory(prefix="fedrec-catalog-") as scratch:
         if config.catalog:
             catalog = load_catalog(config.catalog)
@@ -103,6 +110,21 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
             folder = Path(config.out_dir) if config.out_dir else Path(scratch)
             path = save_catalog(Catalog.of(data), folder / CATALOG_FILE)
         yield config.replace(catalog=str(path), expected_nodes=data.num_users), data.num_users
+
+
+def check_population(config: FederationConfig, users: int) -> None:
+    """Refuse cohort settings the simulated population cannot meet (one node per user),
+    rather than capping them or waiting a round timeout for nodes that never come."""
+    for key, value in (
+        ("clients-per-round", config.clients_per_round),
+        ("min-clients", config.min_clients),
+        ("eval-clients", config.eval_clients),
+    ):
+        if value > users:
+            raise ValueError(
+                f"{key} = {value} exceeds the {users} users of {config.data} (one node per"
+                f" user): set {key} to at most {users}"
+            )
 
 
 def simulate(
@@ -127,7 +149,7 @@ def simulate(
     install_fast_polling()
 
     if config.out_dir:
-        prepare_run_dir(config.out_dir)
+        prepare_run_dir(config.out_dir, config.resume)
     results: dict[str, Any] = {}
     cpus = num_cpus or os.cpu_count() or 1
     logging.getLogger("flwr").setLevel(logging.WARNING)

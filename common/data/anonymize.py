@@ -19,7 +19,9 @@ What :func:`anonymize` does to a :class:`~fedrec.common.data.dataset.RawRatings`
   privacy"): age to bands of ``age_band`` years ("20-29"); zip code to its first
   ``zip_digits`` characters, or dropped (0, the default: a 3-digit US prefix still splits
   MovieLens 100K into hundreds of classes); timestamps floored to the start of the UTC day,
-  ISO week (Monday) or month; occupation kept (or dropped); gender kept.
+  ISO week (Monday) or month, with each user's rows kept in their original time order (the
+  leave-one-out split picks a user's last items by it; the file says which came first within
+  a day, not when); occupation kept (or dropped); gender kept.
 * **k-anonymity** over the generalized quasi-identifiers: every combination of values that
   fewer than ``k`` users share is suppressed. ``suppress="attributes"`` (default) replaces all
   quasi-identifier values of those users by :data:`SUPPRESSED` and keeps their ratings, so the
@@ -382,7 +384,7 @@ def k_anonymize(records: Mapping[str, tuple[str, ...]], k: int, suppress: str) -
 
 @dataclass(frozen=True)
 class Anonymized:
-    """De-identified ratings, sorted by (pseudonym, coarse timestamp, item)."""
+    """De-identified ratings, sorted by pseudonym, each user's in their original time order."""
 
     user: np.ndarray  # (N,) str pseudonyms
     item: np.ndarray  # (N,) str catalog ids
@@ -419,7 +421,9 @@ def anonymize(raw: RawRatings, key: bytes, config: AnonymizeConfig) -> Anonymize
     )
     user, item = user[keep], raw.item[keep]
     timestamp = coarsen_timestamps(raw.timestamp[keep], config.time_unit)
-    order = np.lexsort((item, timestamp, user))  # no within-unit order survives
+    # by user, then the exact time (stable: equal times keep the file order): the order within
+    # a coarse unit survives, so the split still finds each user's last items; times do not
+    order = np.lexsort((raw.timestamp[keep], user))
     return Anonymized(
         user=user[order],
         item=item[order],

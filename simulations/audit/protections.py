@@ -216,6 +216,15 @@ def _record_level(config: FederationConfig, ledger: LedgerCheck) -> Protection:
     guarantee = "Every update is (ε_device, δ)-DP per training example of that device."
     if not summary:
         return Protection(name, "amber", guarantee, "on, but no device reported its ε")
+    rolled = int(summary.get("rolled_back") or 0)
+    if rolled:
+        return Protection(
+            name,
+            "red",
+            guarantee,
+            f"{rolled} devices reported a lower ε than before: their ledgers were restored from"
+            " an older copy, so their budget does not bound what they spent",
+        )
     return Protection(
         name,
         "amber",

@@ -8,7 +8,8 @@ whoever rated it, so the model's shape does not depend on who was left out; the 
 features are dropped (the added users have none). The rerun keeps every setting of the run
 but one: SecAgg+ is off, because it changes what the server sees, not the released model
 (the server unmasks the exact sum of the quantized updates), and it makes a round several
-times slower. :func:`train_again` returns the rerun's released model and its metrics.
+times slower; and a cohort size above the rerun's population (some users left out) is
+lowered to it. :func:`train_again` returns the rerun's released model and its metrics.
 """
 
 from __future__ import annotations
@@ -92,9 +93,17 @@ def write_data(
         out.writerows([user, item, 5, t] for user, item, t in extra_ratings)
 
 
-def rerun_config(config: FederationConfig, folder: Path) -> FederationConfig:
-    """``config`` on the data in ``folder/data``, writing to ``folder/run``, SecAgg+ off."""
+def rerun_config(
+    config: FederationConfig, folder: Path, users: int | None = None
+) -> FederationConfig:
+    """``config`` on the data in ``folder/data``, writing to ``folder/run``, SecAgg+ off;
+    cohort sizes above the rerun's ``users`` (fewer than the run's when some are left out)
+    are lowered to it."""
+    cap = (lambda n: min(n, users)) if users is not None else (lambda n: n)
     return config.replace(
+        clients_per_round=cap(config.clients_per_round),
+        min_clients=cap(config.min_clients),
+        eval_clients=cap(config.eval_clients),
         data=str(folder / "data"),
         threshold=0.0,
         out_dir=str(folder / "run"),
@@ -108,8 +117,10 @@ def rerun_config(config: FederationConfig, folder: Path) -> FederationConfig:
 
 def train_again(config: FederationConfig, rerun: Rerun, folder: Path) -> Retrained:
     """Run ``config``'s scenario on ``folder/data`` (see :func:`rerun_config`)."""
+    with (folder / "data" / "ratings.csv").open() as f:
+        users = len({row["user"] for row in csv.DictReader(f)})
     started = time.perf_counter()
-    metrics = rerun(rerun_config(config, folder))
+    metrics = rerun(rerun_config(config, folder, users))
     seconds = time.perf_counter() - started
     catalog = load_catalog(folder / "run" / CATALOG_FILE)
     with np.load(folder / "run" / FINAL_MODEL) as saved:

@@ -343,7 +343,8 @@ def test_a_node_past_its_budget_declines_with_a_zero_update(
     private_before = _private(context)
     reply = _train(app, context, initial, 2)
     metrics = reply.content[keys.METRICS]
-    assert metrics[keys.BUDGET_EXHAUSTED] == 1 and metrics[keys.NUM_EXAMPLES] == 0
+    assert metrics[keys.BUDGET_EXHAUSTED] == 1
+    assert keys.NUM_EXAMPLES not in metrics  # uniform weights: the history's length stays here
     assert _epsilon_of(reply) == pytest.approx(one_round)  # nothing more spent
     for key, array in reply.content[keys.ARRAYS].items():
         np.testing.assert_array_equal(array.numpy(), initial[key].numpy())

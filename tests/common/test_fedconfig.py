@@ -77,6 +77,32 @@ def test_bad_value_names_the_kebab_key(key: str, value: object) -> None:
         FederationConfig.from_mapping({key: value})
 
 
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"num-rounds": True}, "num-rounds must be a number, got true"),  # TOML's true
+        ({"dp-clip-norm": float("nan")}, "dp-clip-norm must be a finite number"),
+        ({"server-lr": float("inf")}, "server-lr must be a finite number"),
+        ({"data": 5}, "data must be a string"),
+        ({"dp-target-epsilon": 8.0}, "dp-target-epsilon is set but dp-clip-norm is 0"),
+        ({"dp-noise-multiplier": 1.0}, "dp-noise-multiplier is set but dp-clip-norm is 0"),
+        ({"local-epsilon-budget": 20.0}, "local-epsilon-budget is set but local-dp-noise"),
+    ],
+)
+def test_settings_that_would_silently_do_something_else_are_refused(
+    values: dict, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        FederationConfig.from_mapping(values)
+
+
+def test_the_dataclass_refuses_a_bool_or_a_non_finite_number_too() -> None:
+    with pytest.raises(ValueError, match="dim must be a number"):
+        FederationConfig(dim=True)
+    with pytest.raises(ValueError, match="max-update-norm must be a finite number"):
+        FederationConfig(max_update_norm=float("nan"))
+
+
 def test_int_setting_rejects_a_fraction() -> None:
     with pytest.raises(ValueError, match="num-rounds must be an integer"):
         FederationConfig.from_mapping({"num-rounds": 1.5})
@@ -172,3 +198,11 @@ def test_local_dp_resumes_with_a_persistent_state_dir() -> None:
         "state-dir": "state", "key-file": "key",
     })  # fmt: skip
     assert config.record_level_dp and config.state_dir == "state"
+
+
+def test_user_level_dp_without_secure_aggregation_is_warned_about() -> None:
+    dp = {"dp-clip-norm": 0.5, "dp-noise-multiplier": 1.0, "client-weighting": "uniform"}
+    (warning,) = FederationConfig.from_mapping(dp).warnings()
+    assert "interaction inference" in warning and "secagg+" in warning
+    secure = FederationConfig.from_mapping({**dp, "secure-aggregation": "secagg+"})
+    assert secure.warnings() == [] and FederationConfig().warnings() == []

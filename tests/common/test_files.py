@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedrec.common import files
-from fedrec.common.files import write_atomic
+from fedrec.common.files import append_private, write_atomic
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -64,3 +64,16 @@ def test_a_failed_exclusive_write_gives_the_name_back(
         write_atomic(tmp_path / "key", b"k" * 32, mode=0o600, exclusive=True)
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []  # no empty key file left to be mistaken for one
+
+
+def test_a_private_append_is_owner_only_even_under_a_loose_umask(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    old = os.umask(0o022)
+    try:
+        append_private(log, "a\n")
+        log.chmod(0o644)  # a copy someone made readable: the next append narrows it again
+        append_private(log, "b\n")
+    finally:
+        os.umask(old)
+    assert log.read_text() == "a\nb\n"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600

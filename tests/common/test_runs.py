@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from fedrec.common import files
-from fedrec.common.runs import CONFIG_FILE, METRICS_FILE, prepare_run_dir, run_header, write_json
+from fedrec.common.runs import (
+    CHECKPOINT,
+    CONFIG_FILE,
+    METRICS_FILE,
+    ROUNDS_LOG,
+    prepare_run_dir,
+    run_header,
+    write_json,
+)
 
 # ---------------------------------------------------------------- prepare_run_dir
 
@@ -34,6 +42,22 @@ def test_prepare_run_dir_refuses_a_finished_run(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match=METRICS_FILE):
         prepare_run_dir(tmp_path)
     assert (tmp_path / METRICS_FILE).read_text() == "{}"  # untouched
+
+
+@pytest.mark.parametrize("left", [ROUNDS_LOG, CHECKPOINT])
+def test_prepare_run_dir_refuses_an_interrupted_run_unless_resuming_it(
+    tmp_path: Path, left: str
+) -> None:
+    (tmp_path / left).write_text("round 3")
+    with pytest.raises(
+        FileExistsError, match=f"interrupted run: continue it with --resume {tmp_path}"
+    ):
+        prepare_run_dir(tmp_path)
+    with pytest.raises(FileExistsError, match="interrupted"):
+        prepare_run_dir(tmp_path, resume=tmp_path.parent)  # resuming another run
+    assert prepare_run_dir(tmp_path, resume=tmp_path) == tmp_path
+    assert prepare_run_dir(tmp_path, resume=tmp_path / CHECKPOINT) == tmp_path
+    assert (tmp_path / left).read_text() == "round 3"  # untouched
 
 
 # ---------------------------------------------------------------- write_json

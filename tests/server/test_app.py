@@ -90,8 +90,11 @@ def test_resuming_on_another_catalog_or_model_is_refused(tmp_path: Path) -> None
     other = with_catalog(CLIENT.replace(synthetic_items=501))
     with pytest.raises(ValueError, match=r"was trained on catalog .* resume with the catalog"):
         run_federation(grid, other.replace(resume=str(run), num_rounds=4))
-    with pytest.raises(ValueError, match="does not fit dim 16"):
+    with pytest.raises(ValueError, match="another experiment: dim 8 in the checkpoint, 16 now"):
         run_federation(grid, CLIENT.replace(resume=str(run), num_rounds=4, dim=16))
+    with pytest.raises(ValueError, match="seed 0 in the checkpoint, 3 now"):
+        run_federation(grid, CLIENT.replace(resume=str(run), num_rounds=4, seed=3))
+    assert meta["seed"] == 0 and meta["synthetic-users"] == CLIENT.synthetic_users
 
 
 def test_a_round_every_device_refuses_stops_before_dp_spends_epsilon() -> None:

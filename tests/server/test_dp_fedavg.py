@@ -287,6 +287,16 @@ def test_record_level_tally() -> None:
     # linear interpolation between the latest ε of the 3 nodes (2, 3, 5): 0 %, 10 %, …, 100 %
     deciles = [2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.4, 3.8, 4.2, 4.6, 5.0]
     assert summary["epsilon_deciles"] == pytest.approx(deciles)
+    assert summary["rolled_back"] == 0
+
+
+def test_a_ledger_that_went_down_is_counted_as_rolled_back() -> None:
+    tally = RecordLevelTally(delta=1e-4, budget=5.0)
+    tally.update([_device_reply(1, 3.0, 0), _device_reply(2, 1.0, 0)])
+    tally.update([_device_reply(1, 1.5, 0), _device_reply(2, 1.2, 0)])  # node 1: an old copy
+    summary = tally.summary(0)
+    assert summary["rolled_back"] == 1 and tally.rolled_back == {1}
+    assert summary["epsilon_max"] == 3.0  # what node 1 has spent, not what it now claims
 
 
 # --- the run: resume and summary (server/app.py) -------------------------------------------

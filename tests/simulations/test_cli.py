@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from fedrec.simulations.cli import app
@@ -88,6 +89,26 @@ def test_simulate_rejects_missing_scenario(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "nope.toml" in flat(result.output)
+
+
+def test_a_scenario_with_settings_outside_its_run_table_is_refused(tmp_path: Path) -> None:
+    from fedrec.simulations.runner import load_scenario
+
+    path = tmp_path / "s.toml"
+    path.write_text('num-rounds = 50\n[run]\ndata = "synthetic"\n')
+    with pytest.raises(ValueError, match=r"\['num-rounds'\] is outside the \[run\] table"):
+        load_scenario(path)
+
+
+def test_cohorts_larger_than_the_population_are_refused() -> None:
+    from fedrec.common.fedconfig import FederationConfig
+    from fedrec.simulations.runner import check_population
+
+    check_population(FederationConfig(clients_per_round=60, min_clients=60), 60)
+    for key in ("clients-per-round", "min-clients", "eval-clients"):
+        config = FederationConfig.from_mapping({key: 61})
+        with pytest.raises(ValueError, match=f"{key} = 61 exceeds the 60 users"):
+            check_population(config, 60)
 
 
 def test_scenarios_parse() -> None:

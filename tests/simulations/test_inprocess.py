@@ -173,3 +173,15 @@ def test_cli_server_seed_runs_in_process_and_pairs_runs(tmp_path: Path) -> None:
         assert (tmp_path / name / "model.npz").exists()
         finals.append((written["final"], [r.get("train_loss") for r in written["rounds"]]))
     assert finals[0] == finals[1]
+
+
+def test_a_resumed_runs_metrics_cover_every_round(tmp_path: Path) -> None:
+    run_inprocess(_config(tmp_path, "a"), seed=5)
+    resumed = _config(tmp_path, "b", **{"num-rounds": 5}).replace(resume=str(tmp_path / "a"))
+    metrics, _ = run_inprocess(resumed, seed=5)
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2, 3, 4, 5]
+    assert metrics["resumed"] == {"from": str(tmp_path / "a"), "round": 3, "logged": 4}
+    evaluated = [r for r in metrics["rounds"] if "eval" in r]
+    assert [r["round"] for r in evaluated] == [0, 3, 5]  # the first run's evaluations too
+    best = max(evaluated, key=lambda r: (r["eval"]["val-hr@10"], r["round"]))
+    assert metrics["best_round"] == best["round"]

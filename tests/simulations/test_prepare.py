@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from fedrec.common.crypto import load_or_create_key_file
 from fedrec.common.data.anonymize import AnonymizeConfig, pseudonym
 from fedrec.common.data.sources import load_interactions
+from fedrec.common.data.split import temporal_leave_one_out
 from fedrec.simulations.cli import app
 from fedrec.simulations.prepare import PrepareConfig, prepare
 
@@ -128,6 +129,25 @@ def test_timestamps_are_floored_to_the_unit(tmp_path: Path) -> None:
     run(tmp_path, ml100k_folder(tmp_path), time_unit="week")
     rows = read_csv(tmp_path / "out" / "ratings.csv")
     assert {r["timestamp"] for r in rows} == {"880934400"}  # Mon 1997-12-01 00:00 UTC
+
+
+def test_each_users_time_order_survives_the_coarse_timestamps(tmp_path: Path) -> None:
+    """Same-day ratings in reverse item order: the split must still hold out the last ones."""
+    folder = ml100k_folder(tmp_path)
+    lines = [f"{u}\t{i}\t4\t{T0 + 60 * (4 - i) + int(u)}\n" for u in USERS for i in (1, 2, 3)]
+    (folder / "u.data").write_text("".join(lines), encoding="latin-1")  # 3, then 2, then 1
+    run(tmp_path, folder)
+    out = tmp_path / "out"
+    assert len({r["timestamp"] for r in read_csv(out / "ratings.csv")}) == 1  # one day
+    raw = load_interactions(folder)
+    prepared = load_interactions(out / "ratings.csv", item_features=out / "items.csv")
+    for data in (raw, prepared):
+        split = temporal_leave_one_out(data, num_candidates=1)
+        held = {
+            (data.item_ids[v], data.item_ids[t])
+            for v, t in zip(split.val_item, split.test_item, strict=True)
+        }
+        assert held == {("2", "1")}, held  # validation: the second-last, test: the last
 
 
 def test_pseudonyms_are_stable_under_one_key_and_unlinkable_across_keys(tmp_path: Path) -> None:
@@ -274,3 +294,12 @@ def test_real_movielens_100k(tmp_path: Path) -> None:
         out / "ratings.csv", user_features=out / "users.csv", item_features=out / "items.csv"
     )
     assert (len(data), data.num_users, data.num_items) == (100_000, 943, 1682)
+    # the split is the raw data's: every user holds out the same items, in the same order
+    raw = load_interactions(ML100K)
+    key, _ = load_or_create_key_file(tmp_path / "keys" / "prepare.key")
+    index = {u: i for i, u in enumerate(data.user_ids)}
+    mine, theirs = temporal_leave_one_out(raw), temporal_leave_one_out(data)
+    for u, user in enumerate(raw.user_ids):
+        v = index[pseudonym(key, user)]
+        assert raw.item_ids[mine.test_item[u]] == data.item_ids[theirs.test_item[v]], user
+        assert raw.item_ids[mine.val_item[u]] == data.item_ids[theirs.val_item[v]], user
