@@ -47,6 +47,11 @@ __all__ = [
 ]
 
 
+# the metric keys a reply may carry, per message type (an allow-list: a new one is added in
+# fedrec.common.keys, where the server's validation reads it too)
+ALLOWED_METRICS = {"train": keys.TRAIN_METRICS, "evaluate": keys.EVALUATE_METRICS}
+
+
 def describe(message: Message) -> dict[str, object]:
     """A JSON-able description of what a message carries."""
     if not message.has_content():
@@ -76,8 +81,9 @@ def violations(
     shared_shapes: Mapping[str, tuple[int, ...]],
     request: Message | None = None,
 ) -> list[str]:
-    """Everything in ``message`` that is not a declared shared array or a scalar metric; in
-    answer to a secure-aggregation stage, anything but that stage's declared keys."""
+    """Everything in ``message`` that is not a declared shared array or an allowed scalar
+    metric of its message type; in answer to a secure-aggregation stage, anything but that
+    stage's declared keys."""
     if not message.has_content():
         return []
     if request is not None and request.has_content() and SECAGG in request.content:
@@ -93,8 +99,13 @@ def violations(
                 elif tuple(array.shape) != tuple(shared_shapes[key]):
                     problems.append(f"array '{key}' has shape {array.shape}")
         elif isinstance(record, MetricRecord):
+            if name != keys.METRICS:
+                problems.append(f"metric record '{name}' is not '{keys.METRICS}'")
+            allowed = ALLOWED_METRICS.get(message.metadata.message_type, frozenset())
             for key, value in record.items():
-                if not isinstance(value, int | float) or isinstance(value, bool):
+                if key not in allowed:
+                    problems.append(f"metric '{key}' is not one a device reports")
+                elif not isinstance(value, int | float) or isinstance(value, bool):
                     problems.append(f"metric '{key}' is not a scalar number")
         else:
             problems.append(f"record '{name}' of type {type(record).__name__} is not allowed")

@@ -11,6 +11,7 @@ __all__ = [
     "CATALOG_HASH",
     "CLIPPING_NORM",
     "CONFIG",
+    "EVALUATE_METRICS",
     "EVAL_SPLIT",
     "FULL_HR",
     "FULL_NDCG",
@@ -25,6 +26,7 @@ __all__ = [
     "STATE_PRIVATE",
     "STATE_RECORD_LEDGER",
     "TRAIN_LOSS",
+    "TRAIN_METRICS",
     "UNIT_WEIGHT",
     "USERS",
     "VAL_PREFIX",
@@ -70,3 +72,14 @@ STATE_RECORD_LEDGER = "fedrec.record-ledger"  # node state: the device's DP-SGD 
 RECORD_EPSILON = "record-epsilon"  # metric: the device's record-level ε after this round
 BUDGET_EXHAUSTED = "budget-exhausted"  # metric: 1 if the device declined (local ε budget)
 CLIPPING_NORM = "clipping_norm"  # config: user-level clip C (Flower's fixedclipping_mod key)
+
+
+# What a device may report, per message type: the client's guard and the server's validation
+# both allow these keys and no other (a new metric is added here, once)
+TRAIN_METRICS = frozenset(
+    (NUM_EXAMPLES, UNIT_WEIGHT, TRAIN_LOSS, RETURNING, RECORD_EPSILON, BUDGET_EXHAUSTED)
+)
+RATES = (HR, NDCG, FULL_HR, FULL_NDCG)
+EVALUATE_METRICS = frozenset(
+    (USERS, NUM_EXAMPLES, UNIT_WEIGHT, *RATES, *(VAL_PREFIX + r for r in RATES))
+)

@@ -42,13 +42,10 @@ __all__ = ["MAX_EXAMPLES", "REASONS", "Refusal", "ReplyValidator", "model_norm"]
 
 MAX_EXAMPLES = 2**20  # examples one device may claim in a round (SecAgg+ sums it to this bound)
 REASONS = ("records", "arrays", "shape", "dtype", "non-finite", "update-norm", "metrics")
-RATES = (keys.HR, keys.NDCG, keys.FULL_HR, keys.FULL_NDCG)
-EVAL_KEYS = frozenset(
-    (keys.USERS, keys.NUM_EXAMPLES, keys.UNIT_WEIGHT, *RATES, *(keys.VAL_PREFIX + r for r in RATES))
-)
+EVAL_KEYS = keys.EVALUATE_METRICS
 FLAGS = (keys.RETURNING, keys.BUDGET_EXHAUSTED)
 NON_NEGATIVE = (keys.TRAIN_LOSS, keys.RECORD_EPSILON)
-TRAIN_KEYS = frozenset((keys.NUM_EXAMPLES, keys.UNIT_WEIGHT, *FLAGS, *NON_NEGATIVE))
+TRAIN_KEYS = keys.TRAIN_METRICS
 
 
 @dataclass(frozen=True)

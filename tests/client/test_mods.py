@@ -49,8 +49,9 @@ def _clean(request: Message | None = None) -> Message:
 
 def test_a_clean_reply_has_no_violation() -> None:
     assert violations(_clean(), SHAPES) == []
-    evaluate = _reply(metrics=MetricRecord({keys.USERS: 1, keys.HR: 1.0, keys.NDCG: 0.5}))
-    assert violations(evaluate, SHAPES) == []
+    asked = server_message("evaluate", None, node_id=1)
+    metrics = MetricRecord({keys.USERS: 1, keys.HR: 1.0, keys.NDCG: 0.5})
+    assert violations(_reply(asked, metrics=metrics), SHAPES) == []
 
 
 @pytest.mark.parametrize(
@@ -63,11 +64,23 @@ def test_a_clean_reply_has_no_violation() -> None:
             "'item_embedding.weight' has shape",
         ),
         ({"private": _arrays()}, "array record 'private' is not 'arrays'"),
-        ({keys.METRICS: MetricRecord({"top-items": [3, 14, 15]})}, "'top-items' is not a scalar"),
-        ({keys.METRICS: MetricRecord({"scores": [0.1, 0.2]})}, "'scores' is not a scalar"),
+        ({keys.METRICS: MetricRecord({keys.TRAIN_LOSS: [3, 14, 15]})}, "'train-loss' is not a"),
+        ({keys.METRICS: MetricRecord({"top-item": 3})}, "'top-item' is not one a device reports"),
+        ({keys.METRICS: MetricRecord({keys.HR: 1.0})}, "'hr@10' is not one a device reports"),
+        ({"extra": MetricRecord({keys.TRAIN_LOSS: 0.1})}, "metric record 'extra' is not"),
         ({keys.CONFIG: ConfigRecord({"note": "hello"})}, "ConfigRecord is not allowed"),
     ],
-    ids=["extra-key", "user-embedding", "shape", "record-name", "item-ids", "floats", "config"],
+    ids=[
+        "extra-key",
+        "user-embedding",
+        "shape",
+        "record-name",
+        "item-ids",
+        "unknown-metric",
+        "eval-metric-in-train",
+        "metric-record-name",
+        "config",
+    ],
 )
 def test_each_leak_is_a_violation(records: dict[str, object], expected: str) -> None:
     problems = violations(_reply(**records), SHAPES)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fedrec.common import keys
 from fedrec.common.data.catalog import load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS, shared_shapes
@@ -112,3 +113,24 @@ def test_privacy_invariant_on_every_outgoing_message(run: tuple[Path, Path]) -> 
                     assert isinstance(value, int | float), (key, value)  # no id lists
         if message["type"] == "evaluate":
             assert "arrays" not in message["records"]
+
+
+def test_the_server_received_only_the_shared_group_and_allowed_metrics(
+    run: tuple[Path, Path],
+) -> None:
+    """The same invariant on the other end: the server's own record of what it received."""
+    out, _ = run
+    config = FederationConfig.from_mapping({k: v for k, v in SETTINGS.items()})
+    shared = shared_shapes(load_catalog(out / CATALOG_FILE), config.dim)
+    allowed = {"train": keys.TRAIN_METRICS, "evaluate": keys.EVALUATE_METRICS}
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert all("received" in r for r in rounds) and len(rounds) == SETTINGS["num-rounds"] + 1
+    for record in rounds:
+        for kind, received in record["received"].items():
+            arrays = {k.split("/", 1)[1]: tuple(v["shape"]) for k, v in received.items()
+                      if v["kind"] == "array"}  # fmt: skip
+            metrics = {k.split("/", 1)[1] for k, v in received.items() if v["kind"] == "metric"}
+            assert arrays == (shared if kind == "train" else {}), (record["round"], kind)
+            assert metrics <= allowed[kind] and metrics, (record["round"], kind, metrics)
+            assert all(k.split("/", 1)[0] in ("arrays", "metrics") for k in received)
+            assert not {k.split("/", 1)[1] for k in received} & set(PRIVATE_KEYS)

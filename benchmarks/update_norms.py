@@ -1,0 +1,61 @@
+"""How long an honest update is: the L2 norm of one device's update against the model's norm.
+
+    .venv/bin/python benchmarks/update_norms.py --data ../shared/data/ml-100k [--epochs 1 5]
+
+The server refuses a reply whose update is longer than ``max-update-norm``, by default the
+norm of the model the run starts from (server/validation.py). This measures the margin: every
+``--every``-th user trains one round from the initial model with the run's local settings
+(the device's own code: ``fedrec.client.local.local_train``), and the median and largest
+update norms are printed next to the model's norm.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from fedrec.client.local import build_local_model, local_train
+from fedrec.client.trainers import local_train_config
+from fedrec.common.data.catalog import Catalog
+from fedrec.common.data.shard import user_shard
+from fedrec.common.data.sources import load_interactions
+from fedrec.common.data.split import temporal_leave_one_out
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.model import initial_shared_state, shared_state
+from fedrec.server.validation import model_norm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="synthetic")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--every", type=int, default=16, help="Train every N-th user.")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    base = FederationConfig(data=args.data, dim=args.dim, local_lr=1.0, local_batch_size=128)
+    data = load_interactions(base.data, synthetic=base.synthetic())
+    split = temporal_leave_one_out(data)
+    catalog = Catalog.of(data)
+    start = initial_shared_state(catalog, base.dim, base.seed)
+    bound = model_norm({k: v.numpy() for k, v in start.items()})
+    for epochs in args.epochs:
+        config = base.replace(local_epochs=epochs)
+        norms = []
+        for user in range(0, data.num_users, args.every):
+            shard = user_shard(data, split, user)
+            model = build_local_model(catalog, shard, config.dim, start, None, user)
+            local_train(model, shard, local_train_config(config), np.random.default_rng(user))
+            after = shared_state(model)
+            norms.append(model_norm({k: (after[k] - start[k]).numpy() for k in after}))
+        print(
+            f"{args.data}, dim {config.dim}, {epochs} local epoch(s), {len(norms)} users:"
+            f" update norm median {np.median(norms):.3f}, max {max(norms):.3f};"
+            f" the model's norm (the default max-update-norm) {bound:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
