@@ -20,6 +20,7 @@ item), so a user that cannot be evaluated counts as nothing, not as a zero.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,7 +42,25 @@ from fedrec.server.optimizer import ServerStep
 from fedrec.server.validation import Refusal, ReplyValidator
 from fedrec.server.wrapper import StrategyWrapper
 
-__all__ = ["RoundPlan", "RoundRecorder"]
+__all__ = ["STOP_REQUESTED", "RoundPlan", "RoundRecorder", "RunInterrupted"]
+
+# Set (by a signal handler: ``fedrec simulate`` on Ctrl-C) to end the run before its next
+# round; the round under way finishes and is checkpointed, so the run resumes from it.
+STOP_REQUESTED = threading.Event()
+
+
+class RunInterrupted(RuntimeError):
+    """The run stopped between rounds because a stop was requested (Ctrl-C)."""
+
+    def __init__(self, completed_round: int, run_dir: str | Path | None = None) -> None:
+        where = (
+            f": {run_dir} holds its checkpoint, continue with --resume {run_dir}"
+            if run_dir
+            else " (checkpointed)"
+        )
+        super().__init__(f"interrupted after round {completed_round}{where}")
+        self.completed_round = completed_round
+
 
 RoundCallback = Callable[[dict[str, Any]], None]
 Checkpoint = Callable[[ArrayRecord, int], None]
@@ -103,6 +122,8 @@ class RoundRecorder(StrategyWrapper[Strategy]):
     ) -> Iterable[Message]:
         self._t0 = time.perf_counter()
         absolute = server_round + self.plan.round_offset
+        if STOP_REQUESTED.is_set():
+            raise RunInterrupted(absolute - 1)
         nodes = connected_nodes(
             grid, self.plan.min_clients, self.plan.timeout, what=f"round {absolute}"
         )

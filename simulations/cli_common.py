@@ -38,9 +38,18 @@ def federation_config(config: Path | None, set_: list[str] | None, options: dict
 
 
 def or_exit(fn: Any) -> Any:
-    """Run ``fn``; turn expected user errors into one red line and exit code 2."""
+    """Run ``fn``; turn expected user errors into one red line and exit code 2, an
+    interruption (Ctrl-C) into one line and exit code 130."""
+    from fedrec.server.recorder import RunInterrupted
+
     try:
         return fn()
+    except RunInterrupted as stop:  # Ctrl-C between rounds: resumable
+        console.print(f"[yellow]{stop}[/]")
+        raise typer.Exit(code=130) from stop
+    except KeyboardInterrupt as stop:  # Ctrl-C in a run of this process (--server-seed)
+        console.print("[yellow]interrupted[/]: every completed round is checkpointed (--resume)")
+        raise typer.Exit(code=130) from stop
     except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(code=2) from err

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 import tomllib
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -112,6 +114,44 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
         yield config.replace(catalog=str(path), expected_nodes=data.num_users), data.num_users
 
 
+@contextmanager
+def stop_between_rounds(run_dir: str = "") -> Iterator[None]:
+    """SIGINT / SIGTERM end the run before its next round (the round under way finishes and
+    is checkpointed); a second one ends the process at once. Flower's engine cannot be
+    interrupted otherwise: a KeyboardInterrupt in its main loop waits for worker threads
+    that run until the ServerApp stops."""
+    from fedrec.server.recorder import STOP_REQUESTED, RunInterrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if STOP_REQUESTED.is_set():
+            os._exit(128 + signum)
+        STOP_REQUESTED.set()
+        print("stopping after the round under way (again to quit now) …", flush=True)
+
+    STOP_REQUESTED.clear()
+    saved = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except RunInterrupted as stop:  # raised in the ServerApp's thread: name the folder
+        raise RunInterrupted(stop.completed_round, run_dir) from None
+    finally:
+        for s, previous in saved.items():
+            signal.signal(s, previous)
+
+
+def _checkpointed_round(out_dir: str) -> int:
+    from fedrec.server.checkpoint import load_checkpoint_meta
+
+    try:
+        return int(load_checkpoint_meta(Path(out_dir)).get("round", 0)) if out_dir else 0
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
+
+
 def check_population(config: FederationConfig, users: int) -> None:
     """Refuse cohort settings the simulated population cannot meet (one node per user),
     rather than capping them or waiting a round timeout for nodes that never come."""
@@ -150,10 +190,16 @@ def simulate(
 
     if config.out_dir:
         prepare_run_dir(config.out_dir, config.resume)
+    from fedrec.server.recorder import RunInterrupted
+
     results: dict[str, Any] = {}
     cpus = num_cpus or os.cpu_count() or 1
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    with simulation_inputs(config) as (config, num_users), warnings.catch_warnings():
+    with (
+        simulation_inputs(config) as (config, num_users),
+        warnings.catch_warnings(),
+        stop_between_rounds(config.out_dir),
+    ):
         warnings.simplefilter("ignore")
         run_simulation(
             server_app=make_server_app(config, on_round, results, wrap_grid=ChunkedGrid),
@@ -171,6 +217,10 @@ def simulate(
             },
         )
     if not results:
+        from fedrec.server.recorder import STOP_REQUESTED
+
+        if STOP_REQUESTED.is_set():  # Flower logs the ServerApp's exception and moves on
+            raise RunInterrupted(_checkpointed_round(config.out_dir), config.out_dir)
         raise RuntimeError("the simulation ended without results: see the log above")
     if config.out_dir:
         from fedrec.simulations.plots import plot_rounds
