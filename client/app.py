@@ -132,8 +132,8 @@ class Handlers:
         return shared_shapes(self.catalog_of(context), self.config_of(context).dim)
 
     def train(self, msg: Message, context: Context) -> Message:
-        torch.set_num_threads(1)
         config = self.config_of(context)
+        torch.set_num_threads(config.client_threads)
         user = self.local_user(config, context)
         private = _private_row(user, config.dim)
         model = self._model(msg, config, user, private, context)
@@ -153,8 +153,8 @@ class Handlers:
         return Message(content=content, reply_to=msg)
 
     def evaluate(self, msg: Message, context: Context) -> Message:
-        torch.set_num_threads(1)
         config = self.config_of(context)
+        torch.set_num_threads(config.client_threads)
         user = self.local_user(config, context)
         private = _private_row(user, config.dim)
         model = self._model(msg, config, user, private, context)

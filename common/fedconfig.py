@@ -68,6 +68,7 @@ class FederationConfig:
     proximal_mu: float = 0.0  # FedProx μ (also sent to clients)
     client_weighting: str = "examples"  # weight of a client's update: examples | uniform
     # local training on the device
+    client_threads: int = 1  # torch threads per ClientApp call (the engine runs one per core)
     local_epochs: int = 1
     local_optimizer: str = "sgd"  # optimizer of the shared parameters: sgd | adam
     local_lr: float = 1.0  # its learning rate
@@ -107,6 +108,7 @@ class FederationConfig:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         positive = (
+            "client_threads",
             "dim",
             "num_rounds",
             "eval_every",

@@ -59,6 +59,9 @@ def train_central_cmd(
     threshold: float = 0.0,
     seed: int = 0,
     patience: int = 10,
+    threads: Annotated[
+        int, typer.Option(help="torch threads (more than the idle cores slows it down)")
+    ] = 1,
 ) -> None:
     """Train one model on all data in one place (the centralized reference)."""
     from fedrec.simulations.central import CentralConfig, run_central
@@ -77,6 +80,7 @@ def train_central_cmd(
             threshold=threshold,
             seed=seed,
             patience=patience,
+            threads=threads,
         )
     )
     total = 1 if model == "mostpop" else epochs

@@ -84,7 +84,12 @@ def test_model_improves_over_round_zero(run: tuple[Path, Path]) -> None:
     assert start["users"] == end["users"] == SETTINGS["synthetic-users"]
     # Sampled HR@10 + NDCG@10 on the validation and test items of all 40 users.
     quality = lambda e: e["hr@10"] + e["ndcg@10"] + e["val-hr@10"] + e["val-ndcg@10"]  # noqa: E731
-    assert quality(end) > quality(start) + 0.2, (start, end)
+    # 89 runs on this code (80 in-process seeds, 9 engine runs): gain 0.56 ± 0.10, min 0.29.
+    # Two engine runs in an earlier session gained only 0.121: if it recurs, the per-round
+    # figures below say which round lost it
+    trace = [(r["round"], round(quality(r["eval"]), 3), r.get("clients_failed"), r.get("errors"))
+             for r in rounds]  # fmt: skip
+    assert quality(end) > quality(start) + 0.2, trace
     losses = [r["train_loss"] for r in rounds[1:]]
     assert losses[-1] < losses[0]
 
