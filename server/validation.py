@@ -125,16 +125,9 @@ class ReplyValidator:
         return None if summed else self._train_metrics(dict(metrics))
 
     def _train_metrics(self, metrics: Mapping[str, object]) -> Refusal | None:
-        unknown = sorted(set(metrics) - TRAIN_KEYS)
-        if unknown:
-            return Refusal("metrics", f"unexpected keys {unknown}")
-        numbers = {}
-        for key, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                return Refusal("metrics", f"{key} = {value!r} is not a number")
-            if not math.isfinite(value):
-                return Refusal("metrics", f"{key} = {value} is not finite")
-            numbers[key] = float(value)
+        numbers = _finite_numbers(metrics, TRAIN_KEYS)
+        if isinstance(numbers, Refusal):
+            return numbers
         if numbers.get(keys.UNIT_WEIGHT) != 1.0:
             return Refusal("metrics", f"unit-weight = {metrics.get(keys.UNIT_WEIGHT)!r}, not 1")
         examples = numbers.get(keys.NUM_EXAMPLES)
@@ -162,16 +155,9 @@ class ReplyValidator:
         if set(content.keys()) != {keys.METRICS} or keys.METRICS not in content.metric_records:
             return Refusal("records", f"records {sorted(content.keys())}, expected ['metrics']")
         metrics = dict(content.metric_records[keys.METRICS])
-        unknown = sorted(set(metrics) - EVAL_KEYS)
-        if unknown:
-            return Refusal("metrics", f"unexpected keys {unknown}")
-        numbers = {}
-        for key, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                return Refusal("metrics", f"{key} = {value!r} is not a number")
-            if not math.isfinite(value):
-                return Refusal("metrics", f"{key} = {value} is not finite")
-            numbers[key] = float(value)
+        numbers = _finite_numbers(metrics, EVAL_KEYS)
+        if isinstance(numbers, Refusal):
+            return numbers
         users = numbers.get(keys.USERS)
         if users not in (0.0, 1.0):
             return Refusal("metrics", f"users = {metrics.get(keys.USERS)!r}, not 0 or 1")
@@ -195,3 +181,21 @@ class ReplyValidator:
                 if h is not None and g is not None and g > h + 1e-9:
                     return Refusal("metrics", f"{prefix + gain} = {g:g} > {prefix + hit} = {h:g}")
         return None
+
+
+def _finite_numbers(
+    metrics: Mapping[str, object], allowed: frozenset[str]
+) -> dict[str, float] | Refusal:
+    """The metrics as floats, or the refusal of the first key not ``allowed``, not a number
+    or not finite."""
+    unknown = sorted(set(metrics) - allowed)
+    if unknown:
+        return Refusal("metrics", f"unexpected keys {unknown}")
+    numbers = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return Refusal("metrics", f"{key} = {value!r} is not a number")
+        if not math.isfinite(value):
+            return Refusal("metrics", f"{key} = {value} is not finite")
+        numbers[key] = float(value)
+    return numbers
