@@ -128,6 +128,18 @@ def simulate_cmd(
             " predictable: such a run makes no privacy claim.",
         ),
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Run the ClientApps on this Ray cluster (default: RAY_ADDRESS, else a private"
+            " Ray instance on this machine).",
+        ),
+    ] = None,
+    client_cpus: Annotated[
+        float | None,
+        typer.Option("--client-cpus", help="CPUs each ClientApp actor takes on the cluster."),
+    ] = None,
 ) -> None:
     """Run a federation in Flower's simulation engine: one virtual node per user."""
     from fedrec.simulations.inprocess import run_inprocess
@@ -155,7 +167,9 @@ def simulate_cmd(
             progress.update(task, completed=record["round"], info=info, description="simulate")
 
         if server_seed is None:
-            metrics = or_exit(lambda: simulate(fed, on_round))
+            metrics = or_exit(
+                lambda: simulate(fed, on_round, ray_address=ray_address, client_cpus=client_cpus)
+            )
         else:
             progress.update(task, description="simulate (in-process, seeded)")
             metrics = or_exit(lambda: run_inprocess(fed, server_seed, on_round)[0])

@@ -114,6 +114,29 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
         yield config.replace(catalog=str(path), expected_nodes=data.num_users), data.num_users
 
 
+def ray_backend_config(
+    cpus: int, actors: int | None, address: str | None, client_cpus: float | None
+) -> dict[str, Any]:
+    """Flower's Ray backend settings. A private instance by default (``address="local"``):
+    ``ray.init()`` without one joins any cluster already running on the machine and then
+    refuses ``num_cpus``, and two runs would share one. With an address (or ``RAY_ADDRESS``)
+    the run joins that cluster and takes what it has, ``client_cpus`` per ClientApp."""
+    quiet = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "local":
+        per_client = client_cpus or 1.0
+        return {
+            "client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
+            "init_args": {"address": address, **quiet},
+        }
+    # one ClientApp actor per core by default; fewer leaves the driver a core
+    per_client = client_cpus or cpus / (actors or cpus)
+    return {
+        "client_resources": {"num_cpus": per_client, "num_gpus": 0.0},
+        "init_args": {"address": "local", "num_cpus": cpus, **quiet},
+    }
+
+
 @contextmanager
 def stop_between_rounds(run_dir: str = "") -> Iterator[None]:
     """SIGINT / SIGTERM end the run before its next round (the round under way finishes and
@@ -174,8 +197,14 @@ def simulate(
     num_cpus: int | None = None,
     actors: int | None = None,
     client_app: Any = None,
+    ray_address: str | None = None,
+    client_cpus: float | None = None,
 ) -> dict[str, Any]:
-    """Run the federation in the simulation engine; returns the metrics written to out-dir."""
+    """Run the federation in the simulation engine; returns the metrics written to out-dir.
+
+    ``ray_address`` (or ``RAY_ADDRESS``): a Ray cluster to run the ClientApps on, each
+    taking ``client_cpus`` CPUs (default: one); without either, a private Ray instance of
+    ``num_cpus`` (default: every core) that no other run on the machine shares."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -205,16 +234,7 @@ def simulate(
             server_app=make_server_app(config, on_round, results, wrap_grid=ChunkedGrid),
             client_app=client_app if client_app is not None else make_client_app(config),
             num_supernodes=num_users,
-            backend_config={
-                # one ClientApp actor per core by default; fewer leaves the driver a core
-                "client_resources": {"num_cpus": cpus / (actors or cpus), "num_gpus": 0.0},
-                "init_args": {
-                    "num_cpus": cpus,
-                    "logging_level": "ERROR",
-                    "log_to_driver": False,
-                    "include_dashboard": False,
-                },
-            },
+            backend_config=ray_backend_config(cpus, actors, ray_address, client_cpus),
         )
     if not results:
         from fedrec.server.recorder import STOP_REQUESTED
