@@ -21,7 +21,7 @@ from fedrec.common.baselines import MatrixFactorization, MostPopular
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.examples import NegativeSampler, make_examples
 from fedrec.common.data.sources import load_interactions
-from fedrec.common.data.split import Split, temporal_leave_one_out
+from fedrec.common.data.split import Split, check_evaluable, temporal_leave_one_out
 from fedrec.common.model import ModelConfig, SeedModel
 from fedrec.common.runs import (
     CENTRAL_MODEL,
@@ -192,6 +192,7 @@ def run_central(
     """Load data, split, train, and write ``out/config.json`` and ``out/metrics.json``."""
     run_dir = prepare_run_dir(out)
     data = load_interactions(config.data, threshold=config.threshold)
+    check_evaluable(data)
     split = temporal_leave_one_out(data, seed=config.seed)
     write_json(
         run_dir / CONFIG_FILE,

@@ -27,6 +27,7 @@ from typing import Any
 from fedrec.client.data import check_state_is_kept
 from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
 from fedrec.common.data.sources import load_interactions
+from fedrec.common.data.split import check_evaluable
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import CATALOG_FILE, prepare_run_dir
 
@@ -98,6 +99,7 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
     check_state_is_kept(config)  # before anything starts, not in every node's first round
     data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
     check_population(config, data.num_users)
+    check_evaluable(data)
     with tempfile.TemporaryDirectory(prefix="fedrec-catalog-") as scratch:
         if config.catalog:
             catalog = load_catalog(config.catalog)

@@ -87,6 +87,11 @@ def to_implicit(raw: RawRatings, threshold: float = 0.0) -> Interactions:
     all integers), so the mapping is stable across runs.
     """
     keep = raw.rating >= threshold
+    if len(keep) and not keep.any():
+        raise ValueError(
+            f"{raw.source}: no rating is >= the threshold {threshold:g} (the ratings run from"
+            f" {raw.rating.min():g} to {raw.rating.max():g}): lower the threshold"
+        )
     users_raw = raw.user[keep]
     items_raw = raw.item[keep]
     ts = raw.timestamp[keep].astype(np.int64)

@@ -22,6 +22,7 @@ __all__ = [
     "MIN_INTERACTIONS_TO_EVALUATE",
     "NO_ITEM",
     "Split",
+    "check_evaluable",
     "temporal_leave_one_out",
 ]
 
@@ -59,6 +60,18 @@ class Split:
     def item_counts(self) -> np.ndarray:
         """(num_items,) number of train interactions per item (popularity)."""
         return np.bincount(self.train_items, minlength=self.num_items)
+
+
+def check_evaluable(data: Interactions) -> None:
+    """Refuse a data set in which no user can be evaluated (each needs a train, a validation
+    and a test item): every quality figure would be a zero that means nothing."""
+    counts = np.bincount(data.user, minlength=data.num_users)
+    if not (counts >= MIN_INTERACTIONS_TO_EVALUATE).any():
+        raise ValueError(
+            f"{data.source}: no user can be evaluated: each needs at least"
+            f" {MIN_INTERACTIONS_TO_EVALUATE} interactions (train, validation, test), and the"
+            f" {data.num_users} users have at most {int(counts.max(initial=0))}"
+        )
 
 
 def temporal_leave_one_out(data: Interactions, *, num_candidates: int = 99, seed: int = 0) -> Split:

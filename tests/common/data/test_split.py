@@ -17,6 +17,7 @@ from fedrec.common.data.split import (
     MIN_INTERACTIONS_TO_EVALUATE,
     NO_ITEM,
     Split,
+    check_evaluable,
     temporal_leave_one_out,
 )
 
@@ -191,6 +192,24 @@ def test_too_small_catalog_for_candidates_is_an_error() -> None:
     data = _interactions([0, 0, 0], [0, 1, 2], [1, 2, 3], num_users=1, num_items=5)
     with pytest.raises(ValueError, match="user 0"):
         temporal_leave_one_out(data, num_candidates=3)
+
+
+def test_a_data_set_nobody_can_be_evaluated_on_is_refused() -> None:
+    two_each = _interactions([0, 0, 1, 1], [0, 1, 2, 3], [1, 2, 1, 2], num_users=2, num_items=9)
+    with pytest.raises(ValueError, match=r"no user can be evaluated.*at most 2"):
+        check_evaluable(two_each)
+    one_has_three = _interactions([0, 0, 0, 1], [0, 1, 2, 3], [1, 2, 3, 1], num_users=2,
+                                  num_items=9)  # fmt: skip
+    check_evaluable(one_has_three)
+
+
+def test_a_threshold_that_keeps_no_rating_is_refused_naming_the_range() -> None:
+    raw = RawRatings(source="r.csv", format="csv", user=np.array(["a", "b"]),
+                     item=np.array(["1", "2"]), rating=np.array([2.0, 3.0]),
+                     timestamp=np.array([1, 2]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"no rating is >= the threshold 4 .*from 2 to 3"):
+        to_implicit(raw, threshold=4.0)
+    assert len(to_implicit(raw, threshold=3.0)) == 1
 
 
 @settings(max_examples=40, deadline=None)
