@@ -30,12 +30,19 @@ from fedrec.client.data import (
     published_catalog,
     state_store,
 )
-from fedrec.client.secure_store import EncryptedFileStore, RotationResult, rotate_key
+from fedrec.client.secure_store import (
+    ROTATION_MARKER,
+    SUFFIX,
+    EncryptedFileStore,
+    RotationResult,
+    rotate_key,
+)
 from fedrec.common.crypto import load_or_create_key_file, read_key_file
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import SYNTHETIC
 from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.files import write_atomic
 
 __all__ = [
     "SOURCE_DIR",
@@ -124,24 +131,31 @@ class EncryptedPartitions:
 
 
 def rotate_shard_keys(
-    shard_dir: str | Path, old_key_file: str | Path, new_key_file: str | Path
+    root: str | Path, old_key_file: str | Path, new_key_file: str | Path
 ) -> RotationResult:
-    """Re-encrypt a whole shard folder (its source record and every user) under a new key file.
+    """Re-encrypt every sealed folder below ``root`` under a new key file: a shard folder
+    (``fedrec data encrypt``: its source record and every user) or a state folder
+    (``state-dir``: one store per device); every store is the folder named by its pseudonym.
 
-    Each folder rotates as :func:`~fedrec.client.secure_store.rotate_key` does, so a stopped
-    call is finished by running it again; the new key file is created if it does not exist.
+    Each folder rotates as :func:`~fedrec.client.secure_store.rotate_key` does, and a marker
+    at ``root`` stays until the last one has, so a store opened halfway through says that
+    the rotation of ``root`` is unfinished; a stopped call is finished by running it again.
+    The new key file is created if it does not exist.
     """
-    root = Path(shard_dir)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no folder {root} to rotate")
     old = read_key_file(old_key_file)
     new, _ = load_or_create_key_file(new_key_file)
-    folders = [(root / SOURCE_DIR, SOURCE_PSEUDONYM)]
-    users = root / USERS_DIR
-    if users.is_dir():
-        folders += [(f, f.name) for f in sorted(users.iterdir()) if f.is_dir()]
+    folders = sorted({p.parent for p in root.rglob(f"*{SUFFIX}") if p.is_file()})
+    if not folders:
+        raise FileNotFoundError(f"{root} holds no sealed file: nothing to rotate")
+    write_atomic(root / ROTATION_MARKER, b"key rotation in progress: rerun rotate-key\n")
     rotated = already = 0
-    for folder, name in folders:
-        result = rotate_key(folder, old, new, name)
+    for folder in folders:
+        result = rotate_key(folder, old, new, folder.name)
         rotated, already = rotated + result.rotated, already + result.already
+    (root / ROTATION_MARKER).unlink()
     return RotationResult(rotated, already)
 
 

@@ -290,10 +290,12 @@ def _open(data: bytes, keys: _KeyRing, context: bytes, path: Path) -> bytes:
     try:
         return open_sealed(data, keys.for_header(read_header(data, path), path), context, path)
     except WrongKeyError as err:
-        if (path.parent / ROTATION_MARKER).exists():
-            raise WrongKeyError(
-                path, f"{err.problem} (a key rotation of {path.parent} is unfinished: rerun it)"
-            ) from err
+        # the store's own folder, or the tree a rotation of many stores started at
+        for folder in [path.parent, *path.parent.parents][:4]:
+            if (folder / ROTATION_MARKER).exists():
+                raise WrongKeyError(
+                    path, f"{err.problem} (a key rotation of {folder} is unfinished: rerun it)"
+                ) from err
         raise
 
 

@@ -284,11 +284,15 @@ def encrypt_cmd(
 
 @data_app.command("rotate-key")
 def rotate_key_cmd(
-    folder: Annotated[Path, typer.Option("--dir", help="Folder written by `fedrec data encrypt`.")],
+    folder: Annotated[
+        Path,
+        typer.Option("--dir", help="A shard folder (`fedrec data encrypt`) or a state-dir."),
+    ],
     old_key_file: Annotated[Path, typer.Option("--old-key-file")],
     new_key_file: Annotated[Path, typer.Option("--new-key-file", help="Created if missing.")],
 ) -> None:
-    """Re-encrypt every shard under a new key; rerun after an interruption to finish."""
+    """Re-encrypt every sealed folder below --dir under a new key; rerun after an
+    interruption to finish."""
     from fedrec.client.encrypted_shards import rotate_shard_keys
 
     result = or_exit(lambda: rotate_shard_keys(folder, old_key_file, new_key_file))

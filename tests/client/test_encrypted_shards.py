@@ -133,3 +133,26 @@ def test_rotate_shard_keys(written: tuple[Path, Path], tmp_path: Path) -> None:
         EncryptedPartitions(copy, key_file).num_users(CONFIG)
     again = rotate_shard_keys(copy, key_file, new_key)  # a rerun (after a stop) finishes: no-op
     assert (again.rotated, again.already) == (0, USERS + 1)
+
+
+def test_rotation_covers_a_state_dir_and_a_stopped_one_says_so(tmp_path: Path) -> None:
+    from fedrec.client.secure_store import ROTATION_MARKER, EncryptedFileStore
+    from fedrec.common.crypto import create_key_file, read_key_file
+
+    old_key = create_key_file(tmp_path / "old.key")
+    state = tmp_path / "state"
+    for name in ("user-000001", "user-000002"):  # a state-dir: one store per device
+        EncryptedFileStore(state / name, old_key, name).save_json("ledger", {"steps": 3})
+    result = rotate_shard_keys(state, tmp_path / "old.key", tmp_path / "new.key")
+    assert (result.rotated, result.already) == (2, 0) and not (state / ROTATION_MARKER).exists()
+    new_key = read_key_file(tmp_path / "new.key")
+    assert EncryptedFileStore(state / "user-000002", new_key, "user-000002").load_json(
+        "ledger") == {"steps": 3}  # fmt: skip
+    # a rotation back that stopped after the first store: the tree's marker stays behind
+    (state / ROTATION_MARKER).write_text("pending")
+    stopped = EncryptedFileStore(state / "user-000001", old_key, "user-000001")
+    with pytest.raises(WrongKeyError, match=f"rotation of {state} is unfinished: rerun it"):
+        stopped.load_json("ledger")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no sealed file"):
+        rotate_shard_keys(tmp_path / "empty", tmp_path / "old.key", tmp_path / "new.key")
