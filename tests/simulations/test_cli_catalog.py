@@ -52,7 +52,7 @@ def test_simulation_inputs_build_the_catalog_for_the_run(tmp_path: Path) -> None
     from fedrec.common.runs import CATALOG_FILE
     from fedrec.simulations.runner import simulation_inputs
 
-    config = FederationConfig(synthetic_users=30, synthetic_items=300)
+    config = FederationConfig(synthetic_users=30, synthetic_items=300, clients_per_round=10)
     with simulation_inputs(config.replace(out_dir=str(tmp_path / "run"))) as (ready, users):
         assert users == 30 == ready.expected_nodes
         assert Path(ready.catalog) == tmp_path / "run" / CATALOG_FILE

@@ -243,7 +243,9 @@ def test_the_operator_resumes_the_run_from_its_checkpoint(
                                  "--num-rounds", "4", *settings])  # fmt: skip
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / METRICS_FILE).read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [4]  # one more round, not four
+    # one more round, not four; metrics.json covers the whole run (rounds 0-3 from the log)
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2, 3, 4]
+    assert metrics["resumed"]["round"] == 3 and metrics["resumed"]["logged"] == 4
     assert (out / "quality.png").exists() and "run folder" in result.output
     assert _open(deployment, 1).status().model_round == 4
 
