@@ -168,6 +168,13 @@ def run_cmd(
     resume: Annotated[Path | None, typer.Option("--resume", help="Checkpoint to resume.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting.")] = None,
     flwr_home: FlwrHomeOption = None,
+    allow_visible_updates: Annotated[
+        bool,
+        typer.Option(
+            "--allow-visible-updates",
+            help="Run user-level DP without SecAgg+ (the server then sees each update).",
+        ),
+    ] = False,
 ) -> None:
     """Submit a federation to the SuperLink (flwr run) and follow it to its run folder.
 
@@ -188,6 +195,13 @@ def run_cmd(
     )
     for warning in fed.warnings():
         console.print(f"[yellow]warning:[/] {warning}")
+    if fed.user_level_dp and not fed.secure and not allow_visible_updates:
+        console.print(
+            "[red]error:[/] a deployment with user-level DP sends each device's update to the"
+            ' server in the clear: set secure-aggregation = "secagg+", or pass'
+            " --allow-visible-updates to accept it"
+        )
+        raise typer.Exit(code=2)
     control = _control(credentials, superlink, flwr_home)
     or_exit(lambda: prepare_run_dir(out, resume or ""))
     with tempfile.TemporaryDirectory(prefix="fedrec-app-") as app_dir:

@@ -124,3 +124,20 @@ def test_scenarios_parse() -> None:
         config = parsed[name]  # both levels of DP on, with the issue's user-level target
         assert config.user_level_dp and config.record_level_dp
         assert (config.dp_target_epsilon, config.dp_delta) == (target, 1e-4)
+
+
+def test_a_deployment_refuses_user_level_dp_without_secure_aggregation(tmp_path: Path) -> None:
+    """Refused before any SuperLink is contacted (none runs here): the server would see each
+    device's clipped update, which interaction inference reads (docs/privacy.md)."""
+    catalog = tmp_path / "catalog.npz"
+    catalog.write_bytes(b"")
+    dp = ["--set", "dp-clip-norm=0.5", "--set", "dp-noise-multiplier=1.0",
+          "--set", "client-weighting=uniform"]  # fmt: skip
+    args = ["server", "run", "--out", str(tmp_path / "run"), "--credentials",
+            str(tmp_path / "none"), "--catalog", str(catalog), *dp]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "--allow-visible-updates" in flat(result.output) and "warning" in result.output
+    assert not (tmp_path / "run").exists()
+    allowed = runner.invoke(app, [*args, "--allow-visible-updates"])
+    assert "--allow-visible-updates to accept" not in flat(allowed.output)  # past the check
