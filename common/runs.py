@@ -22,6 +22,7 @@ import io
 import json
 import math
 import platform
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
@@ -43,8 +44,11 @@ __all__ = [
     "METRICS_FILE",
     "QUALITY_PLOT",
     "ROUNDS_LOG",
+    "STOP_REQUESTED",
+    "RunInterrupted",
     "append_round",
     "prepare_run_dir",
+    "read_rounds",
     "run_header",
     "write_arrays",
     "write_figure",
@@ -118,6 +122,32 @@ def append_round(run_dir: str | Path, record: Mapping[str, Any]) -> None:
     """Append one round's record to ``rounds.jsonl`` (one short line: an atomic append)."""
     with (Path(run_dir) / ROUNDS_LOG).open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(_jsonable(record), allow_nan=False) + "\n")
+
+
+def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every round's record of ``rounds.jsonl`` (FileNotFoundError if the run kept none)."""
+    text = (Path(run_dir) / ROUNDS_LOG).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# Set (by a signal handler: ``fedrec simulate`` on Ctrl-C) to end a run before its next
+# round; the round under way finishes and is checkpointed, so the run resumes from it. Here,
+# not in the server, so that what reports an interruption (every CLI command's error
+# handling) does not import the server and torch.
+STOP_REQUESTED = threading.Event()
+
+
+class RunInterrupted(RuntimeError):
+    """The run stopped between rounds because a stop was requested (Ctrl-C)."""
+
+    def __init__(self, completed_round: int, run_dir: str | Path | None = None) -> None:
+        where = (
+            f": {run_dir} holds its checkpoint, continue with --resume {run_dir}"
+            if run_dir
+            else " (checkpointed)"
+        )
+        super().__init__(f"interrupted after round {completed_round}{where}")
+        self.completed_round = completed_round
 
 
 def run_header() -> dict[str, str]:

@@ -16,7 +16,6 @@ runner wraps the grid for the engine's in-memory link) and the in-process resear
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,6 +35,7 @@ from fedrec.common.runs import (
     FINAL_MODEL,
     METRICS_FILE,
     ROUNDS_LOG,
+    read_rounds,
     run_header,
     write_arrays,
     write_json,
@@ -188,11 +188,10 @@ def run_federation(
 
 def _earlier_rounds(resume: Path, start_round: int) -> list[dict[str, Any]]:
     """The resumed run's logged rounds up to its checkpoint (empty if it kept no log)."""
-    log = (resume if resume.is_dir() else resume.parent) / ROUNDS_LOG
-    if not log.exists():
+    folder = resume if resume.is_dir() else resume.parent
+    if not (folder / ROUNDS_LOG).exists():
         return []
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("round", 0) <= start_round]
+    return [r for r in read_rounds(folder) if r.get("round", 0) <= start_round]
 
 
 def _catalog(config: FederationConfig) -> Catalog:

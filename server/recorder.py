@@ -20,7 +20,6 @@ item), so a user that cannot be evaluated counts as nothing, not as a zero.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedrec.common import keys
 from fedrec.common.records import describe_received, message_bytes, scalar
-from fedrec.common.runs import append_round
+from fedrec.common.runs import STOP_REQUESTED, RunInterrupted, append_round
 from fedrec.common.secagg.grid import SecureAggregationGrid, secure_sum
 from fedrec.server.cohorts import CohortGrid, CohortSampler, connected_nodes, in_cohort_order
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally
@@ -42,25 +41,7 @@ from fedrec.server.optimizer import ServerStep
 from fedrec.server.validation import Refusal, ReplyValidator
 from fedrec.server.wrapper import StrategyWrapper
 
-__all__ = ["STOP_REQUESTED", "RoundPlan", "RoundRecorder", "RunInterrupted"]
-
-# Set (by a signal handler: ``fedrec simulate`` on Ctrl-C) to end the run before its next
-# round; the round under way finishes and is checkpointed, so the run resumes from it.
-STOP_REQUESTED = threading.Event()
-
-
-class RunInterrupted(RuntimeError):
-    """The run stopped between rounds because a stop was requested (Ctrl-C)."""
-
-    def __init__(self, completed_round: int, run_dir: str | Path | None = None) -> None:
-        where = (
-            f": {run_dir} holds its checkpoint, continue with --resume {run_dir}"
-            if run_dir
-            else " (checkpointed)"
-        )
-        super().__init__(f"interrupted after round {completed_round}{where}")
-        self.completed_round = completed_round
-
+__all__ = ["RoundPlan", "RoundRecorder"]
 
 RoundCallback = Callable[[dict[str, Any]], None]
 Checkpoint = Callable[[ArrayRecord, int], None]

@@ -42,10 +42,8 @@ __all__ = ["MAX_EXAMPLES", "REASONS", "Refusal", "ReplyValidator", "model_norm"]
 
 MAX_EXAMPLES = 2**20  # examples one device may claim in a round (SecAgg+ sums it to this bound)
 REASONS = ("records", "arrays", "shape", "dtype", "non-finite", "update-norm", "metrics")
-EVAL_KEYS = keys.EVALUATE_METRICS
 FLAGS = (keys.RETURNING, keys.BUDGET_EXHAUSTED)
 NON_NEGATIVE = (keys.TRAIN_LOSS, keys.RECORD_EPSILON)
-TRAIN_KEYS = keys.TRAIN_METRICS
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ class ReplyValidator:
         return None if summed else self._train_metrics(dict(metrics))
 
     def _train_metrics(self, metrics: Mapping[str, object]) -> Refusal | None:
-        numbers = _finite_numbers(metrics, TRAIN_KEYS)
+        numbers = _finite_numbers(metrics, keys.TRAIN_METRICS)
         if isinstance(numbers, Refusal):
             return numbers
         if numbers.get(keys.UNIT_WEIGHT) != 1.0:
@@ -155,7 +153,7 @@ class ReplyValidator:
         if set(content.keys()) != {keys.METRICS} or keys.METRICS not in content.metric_records:
             return Refusal("records", f"records {sorted(content.keys())}, expected ['metrics']")
         metrics = dict(content.metric_records[keys.METRICS])
-        numbers = _finite_numbers(metrics, EVAL_KEYS)
+        numbers = _finite_numbers(metrics, keys.EVALUATE_METRICS)
         if isinstance(numbers, Refusal):
             return numbers
         users = numbers.get(keys.USERS)

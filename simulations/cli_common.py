@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from fedrec.common.runs import RunInterrupted
+
 __all__ = [
     "PlainProgress",
     "console",
@@ -40,8 +42,6 @@ def federation_config(config: Path | None, set_: list[str] | None, options: dict
 def or_exit(fn: Any) -> Any:
     """Run ``fn``; turn expected user errors into one red line and exit code 2, an
     interruption (Ctrl-C) into one line and exit code 130."""
-    from fedrec.server.recorder import RunInterrupted
-
     try:
         return fn()
     except RunInterrupted as stop:  # Ctrl-C between rounds: resumable

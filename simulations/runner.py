@@ -29,7 +29,7 @@ from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import check_evaluable
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.runs import CATALOG_FILE, prepare_run_dir
+from fedrec.common.runs import CATALOG_FILE, STOP_REQUESTED, RunInterrupted, prepare_run_dir
 
 __all__ = [
     "SCENARIO_DIR",
@@ -145,8 +145,6 @@ def stop_between_rounds(run_dir: str = "") -> Iterator[None]:
     is checkpointed); a second one ends the process at once. Flower's engine cannot be
     interrupted otherwise: a KeyboardInterrupt in its main loop waits for worker threads
     that run until the ServerApp stops."""
-    from fedrec.server.recorder import STOP_REQUESTED, RunInterrupted
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -221,8 +219,6 @@ def simulate(
 
     if config.out_dir:
         prepare_run_dir(config.out_dir, config.resume)
-    from fedrec.server.recorder import RunInterrupted
-
     results: dict[str, Any] = {}
     cpus = num_cpus or os.cpu_count() or 1
     logging.getLogger("flwr").setLevel(logging.WARNING)
@@ -239,8 +235,6 @@ def simulate(
             backend_config=ray_backend_config(cpus, actors, ray_address, client_cpus),
         )
     if not results:
-        from fedrec.server.recorder import STOP_REQUESTED
-
         if STOP_REQUESTED.is_set():  # Flower logs the ServerApp's exception and moves on
             raise RunInterrupted(_checkpointed_round(config.out_dir), config.out_dir)
         raise RuntimeError("the simulation ended without results: see the log above")

@@ -119,7 +119,8 @@ def canary_audit(
     with tempfile.TemporaryDirectory(prefix="fedrec-canary-") as scratch:
         folder = Path(scratch)
         included, canary_items = write_canary_data(data, folder / "data", canaries, items, rng)
-        retrained = train_again(config, rerun, folder)
+        users = data.num_users + int(included.sum())  # the included canaries join
+        retrained = train_again(config, rerun, folder, users)
     catalog = retrained.catalog
     final = retrained.shared[ITEM_TABLE].astype(np.float64)
     start = initial_shared_state(catalog, config.dim, config.seed)[ITEM_TABLE].numpy()

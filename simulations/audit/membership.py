@@ -198,7 +198,8 @@ def membership_audit(
         with tempfile.TemporaryDirectory(prefix="fedrec-membership-") as scratch:
             folder = Path(scratch)
             write_data(data, folder / "data", left_out=left_out)
-            retrained.append(train_again(config, rerun, folder))
+            users = data.num_users - int(left_out.sum())
+            retrained.append(train_again(config, rerun, folder, users))
         found = score_candidates(
             retrained[-1].catalog,
             retrained[-1].shared,

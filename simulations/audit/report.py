@@ -28,7 +28,7 @@ from jinja2 import Environment
 from fedrec.common.data.catalog import load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS, shared_shapes
-from fedrec.common.runs import CATALOG_FILE, CHECKPOINT, METRICS_FILE, ROUNDS_LOG
+from fedrec.common.runs import CATALOG_FILE, CHECKPOINT, METRICS_FILE, ROUNDS_LOG, read_rounds
 from fedrec.simulations.audit.at_rest import inspect_folder, inspect_key_file
 from fedrec.simulations.audit.attribute import attribute_inference
 from fedrec.simulations.audit.canary import canary_audit
@@ -60,7 +60,7 @@ def _read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / ROUNDS_LOG
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a fedrec run folder")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_rounds(run_dir)
 
 
 def _data_handling(data: str) -> dict[str, Any] | None:

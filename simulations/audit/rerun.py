@@ -44,15 +44,17 @@ class Retrained:
     seconds: float
 
     @property
+    def _user_level(self) -> dict[str, Any]:
+        return (self.metrics.get("privacy") or {}).get("user_level") or {}
+
+    @property
     def claimed_epsilon(self) -> float | None:
-        user_level = (self.metrics.get("privacy") or {}).get("user_level") or {}
-        epsilon = user_level.get("epsilon")
+        epsilon = self._user_level.get("epsilon")
         return float(epsilon) if epsilon is not None else None
 
     @property
     def delta(self) -> float | None:
-        user_level = (self.metrics.get("privacy") or {}).get("user_level") or {}
-        delta = user_level.get("delta")
+        delta = self._user_level.get("delta")
         return float(delta) if delta else None
 
 
@@ -115,10 +117,9 @@ def rerun_config(
     )
 
 
-def train_again(config: FederationConfig, rerun: Rerun, folder: Path) -> Retrained:
-    """Run ``config``'s scenario on ``folder/data`` (see :func:`rerun_config`)."""
-    with (folder / "data" / "ratings.csv").open() as f:
-        users = len({row["user"] for row in csv.DictReader(f)})
+def train_again(config: FederationConfig, rerun: Rerun, folder: Path, users: int) -> Retrained:
+    """Run ``config``'s scenario on ``folder/data``, which holds ``users`` users (see
+    :func:`rerun_config`)."""
     started = time.perf_counter()
     metrics = rerun(rerun_config(config, folder, users))
     seconds = time.perf_counter() - started
