@@ -144,21 +144,31 @@ class Device:
         key_file: str | Path | None = None,
         passphrase: str | None = None,
         user_features: Mapping[str, str] | None = None,
+        counter_file: str | Path | None = None,
     ) -> Device:
         """A new store at ``path`` (new or empty) for the published ``catalog``.
 
         ``key_file`` is read, or created (32 random bytes, mode 0600) if missing; it must lie
         outside ``path``. Or ``passphrase``: every file is sealed under an Argon2id key.
         ``user_features``: the user's own attributes, encoded with the catalog's schema.
+        ``counter_file``: a file outside ``path``, where backups and restores of the store
+        do not reach (an app's no-backup folder), that only counts up; with it a restore of
+        the whole store from an older copy (which would roll back the DP ledger) is refused.
+        A single file restored or deleted is refused without it. The store remembers it.
         """
         folder = Path(path).expanduser()
         if folder.exists() and any(folder.iterdir()):
             raise DeviceError(f"{folder} is not empty: a device store needs a new folder")
+        if counter_file is not None and Path(counter_file).expanduser().exists():
+            raise DeviceError(
+                f"counter file {counter_file} already exists (it counts for another or an"
+                " erased store): give a new path"
+            )
         material = _key_material(folder, key_file, passphrase, create=True)
         published = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
         attributes = {str(k): str(v) for k, v in (user_features or {}).items()}
         published.user_schema.encode_one(attributes)  # unknown attributes: refused now
-        store = EncryptedFileStore(folder, material, PSEUDONYM)
+        store = EncryptedFileStore(folder, material, PSEUDONYM, counter_file=counter_file)
         meta = {
             "format": DEVICE_FORMAT,
             "name": secrets.token_hex(8),
@@ -166,6 +176,8 @@ class Device:
             "attributes": attributes,
             "candidate_seed": secrets.randbits(63),
         }
+        if counter_file is not None:
+            meta["counter_file"] = str(Path(counter_file).expanduser().resolve())
         store.save_object(CATALOG_KEY, _CATALOG, {"sha256": published.hash}, {
             "npz": np.frombuffer(dump_catalog(published), dtype=np.uint8)
         })  # fmt: skip
@@ -192,6 +204,8 @@ class Device:
             )
         store = EncryptedFileStore(folder, _key_material(folder, key_file, passphrase), PSEUDONYM)
         meta = store.load_json(META_KEY) or {}
+        if meta.get("counter_file"):  # sealed in the store: a restored copy names it too
+            store.use_counter(meta["counter_file"])
         if meta.get("format") != DEVICE_FORMAT:
             raise DeviceError(
                 f"{folder} is a device store of format {meta.get('format')!r}; this fedrec"
@@ -200,12 +214,14 @@ class Device:
         return cls(folder, store, meta)
 
     def erase(self) -> None:
-        """Destroy the store: every file, then the folder. A key file named at create is the
-        caller's to destroy too (``fedrec client erase`` does both)."""
+        """Destroy the store: every file, then the folder, and its counter file. A key file
+        named at create is the caller's to destroy too (``fedrec client erase`` does both)."""
         for path in sorted(self.folder.iterdir()):
             if path.is_file():
                 shred(path)
         shutil.rmtree(self.folder, ignore_errors=True)
+        if self._meta.get("counter_file"):  # it counted for this store only
+            Path(self._meta["counter_file"]).unlink(missing_ok=True)
 
     # --- the user's feedback --------------------------------------------------------------
     def record(

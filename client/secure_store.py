@@ -13,6 +13,16 @@ Writes are atomic and durable: a temporary file in the same folder, flushed and 
 the old or the new file whole, never a mix; a stray ``.<key>.sealed.*.tmp`` may remain and
 is ignored.
 
+Rollback: every object carries a version, and the store's version record
+(``fedrec.versions.sealed``) holds the newest version of each key. An object older than its
+record (a file restored from a backup or an older copy), one the record lists but that is
+gone, or versioned objects without a record all raise :class:`RolledBackError` — the attack on
+a device's DP ledger that would reset its ε. The record is written after the object, so a
+crash between the two leaves the object *ahead* of the record, which is accepted. Restoring
+the whole folder, record included, needs a counter outside it: ``counter_file`` names a file
+the store advances with every write (put it where backups and restores of the folder do not
+reach); a record older than the counter raises as well.
+
 Passphrases: every file records its KDF cost and salt. A store derives a key once per salt and
 keeps it for its lifetime, and seals what it writes with the first key it derived, so a device
 pays one KDF per process (keep one store open), not one per file. Raw keys (a key file) cost
@@ -56,8 +66,10 @@ from fedrec.common.files import fsync_dir, write_atomic
 __all__ = [
     "ROTATION_MARKER",
     "SUFFIX",
+    "VERSIONS_KEY",
     "EncryptedFileStore",
     "KeyMaterial",
+    "RolledBackError",
     "RotationResult",
     "StoreError",
     "TamperedError",
@@ -73,21 +85,50 @@ KeyMaterial = bytes | Passphrase  # a raw 32-byte key (from a key file) or a pas
 STORE_FORMAT = 1  # object layout and binding; bumped with any change to either
 SUFFIX = ".sealed"
 SHARD_KEY = "fedrec.shard"
+VERSIONS_KEY = "fedrec.versions"  # the store's version record (see the module docstring)
 ROTATION_MARKER = ".rotate-key.pending"  # present while a key rotation is unfinished
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _U32 = struct.Struct(">I")
-_ARRAYS, _JSON, _SHARD = "arrays", "json", "shard"
+_ARRAYS, _JSON, _SHARD, _VERSIONS = "arrays", "json", "shard", "versions"
+
+
+class RolledBackError(SealedFileError):
+    """An object is older than the store's record of it, or missing: restored from an older
+    copy, or deleted outside the store."""
 
 
 class EncryptedFileStore:
     """A :class:`~fedrec.client.store.StateStore` of sealed files in one user's ``folder``."""
 
-    def __init__(self, folder: str | Path, key_or_passphrase: KeyMaterial, pseudonym: str) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        key_or_passphrase: KeyMaterial,
+        pseudonym: str,
+        *,
+        counter_file: str | Path | None = None,
+    ) -> None:
         if not pseudonym:
             raise ValueError("the store needs a non-empty pseudonym (whose data this is)")
         self.folder = Path(folder)
         self.pseudonym = pseudonym
         self._keys = _KeyRing(key_or_passphrase)
+        self._counter: _Counter | None = None
+        if counter_file is not None:
+            self.use_counter(counter_file)
+
+    def use_counter(self, counter_file: str | Path) -> None:
+        """Check every read against, and advance with every write, the counter in
+        ``counter_file`` (outside the folder); checks the version record against it now."""
+        path = Path(counter_file).expanduser()
+        if path.resolve().is_relative_to(self.folder.resolve()):
+            raise ValueError(
+                f"the counter file {counter_file} must lie outside the store folder: a restore"
+                " of the folder would restore it too"
+            )
+        self._counter = _Counter(path)
+        if self.folder.is_dir():
+            self._versions()
 
     # -- the StateStore protocol ------------------------------------------------------------
     def load(self, key: str) -> dict[str, torch.Tensor] | None:
@@ -112,7 +153,7 @@ class EncryptedFileStore:
         self, key: str, kind: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]
     ) -> None:
         """Seal an object of ``kind`` (a name the reader checks) under ``key``."""
-        if kind in (_ARRAYS, _JSON, _SHARD):
+        if kind in (_ARRAYS, _JSON, _SHARD, _VERSIONS):
             raise ValueError(f"object kind {kind!r} is reserved")
         self._write(key, {**meta, "kind": kind}, arrays)
 
@@ -123,8 +164,13 @@ class EncryptedFileStore:
         return self._read(key, kind)
 
     def delete(self, key: str) -> None:
-        """Remove the object ``key`` (nothing if it does not exist)."""
-        self.path_of(key).unlink(missing_ok=True)
+        """Remove the object ``key`` (nothing if it does not exist). The version record marks
+        it deleted first, so a copy of it restored later reads as deleted, not as data."""
+        path = self.path_of(key)
+        record = self._versions()
+        if record is not None and key in record.live:
+            self._save_versions(record.deleting(key))
+        path.unlink(missing_ok=True)
 
     # -- the device's shard -----------------------------------------------------------------
     def save_shard(self, shard: UserShard) -> None:
@@ -168,10 +214,37 @@ class EncryptedFileStore:
         return self.folder / f"{key}{SUFFIX}"
 
     def stored_keys(self) -> list[str]:
-        """The stored object keys, sorted."""
-        return sorted(p.name.removesuffix(SUFFIX) for p in _sealed_files(self.folder))
+        """The stored object keys, sorted (the version record is not an object)."""
+        names = (p.name.removesuffix(SUFFIX) for p in _sealed_files(self.folder))
+        return sorted(name for name in names if name != VERSIONS_KEY)
 
     def _read(self, key: str, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        path = self.path_of(key)
+        found = self._read_file(key, kind)
+        record = self._versions()
+        version = None if found is None else int(found[0].get("version", 0))
+        if record is None:
+            if version:  # written under a record that is gone
+                raise RolledBackError(
+                    self.path_of(VERSIONS_KEY),
+                    f"missing, but {path.name} is version {version}: the store's version record"
+                    " was deleted or the store restored in part",
+                )
+        elif key in record.deleted and (version is None or version <= record.deleted[key]):
+            path.unlink(missing_ok=True)  # a copy of a deleted object (or an unfinished delete)
+            return None
+        elif key in record.live and (version is None or version < record.live[key]):
+            seen = "missing" if version is None else f"version {version}"
+            raise RolledBackError(
+                path,
+                f"{seen}, but the store's version record lists version {record.live[key]}:"
+                " the file was restored from an older copy or deleted outside the store",
+            )
+        return found
+
+    def _read_file(
+        self, key: str, kind: str
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         path = self.path_of(key)
         try:
             data = path.read_bytes()
@@ -184,9 +257,115 @@ class EncryptedFileStore:
         return meta, arrays
 
     def _write(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """The object first, then the version record: a crash between leaves the object ahead
+        of its record, which reads fine (the record never runs ahead of a file)."""
+        if key == VERSIONS_KEY:
+            raise ValueError(f"object key {key!r} is reserved for the store's version record")
+        record = self._versions()
+        if record is None:
+            if any(True for _ in _sealed_files(self.folder)):
+                self._read_legacy_check()
+            record = self._save_versions(_Versions(0, {}, {}))  # before any versioned object
+        version = max(record.live.get(key, 0), record.deleted.get(key, 0)) + 1
+        self._write_file(key, {**meta, "version": version}, arrays)
+        self._save_versions(record.writing(key, version))
+
+    def _write_file(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         path = self.path_of(key)
         plaintext = _pack(meta, arrays)
         write_atomic(path, seal(self._keys.for_writing(), plaintext, binding(self.pseudonym, key)))
+
+    def _read_legacy_check(self) -> None:
+        """A store with objects but no version record must hold only unversioned (older)
+        objects; a versioned one means the record was removed."""
+        for name in self.stored_keys():
+            path = self.path_of(name)
+            meta, _ = _unpack(
+                _open(path.read_bytes(), self._keys, binding(self.pseudonym, name), path), path
+            )
+            if meta.get("version"):
+                raise RolledBackError(
+                    self.path_of(VERSIONS_KEY),
+                    f"missing, but {name}{SUFFIX} is version {meta['version']}: the store's"
+                    " version record was deleted or the store restored in part",
+                )
+
+    # -- the version record -----------------------------------------------------------------
+    def _versions(self) -> _Versions | None:
+        found = self._read_file(VERSIONS_KEY, _VERSIONS)
+        if found is None:
+            if self._counter is not None and self._counter.read() > 0:
+                raise RolledBackError(
+                    self.path_of(VERSIONS_KEY),
+                    f"missing, but the counter {self._counter.path} is at"
+                    f" {self._counter.read()}: the store was restored or emptied",
+                )
+            return None
+        record = _Versions.from_meta(found[0])
+        if self._counter is not None and record.generation < self._counter.read():
+            raise RolledBackError(
+                self.path_of(VERSIONS_KEY),
+                f"generation {record.generation}, but the counter {self._counter.path} is at"
+                f" {self._counter.read()}: the store was restored from an older copy",
+            )
+        return record
+
+    def _save_versions(self, record: _Versions) -> _Versions:
+        advanced = record.advanced()
+        self._write_file(VERSIONS_KEY, {"kind": _VERSIONS, **advanced.to_meta()}, {})
+        if self._counter is not None:
+            self._counter.advance(advanced.generation)
+        return advanced
+
+
+@dataclass(frozen=True)
+class _Versions:
+    """The store's version record: the newest version of each live key and of each deleted
+    one, and a generation that grows with every write of the record."""
+
+    generation: int
+    live: dict[str, int]
+    deleted: dict[str, int]
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> _Versions:
+        return cls(int(meta["generation"]), dict(meta["live"]), dict(meta["deleted"]))
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"generation": self.generation, "live": self.live, "deleted": self.deleted}
+
+    def advanced(self) -> _Versions:
+        return _Versions(self.generation + 1, self.live, self.deleted)
+
+    def writing(self, key: str, version: int) -> _Versions:
+        deleted = {k: v for k, v in self.deleted.items() if k != key}
+        return _Versions(self.generation, {**self.live, key: version}, deleted)
+
+    def deleting(self, key: str) -> _Versions:
+        live = {k: v for k, v in self.live.items() if k != key}
+        return _Versions(self.generation, live, {**self.deleted, key: self.live[key]})
+
+
+class _Counter:
+    """A number in a plain file outside the store that only goes up. Its protection is where
+    it lives (out of reach of the folder's backups and restores), not encryption: whoever can
+    write it can also restore it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> int:
+        try:
+            text = self.path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return 0
+        if not text.isdigit():
+            raise RolledBackError(self.path, f"not a counter (holds {text[:20]!r})")
+        return int(text)
+
+    def advance(self, value: int) -> None:
+        if value > self.read():
+            write_atomic(self.path, f"{value}\n".encode("ascii"), mode=0o600)
 
 
 @dataclass(frozen=True)

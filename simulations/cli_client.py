@@ -69,6 +69,14 @@ def init_cmd(
         list[str] | None,
         typer.Option("--attribute", help="The user's own attribute, NAME=VALUE (repeatable)."),
     ] = None,
+    counter_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--counter-file",
+            help="A new file outside the store, out of reach of its backups, that counts"
+            " writes: a restore of the whole store (and its DP ledger) is then refused.",
+        ),
+    ] = None,
 ) -> None:
     """Create a device store for a published catalog (the key file is created if missing)."""
     from fedrec.client.device import Device
@@ -81,6 +89,7 @@ def init_cmd(
             key_file=key_file,
             passphrase=_passphrase(passphrase_file),
             user_features=attributes,
+            counter_file=counter_file,
         )
     )
     console.print(

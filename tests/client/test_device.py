@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import stat
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from flwr.app import ArrayRecord, Context, RecordDict
 
 from fedrec.client.app import make_client_app
 from fedrec.client.device import Device, DeviceError, Interaction
-from fedrec.client.secure_store import WrongKeyError
+from fedrec.client.secure_store import RolledBackError, WrongKeyError
 from fedrec.common import keys
 from fedrec.common.crypto import read_key_file
 from fedrec.common.fedconfig import FederationConfig
@@ -52,7 +53,12 @@ def initial() -> ArrayRecord:
 def test_create_seals_every_file_and_opens_only_with_its_key(tmp_path: Path) -> None:
     device = _device(tmp_path)
     files = sorted(p.name for p in (tmp_path / "store").iterdir())
-    assert files == ["fedrec.catalog.sealed", "fedrec.device.sealed", "fedrec.history.sealed"]
+    assert files == [
+        "fedrec.catalog.sealed",
+        "fedrec.device.sealed",
+        "fedrec.history.sealed",
+        "fedrec.versions.sealed",  # the store's version record (rollback detection)
+    ]
     for path in (tmp_path / "store").iterdir():
         raw = path.read_bytes()
         assert raw.startswith(b"FEDRECSF")  # every file is a sealed file
@@ -194,6 +200,44 @@ def test_erase_destroys_the_store(tmp_path: Path) -> None:
     assert not (tmp_path / "store").exists()
     with pytest.raises(DeviceError, match="not a device store"):
         Device.open(tmp_path / "store", key_file=tmp_path / "device.key")
+
+
+def test_a_rolled_back_ledger_stops_the_device_from_training(
+    tmp_path: Path, initial: ArrayRecord
+) -> None:
+    counter = tmp_path / "no-backup" / "store.counter"
+    device = Device.create(tmp_path / "store", CATALOG, key_file=tmp_path / "device.key",
+                           counter_file=counter)  # fmt: skip
+    device.import_history([Interaction(ITEMS[i], "view", None, 1000.0 + i) for i in range(12)])
+    dp = CONFIG.replace(local_dp_noise_multiplier=1.0, local_dp_clip_norm=1.0,
+                        local_batch_size=4, client_weighting="uniform")  # fmt: skip
+    app = make_client_app(dp)
+    _round(app, tmp_path, "train", initial, 1)
+    ledger = tmp_path / "store" / f"{keys.STATE_RECORD_LEDGER}.sealed"
+    backup, one_round = tmp_path / "backup", ledger.read_bytes()
+    shutil.copytree(tmp_path / "store", backup)
+    _round(app, tmp_path, "train", initial, 2)
+    spent = device.status().record_epsilon
+    ledger.write_bytes(one_round)  # the ledger alone, from a copy taken a round earlier
+    train = server_message("train", initial, 77, 3, catalog=CATALOG)
+    with pytest.raises(RolledBackError, match="older copy"):  # the SuperNode replies an error
+        app(train, _context(tmp_path))
+    with pytest.raises(RolledBackError, match="older copy"):
+        Device.open(tmp_path / "store", key_file=tmp_path / "device.key").status()
+    shutil.rmtree(tmp_path / "store")
+    shutil.copytree(backup, tmp_path / "store")  # the whole store: self-consistent, but old
+    with pytest.raises(RolledBackError, match="counter .* is at"):
+        app(train, _context(tmp_path))
+    shutil.rmtree(tmp_path / "store")
+    shutil.copytree(backup, tmp_path / "store")
+    counter.unlink()  # the counter is the restore's blind spot: with it gone, the copy reads
+    status = Device.open(tmp_path / "store", key_file=tmp_path / "device.key").status()
+    assert status.record_epsilon is not None and spent is not None
+    assert status.record_epsilon < spent
+    with pytest.raises(DeviceError, match="already exists"):
+        Device.create(tmp_path / "other", CATALOG, key_file=tmp_path / "k2", counter_file=backup)
+    Device.open(tmp_path / "store", key_file=tmp_path / "device.key").erase()
+    assert not counter.exists()
 
 
 def test_a_node_config_needs_the_key_of_its_store(tmp_path: Path, initial: ArrayRecord) -> None:

@@ -124,7 +124,8 @@ def test_rotate_shard_keys(written: tuple[Path, Path], tmp_path: Path) -> None:
     copy, new_key = tmp_path / "shards", tmp_path / "new.key"
     shutil.copytree(shard_dir, copy)
     result = rotate_shard_keys(copy, key_file, new_key)
-    assert (result.rotated, result.already) == (USERS + 1, 0)  # 1 shard per user + the source
+    files = 2 * (USERS + 1)  # per user a shard and its version record, and so for the source
+    assert (result.rotated, result.already) == (files, 0)
     rotated = EncryptedPartitions(copy, new_key)
     want = EncryptedPartitions(shard_dir, key_file).local_user(CONFIG, node_context(5, USERS))
     got = rotated.local_user(CONFIG, node_context(5, USERS))
@@ -132,7 +133,7 @@ def test_rotate_shard_keys(written: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(WrongKeyError, match=SOURCE_DIR):
         EncryptedPartitions(copy, key_file).num_users(CONFIG)
     again = rotate_shard_keys(copy, key_file, new_key)  # a rerun (after a stop) finishes: no-op
-    assert (again.rotated, again.already) == (0, USERS + 1)
+    assert (again.rotated, again.already) == (0, files)
 
 
 def test_rotation_covers_a_state_dir_and_a_stopped_one_says_so(tmp_path: Path) -> None:
@@ -144,7 +145,8 @@ def test_rotation_covers_a_state_dir_and_a_stopped_one_says_so(tmp_path: Path) -
     for name in ("user-000001", "user-000002"):  # a state-dir: one store per device
         EncryptedFileStore(state / name, old_key, name).save_json("ledger", {"steps": 3})
     result = rotate_shard_keys(state, tmp_path / "old.key", tmp_path / "new.key")
-    assert (result.rotated, result.already) == (2, 0) and not (state / ROTATION_MARKER).exists()
+    rotated = (result.rotated, result.already)
+    assert rotated == (4, 0) and not (state / ROTATION_MARKER).exists()  # ledger + record each
     new_key = read_key_file(tmp_path / "new.key")
     assert EncryptedFileStore(state / "user-000002", new_key, "user-000002").load_json(
         "ledger") == {"steps": 3}  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -14,18 +15,29 @@ from fedrec.client import secure_store
 from fedrec.client.secure_store import (
     ROTATION_MARKER,
     SHARD_KEY,
+    VERSIONS_KEY,
     EncryptedFileStore,
     KeyMaterial,
+    RolledBackError,
     RotationResult,
     StoreError,
     TamperedError,
     TruncatedError,
     UnsupportedFormatError,
     WrongKeyError,
+    binding,
     rotate_key,
 )
 from fedrec.client.store import StateStore
-from fedrec.common.crypto import HEADER_SIZE, Argon2idParams, Passphrase
+from fedrec.common.crypto import (
+    HEADER_SIZE,
+    Argon2idParams,
+    Header,
+    Passphrase,
+    SealingKey,
+    open_sealed,
+    read_header,
+)
 from fedrec.common.data.shard import UserShard
 from fedrec.common.data.split import NO_ITEM
 from fedrec.common.privacy import PrivacyLedger
@@ -284,7 +296,8 @@ def test_failure_before_rename_keeps_the_old_state(
     loaded = store.load(KEY)
     assert loaded is not None
     torch.testing.assert_close(loaded["user_features"], _arrays()["user_features"])
-    assert [p.name for p in store.folder.iterdir()] == [store.path_of(KEY).name]  # no temp left
+    names = sorted(p.name for p in store.folder.iterdir())
+    assert names == [store.path_of(KEY).name, store.path_of(VERSIONS_KEY).name]  # no temp left
 
 
 def test_a_stray_temp_file_from_a_crash_is_ignored(store: EncryptedFileStore) -> None:
@@ -294,11 +307,130 @@ def test_a_stray_temp_file_from_a_crash_is_ignored(store: EncryptedFileStore) ->
     assert store.load(KEY) is not None
 
 
+# -- rollback: a restored or deleted object is refused, not read as data -------------------
+def test_a_ledger_restored_from_an_older_copy_is_refused(
+    store: EncryptedFileStore, material: KeyMaterial
+) -> None:
+    store.save_json(LEDGER, {"accountant": "rdp", "history": [[1.1, 0.25, 8]]})
+    older = store.path_of(LEDGER).read_bytes()  # e.g. a backup taken after round 1
+    spent = {"accountant": "rdp", "history": [[1.1, 0.25, 80]]}
+    store.save_json(LEDGER, spent)
+    current = store.path_of(LEDGER).read_bytes()
+    store.path_of(LEDGER).write_bytes(older)
+    for reader in (store, EncryptedFileStore(store.folder, material, USER)):
+        with pytest.raises(RolledBackError, match=r"version 1, but .* lists version 2"):
+            reader.load_json(LEDGER)
+    assert store.path_of(LEDGER).read_bytes() == older  # the evidence is left as found
+    store.path_of(LEDGER).write_bytes(current)
+    assert store.load_json(LEDGER) == spent
+
+
+def test_a_deleted_ledger_is_refused_not_read_as_zero(store: EncryptedFileStore) -> None:
+    _filled(store)
+    store.path_of(LEDGER).unlink()
+    with pytest.raises(RolledBackError, match=r"missing, but .* lists version 1"):
+        store.load_json(LEDGER)
+
+
+def test_a_deleted_version_record_is_refused(store: EncryptedFileStore) -> None:
+    _filled(store)
+    store.path_of(VERSIONS_KEY).unlink()
+    with pytest.raises(RolledBackError, match="version record was deleted"):
+        store.load_json(LEDGER)
+    with pytest.raises(RolledBackError, match="version record was deleted"):
+        store.save_json("other", {})  # a write does not start a new record over the gap
+    assert not store.path_of(VERSIONS_KEY).exists()
+
+
+def test_a_crash_between_object_and_record_reads_fine(
+    store: EncryptedFileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _filled(store)
+    write = secure_store.write_atomic
+
+    def dies_before_the_record(path: Path, data: bytes) -> None:
+        if path.name == f"{VERSIONS_KEY}.sealed":
+            raise KeyboardInterrupt  # power lost after the object landed
+        write(path, data)
+
+    monkeypatch.setattr(secure_store, "write_atomic", dies_before_the_record)
+    with pytest.raises(KeyboardInterrupt):
+        store.save_json(LEDGER, {"steps": 2})
+    with pytest.raises(KeyboardInterrupt):
+        store.save_json("new-key", {"steps": 1})  # a key the record has never seen
+    monkeypatch.undo()
+    assert store.load_json(LEDGER) == {"steps": 2} and store.load_json("new-key") == {"steps": 1}
+    store.save_json(LEDGER, {"steps": 3})
+    assert store.load_json(LEDGER) == {"steps": 3}
+
+
+def test_a_restored_copy_of_a_deleted_object_reads_as_deleted(store: EncryptedFileStore) -> None:
+    _filled(store)
+    copy = store.path_of(LEDGER).read_bytes()
+    store.delete(LEDGER)
+    assert store.load_json(LEDGER) is None
+    store.path_of(LEDGER).write_bytes(copy)
+    assert store.load_json(LEDGER) is None and not store.path_of(LEDGER).exists()
+    store.save_json(LEDGER, {"steps": 9})  # a new object under the old key: a later version
+    assert store.load_json(LEDGER) == {"steps": 9}
+    store.path_of(LEDGER).write_bytes(copy)
+    with pytest.raises(RolledBackError):
+        store.load_json(LEDGER)
+
+
+def test_a_restored_folder_needs_the_counter_to_be_caught(
+    tmp_path: Path, material: KeyMaterial
+) -> None:
+    counter = tmp_path / "no-backup" / "fedrec.counter"
+    store = EncryptedFileStore(tmp_path / USER, material, USER, counter_file=counter)
+    store.save_json(LEDGER, {"steps": 1})
+    backup = tmp_path / "backup"
+    shutil.copytree(store.folder, backup)
+    store.save_json(LEDGER, {"steps": 50})
+    assert int(counter.read_text()) == 3  # the record's generation: empty, v1, v2
+    shutil.rmtree(store.folder)
+    shutil.copytree(backup, store.folder)  # the whole folder, record and all
+    # without the counter the folder is self-consistent and the old ledger reads back
+    assert EncryptedFileStore(store.folder, material, USER).load_json(LEDGER) == {"steps": 1}
+    with pytest.raises(RolledBackError, match=r"generation 2, but the counter .* is at 3"):
+        store.load_json(LEDGER)
+    shutil.rmtree(store.folder)  # emptied: the counter remembers there was a store
+    with pytest.raises(RolledBackError, match="restored or emptied"):
+        store.load_json(LEDGER)
+    with pytest.raises(ValueError, match="outside the store folder"):
+        EncryptedFileStore(tmp_path / USER, material, USER, counter_file=tmp_path / USER / "c")
+
+
+def test_a_store_written_before_versions_opens_and_starts_a_record(
+    store: EncryptedFileStore, material: KeyMaterial
+) -> None:
+    _filled(store)
+    for key in (KEY, LEDGER, SHARD_KEY):  # rewrite each object as an older fedrec did
+        path = store.path_of(key)
+        plaintext = secure_store._open(path.read_bytes(), store._keys, binding(USER, key), path)
+        meta, arrays = secure_store._unpack(plaintext, path)
+        del meta["version"]
+        sealing = store._keys.for_writing()
+        path.write_bytes(
+            secure_store.seal(sealing, secure_store._pack(meta, arrays), binding(USER, key))
+        )
+    store.path_of(VERSIONS_KEY).unlink()
+    old = EncryptedFileStore(store.folder, material, USER)
+    expected = _contents(old)
+    old.save_json(LEDGER, {"steps": 4})
+    assert store.path_of(VERSIONS_KEY).exists() and old.load_json(LEDGER) == {"steps": 4}
+    assert _contents(old)[0] == expected[0]
+
+
 # -- key rotation ---------------------------------------------------------------------------
-def _load_any(store: EncryptedFileStore, key: str) -> object:
-    if key == SHARD_KEY:
-        return store.load_shard()
-    return store.load_json(key) if key == LEDGER else store.load(key)
+def _sealing_key(material: KeyMaterial, header: Header) -> SealingKey | None:
+    if isinstance(material, Passphrase):
+        return (
+            None
+            if header.kdf is None
+            else SealingKey.from_passphrase(material, header.salt, header.kdf)
+        )
+    return None if header.kdf is not None else SealingKey.from_key(material)
 
 
 def _contents(store: EncryptedFileStore) -> tuple[object, ...]:
@@ -314,12 +446,12 @@ def _contents(store: EncryptedFileStore) -> tuple[object, ...]:
 @pytest.mark.parametrize("new", [os.urandom(32), Passphrase("new phrase", FAST)], ids=type)
 def test_rotate_key(store: EncryptedFileStore, material: KeyMaterial, new: KeyMaterial) -> None:
     expected = _contents(_filled(store))
-    assert rotate_key(store.folder, material, new, USER) == RotationResult(rotated=3, already=0)
+    assert rotate_key(store.folder, material, new, USER) == RotationResult(rotated=4, already=0)
     assert _contents(EncryptedFileStore(store.folder, new, USER)) == expected
     with pytest.raises(WrongKeyError):
         EncryptedFileStore(store.folder, material, USER).load(KEY)
     assert not (store.folder / ROTATION_MARKER).exists()
-    assert rotate_key(store.folder, material, new, USER) == RotationResult(0, 3)  # idempotent
+    assert rotate_key(store.folder, material, new, USER) == RotationResult(0, 4)  # idempotent
 
 
 def test_interrupted_rotation_is_consistent_and_resumable(
@@ -342,26 +474,30 @@ def test_interrupted_rotation_is_consistent_and_resumable(
         rotate_key(store.folder, material, new, USER)
     monkeypatch.undo()
 
-    # halfway: the marker stays; every file is whole under exactly one of the two keys
+    # halfway: the marker stays; every file is whole under exactly one of the two keys, and
+    # the store refuses to read (its objects and version record disagree on the key)
     assert (store.folder / ROTATION_MARKER).exists() and len(written) == 1
     rotated = EncryptedFileStore(store.folder, new, USER)
     old = EncryptedFileStore(store.folder, material, USER)
-    for key in old.stored_keys():
+    for path in sorted(store.folder.glob("*.sealed")):
+        data, context = path.read_bytes(), binding(USER, path.name.removesuffix(".sealed"))
         opened = []
-        for candidate in (old, rotated):
-            try:
-                _load_any(candidate, key)
+        for candidate in (material, new):
+            sealing = _sealing_key(candidate, read_header(data, path))
+            if sealing is not None and sealing.check == read_header(data, path).key_check:
+                open_sealed(data, sealing, context, path)  # authenticates: whole
                 opened.append(candidate)
-            except WrongKeyError as err:
-                assert "rotation" in str(err) and "rerun" in str(err)
-        assert len(opened) == 1
+        assert len(opened) == 1, path
+    for candidate in (old, rotated):
+        with pytest.raises(WrongKeyError, match=r"rotation .* unfinished: rerun"):
+            _contents(candidate)
     # a third key is refused before anything is written
     before = {p.name: p.read_bytes() for p in store.folder.iterdir()}
     with pytest.raises(WrongKeyError):
         rotate_key(store.folder, os.urandom(32), os.urandom(32), USER)
     assert {p.name: p.read_bytes() for p in store.folder.iterdir()} == before
 
-    assert rotate_key(store.folder, material, new, USER) == RotationResult(rotated=2, already=1)
+    assert rotate_key(store.folder, material, new, USER) == RotationResult(rotated=3, already=1)
     assert not (store.folder / ROTATION_MARKER).exists()
     assert _contents(rotated) == expected
 
