@@ -226,7 +226,7 @@ def test_a_rolled_back_ledger_stops_the_device_from_training(
         Device.open(tmp_path / "store", key_file=tmp_path / "device.key").status()
     shutil.rmtree(tmp_path / "store")
     shutil.copytree(backup, tmp_path / "store")  # the whole store: self-consistent, but old
-    with pytest.raises(RolledBackError, match="counter .* is at"):
+    with pytest.raises(RolledBackError, match=r"counter .* is at"):
         app(train, _context(tmp_path))
     shutil.rmtree(tmp_path / "store")
     shutil.copytree(backup, tmp_path / "store")
