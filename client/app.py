@@ -162,7 +162,9 @@ class Handlers:
         # not stored: evaluating must not change what the next train round starts from
         train_config = local_train_config(config)
         refresh_user(model, user.shard, train_config, config.eval_private_epochs, rng)
-        values = local_evaluate(model, user.shard)
+        catalog = self.catalog_of(context)
+        targets = catalog.indices_of(config.target_item_ids()) if config.target_items else None
+        values = local_evaluate(model, user.shard, targets=targets)
         if user.device is not None:
             user.device.cache_model(arrays_of(msg.content), _round(msg), config_of(msg.content))
         evaluated = 1 if values else 0

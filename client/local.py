@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.shard import UserShard
 from fedrec.common.fedconfig import LOCAL_OPTIMIZERS
-from fedrec.common.metrics import held_out_ranks, known_positive_mask, summarize
+from fedrec.common.metrics import exposure, held_out_ranks, known_positive_mask, summarize
 from fedrec.common.model import (
     SeedModel,
     device_model,
@@ -291,10 +292,15 @@ def refresh_user(
 
 
 @torch.no_grad()
-def local_evaluate(model: SeedModel, shard: UserShard, k: int = 10) -> dict[str, float]:
+def local_evaluate(
+    model: SeedModel, shard: UserShard, k: int = 10, targets: np.ndarray | None = None
+) -> dict[str, float]:
     """Rank this user's validation and test items (LOO-99 and full ranking) on the device.
 
-    Returns hit/NDCG numbers only: ``val-hr@10``, ``hr@10`` (test), ``full_hr@10``, ...
+    Returns hit/NDCG numbers only: ``val-hr@10``, ``hr@10`` (test), ``full_hr@10``, ...;
+    with ``targets`` (item indices: the run's target items) also their exposure ``er@5``
+    and ``er@10`` among the items this user has not interacted with, unless it has seen
+    them all.
     """
     if not shard.evaluable:
         return {}
@@ -309,6 +315,12 @@ def local_evaluate(model: SeedModel, shard: UserShard, k: int = 10) -> dict[str,
         sampled, full = held_out_ranks(scores, np.array([target]), shard.candidates[None], known)
         out.update({prefix + key: v for key, v in summarize(sampled, k).items()})
         out.update({prefix + key: v for key, v in summarize(full, k, prefix="full_").items()})
+    if targets is not None and len(targets):
+        seen = known_positive_mask([shard.train_items], [shard.val_item], shard.num_items)[0]
+        seen[shard.test_item] = True
+        exposed = exposure(scores[0], targets, seen, (5, 10))
+        if exposed is not None:
+            out.update({keys.ER5: exposed[5], keys.ER10: exposed[10]})
     return out
 
 

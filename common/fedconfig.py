@@ -18,6 +18,7 @@ from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS, SecAggSettings
 
 __all__ = [
     "AGGREGATIONS",
+    "ATTACKS",
     "CLIENT_WEIGHTINGS",
     "DECAY_STRATEGIES",
     "LOCAL_OPTIMIZERS",
@@ -34,6 +35,8 @@ LR_SCHEDULES = ("constant", "cosine")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 CLIENT_WEIGHTINGS = ("examples", "uniform")
 AGGREGATIONS = ("off", "secagg+")  # secure aggregation of the train updates (common/secagg/grid.py)
+ATTACKS = ("a-ra", "a-hum", "fedrecattack")  # item promotion (simulations/poisoning.py)
+TAIL_PREFIX = "tail:"  # target-items = "tail:N": N seeded items of the less popular half
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,16 @@ class FederationConfig:
     eval_every: int = 5  # federated evaluation every k rounds (and after the last)
     eval_clients: int = 0  # clients per evaluation (0: all nodes)
     max_update_norm: float = 0.0  # refuse a longer update (0: the norm of the start model)
+    # robust aggregation (server/robust.py): each accepted update is clipped before averaging
+    norm_bound: float = 0.0  # L2 bound of a device's whole update (0: off)
+    row_norm_bound: float = 0.0  # L2 bound of each item-table row of a device's update (0: off)
+    # item promotion (simulations/poisoning.py): measured by every evaluation, attacked in
+    # simulations only
+    target_items: str = ""  # item ids, comma-separated, or "tail:N"; evaluation adds ER@5/10
+    poison_fraction: float = 0.0  # malicious devices added, as a fraction of the users
+    poison_attack: str = "a-ra"  # a-ra | a-hum (Rong et al., IJCAI 2022) | fedrecattack (ICDE 2022)
+    poison_knowledge: float = 0.01  # fedrecattack: fraction of train interactions it knows
+    poison_norm: float = 0.0  # L2 norm of each malicious update (0: 0.9 x max-update-norm)
     # server optimizer
     strategy: str = "fedavg"  # fedavg | fedavgm | fedadam | fedyogi | fedprox
     server_lr: float = 1.0  # FedAvgM: step on the averaged update; FedAdam/FedYogi: eta
@@ -131,6 +144,9 @@ class FederationConfig:
             "clients_per_round",
             "eval_clients",
             "max_update_norm",
+            "norm_bound",
+            "row_norm_bound",
+            "poison_norm",
             "negatives",
             "proximal_mu",
             "expected_nodes",
@@ -151,6 +167,7 @@ class FederationConfig:
             ("client_weighting", CLIENT_WEIGHTINGS),
             ("dp_accountant", ACCOUNTANTS),
             ("secure_aggregation", AGGREGATIONS),
+            ("poison_attack", ATTACKS),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -196,6 +213,7 @@ class FederationConfig:
             )
         if self.secure:
             self._check_secure_aggregation()
+        self._check_poisoning()
 
     @property
     def user_level_dp(self) -> bool:
@@ -221,6 +239,18 @@ class FederationConfig:
             )
         return found
 
+    def target_item_ids(self) -> tuple[str, ...]:
+        """The target items named by id (empty for none, or before "tail:N" is resolved)."""
+        if not self.target_items or self.target_items.startswith(TAIL_PREFIX):
+            return ()
+        return tuple(item.strip() for item in self.target_items.split(","))
+
+    def tail_targets(self) -> int:
+        """N of target-items = "tail:N" (0 otherwise)."""
+        if not self.target_items.startswith(TAIL_PREFIX):
+            return 0
+        return int(self.target_items.removeprefix(TAIL_PREFIX))
+
     def secagg_settings(self) -> SecAggSettings:
         return SecAggSettings(
             neighbours=self.secagg_neighbours,
@@ -245,6 +275,40 @@ class FederationConfig:
             raise ValueError(
                 f"dp-clip-norm {self.dp_clip_norm} > secagg-clip-range {self.secagg_clip_range}:"
                 " a clipped update's coordinates could be clipped again, biasing the sum"
+            )
+
+    def _check_poisoning(self) -> None:
+        if self.target_items.startswith(TAIL_PREFIX):
+            count = self.target_items.removeprefix(TAIL_PREFIX)
+            if not count.isdigit() or int(count) < 1:
+                raise ValueError(
+                    f'target-items = "{self.target_items}": "tail:N" needs a whole N >= 1'
+                )
+        elif self.target_items:
+            ids = [item.strip() for item in self.target_items.split(",")]
+            if any(not item for item in ids) or len(set(ids)) != len(ids):
+                raise ValueError(
+                    f"target-items = {self.target_items!r}: give distinct item ids separated"
+                    ' by commas, or "tail:N"'
+                )
+        if not 0.0 < self.poison_knowledge <= 1.0:
+            raise ValueError(f"poison-knowledge must be in (0, 1], got {self.poison_knowledge}")
+        if not 0.0 <= self.poison_fraction < 1.0:
+            raise ValueError(f"poison-fraction must be in [0, 1), got {self.poison_fraction}")
+        if self.poison_fraction and not self.target_items:
+            raise ValueError(
+                "poison-fraction is set: name the items the attack promotes (target-items ="
+                ' "tail:5" or item ids)'
+            )
+        if self.secure and (self.norm_bound or self.row_norm_bound):
+            raise ValueError(
+                "norm-bound and row-norm-bound clip each device's update on the server, which"
+                " secure aggregation hides: bound it on the devices with dp-clip-norm instead"
+            )
+        if self.secure and self.poison_fraction:
+            raise ValueError(
+                "poison-fraction with secure aggregation is not simulated: the malicious"
+                " devices do not run the SecAgg+ protocol (turn one of the two off)"
             )
 
     def _check_user_level_dp(self) -> None:
@@ -312,8 +376,13 @@ def _kebab(name: str) -> str:
     return name.replace("_", "-")
 
 
+ID_LISTS = ("target-items",)  # string settings of item ids: a lone id may parse as a number
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     kind = {"int": int, "float": float, "str": str}[str(annotation)]
+    if key in ID_LISTS and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # --set target-items=242
     if kind is not str and isinstance(value, bool):  # TOML's true would be read as 1
         raise ValueError(f"{key} must be a number, got {str(value).lower()}")
     if kind is str and not isinstance(value, str):

@@ -11,8 +11,11 @@ __all__ = [
     "CATALOG_HASH",
     "CLIPPING_NORM",
     "CONFIG",
+    "ER5",
+    "ER10",
     "EVALUATE_METRICS",
     "EVAL_SPLIT",
+    "EXPOSURE",
     "FULL_HR",
     "FULL_NDCG",
     "HR",
@@ -51,6 +54,8 @@ HR = "hr@10"
 NDCG = "ndcg@10"
 FULL_HR = "full_hr@10"
 FULL_NDCG = "full_ndcg@10"
+ER5 = "er@5"  # exposure of the run's target items (target-items), common/metrics.exposure
+ER10 = "er@10"
 VAL_PREFIX = "val-"  # val-hr@10 etc.: the validation item, used to pick the best round
 
 # Config keys sent by the server each round
@@ -80,6 +85,7 @@ TRAIN_METRICS = frozenset(
     (NUM_EXAMPLES, UNIT_WEIGHT, TRAIN_LOSS, RETURNING, RECORD_EPSILON, BUDGET_EXHAUSTED)
 )
 RATES = (HR, NDCG, FULL_HR, FULL_NDCG)
+EXPOSURE = (ER5, ER10)  # only when the run names target items
 EVALUATE_METRICS = frozenset(
-    (USERS, NUM_EXAMPLES, UNIT_WEIGHT, *RATES, *(VAL_PREFIX + r for r in RATES))
+    (USERS, NUM_EXAMPLES, UNIT_WEIGHT, *RATES, *(VAL_PREFIX + r for r in RATES), *EXPOSURE)
 )

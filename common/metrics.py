@@ -11,6 +11,11 @@ gets rank = (number of candidates) - 1, never a lucky hit (a constant model scor
   rank  = #{c : s_c > s_target} + #{c : s_c == s_target, c != target}      (0-based)
   HR@K  = 1[rank < K]
   NDCG@K = 1[rank < K] / log2(rank + 2)                                    (one relevant item)
+
+**Exposure** of target items (the measure of item-promotion attacks, Rong et al. 2022): for a
+user and a target item the user has not interacted with, whether the target ranks in the top K
+of every item the user has not interacted with (same pessimistic ties);
+ER@K = the mean over those (user, target) pairs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "exposure",
     "full_ranks",
     "held_out_ranks",
     "hit_ratio",
@@ -112,3 +118,24 @@ def known_positive_mask(
         if other >= 0:
             mask[row, other] = True
     return mask
+
+
+def exposure(
+    scores: np.ndarray, targets: np.ndarray, seen: np.ndarray, ks: Sequence[int] = (5, 10)
+) -> dict[int, float] | None:
+    """One user's exposure of ``targets``: {k: fraction of the targets it has not ``seen``
+    that rank in its top ``k`` among every unseen item}; None if it has seen every target.
+
+    scores: (I,) of every item; targets: (T,) item indices; seen: (I,) bool, the user's items.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN: the model diverged or an input is broken")
+    eligible = targets[~seen[targets]]
+    if eligible.size == 0:
+        return None
+    competitors = np.where(seen, -np.inf, scores)
+    # rank of each target among the unseen others (itself excluded), ties against it
+    ahead = (competitors[None, :] >= scores[eligible][:, None]).sum(axis=1) - 1
+    return {k: float((ahead < k).mean()) for k in ks}

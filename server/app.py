@@ -100,6 +100,12 @@ def run_federation(
         grid = secure
     run_dir = Path(config.out_dir) if config.out_dir else None
     catalog = _catalog(config)
+    if config.tail_targets():
+        raise ValueError(
+            f'target-items = "{config.target_items}" is drawn from the data by the simulation'
+            " runner; here name the items by id"
+        )
+    catalog.indices_of(config.target_item_ids())  # every target is in the catalog
     initial = ArrayRecord(initial_shared_state(catalog, config.dim, config.seed))
     if secure is not None and config.user_level_dp:
         _check_quantization_margin(config, initial, secure)

@@ -5,8 +5,10 @@ Every run is one of two compositions (printed in ``config.json`` under ``strateg
     RoundRecorder(ServerStep(FedAdam))               no user-level DP
     RoundRecorder(DPFedAvg(ServerStep(FedAdam)))     user-level DP-FedAvg
 
-read from the outside in: the recorder picks each round's cohort and records the round
-(``server/recorder.py``); DP-FedAvg clips, noises and averages the replies into one
+either with ``NormBounding(...)`` right inside the recorder when ``norm-bound`` or
+``row-norm-bound`` is set. Read from the outside in: the recorder picks each round's cohort
+and records the round (``server/recorder.py``); norm bounding clips each update
+(``server/robust.py``); DP-FedAvg clips, noises and averages the replies into one
 (``server/dp_fedavg.py``); the server step applies Flower's optimizer to that average, with a
 step-size schedule and weight decay (``server/optimizer.py``). ``FedAdam`` stands for the
 configured Flower strategy: FedAvg, FedAvgM, FedAdam, FedYogi or FedProx. Secure aggregation
@@ -34,6 +36,7 @@ from fedrec.server.cohorts import CohortSampler, FractionCohort, UniformCohort
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
 from fedrec.server.optimizer import ServerStep, flower_strategy, scheduled_lr
 from fedrec.server.recorder import RoundPlan, RoundRecorder
+from fedrec.server.robust import Bounds, NormBounding
 from fedrec.server.validation import ReplyValidator
 
 __all__ = ["ServerRandomness", "make_strategy", "resume_identity"]
@@ -92,6 +95,9 @@ def make_strategy(
     if user_dp is not None:  # DP-FedAvg noises the average before the server step
         dp_layer = DPFedAvg(step, user_dp, user_ledger, randomness.noise)
         aggregate, train_cohorts = dp_layer, dp_layer.cohorts  # the sampling ε assumes
+    bounds = Bounds(norm=config.norm_bound, row_norm=config.row_norm_bound)
+    if bounds:  # each update clipped before anything averages it
+        aggregate = NormBounding(aggregate, bounds)
     eval_count = config.eval_clients or None  # None: every connected node
     return RoundRecorder(
         aggregate,

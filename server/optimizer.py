@@ -78,9 +78,11 @@ def scheduled_lr(base: float, schedule: str, round_: int, total_rounds: int) -> 
 
 
 def aggregate_user_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Mean of each evaluation metric over evaluated users (weight ``users``: 1 or 0 per
-    client), so a user that cannot be evaluated counts as nothing, not as a zero."""
+    """Mean of each evaluation metric over the evaluated users that report it (weight
+    ``users``: 1 or 0 per client), so a user that cannot be evaluated counts as nothing, not
+    as a zero (and one that has seen every target item adds nothing to the exposure)."""
     totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
     users = 0
     for rd in records:
         metrics = metrics_of(rd)
@@ -89,7 +91,8 @@ def aggregate_user_metrics(records: list[RecordDict], weight_key: str) -> Metric
         for k in metrics:
             if k not in (keys.USERS, keys.NUM_EXAMPLES, keys.UNIT_WEIGHT) and n:
                 totals[k] = totals.get(k, 0.0) + scalar(metrics, k) * n
-    means = {k: v / users for k, v in totals.items()} if users else {}
+                counts[k] = counts.get(k, 0) + n
+    means = {k: v / counts[k] for k, v in totals.items()}
     return MetricRecord({keys.USERS: users, **means})
 
 
@@ -167,6 +170,16 @@ class ServerStep(StrategyWrapper[FedAvg]):
             value = v.numpy() * decay if k.endswith(".weight") else v.numpy()
             wire[k] = Array(value.astype(np.float32, copy=False))
         return ArrayRecord(wire), metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """The evaluated users' mean of each metric (:func:`aggregate_user_metrics`). Not
+        Flower's: it refuses a whole round unless every reply has the same keys, and a device
+        that evaluated nobody (``users`` = 0, no rates) or has seen every target item (no
+        exposure) sends fewer. The recorder validated each reply before."""
+        records = [m.content for m in replies if not m.has_error()]
+        return aggregate_user_metrics(records, keys.USERS) if records else None
 
     def state_dict(self, array_names: list[str]) -> dict[str, np.ndarray]:
         """The optimizer's state as ``name/array`` entries (``array_names``: model order)."""

@@ -38,6 +38,7 @@ from fedrec.common.secagg.grid import SecureAggregationGrid, secure_sum
 from fedrec.server.cohorts import CohortGrid, CohortSampler, connected_nodes, in_cohort_order
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally
 from fedrec.server.optimizer import ServerStep
+from fedrec.server.robust import BOUNDED_ROWS, BOUNDED_UPDATES
 from fedrec.server.validation import Refusal, ReplyValidator
 from fedrec.server.wrapper import StrategyWrapper
 
@@ -160,6 +161,11 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             returning=scalar(metrics, keys.RETURNING, 0.0) if metrics else None,
             train_seconds=time.perf_counter() - self._t0,
         )
+        if metrics is not None and BOUNDED_UPDATES in metrics:  # NormBounding clipped these
+            rec["bounded"] = {
+                "updates": int(scalar(metrics, BOUNDED_UPDATES)),
+                "rows": int(scalar(metrics, BOUNDED_ROWS)),
+            }
         rec["received"] = {"train": received}
         if refused:
             rec["rejected"] = {"train": _count_reasons(refused)}

@@ -17,7 +17,8 @@ scaled by 1e6 would be averaged in, a forged ``users`` count would decide the ru
   within the bound;
 * **evaluate**: only ``metrics``, with ``users`` 0 or 1 (one held-out item per device),
   ``num-examples`` equal to it, ``unit-weight`` 1, every rate in [0, 1] and each NDCG at most
-  its hit rate, no rate from a device that evaluated nobody.
+  its hit rate, ``er@5`` at most ``er@10`` (both or neither), no rate from a device that
+  evaluated nobody.
 
 :meth:`ReplyValidator.check` returns why a reply is refused (a short reason from
 :data:`REASONS` and the detail), or ``None``. The recorder drops refused replies as failed
@@ -178,6 +179,9 @@ class ReplyValidator:
                 h, g = rates.get(prefix + hit), rates.get(prefix + gain)
                 if h is not None and g is not None and g > h + 1e-9:
                     return Refusal("metrics", f"{prefix + gain} = {g:g} > {prefix + hit} = {h:g}")
+        top5, top10 = rates.get(keys.ER5), rates.get(keys.ER10)
+        if (top5 is None) != (top10 is None) or (top5 or 0.0) > (top10 or 0.0) + 1e-9:
+            return Refusal("metrics", f"{keys.ER5} = {top5}, {keys.ER10} = {top10}")
         return None
 
 

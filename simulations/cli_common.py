@@ -118,6 +118,7 @@ class PlainProgress:
 def round_line(record: dict[str, Any]) -> str:
     """One round's figures (a rounds.jsonl record) for the live view."""
     hr = record.get("eval", {}).get("hr@10")
+    exposure = record.get("eval", {}).get("er@10")
     loss = record.get("train_loss")
     eps = record.get("privacy", {}).get("user_level", {}).get("epsilon")
     return (
@@ -125,6 +126,7 @@ def round_line(record: dict[str, Any]) -> str:
         f"{record.get('clients_sampled', 0)}"
         + (f"  loss {loss:.4f}" if loss is not None else "")
         + (f"  HR@10 {hr:.3f}" if hr is not None else "")
+        + (f"  targets ER@10 {exposure:.3f}" if exposure is not None else "")
         + (f"  ε {eps:.3f}" if eps is not None else "")
     )
 
@@ -137,6 +139,13 @@ def print_results(metrics: dict[str, Any], out: Path) -> None:
             f"[bold]test[/] (best val round {metrics['best_round']}): "
             f"HR@10 {final['hr@10']:.4f}  NDCG@10 {final['ndcg@10']:.4f}  "
             f"full HR@10 {final['full_hr@10']:.4f}  full NDCG@10 {final['full_ndcg@10']:.4f}"
+        )
+    evaluated = [r["eval"] for r in metrics.get("rounds", []) if "eval" in r]
+    if evaluated and "er@10" in evaluated[-1]:
+        last = evaluated[-1]
+        console.print(
+            f"target items' exposure (released model): ER@5 {last['er@5']:.4f}"
+            f"  ER@10 {last['er@10']:.4f}"
         )
     b = metrics["bytes_per_client_round"]
     console.print(f"bytes per client per round: down {b['down']:.0f}  up {b['up']:.0f}")

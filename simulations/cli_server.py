@@ -202,6 +202,12 @@ def run_cmd(
             " --allow-visible-updates to accept it"
         )
         raise typer.Exit(code=2)
+    if fed.poison_fraction:
+        console.print(
+            "[red]error:[/] poison-fraction adds simulated malicious devices: it is a"
+            " setting of `fedrec simulate`, not of a deployment"
+        )
+        raise typer.Exit(code=2)
     control = _control(credentials, superlink, flwr_home)
     or_exit(lambda: prepare_run_dir(out, resume or ""))
     with tempfile.TemporaryDirectory(prefix="fedrec-app-") as app_dir:

@@ -50,6 +50,7 @@ from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import prepare_run_dir
 from fedrec.common.secagg import wire
+from fedrec.simulations.poisoning import poisoned_population
 from fedrec.simulations.runner import simulation_inputs
 
 __all__ = [
@@ -194,7 +195,8 @@ def run_inprocess(
         }
     }
     with simulation_inputs(config) as (config, num_users):
-        grid = grid_factory(client_app or make_client_app(config), num_users)
+        app, nodes = poisoned_population(client_app or make_client_app(config), config, num_users)
+        grid = grid_factory(app, nodes)
         with seeded_task(seed):
             metrics = run_federation(
                 grid,

@@ -30,6 +30,7 @@ from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import check_evaluable
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import CATALOG_FILE, STOP_REQUESTED, RunInterrupted, prepare_run_dir
+from fedrec.simulations.poisoning import malicious_count, poisoned_population, resolve_targets
 
 __all__ = [
     "SCENARIO_DIR",
@@ -89,12 +90,14 @@ def apply_settings(values: Mapping[str, Any], items: Iterable[str]) -> dict[str,
 
 @contextmanager
 def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConfig, int]]:
-    """(``config`` ready to simulate, the number of users = nodes) for the duration.
+    """(``config`` ready to simulate, the number of users) for the duration.
 
     The runner is the data owner of a simulation: it reads the data set once, for its user
     count and its public catalog. The catalog is written to the run folder (or a temporary
     folder) unless ``catalog`` names one, which must then list this data set's items; the
-    ServerApp reads only that file. The run also waits for every node before round 1.
+    ServerApp reads only that file. The run also waits for every node before round 1: one
+    per user, and the malicious ones of ``poison-fraction`` (simulations/poisoning.py), whose
+    ``target-items = "tail:N"`` is drawn here.
     """
     check_state_is_kept(config)  # before anything starts, not in every node's first round
     data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
@@ -113,7 +116,9 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
         else:
             folder = Path(config.out_dir) if config.out_dir else Path(scratch)
             path = save_catalog(Catalog.of(data), folder / CATALOG_FILE)
-        yield config.replace(catalog=str(path), expected_nodes=data.num_users), data.num_users
+        config = resolve_targets(config, data)  # target-items = "tail:N" drawn from the data
+        nodes = data.num_users + malicious_count(config, data.num_users)
+        yield config.replace(catalog=str(path), expected_nodes=nodes), data.num_users
 
 
 def ray_backend_config(
@@ -228,10 +233,11 @@ def simulate(
         stop_between_rounds(config.out_dir),
     ):
         warnings.simplefilter("ignore")
+        app, nodes = poisoned_population(client_app or make_client_app(config), config, num_users)
         run_simulation(
             server_app=make_server_app(config, on_round, results, wrap_grid=ChunkedGrid),
-            client_app=client_app if client_app is not None else make_client_app(config),
-            num_supernodes=num_users,
+            client_app=app,
+            num_supernodes=nodes,
             backend_config=ray_backend_config(cpus, actors, ray_address, client_cpus),
         )
     if not results:

@@ -93,6 +93,12 @@ def train_reply(arrays: ArrayRecord, examples: int, loss: float, node: int) -> M
     return Message(content=content, reply_to=server_message("train", None, node_id=node))
 
 
+def eval_reply(metrics: dict[str, float], node: int) -> Message:
+    """A device's evaluate reply carrying ``metrics``."""
+    content = RecordDict({keys.METRICS: MetricRecord(metrics)})  # type: ignore[arg-type]
+    return Message(content=content, reply_to=server_message("evaluate", None, node_id=node))
+
+
 def with_catalog(config: FederationConfig) -> FederationConfig:
     """``config`` with ``catalog`` set to its data's published catalog (built once per data
     settings, in a folder removed when the test process exits)."""

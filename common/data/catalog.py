@@ -27,7 +27,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -125,6 +125,21 @@ class Catalog:
     @property
     def user_feature_dim(self) -> int:
         return self.user_schema.width
+
+    def indices_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The dense indices of ``item_ids``; an id the catalog does not list is an error."""
+        index = self._index
+        unknown = [item for item in item_ids if item not in index]
+        if unknown:
+            raise ValueError(
+                f"item ids {unknown[:5]} are not in catalog {self.hash[:12]}"
+                f" ({self.num_items} items, e.g. {list(self.item_ids[:3])})"
+            )
+        return np.array([index[item] for item in item_ids], dtype=np.int64)
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {item: i for i, item in enumerate(self.item_ids)}
 
     @cached_property
     def hash(self) -> str:

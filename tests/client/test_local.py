@@ -313,6 +313,26 @@ def test_local_evaluate_of_a_train_only_shard_is_empty(catalog: Catalog, shard: 
     assert local_evaluate(_model(catalog, shard), train_only) == {}
 
 
+def test_local_evaluate_reports_the_exposure_of_target_items(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    """Hand-made scores: of three targets the user has not seen, one ranks 1st, one 7th and
+    one 14th among its unseen items; a target it trained on is not counted."""
+    unseen = np.setdiff1d(np.arange(shard.num_items), [*shard.train_items, shard.val_item,
+                                                        shard.test_item])  # fmt: skip
+    targets = unseen[:3]
+    scores = np.zeros(shard.num_items)
+    scores[shard.train_items] = 100.0  # seen: never competitors
+    scores[unseen[3:14]] = np.linspace(50.0, 40.0, 11)  # eleven unseen items in between
+    scores[targets] = [60.0, 45.1, 39.0]  # 0-based ranks 0, 6 and 13
+    model = _with_scores(_model(catalog, shard), scores)
+    with_seen = np.array([*targets, shard.train_items[0]])
+    metrics = local_evaluate(model, shard, targets=with_seen)
+    assert metrics["er@5"] == pytest.approx(1 / 3) and metrics["er@10"] == pytest.approx(2 / 3)
+    assert set(metrics) >= EVAL_KEYS and "er@5" not in local_evaluate(model, shard)
+    assert "er@5" not in local_evaluate(model, shard, targets=shard.train_items[:2])
+
+
 def test_local_evaluate_oracle(catalog: Catalog, shard: UserShard) -> None:
     """Hand-made scores with known ranks: the test item first, the validation item fourth."""
     scores = np.zeros(shard.num_items)

@@ -96,6 +96,38 @@ def test_settings_that_would_silently_do_something_else_are_refused(
         FederationConfig.from_mapping(values)
 
 
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"poison-fraction": 0.05}, "name the items the attack promotes"),
+        ({"poison-fraction": 1.0, "target-items": "1"}, r"poison-fraction must be in \[0, 1\)"),
+        ({"target-items": "tail:0"}, "needs a whole N >= 1"),
+        ({"target-items": "tail:five"}, "needs a whole N >= 1"),
+        ({"target-items": "12,,5"}, "distinct item ids"),
+        ({"target-items": "12,12"}, "distinct item ids"),
+        ({"poison-attack": "pipattack"}, "poison-attack must be one of"),
+        ({"poison-knowledge": 0.0}, r"poison-knowledge must be in \(0, 1\]"),
+        ({"row-norm-bound": -1.0}, "row-norm-bound must be >= 0"),
+        ({"norm-bound": 1.0, "secure-aggregation": "secagg+", "client-weighting": "uniform"},
+         "secure aggregation hides"),
+        ({"poison-fraction": 0.05, "target-items": "1", "secure-aggregation": "secagg+",
+          "client-weighting": "uniform"}, "do not run the SecAgg\\+ protocol"),
+    ],
+)  # fmt: skip
+def test_poisoning_and_bounds_settings_are_checked(values: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FederationConfig.from_mapping(values)
+
+
+def test_target_items_by_id_or_drawn_from_the_tail() -> None:
+    assert FederationConfig(target_items=" 7, 12").target_item_ids() == ("7", "12")
+    tail = FederationConfig(target_items="tail:5")
+    assert tail.tail_targets() == 5 and tail.target_item_ids() == ()
+    assert FederationConfig().target_item_ids() == () and FederationConfig().tail_targets() == 0
+    # ml-100k's ids are numbers: `--set target-items=242` parses 242 as an int
+    assert FederationConfig.from_mapping({"target-items": 242}).target_item_ids() == ("242",)
+
+
 def test_the_dataclass_refuses_a_bool_or_a_non_finite_number_too() -> None:
     with pytest.raises(ValueError, match="dim must be a number"):
         FederationConfig(dim=True)

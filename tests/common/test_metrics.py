@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedrec.common.metrics import (
+    exposure,
     full_ranks,
     hit_ratio,
     loo_ranks,
@@ -243,3 +244,25 @@ def test_full_ranks_range_and_brute_force(data: st.DataObject) -> None:
         ]
         assert 0 <= ranks[row] <= len(competitors)
         assert ranks[row] == sum(1 for s in competitors if s >= scores[row, target[row]])
+
+
+# --- exposure of target items ------------------------------------------------------------------
+def test_exposure_hand_computed() -> None:
+    scores = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    seen = np.array([True, False, False, False, False, False])
+    # unseen ranking: 1, 2, 3, 4, 5; target 1 is first, target 4 fourth, target 0 is seen
+    assert exposure(scores, np.array([1, 4, 0]), seen, (1, 3, 4)) == {1: 0.5, 3: 0.5, 4: 1.0}
+
+
+def test_exposure_counts_ties_against_the_target_and_skips_seen_competitors() -> None:
+    scores = np.array([9.0, 2.0, 2.0, 1.0])
+    seen = np.array([True, False, False, False])  # the best item is seen: not a competitor
+    assert exposure(scores, np.array([1]), seen, (1, 2)) == {1: 0.0, 2: 1.0}  # a tie: rank 1
+    assert exposure(scores, np.array([3]), seen, (2, 3)) == {2: 0.0, 3: 1.0}
+
+
+def test_exposure_of_a_user_who_has_seen_every_target_is_none() -> None:
+    seen = np.array([True, True, False])
+    assert exposure(np.array([1.0, 2.0, 3.0]), np.array([0, 1]), seen) is None
+    with pytest.raises(ValueError, match="NaN"):
+        exposure(np.array([np.nan, 2.0, 3.0]), np.array([2]), seen)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from builders import StaticGrid, model_arrays, train_reply
+from builders import StaticGrid, eval_reply, model_arrays, train_reply
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
@@ -67,6 +67,31 @@ def test_aggregate_user_metrics_with_no_evaluated_user() -> None:
     assert dict(result) == {keys.USERS: 0}
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in result.values())
     assert dict(aggregate_user_metrics([], keys.NUM_EXAMPLES)) == {keys.USERS: 0}
+
+
+def test_each_metric_is_the_mean_over_the_users_that_report_it() -> None:
+    records = [
+        _metrics(users=1, **{"num-examples": 1, "hr@10": 1.0, "er@5": 0.0, "er@10": 0.5}),
+        _metrics(users=1, **{"num-examples": 1, "hr@10": 0.0}),  # it has seen every target
+        _metrics(users=1, **{"num-examples": 1, "hr@10": 1.0, "er@5": 1.0, "er@10": 1.0}),
+        _metrics(users=0, **{"num-examples": 0}),
+    ]
+    result = aggregate_user_metrics(records, keys.USERS)
+    assert result[keys.USERS] == 3 and result["hr@10"] == pytest.approx(2 / 3)
+    assert (result["er@5"], result["er@10"]) == (pytest.approx(0.5), pytest.approx(0.75))
+
+
+def test_the_server_step_aggregates_evaluations_of_different_keys() -> None:
+    """Flower's FedAvg refuses a round whose replies differ in keys; a device that evaluated
+    nobody, or a poisoning simulation's malicious one, sends fewer."""
+    step = step_of(FederationConfig())
+    replies = [
+        eval_reply({"users": 1, "num-examples": 1, "hr@10": 1.0, "unit-weight": 1}, 1),
+        eval_reply({"users": 0, "num-examples": 0, "unit-weight": 1}, 2),
+        eval_reply({"users": 1, "num-examples": 1, "hr@10": 0.0, "unit-weight": 1}, 3),
+    ]
+    result = step.aggregate_evaluate(1, replies)
+    assert result is not None and dict(result) == {keys.USERS: 2, "hr@10": 0.5}
 
 
 # --- flower_strategy ---------------------------------------------------------------------------

@@ -135,6 +135,7 @@ def test_an_honest_evaluate_reply_passes() -> None:
     assert _reason(_evaluate(EVALUATED)) is None
     nobody = {keys.USERS: 0, keys.NUM_EXAMPLES: 0, keys.UNIT_WEIGHT: 1}
     assert _reason(_evaluate(nobody)) is None  # a device with nothing held out
+    assert _reason(_evaluate({**EVALUATED, keys.ER5: 0.2, keys.ER10: 0.4})) is None
 
 
 @pytest.mark.parametrize(
@@ -148,6 +149,9 @@ def test_an_honest_evaluate_reply_passes() -> None:
         {**EVALUATED, keys.NUM_EXAMPLES: 5},
         {**EVALUATED, "precision": 0.5},
         {**EVALUATED, keys.UNIT_WEIGHT: 3},
+        {**EVALUATED, keys.ER5: 0.6, keys.ER10: 0.4},  # more targets in the top 5 than top 10
+        {**EVALUATED, keys.ER5: 0.2},  # one exposure without the other
+        {**EVALUATED, keys.ER5: 0.2, keys.ER10: 1.5},
     ],
 )
 def test_malformed_evaluate_replies_are_refused(metrics: dict) -> None:

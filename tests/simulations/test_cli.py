@@ -141,3 +141,14 @@ def test_a_deployment_refuses_user_level_dp_without_secure_aggregation(tmp_path:
     assert not (tmp_path / "run").exists()
     allowed = runner.invoke(app, [*args, "--allow-visible-updates"])
     assert "--allow-visible-updates to accept" not in flat(allowed.output)  # past the check
+
+
+def test_a_deployment_refuses_simulated_malicious_devices(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.npz"
+    catalog.write_bytes(b"")
+    args = ["server", "run", "--out", str(tmp_path / "run"), "--credentials",
+            str(tmp_path / "none"), "--catalog", str(catalog),
+            "--set", "poison-fraction=0.05", "--set", "target-items=1"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "setting of `fedrec simulate`" in flat(result.output)
+    assert not (tmp_path / "run").exists()

@@ -31,9 +31,10 @@ def test_a_folder_sealed_under_one_key_file(tmp_path: Path) -> None:
     key = create_key_file(tmp_path / "key")
     _store(tmp_path / "state", key)
     found = inspect_folder(tmp_path / "state")
-    assert (found.files, found.sealed) == (6, 6) and found.bytes > 0
-    assert found.kdfs == {describe_kdf(None): 6}
-    assert len(found.key_fingerprints) == 1 and list(found.key_fingerprints.values()) == [6]
+    # 3 stores of 2 objects and each store's version record
+    assert (found.files, found.sealed) == (9, 9) and found.bytes > 0
+    assert found.kdfs == {describe_kdf(None): 9}
+    assert len(found.key_fingerprints) == 1 and list(found.key_fingerprints.values()) == [9]
     assert found.problems == [] and found.warnings == []
     key_file = inspect_key_file(tmp_path / "key", [str(tmp_path / "state")])
     assert key_file.mode == "0600" and key_file.private and key_file.problems == []
@@ -53,7 +54,8 @@ def test_plaintext_damage_mixed_keys_and_an_unfinished_rotation_are_reported(
     (root / "user-0" / ROTATION_MARKER).write_text("pending")
     found = inspect_folder(root)
     assert found.not_sealed == ("user-0/notes.json",) and found.damaged == ("user-1/row.sealed",)
-    assert found.files == 7 and found.sealed == 5  # the marker is not counted as data
+    # 3 stores × (2 objects + the version record), the plaintext file; the marker is not data
+    assert found.files == 10 and found.sealed == 8
     assert len(found.problems) == 2 and "not sealed" in found.problems[0]
     assert found.rotations_pending == ("user-0",)
     assert any("unfinished" in w for w in found.warnings)
@@ -64,8 +66,8 @@ def test_plaintext_damage_mixed_keys_and_an_unfinished_rotation_are_reported(
 def test_a_passphrase_store_shows_its_kdf_and_a_fingerprint_per_salt(tmp_path: Path) -> None:
     _store(tmp_path / "state", Passphrase("hunter2", FAST), users=2)
     found = inspect_folder(tmp_path / "state")
-    assert found.kdfs == {describe_kdf(FAST): 4} and found.problems == []
-    assert sum(found.key_fingerprints.values()) == 4
+    assert found.kdfs == {describe_kdf(FAST): 6} and found.problems == []  # 2 × 3 files
+    assert sum(found.key_fingerprints.values()) == 6
 
 
 def test_a_readable_key_file_or_one_inside_its_folder_is_a_problem(tmp_path: Path) -> None:
