@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/poisoning.py --data ../shared/data/ml-100k \
         [--config simulations/ml100k-fedavg.toml] [--fractions 0.01 0.05] \
         [--defences row-norm-bound=0.15] [--attack fedrecattack] [--seeds 0 1 2] [--jobs 2] \
-        [--set KEY=VALUE ...] [--out DIR]
+        [--set KEY=VALUE ...] [--out DIR] [--report-only]
 
 Every arm is the scenario run through :mod:`fedrec.simulations.inprocess` (the real
 ServerApp round loop and ClientApp, with a seeded server) with ``target-items = "tail:5"``
@@ -12,8 +12,11 @@ ServerApp round loop and ClientApp, with a seeded server) with ``target-items = 
 every arm the same cohorts of the honest users (the malicious devices are extra nodes, so a
 poisoned arm's cohorts differ from the clean arm's: the pairing is by seed and targets).
 Reported per arm, over the seeds (mean ± sample std): the targets' exposure ER@5 / ER@10
-and test HR@10 of the released model (the last round's evaluation, every user), and the
-updates and rows the defence clipped. Writes ``DIR/poisoning.json`` and ``.md``.
+and test HR@10 of the released model (the last round's evaluation, every user), the mean
+ER@10 over every evaluation after round 0 (the exposure comes and goes with the malicious
+devices' turns: a model released at any of those rounds), the highest and its rounds, and the
+updates and rows the defence clipped over all rounds (mean over seeds). Writes
+``DIR/poisoning.json`` and ``.md``; ``--report-only`` prints the table again from ``DIR``.
 """
 
 from __future__ import annotations
@@ -34,25 +37,33 @@ REPORTED = (keys.ER5, keys.ER10, keys.HR)
 
 
 def run_arm(name: str, values: dict[str, Any], seed: int, out: str) -> dict[str, Any]:
-    """One arm in a worker process: its last evaluation and what the defence clipped."""
+    """One arm in a worker process, summarized."""
     from fedrec.simulations.inprocess import run_summarized
 
     summary = run_summarized(values, seed, out)
-    with (Path(out) / "metrics.json").open() as f:
-        rounds = json.load(f)["rounds"]
-    with (Path(out) / "config.json").open() as f:
-        targets = json.load(f)["config"]["target-items"]  # as drawn from the data
-    last = [r for r in rounds if "eval" in r][-1]
+    return {**summarize_run(name, seed, Path(out)), "seconds": summary["seconds"]}
+
+
+def summarize_run(name: str, seed: int, out: Path) -> dict[str, Any]:
+    """A finished arm's last evaluation, its highest exposure and what the defence clipped."""
+    rounds = json.loads((out / "metrics.json").read_text())["rounds"]
+    targets = json.loads((out / "config.json").read_text())["config"]["target-items"]
+    evaluated = [r for r in rounds if "eval" in r]
+    last = evaluated[-1]
+    peak = max(evaluated, key=lambda r: r["eval"].get(keys.ER10, 0.0))
     bounded = [r.get("bounded", {}) for r in rounds]
     return {
         "arm": name,
         "seed": seed,
         "round": last["round"],
         **{k: last["eval"].get(k) for k in REPORTED},
+        "peak_er10": peak["eval"].get(keys.ER10),
+        "peak_round": peak["round"],
+        "mean_er10": statistics.mean(r["eval"].get(keys.ER10, 0.0) for r in evaluated[1:]),
         "bounded_updates": sum(b.get("updates", 0) for b in bounded),
         "bounded_rows": sum(b.get("rows", 0) for b in bounded),
-        "target_items": targets,
-        "seconds": summary["seconds"],
+        "target_items": targets,  # as drawn from the data
+        "seconds": None,
     }
 
 
@@ -73,8 +84,8 @@ def arms(
 
 def table(results: list[dict[str, Any]], names: list[str]) -> str:
     lines = [
-        "| arm | ER@5 | ER@10 | HR@10 | clipped updates / rows (all rounds) |",
-        "|---|---:|---:|---:|---:|",
+        "| arm | ER@5 | ER@10 | HR@10 | mean ER@10 | peak ER@10 (round) | clipped updates / rows |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         rows = [r for r in results if r["arm"] == name]
@@ -87,7 +98,13 @@ def table(results: list[dict[str, Any]], names: list[str]) -> str:
             f"{statistics.mean(r['bounded_updates'] for r in rows):.0f} /"
             f" {statistics.mean(r['bounded_rows'] for r in rows):.0f}"
         )
-        lines.append(f"| {name} | {' | '.join(cells)} | {clipped} |")
+        peaks = [float(r["peak_er10"] or 0.0) for r in rows]
+        rounds = "/".join(str(r["peak_round"]) for r in rows)
+        peak = f"{statistics.mean(peaks):.4f} ({rounds})"
+        means = [float(r["mean_er10"]) for r in rows]
+        spread = statistics.stdev(means) if len(means) > 1 else 0.0
+        mean = f"{statistics.mean(means):.4f} ± {spread:.4f}"
+        lines.append(f"| {name} | {' | '.join(cells)} | {mean} | {peak} | {clipped} |")
     return "\n".join(lines)
 
 
@@ -103,6 +120,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--set", dest="settings", action="append", default=[])
     parser.add_argument("--out", default="runs/bench-poisoning")
+    parser.add_argument("--report-only", action="store_true", help="Re-read --out's runs.")
     args = parser.parse_args()
     base = apply_settings(
         {**load_scenario(args.config), "data": args.data, "target-items": args.targets},
@@ -111,6 +129,14 @@ def main() -> None:
     out = Path(args.out)
     plan = arms(args.fractions, args.defences, args.attack)
     started = time.perf_counter()
+    if args.report_only:  # the table again from the run folders of an earlier call
+        results = [
+            summarize_run(name, seed, out / f"{i}-seed{seed}")
+            for seed in args.seeds
+            for i, (name, _) in enumerate(plan)
+        ]
+        print(table(results, [name for name, _ in plan]))
+        return
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [
             pool.submit(run_arm, name, {**base, **extra}, seed, str(out / f"{i}-seed{seed}"))

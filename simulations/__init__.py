@@ -4,9 +4,10 @@ cli         the ``fedrec`` command line
 runner      ``fedrec simulate`` through Flower's simulation engine; scenario files
 engine      fixes for the simulation engine's in-memory link (applied by the runner)
 inprocess   a seeded, paired federation in one process (research comparisons)
+poisoning   malicious devices promoting target items (``poison-fraction``)
 central     the centralized references (``fedrec train-central``)
 prepare     ``fedrec data prepare``: a de-identified copy of a data set
 plots       quality and loss figures of a run
 """
 
-__all__ = ["central", "cli", "engine", "inprocess", "plots", "prepare", "runner"]
+__all__ = ["central", "cli", "engine", "inprocess", "plots", "poisoning", "prepare", "runner"]
