@@ -28,8 +28,8 @@ from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import temporal_leave_one_out
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state, shared_state
+from fedrec.common.privacy import global_norm
 from fedrec.server.robust import ITEM_TABLE
-from fedrec.server.validation import model_norm
 from fedrec.simulations.runner import load_scenario
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     split = temporal_leave_one_out(data)
     catalog = Catalog.of(data)
     start = initial_shared_state(catalog, base.dim, base.seed)
-    bound = model_norm({k: v.numpy() for k, v in start.items()})
+    bound = global_norm({k: v.numpy() for k, v in start.items()})
     if args.model:
         with np.load(args.model) as saved:
             start = {k: torch.from_numpy(saved[k]) for k in saved.files}
@@ -63,7 +63,7 @@ def main() -> None:
             model = build_local_model(catalog, shard, config.dim, start, None, user)
             local_train(model, shard, local_train_config(config), np.random.default_rng(user))
             after = shared_state(model)
-            norms.append(model_norm({k: (after[k] - start[k]).numpy() for k in after}))
+            norms.append(global_norm({k: (after[k] - start[k]).numpy() for k in after}))
             moved = np.linalg.norm((after[ITEM_TABLE] - start[ITEM_TABLE]).numpy(), axis=1)
             rows.append(moved[moved > 0])
         every_row = np.concatenate(rows)

@@ -225,11 +225,7 @@ class EncryptedFileStore:
         version = None if found is None else int(found[0].get("version", 0))
         if record is None:
             if version:  # written under a record that is gone
-                raise RolledBackError(
-                    self.path_of(VERSIONS_KEY),
-                    f"missing, but {path.name} is version {version}: the store's version record"
-                    " was deleted or the store restored in part",
-                )
+                raise self._record_gone(key, version)
         elif key in record.deleted and (version is None or version <= record.deleted[key]):
             path.unlink(missing_ok=True)  # a copy of a deleted object (or an unfinished delete)
             return None
@@ -245,16 +241,23 @@ class EncryptedFileStore:
     def _read_file(
         self, key: str, kind: str
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        found = self._open_file(key)
+        if found is None:
+            return None
+        meta, arrays = found
+        path = self.path_of(key)
+        if meta.get("kind") != kind:
+            raise TypeError(f"stored object '{key}' ({path}) holds {meta.get('kind')}, not {kind}")
+        return meta, arrays
+
+    def _open_file(self, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """(meta, arrays) of the sealed file of ``key``, whatever its kind; None if absent."""
         path = self.path_of(key)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        plaintext = _open(data, self._keys, binding(self.pseudonym, key), path)
-        meta, arrays = _unpack(plaintext, path)
-        if meta.get("kind") != kind:
-            raise TypeError(f"stored object '{key}' ({path}) holds {meta.get('kind')}, not {kind}")
-        return meta, arrays
+        return _unpack(_open(data, self._keys, binding(self.pseudonym, key), path), path)
 
     def _write(self, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """The object first, then the version record: a crash between leaves the object ahead
@@ -279,16 +282,17 @@ class EncryptedFileStore:
         """A store with objects but no version record must hold only unversioned (older)
         objects; a versioned one means the record was removed."""
         for name in self.stored_keys():
-            path = self.path_of(name)
-            meta, _ = _unpack(
-                _open(path.read_bytes(), self._keys, binding(self.pseudonym, name), path), path
-            )
-            if meta.get("version"):
-                raise RolledBackError(
-                    self.path_of(VERSIONS_KEY),
-                    f"missing, but {name}{SUFFIX} is version {meta['version']}: the store's"
-                    " version record was deleted or the store restored in part",
-                )
+            found = self._open_file(name)
+            version = int(found[0].get("version", 0)) if found is not None else 0
+            if version:
+                raise self._record_gone(name, version)
+
+    def _record_gone(self, key: str, version: int) -> RolledBackError:
+        return RolledBackError(
+            self.path_of(VERSIONS_KEY),
+            f"missing, but {self.path_of(key).name} is version {version}: the store's version"
+            " record was deleted or the store restored in part",
+        )
 
     # -- the version record -----------------------------------------------------------------
     def _versions(self) -> _Versions | None:

@@ -29,7 +29,7 @@ from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog, load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state, shared_shapes
-from fedrec.common.privacy import PrivacyLedger, check_accountant
+from fedrec.common.privacy import PrivacyLedger, check_accountant, global_norm
 from fedrec.common.runs import (
     CONFIG_FILE,
     FINAL_MODEL,
@@ -47,7 +47,7 @@ from fedrec.server.cohorts import connected_nodes
 from fedrec.server.dp_fedavg import UserLevelDP
 from fedrec.server.factory import ServerRandomness, make_strategy, resume_identity
 from fedrec.server.summary import privacy_summary, secure_summary, summarize_rounds
-from fedrec.server.validation import ReplyValidator, model_norm
+from fedrec.server.validation import ReplyValidator
 
 __all__ = ["app", "make_server_app", "run_federation"]
 
@@ -213,7 +213,7 @@ def _catalog(config: FederationConfig) -> Catalog:
 def _validator(config: FederationConfig, catalog: Catalog, start: ArrayRecord) -> ReplyValidator:
     """The check of every reply (server/validation.py); the update-norm bound defaults to the
     norm of the model the run starts from."""
-    bound = config.max_update_norm or model_norm({k: v.numpy() for k, v in start.items()})
+    bound = config.max_update_norm or global_norm({k: v.numpy() for k, v in start.items()})
     return ReplyValidator(
         shared_shapes(catalog, config.dim),
         max_update_norm=bound,

@@ -32,6 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrec.common import keys
+from fedrec.common.privacy import clip_delta, clip_update
 from fedrec.common.records import arrays_of
 from fedrec.server.wrapper import StrategyWrapper
 
@@ -74,10 +75,8 @@ def bound(
             out[ITEM_TABLE] = table
     whole = False
     if bounds.norm:
-        norm = math.sqrt(sum(float(np.square(v).sum()) for v in out.values()))
-        if norm > bounds.norm:
-            whole = True
-            out = {k: v * (bounds.norm / norm) for k, v in out.items()}
+        out, norm = clip_update(out, bounds.norm)
+        whole = norm > bounds.norm
     return out, whole, rows
 
 
@@ -105,8 +104,8 @@ class NormBounding(StrategyWrapper[Strategy]):
         for reply in replies:
             if reply.has_error():
                 continue
-            record = arrays_of(reply.content)
-            delta = {k: a.numpy() - self._global[k] for k, a in record.items()}
+            sent = {k: a.numpy() for k, a in arrays_of(reply.content).items()}
+            delta, _ = clip_delta(self._global, sent, None)
             bounded, whole, clipped_rows = bound(delta, self.bounds)
             updates, rows = updates + whole, rows + clipped_rows
             if whole or clipped_rows:

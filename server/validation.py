@@ -36,10 +36,11 @@ import numpy as np
 from flwr.app import Message, MessageType
 
 from fedrec.common import keys
+from fedrec.common.privacy import global_norm
 from fedrec.common.secagg.grid import secure_sum
 from fedrec.common.secagg.wire import SECURE_SUM
 
-__all__ = ["MAX_EXAMPLES", "REASONS", "Refusal", "ReplyValidator", "model_norm"]
+__all__ = ["MAX_EXAMPLES", "REASONS", "Refusal", "ReplyValidator"]
 
 MAX_EXAMPLES = 2**20  # examples one device may claim in a round (SecAgg+ sums it to this bound)
 REASONS = ("records", "arrays", "shape", "dtype", "non-finite", "update-norm", "metrics")
@@ -54,11 +55,6 @@ class Refusal:
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
-
-
-def model_norm(arrays: Mapping[str, np.ndarray]) -> float:
-    """The L2 norm of a whole model (every array as one vector)."""
-    return math.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in arrays.values()))
 
 
 class ReplyValidator:
@@ -113,7 +109,7 @@ class ReplyValidator:
             if not np.isfinite(value).all():
                 return Refusal("non-finite", f"{name} has NaN or infinite values")
         if global_ is not None:
-            norm = model_norm({k: values[k].astype(np.float64) - global_[k] for k in values})
+            norm = global_norm({k: values[k].astype(np.float64) - global_[k] for k in values})
             if norm > self.max_update_norm:
                 return Refusal(
                     "update-norm", f"‖Δ‖ = {norm:.4g} > max-update-norm {self.max_update_norm:.4g}"

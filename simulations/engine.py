@@ -8,28 +8,24 @@ deployed round is sent at once and waits for whoever answers in time.
    driver time: on ml-100k (943 nodes) round-0 evaluation did not finish in minutes. Sending
    the same messages in chunks keeps each scan short; the replies and their order are the
    same as one send_and_receive, only the waiting is split.
-2. :func:`install_fast_polling`. The simulation engine polls ``get_message_ins(node_id)`` for
-   **every** node every 0.1 s, and each call scans (and expiry-checks under a lock) every
-   message in flight, so the driver's cost per sweep is nodes × messages: with 943 nodes (one
-   per MovieLens user) the driver saturated a core. The wrapper returns early for a node that
-   has no message addressed to it — the same answer the original gives — and otherwise defers
-   to the original. Expired messages of other nodes are still dropped, when their own node is
-   polled. That still left one call per node per sweep: with 100,000 nodes and a cohort of
-   100 in flight a sweep took seconds and a round twice the 1,000-node round
-   (docs/scale.md). So the engine's sweep itself (``vce_api.add_messages_to_queue``) is
-   replaced by one that reads the destinations of the messages in flight once, under the
-   state's lock, and polls only those nodes: O(messages) per sweep, not O(nodes), the same
-   messages queued in the same 0.1 s cadence.
+2. :func:`install_fast_polling`. The simulation engine's sweep
+   (``vce_api.add_messages_to_queue``) calls ``get_message_ins(node_id)`` for **every** node
+   every 0.1 s, and each call scans (and expiry-checks under a lock) every message in flight:
+   nodes × messages per sweep. With 943 nodes (one per MovieLens user) the driver saturated
+   a core; with 100,000 a sweep took seconds and a round twice the 1,000-node round
+   (docs/scale.md). The replacement sweep reads the destinations of the messages in flight
+   once, under the state's lock, and calls ``get_message_ins`` only for those nodes:
+   O(messages) per sweep, not O(nodes), the same messages queued at the same 0.1 s cadence
+   (a node without a message got nothing from the call anyway). Expired messages are still
+   dropped when their node is polled.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Iterable
 from queue import Queue
-from typing import Any
 
 import flwr
 from flwr.app import Message
@@ -44,27 +40,13 @@ __all__ = ["DEFAULT_CHUNK", "ChunkedGrid", "install_fast_polling"]
 
 DEFAULT_CHUNK = 32
 
-_PATCHED = "_fedrec_fast_poll"
-
 
 def install_fast_polling() -> bool:
-    """Wrap ``InMemoryLinkState.get_message_ins`` once; returns whether it is installed."""
-    original = InMemoryLinkState.get_message_ins
-    if getattr(original, _PATCHED, False):
+    """Replace the engine's sweep once; returns whether it is installed."""
+    if vce_api.add_messages_to_queue is _sweep_pending_nodes:
         return True
     if not flwr.__version__.startswith("1.42"):
-        return False  # written against 1.42's link state; don't guess about other versions
-
-    @functools.wraps(original)
-    def get_message_ins(self: InMemoryLinkState, node_id: int, *args: Any, **kwargs: Any):
-        with self.lock:
-            pending = any(
-                m.metadata.dst_node_id == node_id for m in self.message_ins_store.values()
-            )
-        return original(self, node_id, *args, **kwargs) if pending else []
-
-    setattr(get_message_ins, _PATCHED, True)
-    InMemoryLinkState.get_message_ins = get_message_ins  # type: ignore[method-assign]
+        return False  # written against 1.42's engine; don't guess about other versions
     vce_api.add_messages_to_queue = _sweep_pending_nodes
     return True
 

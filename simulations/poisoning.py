@@ -64,8 +64,8 @@ from fedrec.common.model import (
     initial_shared_state,
     load_shared_state,
 )
+from fedrec.common.privacy import global_norm
 from fedrec.common.records import arrays_of, config_of, integer
-from fedrec.server.validation import model_norm
 
 __all__ = [
     "PSEUDO_USERS",
@@ -379,4 +379,4 @@ def _server_bound(config: FederationConfig) -> float:
 @lru_cache(maxsize=4)
 def _start_norm(catalog: str, dim: int, seed: int) -> float:
     state = initial_shared_state(load_catalog(catalog), dim, seed)
-    return model_norm({k: v.numpy() for k, v in state.items()})
+    return global_norm({k: v.numpy() for k, v in state.items()})

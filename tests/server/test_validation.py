@@ -9,8 +9,9 @@ from builders import server_message
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedrec.common import keys
+from fedrec.common.privacy import global_norm
 from fedrec.common.secagg.wire import SECURE_SUM
-from fedrec.server.validation import ReplyValidator, model_norm
+from fedrec.server.validation import ReplyValidator
 
 SHAPES = {"item_embedding.weight": (5, 4), "head.bias": (1,)}
 GLOBAL = {"item_embedding.weight": np.ones((5, 4)), "head.bias": np.zeros(1)}
@@ -107,7 +108,7 @@ def test_the_update_norm_is_measured_against_the_rounds_model() -> None:
     assert ReplyValidator(SHAPES, max_update_norm=4.6).check(reply, GLOBAL) is None
     refusal = ReplyValidator(SHAPES, max_update_norm=4.5).check(reply, GLOBAL)
     assert refusal is not None and "4.583" in refusal.detail
-    assert model_norm({"a": np.array([3.0, 4.0]), "b": np.array([12.0])}) == 13.0
+    assert global_norm({"a": np.array([3.0, 4.0]), "b": np.array([12.0])}) == 13.0
     with pytest.raises(ValueError, match="positive"):
         ReplyValidator(SHAPES, max_update_norm=float("nan"))
 
