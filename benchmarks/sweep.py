@@ -13,7 +13,8 @@ drawn when, so differences of a few thousandths of HR@10 mean something — on t
 
 Prints and writes (``DIR/sweep.json``, ``.md``) per variant and seed: validation HR@10 at
 every evaluated round, test HR@10 / NDCG@10 and full-ranking figures at the best
-validation round, test HR@10 of the last round, and seconds.
+validation round, test HR@10 of the last round, bytes per client and round each way, and
+seconds; the mean over seeds with its standard deviation.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def run_variant(values: dict[str, Any], seed: int, out: str) -> dict[str, Any]:
         "best_round": run["best_round"],
         "last_test_hr": tested[-1] if tested else None,
         "val_hr": run["val_hr"],
+        "user_epsilon": run["user_epsilon"],
+        "bytes_per_client_round": run["bytes_per_client_round"],
+        "traffic": run["traffic"],
         "seconds": run["seconds"],
     }
 
@@ -56,8 +60,8 @@ def run_variant(values: dict[str, Any], seed: int, out: str) -> dict[str, Any]:
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
         "| variant | seed | HR@10 | NDCG@10 | full HR@10 | full NDCG@10 | best round"
-        " | last-round HR@10 | validation HR@10 by round | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " | last-round HR@10 | validation HR@10 by round | KB down / up per client-round | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in results.items():
         for r in runs:
@@ -66,12 +70,18 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
             lines.append(
                 f"| {name} | {r['seed']} | {f[keys.HR]:.4f} | {f[keys.NDCG]:.4f}"
                 f" | {f[keys.FULL_HR]:.4f} | {f[keys.FULL_NDCG]:.4f} | {r['best_round']}"
-                f" | {r['last_test_hr']:.4f} | {val} | {r['seconds']:.0f} |"
+                f" | {r['last_test_hr']:.4f} | {val} | {_kb(r)} | {r['seconds']:.0f} |"
             )
         if len(runs) > 1:
             hr = [r["final"][keys.HR] for r in runs]
-            lines.append(f"| {name} | mean | {statistics.mean(hr):.4f} | | | | | | | |")
+            spread = f" ± {statistics.stdev(hr):.4f}"
+            lines.append(f"| {name} | mean | {statistics.mean(hr):.4f}{spread} | | | | | | | | |")
     return "\n".join(lines)
+
+
+def _kb(run: dict[str, Any]) -> str:
+    b = run.get("bytes_per_client_round") or {}
+    return f"{b.get('down', 0) / 1e3:.1f} / {b.get('up', 0) / 1e3:.1f}"
 
 
 def main() -> None:

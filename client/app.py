@@ -34,7 +34,13 @@ from fedrec.client.data import (
 from fedrec.client.device import DeviceSource
 from fedrec.client.encrypted_shards import EncryptedPartitions
 from fedrec.client.local import build_local_model, local_evaluate, refresh_user
-from fedrec.client.mods import CatalogCheck, MessageRecorder, SharedOnlyGuard, UserLevelClipping
+from fedrec.client.mods import (
+    CatalogCheck,
+    CompressedExchange,
+    MessageRecorder,
+    SharedOnlyGuard,
+    UserLevelClipping,
+)
 from fedrec.client.trainers import local_train_config, trainer_for
 from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog
@@ -59,6 +65,7 @@ def make_client_app(
             MessageRecorder(handlers.audit_path),
             SharedOnlyGuard(handlers.shared_shapes),
             CatalogCheck(handlers.catalog_of),
+            CompressedExchange(handlers.shared_shapes),  # inside the guard: it checks the form
         ]
     )
     # train-only mods run inside the global ones: the guard checks what leaves. Secure

@@ -19,7 +19,9 @@ ClientApp and sends it with *every* message (``ClientAppActor.run(client_app_fn,
 ...)``), so state held by the app object starts empty on each call; without the bounded cache
 of :func:`_load_split` each call would re-read and re-split the data set. It holds at most two
 data sets per worker process and is keyed by every setting that affects the data, so it can
-never serve a stale split.
+never serve a stale split. In a run of ``fedrec simulate`` it is not even filled: the runner
+writes the split once as a memory-mapped shard pack (:mod:`fedrec.common.data.pack`,
+``shard-pack``), and a worker maps its users' rows instead of loading 100,000 users' data.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from fedrec.client.store import ContextStateStore, StateStore
 from fedrec.common.crypto import read_key_file
 from fedrec.common.data.catalog import Catalog, load_catalog
 from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.pack import MANIFEST as PACK_MANIFEST
+from fedrec.common.data.pack import ShardPack, open_pack
 from fedrec.common.data.shard import UserShard, user_shard
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import Split, temporal_leave_one_out
@@ -58,6 +62,7 @@ __all__ = [
     "pseudonym",
     "published_catalog",
     "require_partition",
+    "shard_pack",
     "state_store",
 ]
 
@@ -165,8 +170,31 @@ def _load_split(
     return interactions, temporal_leave_one_out(interactions, seed=seed)
 
 
+@lru_cache(maxsize=1)  # the run's: an older run's pack, its files deleted, is let go (unmapped)
+def _open_pack(folder: str) -> ShardPack:
+    return open_pack(folder)
+
+
+def shard_pack(config: FederationConfig) -> ShardPack | None:
+    """The run's shard pack (``shard-pack``, written by the runner), if this machine has it.
+
+    A node on another machine of a Ray cluster does not see the runner's folder and loads the
+    data set instead; a pack cut from other data settings is refused, never served."""
+    if not config.shard_pack or not Path(config.shard_pack, PACK_MANIFEST).is_file():
+        return None
+    pack = _open_pack(config.shard_pack)
+    wanted = config.data_settings()
+    if pack.settings != wanted:
+        raise ValueError(
+            f"shard pack {config.shard_pack} was cut from {pack.settings}, but this run's data"
+            f" settings are {wanted}: leave shard-pack to the runner (it writes one per run)"
+        )
+    return pack
+
+
 class DataSetPartitions:
-    """Simulation: node ``partition-id`` serves that user of the configured data set."""
+    """Simulation: node ``partition-id`` serves that user of the configured data set, cut from
+    the run's shard pack where this machine has it, else from the data set itself."""
 
     def catalog(self, config: FederationConfig, context: Context) -> Catalog:
         return published_catalog(config, context)
@@ -176,8 +204,13 @@ class DataSetPartitions:
 
     def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
         require_partition(context)  # before loading a data set this node may not serve
-        data, split = self.split(config)
-        user = partition_of(context, split.num_users)
+        pack = shard_pack(config)
+        if pack is not None:
+            user = partition_of(context, pack.num_users)
+            shard = pack.shard(user)
+        else:
+            data, split = self.split(config)
+            user = partition_of(context, split.num_users)
+            shard = user_shard(data, split, user)
         name = pseudonym(user)
-        shard = user_shard(data, split, user)
         return LocalUser(name, user, shard, state_store(config, context, name))

@@ -45,14 +45,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fedrec.client.data import LocalUser
-from fedrec.client.local import build_local_model
-from fedrec.client.local import recommend as rank_catalog
 from fedrec.client.secure_store import EncryptedFileStore, KeyMaterial
 from fedrec.common import keys
+from fedrec.common.bundle import (
+    InferenceBundle,
+    build_bundle,
+    bundle_arrays,
+    bundle_meta,
+    bundle_of,
+)
 from fedrec.common.crypto import Passphrase, load_or_create_key_file, read_key_file
 from fedrec.common.data.catalog import Catalog, dump_catalog, load_catalog, read_catalog
 from fedrec.common.data.shard import UserShard
@@ -82,9 +86,10 @@ PSEUDONYM = "fedrec-device"  # the owner every object is bound to (one user per 
 META_KEY = "fedrec.device"
 CATALOG_KEY = "fedrec.catalog"
 HISTORY_KEY = "fedrec.history"
-MODEL_KEY = "fedrec.model"
+MODEL_KEY = "fedrec.model"  # the whole shared model (stores of format 1; read, not written)
+BUNDLE_KEY = "fedrec.bundle"  # the newest model's inference bundle (fedrec.common.bundle)
 STATUS_KEY = "fedrec.status"
-_CATALOG, _HISTORY, _MODEL = "catalog", "history", "model"
+_CATALOG, _HISTORY, _MODEL, _BUNDLE = "catalog", "history", "model", "bundle"
 
 
 class DeviceError(ValueError):
@@ -133,6 +138,9 @@ class Device:
         self.store = store
         self._meta = meta
         self._catalog: Catalog | None = None
+        # the decoded bundle of the sealed file it came from (inode, mtime, size): a device
+        # that recommends again reads nothing until a round writes a new one
+        self._bundles: dict[tuple[int, int, int], InferenceBundle] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -301,10 +309,9 @@ class Device:
     def shard(self) -> UserShard:
         """The user's data as the training code takes it (catalog row indices)."""
         catalog = self.catalog
-        index = {item: row for row, item in enumerate(catalog.item_ids)}
         history, held_out = self._history()
-        ordered = [index[i.item] for i in _latest_per_item(history)]
-        held = [index[i] for i in held_out]
+        ordered = catalog.indices_of([i.item for i in _latest_per_item(history)]).tolist()
+        held = catalog.indices_of(held_out).tolist()
         train = np.array([i for i in ordered if i not in held], dtype=np.int64)
         features = catalog.user_schema.encode_one(self._meta.get("attributes", {}))
         if len(held) != 2:
@@ -326,21 +333,29 @@ class Device:
         """The top ``k`` of the catalog for this user, ranked here with the newest global model
         the device received and its private user row (no server needed).
 
+        Ranks with the model's inference bundle (:mod:`fedrec.common.bundle`) in NumPy alone:
+        nothing on this path loads PyTorch. A device that has no user row of this model yet
+        (it has only evaluated, or its row belongs to a model of another width) ranks from its
+        features with a zero id row: the model's view of a new user.
+
         ``explain``: for each item, the user's own items whose item vectors are closest to it
         (cosine), i.e. the past items that make it look relevant.
         """
-        model = self._model()
+        bundle = self._bundle()
         shard = self.shard()
-        items, scores = rank_catalog(model, shard, k, exclude_seen=exclude_seen)
+        u = bundle.user_vector(self._user_row(bundle, shard), shard.user_features)
+        seen = np.concatenate([shard.train_items, [shard.val_item, shard.test_item]])
+        items, scores = bundle.top_k(u, k, seen[seen >= 0] if exclude_seen else None)
         catalog = self.catalog
         reasons: list[tuple[str, ...]] = [() for _ in items]
         if explain and len(shard.train_items):
-            with torch.no_grad():
-                vectors = torch.nn.functional.normalize(model.item_vectors(), dim=1)
+            vectors = bundle.item_vectors()
+            norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
             own = shard.train_items
-            similar = (vectors[torch.from_numpy(items)] @ vectors[torch.from_numpy(own)].T).numpy()
+            similar = (vectors[items] / norms[items, None]) @ (vectors[own] / norms[own, None]).T
             reasons = [
-                tuple(catalog.item_ids[own[j]] for j in np.argsort(-row)[:3]) for row in similar
+                tuple(catalog.item_ids[own[j]] for j in np.argsort(-row, kind="stable")[:3])
+                for row in similar
             ]
         titles = catalog.item_titles or ("",) * catalog.num_items
         return [
@@ -349,7 +364,7 @@ class Device:
         ]
 
     def status(self) -> DeviceStatus:
-        found = self.store.load_object(MODEL_KEY, _MODEL)
+        found = self._cached_model()
         model_meta = found[0] if found is not None else {}
         status = self.store.load_json(STATUS_KEY) or {}
         ledger_doc = self.store.load_json(keys.STATE_RECORD_LEDGER)
@@ -374,16 +389,26 @@ class Device:
 
     # --- what the federation leaves on the device (the ClientApp calls these) -------------
     def cache_model(self, arrays: ArrayRecord, server_round: int, config: ConfigRecord) -> None:
-        """Keep the global model a round brought, for offline recommendations (the newest)."""
-        found = self.store.load_object(MODEL_KEY, _MODEL)
+        """Keep what the newest global model of a round says about the catalog, for offline
+        recommendations: its inference bundle (item vectors in 16-bit codes, the user tower and the
+        head), built here in NumPy from the shared arrays the round brought."""
+        found = self._cached_model()
         if found is not None and int(found[0].get("round", -1)) > server_round:
             return  # an older model (a late message): keep the newer one
-        meta = {
+        catalog_sha256 = str(config.get(keys.CATALOG_HASH, ""))
+        meta: dict[str, Any] = {
             "round": server_round,
-            "catalog_sha256": str(config.get(keys.CATALOG_HASH, "")),
+            "catalog_sha256": catalog_sha256,
             "received": _now_iso(),
         }
-        self.store.save_object(MODEL_KEY, _MODEL, meta, {k: v.numpy() for k, v in arrays.items()})
+        bundle_arrays_: dict[str, np.ndarray] = {}
+        if catalog_sha256 in ("", self.catalog.hash):  # else: it cannot rank this catalog
+            shared = {name: array.numpy() for name, array in arrays.items()}
+            bundle = build_bundle(shared, self.catalog.item_features, self.catalog.hash,
+                                  server_round)  # fmt: skip
+            meta |= {"bundle": bundle_meta(bundle)}
+            bundle_arrays_ = bundle_arrays(bundle)
+        self.store.save_object(BUNDLE_KEY, _BUNDLE, meta, bundle_arrays_)
 
     def note_round(
         self, config: FederationConfig, server_round: int, trained_on: int, server: ConfigRecord
@@ -402,8 +427,12 @@ class Device:
     # --- internals ------------------------------------------------------------------------
     def _checked(self, item: str, event: str, value: float | None, at: float | None) -> Interaction:
         item = str(item)
-        if item not in set(self.catalog.item_ids):
-            raise DeviceError(f"item {item!r} is not in the catalog {self.catalog.hash[:12]}")
+        try:
+            self.catalog.indices_of([item])
+        except ValueError:
+            raise DeviceError(
+                f"item {item!r} is not in the catalog {self.catalog.hash[:12]}"
+            ) from None
         if event not in EVENTS:
             raise DeviceError(f"event must be one of {EVENTS}, got {event!r}")
         if (event == "rating") != (value is not None):
@@ -431,8 +460,25 @@ class Device:
         meta = {"items": [i.item for i in history], "held_out": list(held_out)}
         self.store.save_object(HISTORY_KEY, _HISTORY, meta, _history_arrays(history))
 
-    def _model(self) -> Any:
-        found = self.store.load_object(MODEL_KEY, _MODEL)
+    def _cached_model(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """The newest model's record: its bundle, or (a store written before bundles, format
+        1) the whole shared model."""
+        found = self.store.load_object(BUNDLE_KEY, _BUNDLE)
+        return found if found is not None else self.store.load_object(MODEL_KEY, _MODEL)
+
+    def _bundle(self) -> InferenceBundle:
+        path = self.store.path_of(BUNDLE_KEY)
+        stat = path.stat() if path.exists() else None
+        key = (stat.st_ino, stat.st_mtime_ns, stat.st_size) if stat else None
+        if key in self._bundles and self._bundles[key].catalog_sha256 == self.catalog.hash:
+            return self._bundles[key]
+        bundle = self._read_bundle()
+        if key is not None:
+            self._bundles = {key: bundle}  # the newest only
+        return bundle
+
+    def _read_bundle(self) -> InferenceBundle:
+        found = self._cached_model()
         if found is None:
             raise DeviceError(
                 "no global model on this device yet: it gets one when it joins a federation"
@@ -444,11 +490,19 @@ class Device:
                 f"the cached model is built on catalog {str(meta['catalog_sha256'])[:12]}, the"
                 f" device holds {self.catalog.hash[:12]}: join a round of the new version"
             )
-        shared = {k: torch.from_numpy(v) for k, v in arrays.items()}
-        dim = int(arrays["head.weight"].shape[1])
-        private = self.store.load(keys.STATE_PRIVATE)
-        seed = int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:4], "big")
-        return build_local_model(self.catalog, self.shard(), dim, shared, private, seed)
+        if "bundle" in meta:
+            return bundle_of(meta["bundle"], arrays, f"{self.folder}: {BUNDLE_KEY}")
+        catalog = self.catalog  # a format-1 store's whole model: its bundle, built once here
+        return build_bundle(arrays, catalog.item_features, catalog.hash, int(meta["round"]))
+
+    def _user_row(self, bundle: InferenceBundle, shard: UserShard) -> np.ndarray:
+        """The device's private id row, or zeros where it has none of this model's width."""
+        private = self.store.load_arrays(keys.STATE_PRIVATE)
+        width = bundle.input_dim - len(shard.user_features)
+        row = None if private is None else private.get("user_embedding.weight")
+        if row is None or row.shape != (1, width):
+            return np.zeros(width, np.float32)
+        return np.asarray(row[0], dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ from fedrec.client.secure_store import (
 from fedrec.common.crypto import load_or_create_key_file, read_key_file
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.shard import user_shard
-from fedrec.common.data.sources import SYNTHETIC
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.files import write_atomic
 
@@ -74,7 +73,7 @@ def write_encrypted_shards(
     key, _ = load_or_create_key_file(key_path)
     data, split = DataSetPartitions().split(config)
     store = EncryptedFileStore(out / SOURCE_DIR, key, SOURCE_PSEUDONYM)
-    store.save_json(SOURCE_KEY, {**_source_of(config), "num-users": split.num_users})
+    store.save_json(SOURCE_KEY, {**config.data_settings(), "num-users": split.num_users})
     for user in range(split.num_users):
         folder = EncryptedFileStore(out / USERS_DIR / pseudonym(user), key, pseudonym(user))
         folder.save_shard(user_shard(data, split, user))
@@ -119,7 +118,7 @@ class EncryptedPartitions:
         written = store.load_json(SOURCE_KEY)
         if written is None:
             raise FileNotFoundError(f"{store.folder} has no {SOURCE_KEY}: rewrite the shards")
-        wanted = _source_of(config)
+        wanted = config.data_settings()
         differ = {k: (written.get(k), v) for k, v in wanted.items() if written.get(k) != v}
         if differ:
             detail = ", ".join(f"{k}: shards {a!r} vs config {b!r}" for k, (a, b) in differ.items())
@@ -157,18 +156,3 @@ def rotate_shard_keys(
         rotated, already = rotated + result.rotated, already + result.already
     (root / ROTATION_MARKER).unlink()
     return RotationResult(rotated, already)
-
-
-def _source_of(config: FederationConfig) -> dict[str, Any]:
-    """The settings that determine every shard (those DataSetPartitions' split depends on)."""
-    source: dict[str, Any] = {
-        "data": config.data,
-        "threshold": config.threshold,
-        "seed": config.seed,
-    }
-    if config.data == SYNTHETIC:
-        source |= {
-            "synthetic-users": config.synthetic_users,
-            "synthetic-items": config.synthetic_items,
-        }
-    return source

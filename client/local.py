@@ -1,4 +1,5 @@
-"""What a device does with its own data: train, evaluate and recommend, with no server needed.
+"""What a device does with its own data: train and evaluate, with no server needed (it ranks
+the catalog with the model's NumPy inference bundle, fedrec.common.bundle, not here).
 
 The local model is the seed model with a single user row (this device's user). Its shared
 parameters come from the server each round; its private parameters (the user-id embedding and
@@ -33,7 +34,6 @@ __all__ = [
     "build_local_model",
     "local_evaluate",
     "local_train",
-    "recommend",
     "refresh_user",
 ]
 
@@ -322,23 +322,3 @@ def local_evaluate(
         if exposed is not None:
             out.update({keys.ER5: exposed[5], keys.ER10: exposed[10]})
     return out
-
-
-@torch.no_grad()
-def recommend(
-    model: SeedModel, shard: UserShard, k: int = 10, exclude_seen: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` items over the whole catalog for this device's user, best first.
-
-    Runs entirely on the device (global item vectors × private user vector); items the user
-    already interacted with (train and held-out) are excluded. Returns (items, scores σ(r)).
-    """
-    model.eval()
-    scores = torch.sigmoid(model.score_all(ME)[0])  # (I,)
-    if exclude_seen:
-        seen = np.concatenate([shard.train_items, [shard.val_item, shard.test_item]])
-        seen = seen[seen >= 0]
-        scores[torch.from_numpy(seen)] = -1.0
-    k = min(k, int((scores >= 0).sum()))
-    top = torch.topk(scores, k)
-    return top.indices.numpy(), top.values.numpy()

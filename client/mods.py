@@ -8,6 +8,9 @@
   sends when it runs DP-FedAvg (server/dp_fedavg.py).
 * :class:`CatalogCheck` refuses a round whose model is built on another catalog than the
   device's own (the server sends the catalog's hash with every model).
+* :class:`CompressedExchange` decodes a compressed model before anything on the device sees
+  it and sends the update Δ back in the upload's compressed form; the guard then checks the
+  reply against that form's exact layout (names, shapes, dtypes).
 * Under secure aggregation (common/secagg/device.py) the answer to a stage request must be
   one ``secagg`` ConfigRecord of that stage, with the keys the stage declares
   (``common/secagg/wire.REPLY_KEYS``), bytes and text only, and no arrays or metrics.
@@ -26,10 +29,22 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
 from fedrec.common import keys
+from fedrec.common.compression import (
+    PayloadError,
+    compress,
+    decompress,
+    payload_layout,
+    rounding_bound,
+)
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.files import append_private
-from fedrec.common.keys import CATALOG_MISMATCH_ERROR, NON_FINITE_ERROR, PRIVACY_GUARD_ERROR
-from fedrec.common.privacy import NonFiniteUpdate, clip_delta
+from fedrec.common.keys import (
+    CATALOG_MISMATCH_ERROR,
+    NON_FINITE_ERROR,
+    PAYLOAD_ERROR,
+    PRIVACY_GUARD_ERROR,
+)
+from fedrec.common.privacy import NonFiniteUpdate, clip_delta, clip_update
 from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar, text
 from fedrec.common.secagg.wire import REPLY_KEYS, SECAGG, STAGE
 
@@ -38,10 +53,12 @@ __all__ = [
     "NON_FINITE_ERROR",
     "PRIVACY_GUARD_ERROR",
     "CatalogCheck",
+    "CompressedExchange",
     "MessageRecorder",
     "SharedOnlyGuard",
     "UserLevelClipping",
     "describe",
+    "exchange_modes",
     "secagg_violations",
     "violations",
 ]
@@ -88,13 +105,20 @@ def violations(
         return []
     if request is not None and request.has_content() and SECAGG in request.content:
         return secagg_violations(message, str(request.content[SECAGG].get(STAGE)))
+    layout = None  # names and shapes (any dtype); a compressed upload: its exact layout
+    if request is not None and request.has_content() and keys.CONFIG in request.content:
+        down, up = exchange_modes(config_of(request.content))
+        if (down, up) != ("none", "none"):
+            layout = payload_layout(shared_shapes, up)
     problems: list[str] = []
     for name, record in message.content.items():
         if isinstance(record, ArrayRecord):
             if name != keys.ARRAYS:
                 problems.append(f"array record '{name}' is not '{keys.ARRAYS}'")
             for key, array in record.items():
-                if key not in shared_shapes:
+                if layout is not None:
+                    problems += _layout_violations(key, array, layout)
+                elif key not in shared_shapes:
                     problems.append(f"array '{key}' is not in the shared group")
                 elif tuple(array.shape) != tuple(shared_shapes[key]):
                     problems.append(f"array '{key}' has shape {array.shape}")
@@ -110,6 +134,15 @@ def violations(
         else:
             problems.append(f"record '{name}' of type {type(record).__name__} is not allowed")
     return problems
+
+
+def _layout_violations(key: str, array: Array, layout: Mapping[str, tuple]) -> list[str]:
+    if key not in layout:
+        return [f"array '{key}' is not in the shared group's compressed payload"]
+    shape, dtype = layout[key]
+    if tuple(array.shape) != tuple(shape) or np.dtype(array.dtype) != dtype:
+        return [f"array '{key}' is {array.dtype}{list(array.shape)}, not {dtype}{list(shape)}"]
+    return []
 
 
 def secagg_violations(message: Message, stage: str) -> list[str]:
@@ -189,6 +222,76 @@ class UserLevelClipping:
             }
         )
         return reply
+
+
+class CompressedExchange:
+    """A mod: the device's end of the compressed exchange (:mod:`fedrec.common.compression`).
+
+    When a message names a compressed direction (``keys.DOWNLOAD_COMPRESSION`` /
+    ``keys.UPLOAD_COMPRESSION``), the model it carries is decoded to float32 before anything
+    else on the device sees it (the handler, the user-level clip, the device's model cache
+    all start from the decoded model), and the train reply's weights are turned into the
+    update Δ = local − start and encoded in the upload's form, rounded stochastically
+    (unbiased). Under user-level DP, Δ (clipped to C by the inner mod) is clipped again to
+    (C − a) / (1 + r), the form's worst-case rounding (``rounding_bound``), so the update
+    the server decodes is within C even before the server's own re-clip. The guard outside
+    this mod checks the encoded reply against its layout; a reply whose arrays are not the
+    model's is left as it is, for the guard to block.
+    Messages without a model, or with neither direction compressed, pass through untouched.
+    """
+
+    def __init__(self, shared_shapes: Callable[[Context], Mapping[str, tuple[int, ...]]]) -> None:
+        self.shared_shapes = shared_shapes
+
+    def __call__(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        if not msg.has_content() or keys.ARRAYS not in msg.content:
+            return call_next(msg, context)
+        config = config_of(msg.content)
+        down, up = exchange_modes(config)
+        if (down, up) == ("none", "none"):
+            return call_next(msg, context)
+        try:
+            start = decompress(
+                numpy_arrays(arrays_of(msg.content)), down, self.shared_shapes(context)
+            )
+        except PayloadError as err:
+            reason = f"the model this round sent is not a valid {down} payload: {err}"
+            return Message(error=Error(code=PAYLOAD_ERROR, reason=reason), reply_to=msg)
+        msg.content[keys.ARRAYS] = ArrayRecord({k: Array(v) for k, v in start.items()})
+        reply = call_next(msg, context)
+        if reply.has_error() or not reply.has_content() or keys.ARRAYS not in reply.content:
+            return reply  # an error, an evaluation (metrics only), a secure-aggregation stage
+        local = numpy_arrays(arrays_of(reply.content))
+        if {k: np.shape(v) for k, v in local.items()} != {k: v.shape for k, v in start.items()}:
+            return reply  # not the model's arrays: left as it is, for the guard to block
+        server_round = int(scalar(config, keys.SERVER_ROUND, 0.0))
+        rng = np.random.default_rng([context.node_id, server_round])  # the rounding's U
+        try:
+            delta, _ = clip_delta(start, local, None)
+            if keys.CLIPPING_NORM in config:  # within C once rounded (rounding_bound)
+                relative, absolute = rounding_bound(delta, up)
+                clip = (scalar(config, keys.CLIPPING_NORM) - absolute) / (1 + relative)
+                if clip <= 0:
+                    reason = (
+                        f"clip norm {scalar(config, keys.CLIPPING_NORM)} is below {up}'s rounding"
+                    )
+                    return Message(error=Error(code=PAYLOAD_ERROR, reason=reason), reply_to=msg)
+                delta, _ = clip_update(delta, clip)
+            payload = compress(delta, up, rng)
+        except (NonFiniteUpdate, PayloadError) as err:  # a diverged round: say so
+            return Message(error=Error(code=NON_FINITE_ERROR, reason=str(err)), reply_to=msg)
+        reply.content[keys.ARRAYS] = ArrayRecord({k: Array(v) for k, v in payload.items()})
+        return reply
+
+
+def exchange_modes(config: ConfigRecord) -> tuple[str, str]:
+    """(download, upload) compression a message's config names ("none" where absent)."""
+    return (
+        text(config, keys.DOWNLOAD_COMPRESSION, "none"),
+        text(config, keys.UPLOAD_COMPRESSION, "none"),
+    )
 
 
 class CatalogCheck:

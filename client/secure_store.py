@@ -40,10 +40,9 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fedrec.common.crypto import (
     KEY_SIZE,
@@ -62,6 +61,9 @@ from fedrec.common.crypto import (
 )
 from fedrec.common.data.shard import UserShard
 from fedrec.common.files import fsync_dir, write_atomic
+
+if TYPE_CHECKING:  # imported where tensors are made: a device that only recommends never loads it
+    import torch
 
 __all__ = [
     "ROTATION_MARKER",
@@ -132,10 +134,17 @@ class EncryptedFileStore:
 
     # -- the StateStore protocol ------------------------------------------------------------
     def load(self, key: str) -> dict[str, torch.Tensor] | None:
-        found = self._read(key, _ARRAYS)
-        if found is None:
+        arrays = self.load_arrays(key)
+        if arrays is None:
             return None
-        return {name: torch.from_numpy(array) for name, array in found[1].items()}
+        import torch  # here, not above: the torch-free recommend path reads load_arrays
+
+        return {name: torch.from_numpy(array) for name, array in arrays.items()}
+
+    def load_arrays(self, key: str) -> dict[str, np.ndarray] | None:
+        """What :meth:`load` returns, as NumPy arrays."""
+        found = self._read(key, _ARRAYS)
+        return None if found is None else found[1]
 
     def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:
         numpy = {name: t.detach().cpu().numpy() for name, t in arrays.items()}

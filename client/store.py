@@ -8,11 +8,13 @@ interface with its encrypted on-disk store, so the training code does not change
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+if TYPE_CHECKING:  # imported where tensors are made: a device that only recommends never loads it
+    import torch
 
 __all__ = [
     "JSON_FIELD",
@@ -45,6 +47,8 @@ class ContextStateStore:
         record = self._state[key]
         if not isinstance(record, ArrayRecord):
             raise TypeError(f"node state '{key}' holds a {type(record).__name__}, not arrays")
+        import torch
+
         return {name: torch.from_numpy(np.array(arr.numpy())) for name, arr in record.items()}
 
     def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:

@@ -4,6 +4,8 @@ Pure pieces first, then the small stateful ones and the Flower glue both sides u
 
     data/       data sets, the public catalog, splits, examples, anonymization (fedrec.common.data)
     model       the seed model and its shared / private parameter groups
+    bundle      the model's inference bundle: a device ranks the catalog with NumPy alone
+    compression the wire forms of the shared group (fp16, int8) and their rounding
     metrics     HR@K, NDCG@K and the evaluation protocol (LOO-99 and full ranking)
     training    the centralized trainer's epoch and evaluation loops
     baselines   matrix factorization and MostPopular, for the centralized references
@@ -20,6 +22,8 @@ Pure pieces first, then the small stateful ones and the Flower glue both sides u
 
 __all__ = [
     "baselines",
+    "bundle",
+    "compression",
     "crypto",
     "data",
     "fedconfig",

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from fedrec.common.compression import MODES as COMPRESSION_MODES
+from fedrec.common.data.sources import SYNTHETIC
 from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.privacy import ACCOUNTANTS
 from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS, SecAggSettings
@@ -58,7 +60,7 @@ class FederationConfig:
     expected_nodes: int = 0  # wait for this many nodes before round 1 (simulation: all users)
     round_timeout: float = 600.0  # seconds a round (and the wait for its nodes) may take
     eval_every: int = 5  # federated evaluation every k rounds (and after the last)
-    eval_clients: int = 0  # clients per evaluation (0: all nodes)
+    eval_clients: int = 0  # a fixed panel of this many nodes, asked at every evaluation (0: all)
     max_update_norm: float = 0.0  # refuse a longer update (0: the norm of the start model)
     # robust aggregation (server/robust.py): each accepted update is clipped before averaging
     norm_bound: float = 0.0  # L2 bound of a device's whole update (0: off)
@@ -108,8 +110,12 @@ class FederationConfig:
     secagg_threshold: float = 0.5  # fraction of a secret's k+1 shares that rebuild it
     secagg_clip_range: float = 8.0  # c: each update coordinate is clipped to [-c, c]
     secagg_quantization_bits: int = 22  # [-c, c] maps onto 2^b + 1 levels (step 2c/2^b)
+    # the wire form of the shared group (common/compression.py): none | fp16 | int8
+    download_compression: str = "none"  # the model sent to devices (train and evaluate)
+    upload_compression: str = "none"  # the update Δ devices send back (int8: unbiased rounding)
     # data handling on the device (client/secure_store.py, client/encrypted_shards.py)
     shard_dir: str = ""  # read each node's shard from this encrypted folder (fedrec data encrypt)
+    shard_pack: str = ""  # simulation: the runner's memory-mapped split (common/data/pack.py)
     key_file: str = ""  # 32-byte key file of shard-dir and state-dir (kept outside both)
     state_dir: str = ""  # keep each node's private state + DP ledger here, encrypted
     # outputs
@@ -168,6 +174,8 @@ class FederationConfig:
             ("dp_accountant", ACCOUNTANTS),
             ("secure_aggregation", AGGREGATIONS),
             ("poison_attack", ATTACKS),
+            ("download_compression", COMPRESSION_MODES),
+            ("upload_compression", COMPRESSION_MODES),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -216,6 +224,11 @@ class FederationConfig:
         self._check_poisoning()
 
     @property
+    def compressed(self) -> bool:
+        """Either direction of the exchange is compressed (devices then upload Δ)."""
+        return (self.download_compression, self.upload_compression) != ("none", "none")
+
+    @property
     def user_level_dp(self) -> bool:
         return self.dp_clip_norm > 0
 
@@ -257,6 +270,7 @@ class FederationConfig:
             threshold=self.secagg_threshold,
             clip_range=self.secagg_clip_range,
             quantization_bits=self.secagg_quantization_bits,
+            compact=self.upload_compression == "int8",
         )
 
     def _check_secure_aggregation(self) -> None:
@@ -309,6 +323,17 @@ class FederationConfig:
             raise ValueError(
                 "poison-fraction with secure aggregation is not simulated: the malicious"
                 " devices do not run the SecAgg+ protocol (turn one of the two off)"
+            )
+        if self.poison_fraction and self.compressed:
+            raise ValueError(
+                "poison-fraction with a compressed exchange is not simulated: the malicious"
+                " devices upload float32 weights (set both compressions to none)"
+            )
+        if self.secure and self.upload_compression == "fp16":
+            raise ValueError(
+                'upload-compression = "fp16" with secure aggregation: SecAgg+ masks integers'
+                ' and quantizes the update itself; "int8" sizes that quantization to 2-byte'
+                ' sums, "none" keeps secagg-quantization-bits'
             )
 
     def _check_user_level_dp(self) -> None:
@@ -367,6 +392,21 @@ class FederationConfig:
         return SyntheticConfig(
             num_users=self.synthetic_users, num_items=self.synthetic_items, seed=self.seed
         )
+
+    def data_settings(self) -> dict[str, Any]:
+        """The settings every user's shard follows from (data set, threshold, split seed and
+        the generator's size): what a shard pack or a shard folder records and is checked on."""
+        settings: dict[str, Any] = {
+            "data": self.data,
+            "threshold": self.threshold,
+            "seed": self.seed,
+        }
+        if self.data == SYNTHETIC:
+            settings |= {
+                "synthetic-users": self.synthetic_users,
+                "synthetic-items": self.synthetic_items,
+            }
+        return settings
 
     def replace(self, **changes: Any) -> FederationConfig:
         return FederationConfig(**{**asdict(self), **changes})

@@ -11,6 +11,7 @@ __all__ = [
     "CATALOG_HASH",
     "CLIPPING_NORM",
     "CONFIG",
+    "DOWNLOAD_COMPRESSION",
     "ER5",
     "ER10",
     "EVALUATE_METRICS",
@@ -31,6 +32,7 @@ __all__ = [
     "TRAIN_LOSS",
     "TRAIN_METRICS",
     "UNIT_WEIGHT",
+    "UPLOAD_COMPRESSION",
     "USERS",
     "VAL_PREFIX",
 ]
@@ -63,6 +65,10 @@ SERVER_ROUND = "server-round"
 CATALOG_HASH = "catalog-hash"  # the SHA-256 of the catalog the round's model is built on
 USER_EPSILON = "user-epsilon"  # user-level ε the run reaches with this round (DP-FedAvg)
 EVAL_SPLIT = "eval-split"  # "val" or "test"
+# the wire form of the model each way (common/compression.py): "none" | "fp16" | "int8"; a
+# device that gets either uploads its update Δ, in the upload's form
+DOWNLOAD_COMPRESSION = "download-compression"
+UPLOAD_COMPRESSION = "upload-compression"
 
 # Error codes of a device's refusal (its error reply): the server tells a setting that every
 # device refuses (stop the run) from devices that fail (a dropout)
@@ -70,7 +76,8 @@ PRIVACY_GUARD_ERROR = 4001  # the reply carried something other than the shared 
 NON_FINITE_ERROR = 4002  # the update has NaN/inf values (cannot be clipped)
 SECAGG_ERROR = 4003  # the device refused a secure-aggregation stage
 CATALOG_MISMATCH_ERROR = 4004  # the round is built on another catalog than the device's
-SETTING_ERRORS = (PRIVACY_GUARD_ERROR, SECAGG_ERROR, CATALOG_MISMATCH_ERROR)
+PAYLOAD_ERROR = 4005  # the model sent is not a valid payload of the round's compression
+SETTING_ERRORS = (PRIVACY_GUARD_ERROR, SECAGG_ERROR, CATALOG_MISMATCH_ERROR, PAYLOAD_ERROR)
 
 # Differential privacy (issue 4)
 STATE_RECORD_LEDGER = "fedrec.record-ledger"  # node state: the device's DP-SGD ledger (JSON)

@@ -19,12 +19,15 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from opacus.accountants import IAccountant, PRVAccountant, create_accountant
-from opacus.accountants.analysis import rdp as rdp_analysis
-from opacus.accountants.utils import get_noise_multiplier
+
+if TYPE_CHECKING:
+    from opacus.accountants import IAccountant
+
+# Opacus is imported where it is used: importing it loads PyTorch, and this module is also
+# imported on the torch-free recommend path of a device (fedrec.client.device)
 
 __all__ = [
     "ACCOUNTANTS",
@@ -74,6 +77,9 @@ def _epsilon(history: list[tuple[float, float, int]], delta: float, accountant: 
     history = [h for h in history if h[2] > 0]
     if not history:
         return 0.0
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     if accountant == "rdp":  # what Opacus's RDPAccountant.get_privacy_spent computes
         rdp = sum(np.asarray(_rdp_per_step(z, q)) * steps for z, q, steps in history)
         eps, _ = rdp_analysis.get_privacy_spent(orders=list(RDP_ORDERS), rdp=rdp, delta=delta)
@@ -91,6 +97,8 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, .
     same (z, q) is asked for twice per round (budget check, report) every time a device
     trains, and many times by the server's budget search.
     """
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
     rdp = rdp_analysis.compute_rdp(
         q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(RDP_ORDERS)
     )
@@ -126,6 +134,8 @@ def calibrate_noise(
     _check_accountant(accountant)
     if steps == 0:
         raise ValueError("steps must be >= 1 to calibrate noise")
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus's order-range hint; its grid is checked below
         z = float(
@@ -221,6 +231,8 @@ class PrivacyLedger:
     """
 
     def __init__(self, accountant: str = "rdp", history: Iterable[Sequence[float]] = ()) -> None:
+        from opacus.accountants import create_accountant
+
         _check_accountant(accountant)
         self._opacus: IAccountant = create_accountant(accountant)
         for z, q, steps in history:  # as stored: already merged

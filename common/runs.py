@@ -10,6 +10,7 @@ the old file or the new one, :func:`fedrec.common.files.write_atomic`)::
     checkpoint.npz     the shared model, server-optimizer state and (DP) ledger, every round
     checkpoint.json    a readable copy of the checkpoint's round and ledger
     model.npz          the final shared model (federated); model.pt (centralized)
+    bundle.npz         its inference bundle: what a device ranks with (fedrec.common.bundle)
     quality.png, loss.png
 
 The audit report, the benchmark scripts and the tests read these files, so the layout is an
@@ -40,6 +41,7 @@ __all__ = [
     "CHECKPOINT_META",
     "CONFIG_FILE",
     "FINAL_MODEL",
+    "INFERENCE_BUNDLE",
     "LOSS_PLOT",
     "METRICS_FILE",
     "QUALITY_PLOT",
@@ -63,6 +65,7 @@ CATALOG_FILE = "catalog.npz"
 CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_META = "checkpoint.json"
 FINAL_MODEL = "model.npz"
+INFERENCE_BUNDLE = "bundle.npz"
 CENTRAL_MODEL = "model.pt"
 QUALITY_PLOT = "quality.png"
 LOSS_PLOT = "loss.png"

@@ -4,6 +4,7 @@ app         the ServerApp and ``run_federation``: one run, start to run folder
 factory     the strategy of a run, composed: RoundRecorder(NormBounding?(DPFedAvg?(ServerStep)))
 recorder    the round driver: cohorts, evaluation schedule, per-round records
 validation  every reply checked before anything aggregates it
+exchange    the compressed exchange: models encoded down, updates decoded up
 robust      norm bounding of each update and each of its item rows before averaging
 cohorts     who takes part: exact, fraction or Poisson samplers; the cohort's grid view
 dp_fedavg   user-level DP-FedAvg around the server optimizer, and the record-level tally
@@ -19,6 +20,7 @@ __all__ = [
     "checkpoint",
     "cohorts",
     "dp_fedavg",
+    "exchange",
     "factory",
     "optimizer",
     "recorder",

@@ -7,7 +7,7 @@ sees a user embedding, a user feature or an item id list: clients keep those and
 shared parameters and scalar metrics. Every round's model goes out with the catalog's hash,
 and a device whose own catalog differs refuses it. What it writes into ``out-dir``: see
 :mod:`fedrec.common.runs` (config.json, rounds.jsonl, checkpoint.npz every round,
-metrics.json and model.npz at the end).
+metrics.json, model.npz and its inference bundle, bundle.npz, at the end).
 
 The same :func:`run_federation` serves a deployment (``flwr run``: the grid is Flower's, the
 cohort is drawn from the nodes connected when a round starts), the simulation engine (the
@@ -16,6 +16,7 @@ runner wraps the grid for the engine's in-memory link) and the in-process resear
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrec.common import keys
+from fedrec.common.bundle import build_bundle, save_bundle
 from fedrec.common.data.catalog import Catalog, load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state, shared_shapes
@@ -33,6 +35,7 @@ from fedrec.common.privacy import PrivacyLedger, check_accountant, global_norm
 from fedrec.common.runs import (
     CONFIG_FILE,
     FINAL_MODEL,
+    INFERENCE_BUNDLE,
     METRICS_FILE,
     ROUNDS_LOG,
     read_rounds,
@@ -45,6 +48,7 @@ from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS
 from fedrec.server.checkpoint import load_checkpoint, load_checkpoint_meta
 from fedrec.server.cohorts import connected_nodes
 from fedrec.server.dp_fedavg import UserLevelDP
+from fedrec.server.exchange import Exchange
 from fedrec.server.factory import ServerRandomness, make_strategy, resume_identity
 from fedrec.server.summary import privacy_summary, secure_summary, summarize_rounds
 from fedrec.server.validation import ReplyValidator
@@ -107,8 +111,8 @@ def run_federation(
         )
     catalog.indices_of(config.target_item_ids())  # every target is in the catalog
     initial = ArrayRecord(initial_shared_state(catalog, config.dim, config.seed))
-    if secure is not None and config.user_level_dp:
-        _check_quantization_margin(config, initial, secure)
+    if secure is not None:
+        _check_secure_sizing(config, initial, secure)
     start_round, optimizer_state = 0, dict[str, np.ndarray]()
     if config.resume:
         fresh = initial
@@ -135,6 +139,7 @@ def run_federation(
         if allowed < remaining:
             budget_stop = start_round + allowed
             remaining = allowed
+    exchange = Exchange.of(config, shared_shapes(catalog, config.dim))
     strategy = make_strategy(
         config,
         randomness=randomness,
@@ -147,6 +152,7 @@ def run_federation(
         secure=secure,
         catalog_hash=catalog.hash,
         validator=_validator(config, catalog, initial),
+        exchange=exchange,
     )
     strategy.step.load_state_dict(optimizer_state, list(initial.keys()))
     if run_dir is not None:
@@ -161,10 +167,12 @@ def run_federation(
         }
         write_json(run_dir / CONFIG_FILE, header)
     # every model the server sends names the catalog it is built on (client/mods.py)
+    # and, with a compressed exchange, its form (server/exchange.py)
+    form = exchange.config() if exchange is not None else {}
     train_config = ConfigRecord(
-        {"proximal-mu": config.proximal_mu, keys.CATALOG_HASH: catalog.hash}
+        {"proximal-mu": config.proximal_mu, keys.CATALOG_HASH: catalog.hash, **form}
     )
-    evaluate_config = ConfigRecord({keys.CATALOG_HASH: catalog.hash})
+    evaluate_config = ConfigRecord({keys.CATALOG_HASH: catalog.hash, **form})
     started = time.perf_counter()
     if start_round == 0:
         strategy.evaluate_initial(grid, initial, evaluate_config, config.round_timeout)
@@ -187,7 +195,11 @@ def run_federation(
     metrics["secure_aggregation"] = secure_summary(strategy.records, config)
     metrics.update(provenance or {})
     if run_dir is not None:
-        write_arrays(run_dir / FINAL_MODEL, {k: v.numpy() for k, v in result.arrays.items()})
+        final = {k: v.numpy() for k, v in result.arrays.items()}
+        write_arrays(run_dir / FINAL_MODEL, final)
+        last = max((int(r.get("round", 0)) for r in strategy.records), default=start_round)
+        bundle = build_bundle(final, catalog.item_features, catalog.hash, last)
+        save_bundle(bundle, run_dir / INFERENCE_BUNDLE)  # what a device ranks with, torch-free
         write_json(run_dir / METRICS_FILE, metrics)
     return metrics
 
@@ -221,17 +233,25 @@ def _validator(config: FederationConfig, catalog: Catalog, start: ArrayRecord) -
     )
 
 
-def _check_quantization_margin(
+def _check_secure_sizing(
     config: FederationConfig, initial: ArrayRecord, secure: SecureAggregationGrid
 ) -> None:
-    """Fail now, not as noise-only rounds: the device clips to C minus the rounding margin."""
+    """Fail now, not as failed or noise-only rounds: a compact round (upload-compression =
+    int8) needs a quantization bit for the largest cohort likely to come, and under DP the
+    device clips to C minus the rounding margin of that cohort's step."""
+    m = config.clients_per_round or MIN_SECURE_CLIENTS
+    cohort = max(MIN_SECURE_CLIENTS, m + math.ceil(4 * math.sqrt(m)))  # a Poisson cohort's top
+    sizing = config.secagg_settings().for_round(cohort)  # raises for a compact round too large
+    if not config.user_level_dp:
+        return
     length = sum(a.numpy().size for a in initial.values()) + len(secure.metric_bounds)
-    margin = config.secagg_settings().for_round(MIN_SECURE_CLIENTS).rounding_norm(length)
+    margin = sizing.rounding_norm(length)
     if config.dp_clip_norm <= margin:
         raise ValueError(
             f"dp-clip-norm {config.dp_clip_norm} is within the quantization error"
             f" {margin:.3g} of a {length}-coordinate update: raise"
-            " secagg-quantization-bits or dp-clip-norm"
+            " secagg-quantization-bits or dp-clip-norm, or lower secagg-clip-range (a compact"
+            " round, upload-compression = int8, has the bits its cohort leaves)"
         )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "TAKE_EVERY_NODE",
     "CohortGrid",
     "CohortSampler",
+    "EvaluationPanel",
     "FractionCohort",
     "PoissonCohort",
     "UniformCohort",
@@ -65,6 +66,29 @@ class UniformCohort:
         nodes = list(node_ids)
         size = len(nodes) if self.count is None else min(self.count, len(nodes))
         return self.rng.sample(nodes, size)
+
+
+@dataclass
+class EvaluationPanel:
+    """The nodes every evaluation asks: ``count`` of them, drawn once (at the run's first
+    evaluation, from the nodes connected then, with ``rng``) and asked again at every later
+    evaluation — those of them still connected, in the same order. Evaluations of different
+    rounds then compare the same users, and the best round (picked on validation HR@10) is not
+    the one whose sample happened to be easy. ``count`` None, or at least the connected
+    nodes: every connected node, each time."""
+
+    count: int | None
+    rng: random.Random = field(default_factory=random.Random)
+    panel: list[int] | None = None
+
+    def sample(self, node_ids: Sequence[int]) -> list[int]:
+        nodes = list(node_ids)
+        if self.panel is None:
+            if self.count is None or self.count >= len(nodes):
+                return nodes
+            self.panel = self.rng.sample(sorted(nodes), self.count)
+        connected = set(nodes)
+        return [node for node in self.panel if node in connected]
 
 
 @dataclass

@@ -32,8 +32,9 @@ from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.secagg.grid import SecureAggregationGrid
 from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS
 from fedrec.server.checkpoint import Checkpointer
-from fedrec.server.cohorts import CohortSampler, FractionCohort, UniformCohort
+from fedrec.server.cohorts import CohortSampler, EvaluationPanel, FractionCohort, UniformCohort
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
+from fedrec.server.exchange import Exchange
 from fedrec.server.optimizer import ServerStep, flower_strategy, scheduled_lr
 from fedrec.server.recorder import RoundPlan, RoundRecorder
 from fedrec.server.robust import Bounds, NormBounding
@@ -78,6 +79,7 @@ def make_strategy(
     secure: SecureAggregationGrid | None = None,
     catalog_hash: str = "",
     validator: ReplyValidator | None = None,
+    exchange: Exchange | None = None,
 ) -> RoundRecorder:
     """The run's composition (see the module docstring)."""
     step = ServerStep(
@@ -113,7 +115,7 @@ def make_strategy(
         ),
         step=step,
         train_cohorts=train_cohorts,
-        eval_cohorts=UniformCohort(eval_count, randomness.cohorts),
+        eval_cohorts=EvaluationPanel(eval_count, randomness.cohorts),
         run_dir=run_dir,
         on_round=on_round,
         checkpoint=(
@@ -134,6 +136,7 @@ def make_strategy(
         ),
         secure=secure,
         validator=validator,
+        exchange=exchange,
     )
 
 

@@ -7,10 +7,13 @@ on) and adds, without touching the aggregation math:
     exact count, a fraction, or DP-FedAvg's Poisson sample), drawn from the nodes connected
     when the round starts (at least ``min-clients``, else it waits up to the round timeout);
   * evaluation every ``eval-every`` rounds and after the last, of every connected node or of
-    ``eval-clients`` of them;
+    a fixed panel of ``eval-clients`` of them (``EvaluationPanel``: drawn once, asked at
+    every evaluation);
   * a record per round: clients sampled/replied/failed, train loss, bytes down and up per
-    client, the server step size, round seconds, evaluation metrics, the privacy ledgers and
-    the secure-aggregation report; streamed to ``rounds.jsonl`` and to ``on_round``;
+    client and in all (the evaluation fan-out's too: ``eval_bytes_down_total``, the model
+    sent to every evaluated node, and ``eval_bytes_up_total``), the server step size, round
+    seconds, evaluation metrics, the privacy ledgers and the secure-aggregation report;
+    streamed to ``rounds.jsonl`` and to ``on_round``;
   * a checkpoint after every round (``server/checkpoint.py``);
   * absolute round numbers for everything it wraps, so a resumed run continues its schedule
     and FedAdam's bias correction instead of restarting them.
@@ -37,6 +40,7 @@ from fedrec.common.runs import STOP_REQUESTED, RunInterrupted, append_round
 from fedrec.common.secagg.grid import SecureAggregationGrid, secure_sum
 from fedrec.server.cohorts import CohortGrid, CohortSampler, connected_nodes, in_cohort_order
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally
+from fedrec.server.exchange import Exchange
 from fedrec.server.optimizer import ServerStep
 from fedrec.server.robust import BOUNDED_ROWS, BOUNDED_UPDATES
 from fedrec.server.validation import Refusal, ReplyValidator
@@ -77,10 +81,12 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         record_tally: RecordLevelTally | None = None,
         secure: SecureAggregationGrid | None = None,
         validator: ReplyValidator | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         """``step`` is the server optimizer inside ``inner`` (its step size is recorded);
         ``user_dp`` the DP-FedAvg layer, ``secure`` the SecAgg+ grid, when the run has them;
-        ``validator`` refuses malformed replies before anything aggregates them."""
+        ``validator`` refuses malformed replies before anything aggregates them;
+        ``exchange`` compresses the models sent and decodes the updates received."""
         super().__init__(inner)
         self.plan = plan
         self.step = step
@@ -93,6 +99,7 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         self.record_tally = record_tally
         self.secure = secure
         self.validator = validator
+        self.exchange = exchange
         self._global: dict[str, np.ndarray] | None = None
         self.records: list[dict[str, Any]] = []
         self._current: dict[str, Any] = {}
@@ -110,11 +117,14 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             grid, self.plan.min_clients, self.plan.timeout, what=f"round {absolute}"
         )
         cohort = self.train_cohorts.sample(nodes)
-        if self.validator is not None:  # the round's model: each update is measured against it
+        if self.validator is not None or self.exchange is not None:  # the round's exact model:
+            # each update is measured against it, and a compressed Δ is added to it
             self._global = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
         messages = in_cohort_order(
             self.inner.configure_train(absolute, arrays, config, CohortGrid(grid, cohort)), cohort
         )
+        if self.exchange is not None:
+            self.exchange.encode_messages(messages, arrays)
         self._current = {
             "round": absolute,
             "clients_sampled": len(messages),
@@ -136,7 +146,9 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         received: dict[str, dict[str, object]] = {}
         describe_received(ok, received)  # everything received, refused or not
         self._stop_if_refused(absolute, replies)  # before DP-FedAvg would spend ε on it
-        accepted, refused = self._validated(ok, self._global)
+        decoded, undecodable = self._decoded(ok)
+        accepted, refused = self._validated(decoded, self._global)
+        refused = undecodable + refused
         failed = [m for m in replies if m.has_error()]
         arrays, metrics = self.inner.aggregate_train(absolute, failed + accepted)
         if arrays is None and replies and not ok:  # (under DP: a noise-only round instead)
@@ -182,6 +194,20 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         if arrays is not None and self.checkpoint is not None:
             self.checkpoint(arrays, absolute)
         return arrays, metrics
+
+    def _decoded(self, replies: list[Message]) -> tuple[list[Message], list[Refusal]]:
+        """(decoded, refusals): compressed updates made whole, ``global + Δ`` (all of them
+        as they are without an exchange)."""
+        if self.exchange is None or self._global is None:
+            return replies, []
+        decoded, refused = [], []
+        for msg in replies:
+            refusal = self.exchange.decode(msg, self._global)
+            if refusal is None:
+                decoded.append(msg)
+            else:
+                refused.append(refusal)
+        return decoded, refused
 
     def _validated(
         self, replies: list[Message], global_: dict[str, np.ndarray] | None
@@ -252,7 +278,12 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             return []
         cohort = self.eval_cohorts.sample(list(grid.get_node_ids()))  # whoever is connected
         messages = self.inner.configure_evaluate(absolute, arrays, config, CohortGrid(grid, cohort))
-        return in_cohort_order(messages, cohort)
+        ordered = in_cohort_order(messages, cohort)
+        if self.exchange is not None:
+            self.exchange.encode_messages(ordered, arrays)
+        # the evaluation fan-out: the model goes to every evaluated node (each message once)
+        self._current["eval_bytes_down_total"] = sum(message_bytes(m) for m in ordered)
+        return ordered
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -265,6 +296,7 @@ class RoundRecorder(StrategyWrapper[Strategy]):
             server_round + self.plan.round_offset, failed + accepted
         )
         rec = self._current
+        rec["eval_bytes_up_total"] = sum(message_bytes(m) for m in ok)
         if metrics is not None:
             rec["eval"] = {k: scalar(metrics, k) for k in metrics}
             rec["clients_evaluated"] = len(accepted)

@@ -8,13 +8,14 @@ from typing import Any
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
 
-__all__ = ["SELECTION", "privacy_summary", "secure_summary", "summarize_rounds"]
+__all__ = ["SELECTION", "privacy_summary", "secure_summary", "summarize_rounds", "traffic"]
 
 SELECTION = keys.VAL_PREFIX + keys.HR  # the best round is picked on validation HR@10
 
 
 def summarize_rounds(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """metrics.json content: rounds, the best-validation round's test metrics, bytes."""
+    """metrics.json content: rounds, the best-validation round's test metrics, bytes per
+    client and round of training, and the run's whole :func:`traffic`."""
     evaluated = [r for r in records if "eval" in r and SELECTION in r["eval"]]
     final: dict[str, float] = {}
     best_round = None
@@ -36,7 +37,24 @@ def summarize_rounds(records: list[dict[str, Any]]) -> dict[str, Any]:
             "down": float(sum(down) / len(down)) if down else 0.0,
             "up": float(sum(up) / len(up)) if up else 0.0,
         },
+        "traffic": traffic(records),
     }
+
+
+def traffic(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Every byte of the run's payloads, by purpose: training (the cohorts' models and
+    updates, SecAgg+'s four stages included) and evaluation (the model sent to each evaluated
+    node, and their metric replies)."""
+    train = {
+        "down": sum(int(r.get("bytes_down_total", 0)) for r in records),
+        "up": sum(int(r.get("bytes_up_total", 0)) for r in records),
+    }
+    evaluate = {
+        "down": sum(int(r.get("eval_bytes_down_total", 0)) for r in records),
+        "up": sum(int(r.get("eval_bytes_up_total", 0)) for r in records),
+    }
+    total = {k: train[k] + evaluate[k] for k in ("down", "up")}
+    return {"train": train, "evaluate": evaluate, "total": total}
 
 
 def privacy_summary(

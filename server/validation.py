@@ -40,10 +40,16 @@ from fedrec.common.privacy import global_norm
 from fedrec.common.secagg.grid import secure_sum
 from fedrec.common.secagg.wire import SECURE_SUM
 
-__all__ = ["MAX_EXAMPLES", "REASONS", "Refusal", "ReplyValidator"]
+__all__ = ["ARRAY_ERRORS", "MAX_EXAMPLES", "REASONS", "Refusal", "ReplyValidator"]
+
+# what decoding a device's array bytes (``Array.numpy``) raises on bytes that are not an array
+ARRAY_ERRORS = (ValueError, EOFError, TypeError, KeyError, OSError)
 
 MAX_EXAMPLES = 2**20  # examples one device may claim in a round (SecAgg+ sums it to this bound)
-REASONS = ("records", "arrays", "shape", "dtype", "non-finite", "update-norm", "metrics")
+REASONS = (
+    "records", "arrays", "shape", "dtype", "non-finite", "update-norm", "metrics",
+    "payload",  # a compressed update that does not decode (server/exchange.py)
+)  # fmt: skip
 FLAGS = (keys.RETURNING, keys.BUDGET_EXHAUSTED)
 NON_NEGATIVE = (keys.TRAIN_LOSS, keys.RECORD_EPSILON)
 
@@ -104,7 +110,10 @@ class ReplyValidator:
                 return Refusal("shape", f"{name} is {tuple(array.shape)}, not {self.shapes[name]}")
             if not summed and array.dtype != "float32":  # a sum is the server's own float64
                 return Refusal("dtype", f"{name} is {array.dtype}, not float32")
-        values = {name: array.numpy() for name, array in record.items()}
+        try:  # the bytes are the device's: a header or a length that lies is a refusal
+            values = {name: array.numpy() for name, array in record.items()}
+        except ARRAY_ERRORS as err:
+            return Refusal("arrays", f"undecodable array bytes: {type(err).__name__}: {err}")
         for name, value in values.items():
             if not np.isfinite(value).all():
                 return Refusal("non-finite", f"{name} has NaN or infinite values")

@@ -149,8 +149,17 @@ def print_results(metrics: dict[str, Any], out: Path) -> None:
         )
     b = metrics["bytes_per_client_round"]
     console.print(f"bytes per client per round: down {b['down']:.0f}  up {b['up']:.0f}")
+    if "traffic" in metrics:
+        t = metrics["traffic"]
+        console.print(
+            f"traffic: training down {t['train']['down'] / 1e6:.1f} MB up"
+            f" {t['train']['up'] / 1e6:.1f} MB; evaluation down"
+            f" {t['evaluate']['down'] / 1e6:.1f} MB up {t['evaluate']['up'] / 1e6:.2f} MB"
+        )
     _print_privacy(metrics.get("privacy", {}))
-    console.print(f"run folder: [bold]{out}[/] (config.json, metrics.json, model.npz, *.png)")
+    console.print(
+        f"run folder: [bold]{out}[/] (config.json, metrics.json, model.npz, bundle.npz, *.png)"
+    )
 
 
 def _print_privacy(privacy: dict[str, Any]) -> None:

@@ -216,7 +216,8 @@ def run_summarized(values: Mapping[str, Any], seed: int, out: str) -> dict[str, 
     """:func:`run_inprocess` of the kebab-case settings ``values`` into ``out``, summarized
     for a comparison (the benchmarks run it in worker processes): test metrics at the best
     validation round, validation and test HR@10 by evaluated round, user-level ε, the
-    secure-aggregation record, the train fan-outs' nodes, seconds."""
+    secure-aggregation record, bytes per client and round and the whole traffic, the train
+    fan-outs' nodes, seconds."""
     logging.getLogger("flwr").setLevel(logging.WARNING)
     started = time.perf_counter()
     config = FederationConfig.from_mapping(values).replace(out_dir=out)
@@ -232,5 +233,7 @@ def run_summarized(values: Mapping[str, Any], seed: int, out: str) -> dict[str, 
         "test_hr": {r["round"]: r["eval"].get(keys.HR) for r in evaluated},
         "user_epsilon": (metrics["privacy"].get("user_level") or {}).get("epsilon"),
         "secure_aggregation": metrics["secure_aggregation"],
+        "bytes_per_client_round": metrics["bytes_per_client_round"],
+        "traffic": metrics["traffic"],
         "cohorts": grid.cohorts,
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -26,8 +27,10 @@ from typing import Any
 
 from fedrec.client.data import check_state_is_kept
 from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
+from fedrec.common.data.dataset import Interactions
+from fedrec.common.data.pack import write_pack
 from fedrec.common.data.sources import load_interactions
-from fedrec.common.data.split import check_evaluable
+from fedrec.common.data.split import check_evaluable, temporal_leave_one_out
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import CATALOG_FILE, STOP_REQUESTED, RunInterrupted, prepare_run_dir
 from fedrec.simulations.poisoning import malicious_count, poisoned_population, resolve_targets
@@ -93,17 +96,24 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
     """(``config`` ready to simulate, the number of users) for the duration.
 
     The runner is the data owner of a simulation: it reads the data set once, for its user
-    count and its public catalog. The catalog is written to the run folder (or a temporary
-    folder) unless ``catalog`` names one, which must then list this data set's items; the
-    ServerApp reads only that file. The run also waits for every node before round 1: one
-    per user, and the malicious ones of ``poison-fraction`` (simulations/poisoning.py), whose
+    count, its public catalog and the shard pack its nodes map (``shard-pack``,
+    :mod:`fedrec.common.data.pack`: without one every worker process would load and split
+    the whole data set), and then lets go of it. The catalog is written to the run folder (or
+    a temporary folder) unless ``catalog`` names one, which must then list this data set's
+    items; the ServerApp reads only that file. The pack lives in a temporary folder (in
+    shared memory where the machine has room) for the duration only, never in the run
+    folder. The run also waits for every node before round 1: one per user, and the
+    malicious ones of ``poison-fraction`` (simulations/poisoning.py), whose
     ``target-items = "tail:N"`` is drawn here.
     """
     check_state_is_kept(config)  # before anything starts, not in every node's first round
     data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
     check_population(config, data.num_users)
     check_evaluable(data)
-    with tempfile.TemporaryDirectory(prefix="fedrec-catalog-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="fedrec-catalog-") as scratch,
+        tempfile.TemporaryDirectory(prefix="fedrec-pack-", dir=_pack_parent(data)) as pack,
+    ):
         if config.catalog:
             catalog = load_catalog(config.catalog)
             if catalog.item_ids != data.item_ids:
@@ -117,8 +127,25 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
             folder = Path(config.out_dir) if config.out_dir else Path(scratch)
             path = save_catalog(Catalog.of(data), folder / CATALOG_FILE)
         config = resolve_targets(config, data)  # target-items = "tail:N" drawn from the data
-        nodes = data.num_users + malicious_count(config, data.num_users)
-        yield config.replace(catalog=str(path), expected_nodes=nodes), data.num_users
+        users = data.num_users
+        nodes = users + malicious_count(config, users)
+        if not config.shard_dir:  # sealed shard folders are read as they are
+            split = temporal_leave_one_out(data, seed=config.seed)
+            write_pack(split, data.user_features, pack, config.data_settings())
+            config = config.replace(shard_pack=pack)
+            del split
+        del data  # the nodes map the pack: the driver keeps no user's data for the run
+        yield config.replace(catalog=str(path), expected_nodes=nodes), users
+
+
+def _pack_parent(data: Interactions) -> str | None:
+    """/dev/shm (memory the workers share) when it has room for a pack of ``data`` four times
+    over, else the system's temporary folder."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        return None
+    size = 4 * len(data) + 4 * 101 * data.num_users + data.user_features.nbytes
+    return str(shm) if shutil.disk_usage(shm).free > 4 * size else None
 
 
 def ray_backend_config(

@@ -10,6 +10,7 @@ catalog     the public catalog: items, features, user-feature schema, content ha
 split       temporal leave-one-out and evaluation candidates
 examples    training examples: positives plus leak-free negatives
 shard       one user's data as a device holds it
+pack        every user's shard of a split in memory-mapped files (a simulation's workers)
 anonymize   pseudonyms, generalization, k-anonymity (``fedrec data prepare``)
 errors      the data-format error every loader raises
 """
@@ -23,6 +24,7 @@ __all__ = [
     "examples",
     "features",
     "loaders",
+    "pack",
     "shard",
     "sources",
     "split",

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
+    "COMPACT_MODULUS",
     "KEY_SIZE",
     "MASK_INFO",
     "MAX_MODULUS",
@@ -54,6 +55,7 @@ __all__ = [
     "UnmaskReply",
     "UnmaskRequest",
     "agree",
+    "compact_bits",
     "decode_vector",
     "dequantize_sum",
     "encode_vector",
@@ -179,6 +181,7 @@ class SecAggConfig:
 
 
 MIN_MODULUS = 2**32
+COMPACT_MODULUS = 2**16  # a compact round's sums: 2-byte words on the wire
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,9 @@ class SecAggSettings:
     threshold: float = 0.5  # fraction of the k + 1 shares of a secret needed to rebuild it
     clip_range: float = 8.0  # c
     quantization_bits: int = 22  # Q = 2^b
+    # compact (upload-compression = "int8" under SecAgg+): sums in Z_{2^16}, 2 bytes a
+    # coordinate, with b lowered to the most bits a cohort of n leaves: n·2^b < 2^16
+    compact: bool = False
 
     def __post_init__(self) -> None:
         if self.neighbours < 0:
@@ -215,8 +221,12 @@ class SecAggSettings:
         k = min(max(k, 2), full)
         t = max(math.floor((k + 1) / 2) + 1, math.ceil(self.threshold * (k + 1)))
         t = min(t, k)
-        q = 2**self.quantization_bits
-        modulus = max(MIN_MODULUS, 1 << (n * q).bit_length())  # a power of two > n·Q
+        if self.compact:
+            bits = min(self.quantization_bits, compact_bits(n))
+            q, modulus = 2**bits, COMPACT_MODULUS
+        else:
+            q = 2**self.quantization_bits
+            modulus = max(MIN_MODULUS, 1 << (n * q).bit_length())  # a power of two > n·Q
         return SecAggConfig(
             num_clients=n,
             threshold=t,
@@ -232,7 +242,19 @@ class SecAggSettings:
             "threshold": self.threshold,
             "clip_range": self.clip_range,
             "quantization_bits": self.quantization_bits,
+            "compact": self.compact,
         }
+
+
+def compact_bits(num_clients: int) -> int:
+    """The most quantization bits b with n·2^b < 2^16: a compact round's resolution."""
+    bits = math.floor(math.log2((COMPACT_MODULUS - 1) / num_clients))
+    if bits < 1:
+        raise ValueError(
+            f"a compact secure round of {num_clients} clients leaves no quantization bit"
+            f" (n·2^b < 2^16): turn upload-compression off or sample fewer clients"
+        )
+    return bits
 
 
 def neighbour_graph(
@@ -345,7 +367,10 @@ def agree(private_key: bytes, peer_public_key: bytes, info: bytes) -> bytes:
 
 
 def wire_dtype(modulus: int) -> np.dtype:
-    """The narrowest little-endian unsigned integer holding Z_M (4 bytes for M ≤ 2^32)."""
+    """The narrowest little-endian unsigned integer holding Z_M: 2 bytes for M ≤ 2^16 (the
+    compact rounds of ``SecAggSettings.compact``), 4 for M ≤ 2^32, else 8."""
+    if modulus <= COMPACT_MODULUS:
+        return np.dtype("<u2")
     return np.dtype("<u4") if modulus <= 2**32 else np.dtype("<u8")
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 from builders import catalog_of, server_message, with_catalog
-from flwr.app import ArrayRecord, Context, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedrec.client.app import make_client_app
 from fedrec.client.device import Device, DeviceError, Interaction
@@ -194,6 +195,55 @@ def test_recommendations_offline_exclude_seen_and_explain(
     assert recs[0].item not in {r.item for r in device.recommend(k=10)}
 
 
+def test_the_bundle_is_read_once_per_model_a_round_brings(
+    tmp_path: Path, initial: ArrayRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedrec.client.device import BUNDLE_KEY
+
+    device = _device(tmp_path)
+    _round(make_client_app(CONFIG), tmp_path, "train", initial, 1)
+    reads: list[str] = []
+    load = device.store.load_object
+    monkeypatch.setattr(
+        device.store, "load_object", lambda k, kind: reads.append(k) or load(k, kind)
+    )
+    first = device.recommend(k=5)
+    assert device.recommend(k=5) == first and reads.count(BUNDLE_KEY) == 1
+    scaled = ArrayRecord({k: Array(2.0 * a.numpy()) for k, a in initial.items()})
+    device.cache_model(scaled, 2, ConfigRecord({keys.CATALOG_HASH: CATALOG.hash}))
+    device.recommend(k=5)  # a new model: read again
+    assert reads.count(BUNDLE_KEY) == 3  # cache_model's check of the round, and this call
+
+
+def test_the_recommend_path_imports_no_torch_and_ranks_as_the_float_model(
+    tmp_path: Path, initial: ArrayRecord
+) -> None:
+    """A fresh process that opens the store and recommends never loads PyTorch, and its top
+    10 is the float32 model's (the seed model over the same shared arrays and private row)."""
+    import subprocess
+    import sys
+
+    device = _device(tmp_path)
+    _round(make_client_app(CONFIG), tmp_path, "train", initial, 1)  # trains: a private row
+    _round(make_client_app(CONFIG), tmp_path, "evaluate", initial, 2)  # caches these arrays
+    probe = (
+        "import sys\n"
+        "from fedrec.client.device import Device\n"
+        "recs = Device.open(sys.argv[1], key_file=sys.argv[2]).recommend(k=10)\n"
+        "print(' '.join(r.item for r in recs))\n"
+        "print('torch' in sys.modules, sorted(m for m in sys.modules if 'opacus' in m)[:1])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "store"), str(tmp_path / "device.key")],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout.splitlines()  # fmt: skip
+    assert out[1] == "False []"
+    items = out[0].split()
+    assert items == [r.item for r in device.recommend(k=10)]
+    float_items, _ = _float_top(device, {n: a.numpy() for n, a in initial.items()}, 10)
+    assert set(items) == {ITEMS[i] for i in float_items}
+
+
 def test_erase_destroys_the_store(tmp_path: Path) -> None:
     device = _device(tmp_path)
     device.erase()
@@ -277,4 +327,35 @@ def test_a_store_of_format_1_still_opens_and_reads_the_same(tmp_path: Path) -> N
     assert status.last_round is None  # v1 stores predate it: read as unknown
     assert status.catalog_sha256 == status.model_catalog_sha256 == device.catalog.hash
     assert device.catalog.num_items == 150 and device.catalog.user_feature_dim == 23
-    assert [r.item for r in device.recommend(k=3)] == ["138", "141", "135"]
+    # its cached model is the whole float32 shared group: ranked through the bundle built
+    # from it, the scores are the float model's (this user's u has one non-zero column, on
+    # which the best items are all 0: their scores tie at σ(b_r), so the items are any of them)
+    recs = device.recommend(k=3)
+    from fedrec.client.device import MODEL_KEY
+
+    cached = device.store.load_object(MODEL_KEY, "model")
+    assert cached is not None
+    _, float_scores = _float_top(device, cached[1], 3)
+    np.testing.assert_allclose([r.score for r in recs], float_scores, rtol=1e-5)
+    assert np.ptp(float_scores) == 0 and len({r.item for r in recs}) == 3
+
+
+def _float_top(
+    device: Device, shared: Mapping[str, np.ndarray], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` of the float32 seed model (torch) over ``shared`` and the device's row."""
+    import torch
+
+    from fedrec.client.local import build_local_model
+
+    tensors = {name: torch.from_numpy(np.asarray(a)) for name, a in shared.items()}
+    dim = int(tensors["head.weight"].shape[1])
+    private = device.store.load(keys.STATE_PRIVATE)
+    shard = device.shard()
+    model = build_local_model(device.catalog, shard, dim, tensors, private, 0)
+    with torch.no_grad():
+        scores = torch.sigmoid(model.score_all(torch.zeros(1, dtype=torch.long))[0]).numpy()
+    seen = np.concatenate([shard.train_items, [shard.val_item, shard.test_item]])
+    scores[seen[seen >= 0]] = -1.0
+    top = np.argsort(-scores, kind="stable")[:k]
+    return top, scores[top]

@@ -1,11 +1,9 @@
-"""Tests for fedrec.client.local: on-device training, evaluation and recommendation."""
+"""Tests for fedrec.client.local: on-device training and evaluation."""
 
 from __future__ import annotations
 
 import copy
 import math
-import statistics
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from fedrec.client.local import (
     build_local_model,
     local_evaluate,
     local_train,
-    recommend,
     refresh_user,
 )
 from fedrec.common.data.catalog import Catalog
@@ -28,8 +25,6 @@ from fedrec.common.data.split import NO_ITEM, Split
 from fedrec.common.model import (
     SeedModel,
     initial_shared_state,
-    private_state,
-    shared_parameter_names,
     shared_state,
 )
 
@@ -371,65 +366,3 @@ def test_local_evaluate_agrees_with_manual_scoring(catalog: Catalog, shard: User
         assert metrics[prefix + "full_hr@10"] == float(full_rank < 10)
         expected = 1 / math.log2(full_rank + 2) if full_rank < 10 else 0.0
         assert metrics[prefix + "full_ndcg@10"] == pytest.approx(expected, abs=1e-9)
-
-
-# --- recommendation ---------------------------------------------------------------------------
-def test_recommend_returns_the_top_k_unseen_items(catalog: Catalog, shard: UserShard) -> None:
-    model = _model(catalog, shard, seed=2)
-    local_train(model, shard, LocalTrainConfig(), np.random.default_rng(0))
-    items, scores = recommend(model, shard, k=10)
-    assert len(items) == len(scores) == 10 and len(set(items.tolist())) == 10
-    assert (np.diff(scores) <= 0).all()
-    assert ((scores >= 0) & (scores <= 1)).all()
-    seen = set(shard.train_items.tolist()) | {shard.val_item, shard.test_item}
-    assert not seen & set(items.tolist())
-    with torch.no_grad():
-        probs = torch.sigmoid(model.score_all(ME)[0]).numpy()
-    unseen = np.setdiff1d(np.arange(shard.num_items), np.array(sorted(seen)))
-    np.testing.assert_allclose(scores, np.sort(probs[unseen])[::-1][:10], rtol=1e-6)
-
-
-def test_recommend_skips_seen_items_even_when_they_score_highest(
-    catalog: Catalog, shard: UserShard
-) -> None:
-    scores = np.linspace(0.0, 1.0, shard.num_items)
-    scores[shard.train_items] = 50.0
-    scores[[shard.val_item, shard.test_item]] = 40.0
-    model = _with_scores(_model(catalog, shard), scores)
-    items, _ = recommend(model, shard, k=5)
-    seen = set(shard.train_items.tolist()) | {shard.val_item, shard.test_item}
-    expected = [i for i in range(shard.num_items - 1, -1, -1) if i not in seen][:5]
-    assert items.tolist() == expected
-    items, _ = recommend(model, shard, k=5, exclude_seen=False)
-    assert set(items.tolist()) <= set(shard.train_items.tolist())
-
-
-def test_recommend_latency_on_a_movielens_sized_catalog() -> None:
-    rng = np.random.default_rng(0)
-    num_items, user_dim = 1682, 23
-    catalog = Catalog.of_features((rng.random((num_items, 19)) < 0.1).astype(np.float32), user_dim)
-    shard = UserShard(
-        user_features=rng.random(user_dim).astype(np.float32),
-        train_items=rng.choice(num_items, 100, replace=False).astype(np.int64),
-        val_item=NO_ITEM, test_item=NO_ITEM, candidates=np.zeros(0, np.int64),
-        num_items=num_items,
-    )  # fmt: skip
-    model = build_local_model(catalog, shard, 64, None, None, seed=0)
-    recommend(model, shard, k=10)  # warm-up
-    times = []
-    for _ in range(30):
-        start = time.perf_counter()
-        items, _ = recommend(model, shard, k=10)
-        times.append(time.perf_counter() - start)
-    median_ms = 1000 * statistics.median(times)
-    print(f"recommend(k=10) over {num_items} items, dim 64: median {median_ms:.2f} ms")
-    assert len(items) == 10 and not set(items.tolist()) & set(shard.train_items.tolist())
-    assert median_ms < 50.0
-
-
-def test_private_state_is_what_the_device_keeps(catalog: Catalog, shard: UserShard) -> None:
-    model = _model(catalog, shard)
-    private = private_state(model)
-    assert set(private) == {"user_embedding.weight", "user_features"}
-    assert private["user_embedding.weight"].shape == (1, DIM)
-    assert not set(private) & set(shared_parameter_names(model))

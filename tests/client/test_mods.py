@@ -1,8 +1,10 @@
-"""Tests for fedrec.client.mods: the shared-only guard and the reply recorder."""
+"""Tests for fedrec.client.mods: the shared-only guard, the reply recorder, the user-level clip
+and the compressed exchange."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from flwr.app import (
 
 from fedrec.client.mods import (
     PRIVACY_GUARD_ERROR,
+    CompressedExchange,
     MessageRecorder,
     SharedOnlyGuard,
     UserLevelClipping,
@@ -28,6 +31,7 @@ from fedrec.client.mods import (
     violations,
 )
 from fedrec.common import keys
+from fedrec.common.compression import compress, decompress, payload_layout
 
 SHAPES = {"item_embedding.weight": (5, 4), "head.bias": (1,)}
 
@@ -226,3 +230,93 @@ def test_user_level_clipping_refuses_a_non_finite_update() -> None:
 
     reply = UserLevelClipping()(_train_request(0.5), node_context(0, 1), diverged)
     assert reply.has_error() and "non-finite" in reply.error.reason
+
+
+def _compressed_request(down: str, up: str, clip: float | None = None) -> Message:
+    """A train round whose model (all 1.0, in the download's form) the device must decode."""
+    model = {k: np.ones(s, np.float32) for k, s in SHAPES.items()}
+    sent = ArrayRecord({k: Array(v) for k, v in compress(model, down).items()})
+    request = server_message("train", sent, node_id=1)
+    request.content[keys.CONFIG][keys.DOWNLOAD_COMPRESSION] = down
+    request.content[keys.CONFIG][keys.UPLOAD_COMPRESSION] = up
+    if clip is not None:
+        request.content[keys.CONFIG][keys.CLIPPING_NORM] = clip
+    return request
+
+
+def _app(*mods: object) -> Callable[[Message, Context], Message]:
+    """``_trained`` behind ``mods`` (the first outermost), as Flower chains them."""
+    handler: Callable[[Message, Context], Message] = _trained
+    for mod in reversed(mods):
+        handler = (lambda m, inner: lambda msg, ctx: m(msg, ctx, inner))(mod, handler)  # type: ignore[operator]
+    return handler
+
+
+def test_the_exchange_decodes_the_model_and_sends_the_compressed_update() -> None:
+    seen: dict[str, np.ndarray] = {}
+
+    def handler(msg: Message, context: Context) -> Message:
+        seen.update({k: a.numpy() for k, a in msg.content[keys.ARRAYS].items()})
+        return _trained(msg, context)
+
+    request = _compressed_request("int8", "int8")
+    reply = CompressedExchange(lambda _: SHAPES)(request, node_context(0, 1), handler)
+    assert {k: (v.dtype, v.shape) for k, v in seen.items()} == {
+        k: (np.float32, s) for k, s in SHAPES.items()
+    }  # the handler trained from the decoded float32 model, all ones
+    assert all(np.allclose(v, 1.0) for v in seen.values())
+    payload = {k: a.numpy() for k, a in reply.content[keys.ARRAYS].items()}
+    assert {k: (v.shape, v.dtype) for k, v in payload.items()} == payload_layout(SHAPES, "int8")
+    delta = decompress(payload, "int8", SHAPES)  # Δ = 3 − 1 everywhere, exactly representable
+    assert all(np.allclose(v, 2.0) for v in delta.values())
+    assert violations(reply, SHAPES, request=request) == []
+
+
+def test_under_dp_the_decoded_update_is_within_the_clip() -> None:
+    """Clip, then round: the update the server decodes never exceeds C, whatever U fell."""
+    for node in range(10):
+        request = _compressed_request("none", "int8", clip=0.5)
+        reply = _app(CompressedExchange(lambda _: SHAPES), UserLevelClipping())(
+            request, node_context(node, 10)
+        )
+        payload = {k: a.numpy() for k, a in reply.content[keys.ARRAYS].items()}
+        norm = np.sqrt(sum(np.sum(v.astype(np.float64) ** 2)
+                           for v in decompress(payload, "int8", SHAPES).values()))  # fmt: skip
+        assert 0.45 < norm <= 0.5 * (1 + 1e-6)
+
+
+def test_the_guard_checks_a_compressed_reply_against_its_layout() -> None:
+    """A round asking for int8 updates: float32 weights (no exchange on the path) are not
+    the payload the round named, and the guard blocks them."""
+    request = _compressed_request("int8", "int8")
+    guarded = _app(SharedOnlyGuard(lambda _: SHAPES))(request, node_context(0, 1))
+    assert guarded.has_error() and guarded.error.code == PRIVACY_GUARD_ERROR
+    assert "not int8" in (guarded.error.reason or "")
+    exchanged = _app(SharedOnlyGuard(lambda _: SHAPES), CompressedExchange(lambda _: SHAPES))
+    assert not exchanged(request, node_context(0, 1)).has_error()
+
+
+def test_a_model_that_is_not_its_forms_payload_is_refused() -> None:
+    request = _compressed_request("int8", "int8")
+    request.content[keys.ARRAYS] = _arrays()  # float32 where int8 codes and scales were named
+    reply = CompressedExchange(lambda _: SHAPES)(request, node_context(0, 1), _trained)
+    assert reply.has_error() and reply.error.code == keys.PAYLOAD_ERROR
+    assert "not a valid int8 payload" in (reply.error.reason or "")
+
+
+def test_a_reply_with_a_private_array_is_left_for_the_guard_to_block() -> None:
+    """The exchange does not encode a reply whose arrays are not the model's (here the
+    private user row rides along): it passes it on as it is, and the guard blocks it."""
+
+    def leaky(msg: Message, context: Context) -> Message:
+        reply = _trained(msg, context)
+        reply.content[keys.ARRAYS]["user_embedding.weight"] = Array(np.ones((1, 4), np.float32))
+        return reply
+
+    request = _compressed_request("int8", "int8")
+    exchange = CompressedExchange(lambda _: SHAPES)
+    reply = SharedOnlyGuard(lambda _: SHAPES)(
+        request, node_context(0, 1), lambda m, c: exchange(m, c, leaky)
+    )
+    assert reply.has_error() and reply.error.code == PRIVACY_GUARD_ERROR
+    assert "user_embedding.weight" in (reply.error.reason or "")

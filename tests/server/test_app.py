@@ -11,6 +11,7 @@ from builders import catalog_of, with_catalog
 
 from fedrec.client.app import make_client_app
 from fedrec.common import runs
+from fedrec.common.bundle import build_bundle, load_bundle
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.server.app import run_federation
 from fedrec.server.factory import ServerRandomness
@@ -37,6 +38,14 @@ def test_the_server_reads_the_catalog_and_nothing_of_the_data(tmp_path: Path) ->
     header = json.loads((tmp_path / "run" / runs.CONFIG_FILE).read_text())
     assert header["catalog_sha256"] == catalog_of(CLIENT).hash
     assert header["strategy"] == "RoundRecorder(ServerStep(FedAdam))"
+    # the released model and its inference bundle, built on the same catalog and round
+    bundle = load_bundle(tmp_path / "run" / runs.INFERENCE_BUNDLE)
+    with np.load(tmp_path / "run" / runs.FINAL_MODEL) as saved:
+        expected = build_bundle(
+            dict(saved), catalog_of(CLIENT).item_features, bundle.catalog_sha256
+        )
+    assert (bundle.catalog_sha256, bundle.model_round) == (catalog_of(CLIENT).hash, 2)
+    np.testing.assert_array_equal(bundle.item_codes, expected.item_codes)
 
 
 def test_every_model_sent_names_its_catalog() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import StaticGrid, model_arrays, server_message, train_reply
+from builders import StaticGrid, eval_reply, model_arrays, server_message, train_reply
 from flwr.app import ConfigRecord, Error, Message
 
 from fedrec.common import keys
@@ -108,3 +108,52 @@ def test_evaluation_every_k_rounds_and_after_the_last(eval_clients: int, expecte
     }
     # absolute round 3 is a multiple of 3; round 5 is the run's last
     assert sizes == {2: 0, 3: expected, 4: 0, 5: expected}
+
+
+def test_the_evaluation_fan_out_is_counted_in_bytes() -> None:
+    """Every evaluated node is sent the whole model: those bytes (and the metric replies)
+    go into the round and into the run's traffic, beside the training's."""
+    from fedrec.server.summary import traffic
+
+    recorder = _recorder(FederationConfig(clients_per_round=2, eval_every=1), rounds=1)
+    grid = StaticGrid(list(range(1, 13)))
+    sent = list(recorder.configure_train(1, model_arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    recorder.aggregate_train(1, [train_reply(model_arrays(1.0), 5, 0.1, m.metadata.dst_node_id)
+                                 for m in sent])  # fmt: skip
+    evaluated = list(recorder.configure_evaluate(1, model_arrays(), ConfigRecord(), grid))  # type: ignore[arg-type]
+    assert len(evaluated) == 12
+    replies = [eval_reply({keys.HR: 1.0, keys.USERS: 1.0}, m.metadata.dst_node_id)
+               for m in evaluated]  # fmt: skip
+    recorder.aggregate_evaluate(1, replies)
+    rec = recorder.records[-1]
+    model_bytes = message_bytes(evaluated[0])
+    assert model_bytes > 13 * 4 and rec["eval_bytes_down_total"] == 12 * model_bytes
+    assert rec["eval_bytes_up_total"] == sum(message_bytes(m) for m in replies) > 0
+    totals = traffic(recorder.records)
+    assert totals["evaluate"] == {"down": 12 * model_bytes, "up": rec["eval_bytes_up_total"]}
+    assert totals["train"]["down"] == 2 * message_bytes(sent[0])
+    assert totals["total"]["down"] == totals["train"]["down"] + 12 * model_bytes
+
+
+def test_every_evaluation_asks_the_same_panel() -> None:
+    """eval-clients = 5 of 12: one seeded panel for the whole run (the nodes of it still
+    connected), so rounds compare the same users; a node that left is not replaced."""
+    recorder = _recorder(FederationConfig(eval_every=1, eval_clients=5), rounds=3)
+    grid = StaticGrid(list(range(1, 13)))
+    asked = [
+        [
+            m.metadata.dst_node_id
+            for m in recorder.configure_evaluate(r, model_arrays(), ConfigRecord(), grid)
+        ]  # type: ignore[arg-type]
+        for r in (1, 2)
+    ]
+    assert asked[0] == asked[1] and len(set(asked[0])) == 5
+    left = StaticGrid([n for n in range(1, 13) if n != asked[0][0]])
+    later = [
+        m.metadata.dst_node_id
+        for m in recorder.configure_evaluate(3, model_arrays(), ConfigRecord(), left)
+    ]  # type: ignore[arg-type]
+    assert later == asked[0][1:]
+    again = _recorder(FederationConfig(eval_every=1, eval_clients=5), rounds=3)  # same seed
+    first = again.configure_evaluate(1, model_arrays(), ConfigRecord(), grid)  # type: ignore[arg-type]
+    assert [m.metadata.dst_node_id for m in first] == asked[0]

@@ -52,15 +52,33 @@ def test_simulation_inputs_build_the_catalog_for_the_run(tmp_path: Path) -> None
     from fedrec.common.runs import CATALOG_FILE
     from fedrec.simulations.runner import simulation_inputs
 
-    config = FederationConfig(synthetic_users=30, synthetic_items=300, clients_per_round=10)
+    config = FederationConfig(synthetic_users=30, synthetic_items=500, clients_per_round=10)
     with simulation_inputs(config.replace(out_dir=str(tmp_path / "run"))) as (ready, users):
         assert users == 30 == ready.expected_nodes
         assert Path(ready.catalog) == tmp_path / "run" / CATALOG_FILE
-        assert load_catalog(ready.catalog).num_items == 300
+        assert load_catalog(ready.catalog).num_items == 500
     with simulation_inputs(config) as (ready, _):  # no run folder: a temporary catalog
         scratch = Path(ready.catalog)
         assert scratch.exists()
     assert not scratch.exists()  # removed with the run
+
+
+def test_simulation_inputs_write_the_shard_pack_for_the_run_only(tmp_path: Path) -> None:
+    from fedrec.common.data.pack import open_pack
+    from fedrec.common.fedconfig import FederationConfig
+    from fedrec.simulations.runner import simulation_inputs
+
+    config = FederationConfig(synthetic_users=30, synthetic_items=500, clients_per_round=10)
+    run = tmp_path / "run"
+    with simulation_inputs(config.replace(out_dir=str(run))) as (ready, _):
+        pack = Path(ready.shard_pack)
+        assert open_pack(pack).num_users == 30
+        assert open_pack(pack).settings == config.data_settings()
+        assert not pack.is_relative_to(run)  # users' data stays out of the run folder
+    assert not pack.exists()  # removed with the run
+    sealed = config.replace(shard_dir=str(tmp_path / "shards"), key_file=str(tmp_path / "k"))
+    with simulation_inputs(sealed) as (ready, _):
+        assert ready.shard_pack == ""  # nodes read their sealed folders
 
 
 def _raw_csv(folder: Path) -> Path:

@@ -22,7 +22,15 @@ from fedrec.common.model import initial_shared_state
 from fedrec.common.secagg import wire
 from fedrec.common.secagg.device import quantized_clip_norm, update_vector
 from fedrec.common.secagg.grid import SUMMED_METRICS, SecureAggregationGrid, secure_sum
-from fedrec.common.secagg.primitives import SecAggSettings, dequantize_sum, flatten, quantize
+from fedrec.common.secagg.primitives import (
+    SecAggSettings,
+    decode_vector,
+    dequantize_sum,
+    encode_vector,
+    flatten,
+    quantize,
+    wire_dtype,
+)
 from fedrec.server.dp_fedavg import UserLevelDP
 from fedrec.server.factory import ServerRandomness, make_strategy
 from fedrec.server.recorder import RoundRecorder
@@ -141,6 +149,21 @@ def test_round_parameters(n: int, settings: SecAggSettings, k: int, t: int) -> N
     config = settings.for_round(n)
     assert (config.neighbours, config.threshold) == (k, t)
     assert config.modulus > n * config.quantization_range
+
+
+@pytest.mark.parametrize(("n", "bits"), [(3, 14), (20, 11), (100, 9), (655, 6)])
+def test_a_compact_round_fits_its_sums_in_two_bytes(n: int, bits: int) -> None:
+    """upload-compression = int8 under SecAgg+: Z_{2^16}, as many bits as n leaves."""
+    config = SecAggSettings(compact=True).for_round(n)
+    assert config.modulus == 2**16 and config.quantization_range == 2**bits
+    assert n * 2**bits < 2**16 <= n * 2 ** (bits + 1)
+    assert wire_dtype(config.modulus).itemsize == 2
+    vector = np.array([0, 1, 2**16 - 1], np.uint64)
+    assert decode_vector(encode_vector(vector, 2**16), 3, 2**16).tolist() == vector.tolist()
+    assert SecAggSettings(compact=True, quantization_bits=4).for_round(n).quantization_range == 16
+    assert wire_dtype(SecAggSettings().for_round(n).modulus).itemsize == 4  # not compact
+    with pytest.raises(ValueError, match="leaves no quantization bit"):
+        SecAggSettings(compact=True).for_round(40_000)
 
 
 def test_invalid_settings_are_rejected() -> None:

@@ -1,0 +1,92 @@
+"""The server's end of the compressed exchange (:mod:`fedrec.common.compression`).
+
+With ``download-compression`` or ``upload-compression`` set, the round driver
+(``server/recorder.py``) sends every model — to each training cohort and to every evaluated
+node — in the download's form (:meth:`Exchange.encode`: rounded to the nearest level, once
+per round), and every training reply carries the device's update Δ in the upload's form.
+:meth:`Exchange.decode` checks a reply's payload against its exact layout (names, shapes,
+dtypes, finite non-negative scales) and replaces it with ``global + Δ`` in float32, the
+server's own exact model plus the decoded update, so everything after it (validation, norm
+bounding, DP-FedAvg's clip and noise, the server step) sees the replies it always saw; a
+payload that does not decode is refused (reason ``payload``) like any malformed reply.
+
+Under SecAgg+ the devices' updates never arrive one by one: the download is compressed as
+above, and ``upload-compression = "int8"`` makes SecAgg+'s own quantization compact
+(``SecAggSettings.compact``: sums in Z_{2^16}, 2 bytes a coordinate, with as many bits as
+the cohort leaves) instead of quantizing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
+
+from fedrec.common import keys
+from fedrec.common.compression import compress, decompress
+from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.records import arrays_of, numpy_arrays
+from fedrec.common.secagg.grid import secure_sum
+from fedrec.server.validation import ARRAY_ERRORS, Refusal
+
+__all__ = ["Exchange"]
+
+
+class Exchange:
+    """Encodes the models the server sends and decodes the updates it receives."""
+
+    def __init__(self, download: str, upload: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.download = download
+        self.upload = upload
+        self.shapes = dict(shapes)
+
+    @classmethod
+    def of(cls, config: FederationConfig, shapes: Mapping[str, tuple[int, ...]]) -> Exchange | None:
+        """The run's exchange, or ``None`` when neither direction is compressed."""
+        if not config.compressed:
+            return None
+        return cls(config.download_compression, config.upload_compression, shapes)
+
+    def config(self) -> dict[str, str]:
+        """What every model message says about its form (the device decodes by it)."""
+        return {keys.DOWNLOAD_COMPRESSION: self.download, keys.UPLOAD_COMPRESSION: self.upload}
+
+    def encode(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The model in the download's form (nearest rounding: a device's start point)."""
+        payload = compress(numpy_arrays(arrays), self.download)
+        return ArrayRecord({name: Array(value) for name, value in payload.items()})
+
+    def encode_messages(self, messages: list[Message], arrays: ArrayRecord) -> None:
+        """Put the encoded ``arrays`` into every message that carries the model (encoded
+        once: every message of a round carries the same model)."""
+        encoded: ArrayRecord | None = None
+        for message in messages:
+            if message.has_content() and keys.ARRAYS in message.content:
+                encoded = encoded or self.encode(arrays)
+                message.content[keys.ARRAYS] = encoded
+
+    def decode(self, reply: Message, global_: Mapping[str, np.ndarray]) -> Refusal | None:
+        """Replace a train reply's payload with ``global + Δ`` (float32); or why it cannot.
+
+        A secure round's one reply (``SecureAggregationGrid``: the decoded model the devices
+        started from plus their mean update, in the server's float64) becomes the exact model
+        plus that mean update: the download's rounding never enters the model."""
+        if secure_sum(reply)[1]:  # built by the server's own secure grid, not a device
+            started = decompress(compress(dict(global_), self.download), self.download, self.shapes)
+            summed = numpy_arrays(arrays_of(reply.content))
+            reply.content[keys.ARRAYS] = ArrayRecord(
+                {k: Array(global_[k] + (summed[k] - started[k])) for k in self.shapes}
+            )
+            return None
+        try:  # PayloadError is a ValueError: the layout, and the bytes themselves
+            delta = decompress(numpy_arrays(arrays_of(reply.content)), self.upload, self.shapes)
+        except ARRAY_ERRORS as err:
+            return Refusal("payload", f"{type(err).__name__}: {err}")
+        reply.content[keys.ARRAYS] = ArrayRecord(
+            {k: Array((global_[k] + delta[k]).astype(np.float32)) for k in self.shapes}
+        )
+        return None
+
+    def __repr__(self) -> str:
+        return f"Exchange(download={self.download}, upload={self.upload})"
