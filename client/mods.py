@@ -33,6 +33,7 @@ from fedrec.common.compression import (
     PayloadError,
     compress,
     decompress,
+    layout_problem,
     payload_layout,
     rounding_bound,
 )
@@ -45,7 +46,14 @@ from fedrec.common.keys import (
     PRIVACY_GUARD_ERROR,
 )
 from fedrec.common.privacy import NonFiniteUpdate, clip_delta, clip_update
-from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar, text
+from fedrec.common.records import (
+    arrays_of,
+    config_of,
+    exchange_modes,
+    numpy_arrays,
+    scalar,
+    text,
+)
 from fedrec.common.secagg.wire import REPLY_KEYS, SECAGG, STAGE
 
 __all__ = [
@@ -58,7 +66,6 @@ __all__ = [
     "SharedOnlyGuard",
     "UserLevelClipping",
     "describe",
-    "exchange_modes",
     "secagg_violations",
     "violations",
 ]
@@ -117,7 +124,8 @@ def violations(
                 problems.append(f"array record '{name}' is not '{keys.ARRAYS}'")
             for key, array in record.items():
                 if layout is not None:
-                    problems += _layout_violations(key, array, layout)
+                    problem = layout_problem(key, tuple(array.shape), array.dtype, layout)
+                    problems += [problem] if problem else []
                 elif key not in shared_shapes:
                     problems.append(f"array '{key}' is not in the shared group")
                 elif tuple(array.shape) != tuple(shared_shapes[key]):
@@ -134,15 +142,6 @@ def violations(
         else:
             problems.append(f"record '{name}' of type {type(record).__name__} is not allowed")
     return problems
-
-
-def _layout_violations(key: str, array: Array, layout: Mapping[str, tuple]) -> list[str]:
-    if key not in layout:
-        return [f"array '{key}' is not in the shared group's compressed payload"]
-    shape, dtype = layout[key]
-    if tuple(array.shape) != tuple(shape) or np.dtype(array.dtype) != dtype:
-        return [f"array '{key}' is {array.dtype}{list(array.shape)}, not {dtype}{list(shape)}"]
-    return []
 
 
 def secagg_violations(message: Message, stage: str) -> list[str]:
@@ -284,14 +283,6 @@ class CompressedExchange:
             return Message(error=Error(code=NON_FINITE_ERROR, reason=str(err)), reply_to=msg)
         reply.content[keys.ARRAYS] = ArrayRecord({k: Array(v) for k, v in payload.items()})
         return reply
-
-
-def exchange_modes(config: ConfigRecord) -> tuple[str, str]:
-    """(download, upload) compression a message's config names ("none" where absent)."""
-    return (
-        text(config, keys.DOWNLOAD_COMPRESSION, "none"),
-        text(config, keys.UPLOAD_COMPRESSION, "none"),
-    )
 
 
 class CatalogCheck:

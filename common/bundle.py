@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,6 @@ class InferenceBundle:
     head_bias: float  # b_r
     catalog_sha256: str  # the catalog whose items the rows are, in its order
     model_round: int  # the round of the model it was built from (-1: not known)
-    _vectors: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def num_items(self) -> int:
@@ -96,10 +96,12 @@ class InferenceBundle:
 
     def item_vectors(self) -> np.ndarray:
         """(I, d) float32 V, decoded once and kept (4 bytes per entry in memory)."""
-        if not self._vectors:
-            scaled = self.item_codes * self.item_scales[:, None]
-            self._vectors.append((scaled * self.column_scales[None, :]).astype(np.float32))
-        return self._vectors[0]
+        return self._decoded
+
+    @cached_property  # frozen, yet cached: cached_property writes the instance's __dict__
+    def _decoded(self) -> np.ndarray:
+        scaled = self.item_codes * self.item_scales[:, None]
+        return (scaled * self.column_scales[None, :]).astype(np.float32)
 
     def user_vector(self, user_row: np.ndarray, user_features: np.ndarray) -> np.ndarray:
         """u = ReLU(W_u·[e_u ; f_u] + b_u) for the device's private row and features."""

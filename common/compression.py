@@ -40,6 +40,7 @@ __all__ = [
     "PayloadError",
     "compress",
     "decompress",
+    "layout_problem",
     "model_shapes",
     "payload_layout",
     "rounding_bound",
@@ -67,6 +68,23 @@ def payload_layout(shapes: Mapping[str, tuple[int, ...]], mode: str) -> Layout:
         for name, shape in shapes.items():
             layout[name + SCALE_SUFFIX] = ((_rows(shape),), np.dtype("<f4"))
     return layout
+
+
+def layout_problem(
+    name: str, shape: tuple[int, ...], dtype: np.dtype | str, layout: Layout
+) -> str | None:
+    """What is wrong with array ``name`` of ``shape`` and ``dtype`` in a payload of
+    ``layout``, or ``None``: the one check of the device's guard (on the array's declared
+    shape and dtype, before any byte is decoded) and of :func:`decompress`."""
+    if name not in layout:
+        return f"array '{name}' is not in the shared group's compressed payload"
+    expected_shape, expected_dtype = layout[name]
+    if tuple(shape) != tuple(expected_shape) or np.dtype(dtype) != expected_dtype:
+        return (
+            f"array '{name}' is {np.dtype(dtype)}{list(shape)},"
+            f" not {expected_dtype}{list(expected_shape)}"
+        )
+    return None
 
 
 def rounding_bound(arrays: Mapping[str, np.ndarray], mode: str) -> tuple[float, float]:
@@ -135,15 +153,15 @@ def decompress(
     for anything that is not exactly the layout of ``mode`` over ``shapes``."""
     layout = payload_layout(shapes, mode)
     arrays = {name: np.asarray(value) for name, value in payload.items()}
-    missing, extra = sorted(set(layout) - set(arrays)), sorted(set(arrays) - set(layout))
-    if missing or extra:
-        raise PayloadError(f"{mode} payload: missing {missing}, unexpected {extra}")
-    for name, (shape, dtype) in layout.items():
-        if arrays[name].shape != shape or arrays[name].dtype != dtype:
-            raise PayloadError(
-                f"{mode} payload '{name}': {arrays[name].dtype}{list(arrays[name].shape)},"
-                f" expected {dtype}{list(shape)}"
-            )
+    missing = sorted(set(layout) - set(arrays))
+    problems = [f"missing {missing}"] if missing else []
+    problems += [
+        problem
+        for name, value in arrays.items()
+        if (problem := layout_problem(name, value.shape, value.dtype, layout))
+    ]
+    if problems:
+        raise PayloadError(f"{mode} payload: " + "; ".join(problems))
     out: dict[str, np.ndarray] = {}
     for name, shape in shapes.items():
         if mode != "int8":

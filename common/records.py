@@ -19,6 +19,7 @@ __all__ = [
     "arrays_of",
     "config_of",
     "describe_received",
+    "exchange_modes",
     "integer",
     "message_bytes",
     "metrics_of",
@@ -76,6 +77,15 @@ def text(record: Mapping[str, object], key: str, default: str | None = None) -> 
     if not isinstance(value, str):
         raise ValueError(f"record key {key!r} holds {value!r}, not text")
     return value
+
+
+def exchange_modes(config: Mapping[str, object]) -> tuple[str, str]:
+    """(download, upload) compression a message's config names, ``"none"`` where absent
+    (``keys.DOWNLOAD_COMPRESSION`` / ``keys.UPLOAD_COMPRESSION``, common/compression.py)."""
+    return (
+        text(config, keys.DOWNLOAD_COMPRESSION, "none"),
+        text(config, keys.UPLOAD_COMPRESSION, "none"),
+    )
 
 
 def message_bytes(message: Message) -> int:

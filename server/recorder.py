@@ -200,14 +200,8 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         as they are without an exchange)."""
         if self.exchange is None or self._global is None:
             return replies, []
-        decoded, refused = [], []
-        for msg in replies:
-            refusal = self.exchange.decode(msg, self._global)
-            if refusal is None:
-                decoded.append(msg)
-            else:
-                refused.append(refusal)
-        return decoded, refused
+        global_, exchange = self._global, self.exchange
+        return _sift(replies, lambda msg: exchange.decode(msg, global_))
 
     def _validated(
         self, replies: list[Message], global_: dict[str, np.ndarray] | None
@@ -215,14 +209,8 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         """(accepted, refusals) of replies without an error (all accepted without a validator)."""
         if self.validator is None:
             return replies, []
-        accepted, refused = [], []
-        for msg in replies:
-            refusal = self.validator.check(msg, global_)
-            if refusal is None:
-                accepted.append(msg)
-            else:
-                refused.append(refusal)
-        return accepted, refused
+        validator = self.validator
+        return _sift(replies, lambda msg: validator.check(msg, global_))
 
     def _stop_if_refused(self, absolute: int, replies: list[Message]) -> None:
         """Every device refused the round (its catalog differs, its guard or secure
@@ -328,6 +316,20 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         messages = self.configure_evaluate(0, arrays, config, grid)
         replies = grid.send_and_receive(messages=messages, timeout=timeout)
         self.aggregate_evaluate(0, replies)
+
+
+def _sift(
+    replies: list[Message], check: Callable[[Message], Refusal | None]
+) -> tuple[list[Message], list[Refusal]]:
+    """(the replies ``check`` passes, the refusals of the others), in order."""
+    passed, refused = [], []
+    for msg in replies:
+        refusal = check(msg)
+        if refusal is None:
+            passed.append(msg)
+        else:
+            refused.append(refusal)
+    return passed, refused
 
 
 def _count_reasons(refused: list[Refusal]) -> dict[str, int]:

@@ -59,9 +59,9 @@ from fedrec.common.records import (
     arrays_of,
     config_of,
     describe_received,
+    exchange_modes,
     message_bytes,
     numpy_arrays,
-    text,
 )
 from fedrec.common.secagg import wire
 from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS, SecAggError, SecAggSettings
@@ -133,7 +133,7 @@ class SecureAggregationGrid(GridWrapper):
         report.update(neighbours=config.neighbours, threshold=config.threshold)
         report["modulus_bits"] = config.modulus.bit_length() - 1
         first = numpy_arrays(arrays_of(messages[0].content))
-        down = text(config_of(messages[0].content), keys.DOWNLOAD_COMPRESSION, "none")
+        down, _ = exchange_modes(config_of(messages[0].content))
         sent = decompress(first, down, model_shapes(first, down))  # what the devices start from
         global_ = {k: v.astype(np.float64) for k, v in sent.items()}
         shapes = [v.shape for v in global_.values()] + [(len(self.metric_bounds),)]
