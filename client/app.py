@@ -27,6 +27,7 @@ from fedrec.client.data import (
     NODE_KEY_FILE,
     NODE_PASSPHRASE_FILE,
     NODE_STORE,
+    PARTITION_ID,
     DataSetPartitions,
     LocalUser,
     ShardSource,
@@ -65,13 +66,19 @@ def make_client_app(
             MessageRecorder(handlers.audit_path),
             SharedOnlyGuard(handlers.shared_shapes),
             CatalogCheck(handlers.catalog_of),
-            CompressedExchange(handlers.shared_shapes),  # inside the guard: it checks the form
+            # inside the guard: it checks the form
+            CompressedExchange(handlers.shared_shapes, handlers.rounding_seed),
         ]
     )
     # train-only mods run inside the global ones: the guard checks what leaves. Secure
     # aggregation sits outside the clip, so it masks the clipped update (and is inert
     # unless the message starts a secure round)
-    app.train(mods=[SecAggPlusMod(handlers.secure), UserLevelClipping()])(handlers.train)
+    app.train(
+        mods=[
+            SecAggPlusMod(handlers.secure, rounding_seed=handlers.rounding_seed),
+            UserLevelClipping(),
+        ]
+    )(handlers.train)
     app.evaluate()(handlers.evaluate)
     return app
 
@@ -137,6 +144,14 @@ class Handlers:
 
     def shared_shapes(self, context: Context) -> dict[str, tuple[int, ...]]:
         return shared_shapes(self.catalog_of(context), self.config_of(context).dim)
+
+    def rounding_seed(self, context: Context) -> list[int] | None:
+        """The seed of the upload's stochastic rounding (compressed upload, SecAgg+'s
+        quantization): the run seed and the node's partition on a simulated node, so a
+        seeded run reproduces; ``None`` on a device (fresh OS entropy: its rounding is its
+        own, not a stream the server could regenerate)."""
+        partition = context.node_config.get(PARTITION_ID)
+        return None if partition is None else [self.config_of(context).seed, int(partition)]
 
     def train(self, msg: Message, context: Context) -> Message:
         config = self.config_of(context)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
@@ -237,10 +237,17 @@ class CompressedExchange:
     this mod checks the encoded reply against its layout; a reply whose arrays are not the
     model's is left as it is, for the guard to block.
     Messages without a model, or with neither direction compressed, pass through untouched.
+    The rounding's uniforms come from ``rounding_seed(context)`` and the round (a seeded
+    simulation reproduces), or from fresh OS entropy where it gives ``None`` (a device).
     """
 
-    def __init__(self, shared_shapes: Callable[[Context], Mapping[str, tuple[int, ...]]]) -> None:
+    def __init__(
+        self,
+        shared_shapes: Callable[[Context], Mapping[str, tuple[int, ...]]],
+        rounding_seed: Callable[[Context], Sequence[int] | None] | None = None,
+    ) -> None:
         self.shared_shapes = shared_shapes
+        self.rounding_seed = rounding_seed
 
     def __call__(
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
@@ -266,7 +273,8 @@ class CompressedExchange:
         if {k: np.shape(v) for k, v in local.items()} != {k: v.shape for k, v in start.items()}:
             return reply  # not the model's arrays: left as it is, for the guard to block
         server_round = int(scalar(config, keys.SERVER_ROUND, 0.0))
-        rng = np.random.default_rng([context.node_id, server_round])  # the rounding's U
+        seed = self.rounding_seed(context) if self.rounding_seed is not None else None
+        rng = np.random.default_rng(None if seed is None else [*seed, server_round])
         try:
             delta, _ = clip_delta(start, local, None)
             if keys.CLIPPING_NORM in config:  # within C once rounded (rounding_bound)

@@ -20,7 +20,7 @@ sum, so this bound is the device's job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,9 @@ def update_vector(
     return [*delta.values(), metrics * wire.metric_scales(config, metric_bounds)]
 
 
+QUANTIZATION_STREAM = 2  # apart from the compressed upload's rounding stream (same seed)
+
+
 class SecAggPlusMod:
     """A train mod: place it outside ``UserLevelClipping`` so that it masks the clipped update.
 
@@ -85,9 +88,13 @@ class SecAggPlusMod:
         self,
         required: Callable[[Context], bool] | None = None,
         entropy: Callable[[int], bytes] | None = None,
+        rounding_seed: Callable[[Context], Sequence[int] | None] | None = None,
     ) -> None:
         self.required = required  # the device's own setting: refuse plaintext train rounds
         self._entropy = entropy  # tests only; None: os.urandom
+        # the stochastic quantization's uniforms: a simulated node's are seeded (a seeded run
+        # reproduces); None (a device): fresh OS entropy. Never the protocol's secrets
+        self.rounding_seed = rounding_seed
 
     def __call__(
         self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
@@ -127,7 +134,7 @@ class SecAggPlusMod:
                 vector = update_vector(
                     msg.content, reply.content, wire.metric_bounds(record), config
                 )
-                masked = client.masked_input(request, vector, np.random.default_rng())
+                masked = client.masked_input(request, vector, self._rounding(msg, context))
                 answer = wire.masked_reply(masked)
             else:
                 client = self._client(context.node_id, config, context)
@@ -142,6 +149,13 @@ class SecAggPlusMod:
             state = _ids_as_text(client.state_dict())
             context.state[wire.STATE] = ConfigRecord({**state, "round-digest": digest})
         return Message(content=RecordDict({wire.SECAGG: answer}), reply_to=msg)
+
+    def _rounding(self, msg: Message, context: Context) -> np.random.Generator:
+        seed = self.rounding_seed(context) if self.rounding_seed is not None else None
+        if seed is None:
+            return np.random.default_rng()
+        server_round = int(scalar(config_of(msg.content), keys.SERVER_ROUND, 0.0))
+        return np.random.default_rng([*seed, server_round, QUANTIZATION_STREAM])
 
     def _client(self, node_id: int, config: SecAggConfig, context: Context | None) -> SecAggClient:
         extra = {} if self._entropy is None else {"entropy": self._entropy}

@@ -12,7 +12,7 @@ from builders import catalog_of, node_context, server_message, with_catalog
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedrec.client.app import make_client_app
+from fedrec.client.app import Handlers, make_client_app
 from fedrec.client.data import DataSetPartitions, LocalUser
 from fedrec.client.local import build_local_model, local_train
 from fedrec.client.mods import CATALOG_MISMATCH_ERROR
@@ -435,3 +435,14 @@ def test_the_features_come_from_the_shard_not_the_stored_state(
     _train(app, context, initial, 2)
     current = DataSetPartitions().local_user(CONFIG, context).shard.user_features
     np.testing.assert_array_equal(_private(context)["user_features"][0], current)
+
+
+def test_a_simulated_nodes_rounding_is_seeded_and_a_devices_is_its_own() -> None:
+    """The stochastic roundings (compressed upload, SecAgg+ quantization) draw from the run
+    seed and the partition on a simulated node; a device (no partition) gets None: fresh
+    OS entropy, not a stream the server could regenerate from config.json."""
+    handlers = Handlers(CONFIG.replace(seed=5), None)
+    assert handlers.rounding_seed(node_context(3, USERS)) == [5, 3]
+    device = Context(run_id=1, node_id=9, node_config={"store": "/x"}, state=RecordDict(),
+                     run_config={})  # fmt: skip
+    assert handlers.rounding_seed(device) is None

@@ -320,3 +320,25 @@ def test_a_reply_with_a_private_array_is_left_for_the_guard_to_block() -> None:
     )
     assert reply.has_error() and reply.error.code == PRIVACY_GUARD_ERROR
     assert "user_embedding.weight" in (reply.error.reason or "")
+
+
+def test_the_uploads_rounding_draws_from_the_seed_it_is_given() -> None:
+    """A simulated node's rounding is seeded (the same seed, the same payload: a seeded run
+    reproduces); without one (a device) it is fresh OS entropy, different every time."""
+
+    def uneven(msg: Message, context: Context) -> Message:  # Δ off the int8 grid
+        rng = np.random.default_rng(3)
+        arrays = {k: Array(rng.normal(size=s).astype(np.float32)) for k, s in SHAPES.items()}
+        return _reply(msg, **{keys.ARRAYS: ArrayRecord(arrays)})
+
+    def upload(seed: list[int] | None) -> dict[str, np.ndarray]:
+        exchange = CompressedExchange(lambda _: SHAPES, lambda _: seed)
+        reply = exchange(_compressed_request("none", "int8"), node_context(0, 1), uneven)
+        return {k: a.numpy() for k, a in reply.content[keys.ARRAYS].items()}
+
+    def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+        return all(np.array_equal(a[k], b[k]) for k in a)
+
+    assert same(upload([7, 0]), upload([7, 0]))
+    assert not same(upload([7, 0]), upload([7, 1]))
+    assert not same(upload(None), upload(None))
