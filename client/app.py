@@ -44,6 +44,7 @@ from fedrec.client.mods import (
 )
 from fedrec.client.trainers import local_train_config, trainer_for
 from fedrec.common import keys
+from fedrec.common.colr import LowRank
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import SeedModel, private_state, shared_shapes, shared_state
@@ -160,7 +161,9 @@ class Handlers:
         private = _private_row(user, config.dim)
         model = self._model(msg, config, user, private, context)
         rng = np.random.default_rng([config.seed, user.stream, _round(msg)])
-        trained = trainer_for(config)(model, user.shard, user.store, rng)
+        low_rank = LowRank.of(config_of(msg.content))  # a CoLR round: train the table's factor
+        basis = None if low_rank is None else low_rank.training_basis(config.dim)
+        trained = trainer_for(config)(model, user.shard, user.store, rng, basis)
         user.store.save(keys.STATE_PRIVATE, private_state(model))
         if user.device is not None:  # a deployed device keeps the model for its own use
             user.device.cache_model(arrays_of(msg.content), _round(msg), config_of(msg.content))

@@ -30,6 +30,7 @@ from fedrec.common.model import (
 
 __all__ = [
     "ME",
+    "FactoredTable",
     "LocalTrainConfig",
     "build_local_model",
     "local_evaluate",
@@ -106,6 +107,7 @@ def local_train(
     shard: UserShard,
     config: LocalTrainConfig,
     rng: np.random.Generator,
+    item_basis: np.ndarray | None = None,
 ) -> tuple[float, int]:
     """Train on the user's items + fresh leak-free negatives; returns (mean loss, examples).
 
@@ -118,6 +120,10 @@ def local_train(
     user's items and the sampled negatives): rows outside it get no gradient and would not
     move under Adam anyway, so the result is the same while the device's memory and time no
     longer grow with the catalog. The trained rows are written back into ``model``.
+
+    With ``item_basis`` B (r × id_dim, orthonormal rows: a low-rank round, common/colr.py)
+    the item table trains as E_start + A·B, A (rows × r) the only table parameter, from
+    zero: the table's update is a rank-r factor against B (CoLR).
     """
     if len(shard.train_items) == 0:
         return 0.0, 0
@@ -125,6 +131,9 @@ def local_train(
     joint_plan = [_epoch_examples(shard, config, rng) for _ in range(config.epochs)]
     rows = np.unique(np.concatenate([items for items, _ in private_plan + joint_plan]))
     compact = _compact_copy(model, rows)
+    if item_basis is not None:
+        # duck-typed: SeedModel reads only .weight and a lookup from its item table
+        compact.item_embedding = FactoredTable(compact.item_embedding.weight, item_basis)  # type: ignore[assignment]
     local = lambda plan: [(np.searchsorted(rows, i), y) for i, y in plan]  # noqa: E731
     params = dict(compact.named_parameters())
     private = [compact.user_embedding.weight]
@@ -181,13 +190,38 @@ def _compact_copy(model: SeedModel, rows: np.ndarray) -> SeedModel:
     return compact
 
 
+class FactoredTable(nn.Module):
+    """An item table E = E_start + A·B that trains only A (rows × r, from zero) against the
+    fixed basis B: what ``SeedModel`` reads from ``item_embedding`` (``weight`` and a
+    lookup), so the model trains it unchanged."""
+
+    start: torch.Tensor
+    basis: torch.Tensor
+
+    def __init__(self, start: torch.Tensor, basis: np.ndarray) -> None:
+        super().__init__()
+        if basis.ndim != 2 or basis.shape[1] != start.shape[1]:
+            raise ValueError(
+                f"item basis of shape {basis.shape} for a table {tuple(start.shape)} wide"
+            )
+        self.register_buffer("start", start.detach().clone())
+        self.register_buffer("basis", torch.as_tensor(basis, dtype=start.dtype))
+        self.factor = nn.Parameter(torch.zeros(start.shape[0], basis.shape[0], dtype=start.dtype))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.start + self.factor @ self.basis
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.start[items] + self.factor[items] @ self.basis
+
+
 def _write_back(model: SeedModel, compact: SeedModel, rows: np.ndarray) -> None:
     full = dict(model.named_parameters())
     with torch.no_grad():
+        full["item_embedding.weight"][torch.from_numpy(rows)] = compact.item_embedding.weight
         for name, value in compact.named_parameters():
-            if name == "item_embedding.weight":
-                full[name][torch.from_numpy(rows)] = value
-            else:
+            if not name.startswith("item_embedding."):
                 full[name].copy_(value)
 
 

@@ -29,7 +29,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
 from fedrec.common import keys
+from fedrec.common.colr import LowRank
 from fedrec.common.compression import (
+    Layout,
     PayloadError,
     compress,
     decompress,
@@ -112,11 +114,9 @@ def violations(
         return []
     if request is not None and request.has_content() and SECAGG in request.content:
         return secagg_violations(message, str(request.content[SECAGG].get(STAGE)))
-    layout = None  # names and shapes (any dtype); a compressed upload: its exact layout
+    layout = None  # names and shapes (any dtype); an encoded update: its exact layout
     if request is not None and request.has_content() and keys.CONFIG in request.content:
-        down, up = exchange_modes(config_of(request.content))
-        if (down, up) != ("none", "none"):
-            layout = payload_layout(shared_shapes, up)
+        layout = _update_layout(config_of(request.content), shared_shapes)
     problems: list[str] = []
     for name, record in message.content.items():
         if isinstance(record, ArrayRecord):
@@ -142,6 +142,21 @@ def violations(
         else:
             problems.append(f"record '{name}' of type {type(record).__name__} is not allowed")
     return problems
+
+
+def _update_layout(
+    config: ConfigRecord, shared_shapes: Mapping[str, tuple[int, ...]]
+) -> Layout | None:
+    """The exact layout of the update a round asks for (compressed or low-rank), ``None``
+    for float32 weights; a round whose form does not parse allows no array at all."""
+    try:
+        down, up = exchange_modes(config)
+        low_rank = LowRank.of(config)
+        if (down, up) == ("none", "none") and low_rank is None:
+            return None
+        return payload_layout(low_rank.shapes(shared_shapes) if low_rank else shared_shapes, up)
+    except ValueError:
+        return {}
 
 
 def secagg_violations(message: Message, stage: str) -> list[str]:
@@ -235,8 +250,11 @@ class CompressedExchange:
     (C − a) / (1 + r), the form's worst-case rounding (``rounding_bound``), so the update
     the server decodes is within C even before the server's own re-clip. The guard outside
     this mod checks the encoded reply against its layout; a reply whose arrays are not the
-    model's is left as it is, for the guard to block.
-    Messages without a model, or with neither direction compressed, pass through untouched.
+    model's is left as it is, for the guard to block. In a low-rank round
+    (``keys.COLR_RANK``, :mod:`fedrec.common.colr`) the table's ΔE goes up as its factor
+    A = ΔE·Bᵀ on the round's basis, in the upload's form (``"none"``: float32).
+    Messages without a model, or with neither direction compressed nor a low rank, pass
+    through untouched.
     The rounding's uniforms come from ``rounding_seed(context)`` and the round (a seeded
     simulation reproduces), or from fresh OS entropy where it gives ``None`` (a device).
     """
@@ -255,8 +273,13 @@ class CompressedExchange:
         if not msg.has_content() or keys.ARRAYS not in msg.content:
             return call_next(msg, context)
         config = config_of(msg.content)
-        down, up = exchange_modes(config)
-        if (down, up) == ("none", "none"):
+        try:
+            down, up = exchange_modes(config)
+            low_rank = LowRank.of(config)
+        except ValueError as err:
+            reason = f"this round's exchange settings do not parse: {err}"
+            return Message(error=Error(code=PAYLOAD_ERROR, reason=reason), reply_to=msg)
+        if (down, up) == ("none", "none") and low_rank is None:
             return call_next(msg, context)
         try:
             start = decompress(
@@ -277,6 +300,8 @@ class CompressedExchange:
         rng = np.random.default_rng(None if seed is None else [*seed, server_round])
         try:
             delta, _ = clip_delta(start, local, None)
+            if low_rank is not None:  # ΔE → A = ΔE·Bᵀ (exact: the table trained as A·B)
+                delta = low_rank.factor(delta)
             if keys.CLIPPING_NORM in config:  # within C once rounded (rounding_bound)
                 relative, absolute = rounding_bound(delta, up)
                 clip = (scalar(config, keys.CLIPPING_NORM) - absolute) / (1 + relative)

@@ -38,6 +38,7 @@ class Trainer(Protocol):
         shard: UserShard,
         store: StateStore,
         rng: np.random.Generator,
+        item_basis: np.ndarray | None = None,
     ) -> dict[str, float | int]: ...
 
 
@@ -48,9 +49,14 @@ class PlainTraining:
         self.config = config
 
     def __call__(
-        self, model: SeedModel, shard: UserShard, store: StateStore, rng: np.random.Generator
+        self,
+        model: SeedModel,
+        shard: UserShard,
+        store: StateStore,
+        rng: np.random.Generator,
+        item_basis: np.ndarray | None = None,
     ) -> dict[str, float | int]:
-        loss, examples = local_train(model, shard, self.config, rng)
+        loss, examples = local_train(model, shard, self.config, rng, item_basis)
         return {keys.TRAIN_LOSS: loss, keys.NUM_EXAMPLES: examples}
 
 
@@ -68,8 +74,15 @@ class DPSGDTraining:
         self.dp = dp
 
     def __call__(
-        self, model: SeedModel, shard: UserShard, store: StateStore, rng: np.random.Generator
+        self,
+        model: SeedModel,
+        shard: UserShard,
+        store: StateStore,
+        rng: np.random.Generator,
+        item_basis: np.ndarray | None = None,
     ) -> dict[str, float | int]:
+        if item_basis is not None:  # FederationConfig refuses the pair; a device says so too
+            raise ValueError("a low-rank round (colr-rank) cannot train under local DP-SGD")
         from fedrec.client.dp_sgd import dp_local_train  # Opacus loads only where DP-SGD runs
 
         saved = store.load_json(keys.STATE_RECORD_LEDGER)

@@ -113,6 +113,9 @@ class FederationConfig:
     # the wire form of the shared group (common/compression.py): none | fp16 | int8
     download_compression: str = "none"  # the model sent to devices (train and evaluate)
     upload_compression: str = "none"  # the update Δ devices send back (int8: unbiased rounding)
+    # CoLR (common/colr.py): devices train and send the item table's update as a rank-r
+    # factor against a fresh public basis each round; 0: the dense update
+    colr_rank: int = 0
     # data handling on the device (client/secure_store.py, client/encrypted_shards.py)
     shard_dir: str = ""  # read each node's shard from this encrypted folder (fedrec data encrypt)
     shard_pack: str = ""  # simulation: the runner's memory-mapped split (common/data/pack.py)
@@ -221,12 +224,18 @@ class FederationConfig:
             )
         if self.secure:
             self._check_secure_aggregation()
+        self._check_low_rank()
         self._check_poisoning()
 
     @property
     def compressed(self) -> bool:
         """Either direction of the exchange is compressed (devices then upload Δ)."""
         return (self.download_compression, self.upload_compression) != ("none", "none")
+
+    @property
+    def exchanges_updates(self) -> bool:
+        """Devices send an encoded update Δ, not weights: compressed, or low-rank (CoLR)."""
+        return self.compressed or self.colr_rank > 0
 
     @property
     def user_level_dp(self) -> bool:
@@ -291,6 +300,19 @@ class FederationConfig:
                 " a clipped update's coordinates could be clipped again, biasing the sum"
             )
 
+    def _check_low_rank(self) -> None:
+        if not 0 <= self.colr_rank < self.dim:
+            raise ValueError(
+                f"colr-rank must be in [0, dim = {self.dim}): the item table's update is"
+                f" factored into rank colr-rank (0: dense), got {self.colr_rank}"
+            )
+        if self.colr_rank and self.record_level_dp:
+            raise ValueError(
+                "colr-rank with local-dp-noise-multiplier is not supported: DP-SGD's per-example"
+                " clipping runs on the dense item table; use user-level DP (dp-clip-norm) with"
+                " a low-rank exchange, or set colr-rank = 0"
+            )
+
     def _check_poisoning(self) -> None:
         if self.target_items.startswith(TAIL_PREFIX):
             count = self.target_items.removeprefix(TAIL_PREFIX)
@@ -324,10 +346,11 @@ class FederationConfig:
                 "poison-fraction with secure aggregation is not simulated: the malicious"
                 " devices do not run the SecAgg+ protocol (turn one of the two off)"
             )
-        if self.poison_fraction and self.compressed:
+        if self.poison_fraction and self.exchanges_updates:
             raise ValueError(
-                "poison-fraction with a compressed exchange is not simulated: the malicious"
-                " devices upload float32 weights (set both compressions to none)"
+                "poison-fraction with a compressed or low-rank exchange is not simulated: the"
+                " malicious devices upload float32 weights (set both compressions to none and"
+                " colr-rank to 0)"
             )
         if self.secure and self.upload_compression == "fp16":
             raise ValueError(

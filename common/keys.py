@@ -10,6 +10,8 @@ __all__ = [
     "BUDGET_EXHAUSTED",
     "CATALOG_HASH",
     "CLIPPING_NORM",
+    "COLR_RANK",
+    "COLR_SEED",
     "CONFIG",
     "DOWNLOAD_COMPRESSION",
     "ER5",
@@ -69,6 +71,9 @@ EVAL_SPLIT = "eval-split"  # "val" or "test"
 # device that gets either uploads its update Δ, in the upload's form
 DOWNLOAD_COMPRESSION = "download-compression"
 UPLOAD_COMPRESSION = "upload-compression"
+# a low-rank round (common/colr.py): the rank of the item table's factor and its basis seed
+COLR_RANK = "colr-rank"
+COLR_SEED = "colr-seed"
 
 # Error codes of a device's refusal (its error reply): the server tells a setting that every
 # device refuses (stop the run) from devices that fail (a dropout)

@@ -14,6 +14,11 @@ Under SecAgg+ the devices' updates never arrive one by one: the download is comp
 above, and ``upload-compression = "int8"`` makes SecAgg+'s own quantization compact
 (``SecAggSettings.compact``: sums in Z_{2^16}, 2 bytes a coordinate, with as many bits as
 the cohort leaves) instead of quantizing twice.
+
+With ``colr-rank`` r (CoLR, :mod:`fedrec.common.colr`) every training round gets a fresh
+public basis (:meth:`Exchange.start_round` names it in the train messages), the devices send
+the item table's update as its rank-r factor, and :meth:`Exchange.decode` expands it before
+anything else sees the reply; under SecAgg+ the grid sums the factors and expands the sum.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
 from fedrec.common import keys
+from fedrec.common.colr import TABLE, LowRank
 from fedrec.common.compression import compress, decompress
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.records import arrays_of, numpy_arrays
@@ -36,17 +42,47 @@ __all__ = ["Exchange"]
 class Exchange:
     """Encodes the models the server sends and decodes the updates it receives."""
 
-    def __init__(self, download: str, upload: str, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    def __init__(
+        self,
+        download: str,
+        upload: str,
+        shapes: Mapping[str, tuple[int, ...]],
+        *,
+        rank: int = 0,
+        seed: int = 0,
+    ) -> None:
         self.download = download
         self.upload = upload
         self.shapes = dict(shapes)
+        self.rank = rank  # CoLR: the table's update as a rank-r factor (0: dense)
+        self.seed = seed  # the run seed the rounds' bases are drawn from
+        self.low_rank: LowRank | None = None  # this training round's form
 
     @classmethod
     def of(cls, config: FederationConfig, shapes: Mapping[str, tuple[int, ...]]) -> Exchange | None:
-        """The run's exchange, or ``None`` when neither direction is compressed."""
-        if not config.compressed:
+        """The run's exchange, or ``None`` when devices send weights (nothing compressed,
+        no low rank)."""
+        if not config.exchanges_updates:
             return None
-        return cls(config.download_compression, config.upload_compression, shapes)
+        return cls(
+            config.download_compression,
+            config.upload_compression,
+            shapes,
+            rank=config.colr_rank,
+            seed=config.seed,
+        )
+
+    def start_round(self, messages: list[Message], server_round: int) -> None:
+        """A training round: with a low rank, draw its fresh basis and name it in every
+        train message (what the devices train against and the updates are decoded with)."""
+        if not self.rank:
+            return
+        self.low_rank = LowRank.for_round(self.rank, self.seed, server_round)
+        for message in messages:
+            if message.has_content() and keys.CONFIG in message.content.config_records:
+                config = message.content.config_records[keys.CONFIG]
+                for key, value in self.low_rank.config().items():
+                    config[key] = value
 
     def config(self) -> dict[str, str]:
         """What every model message says about its form (the device decodes by it)."""
@@ -79,14 +115,19 @@ class Exchange:
                 {k: Array(global_[k] + (summed[k] - started[k])) for k in self.shapes}
             )
             return None
+        low_rank = self.low_rank
+        shapes = low_rank.shapes(self.shapes) if low_rank is not None else self.shapes
         try:  # PayloadError is a ValueError: the layout, and the bytes themselves
-            delta = decompress(numpy_arrays(arrays_of(reply.content)), self.upload, self.shapes)
+            delta = decompress(numpy_arrays(arrays_of(reply.content)), self.upload, shapes)
         except ARRAY_ERRORS as err:
             return Refusal("payload", f"{type(err).__name__}: {err}")
+        if low_rank is not None:  # ΔE = A·B
+            delta = low_rank.expand(delta, self.shapes[TABLE][1])
         reply.content[keys.ARRAYS] = ArrayRecord(
             {k: Array((global_[k] + delta[k]).astype(np.float32)) for k in self.shapes}
         )
         return None
 
     def __repr__(self) -> str:
-        return f"Exchange(download={self.download}, upload={self.upload})"
+        low = f", colr-rank={self.rank}" if self.rank else ""
+        return f"Exchange(download={self.download}, upload={self.upload}{low})"

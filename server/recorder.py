@@ -125,6 +125,7 @@ class RoundRecorder(StrategyWrapper[Strategy]):
         )
         if self.exchange is not None:
             self.exchange.encode_messages(messages, arrays)
+            self.exchange.start_round(messages, absolute)
         self._current = {
             "round": absolute,
             "clients_sampled": len(messages),

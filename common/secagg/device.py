@@ -20,6 +20,7 @@ sum, so this bound is the device's job.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from fedrec.common import keys
+from fedrec.common.colr import LowRank
 from fedrec.common.keys import SECAGG_ERROR
 from fedrec.common.privacy import NonFiniteUpdate, clip_delta
 from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar
@@ -51,11 +53,15 @@ def quantized_clip_norm(clip_norm: float, config: SecAggConfig, length: int) -> 
 def update_vector(
     sent: RecordDict, reply: RecordDict, metric_bounds: dict[str, float], config: SecAggConfig
 ) -> list[np.ndarray]:
-    """What the device masks: Δ per shared array (float64, the server's order), then the
-    requested metrics scaled into the clipping range. Clips Δ for user-level DP."""
+    """What the device masks: Δ per shared array (float64, the server's order; in a
+    low-rank round the table's as its factor, common/colr.py), then the requested metrics
+    scaled into the clipping range. Clips Δ for user-level DP."""
     start = numpy_arrays(arrays_of(sent))
     local = numpy_arrays(arrays_of(reply))
     train_config = config_of(sent)
+    low_rank = LowRank.of(train_config)
+    shapes = {k: v.shape for k, v in start.items()}
+    masked_shapes = low_rank.shapes(shapes) if low_rank is not None else shapes
     metric_values = reply.metric_records.get(keys.METRICS, MetricRecord())
     metrics = np.array(
         [scalar(metric_values, name, 0.0) for name in metric_bounds], dtype=np.float64
@@ -63,7 +69,7 @@ def update_vector(
     bound = None
     if keys.CLIPPING_NORM in train_config:
         clip_norm = scalar(train_config, keys.CLIPPING_NORM)
-        length = sum(v.size for v in start.values()) + metrics.size
+        length = sum(math.prod(v) for v in masked_shapes.values()) + metrics.size
         bound = quantized_clip_norm(clip_norm, config, length)
         if bound <= 0:
             raise SecAggError(
@@ -72,6 +78,8 @@ def update_vector(
                 " raise secagg-quantization-bits"
             )
     delta, _ = clip_delta(start, local, bound)  # NonFiniteUpdate on NaN/inf, ValueError on keys
+    if low_rank is not None:  # ‖A‖ ≤ ‖ΔE‖: still within the bound
+        delta = low_rank.factor(delta)
     return [*delta.values(), metrics * wire.metric_scales(config, metric_bounds)]
 
 

@@ -53,6 +53,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import Stage
 from flwr.serverapp import Grid
 
 from fedrec.common import keys
+from fedrec.common.colr import TABLE, LowRank
 from fedrec.common.compression import decompress, model_shapes
 from fedrec.common.grids import GridWrapper
 from fedrec.common.records import (
@@ -136,7 +137,10 @@ class SecureAggregationGrid(GridWrapper):
         down, _ = exchange_modes(config_of(messages[0].content))
         sent = decompress(first, down, model_shapes(first, down))  # what the devices start from
         global_ = {k: v.astype(np.float64) for k, v in sent.items()}
-        shapes = [v.shape for v in global_.values()] + [(len(self.metric_bounds),)]
+        low_rank = LowRank.of(config_of(messages[0].content))  # the table's Δ as a factor
+        summed = {k: v.shape for k, v in global_.items()}
+        summed = low_rank.shapes(summed) if low_rank is not None else summed
+        shapes = [*summed.values(), (len(self.metric_bounds),)]
         server = SecAggServer(config, sorted(train), shapes, self._rng)
 
         def record(stage: str) -> ConfigRecord:
@@ -214,9 +218,10 @@ class SecureAggregationGrid(GridWrapper):
         report["survivors"] = count
         *deltas, metric_sum = result.total
         means = metric_sum / wire.metric_scales(config, self.metric_bounds) / count
-        arrays = ArrayRecord(
-            {k: Array(v + d / count) for (k, v), d in zip(global_.items(), deltas, strict=True)}
-        )
+        total = dict(zip(summed, deltas, strict=True))
+        if low_rank is not None:  # Σ A_i·B = (Σ A_i)·B: the sum of factors expands once
+            total = low_rank.expand(total, global_[TABLE].shape[1])
+        arrays = ArrayRecord({k: Array(v + total[k] / count) for k, v in global_.items()})
         metrics = MetricRecord(
             {
                 **{name: float(v) for name, v in zip(self.metric_bounds, means, strict=True)},
