@@ -42,7 +42,7 @@ the noise, Mironov 2012) — as in Opacus with ``secure_mode`` off.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,7 +191,10 @@ class DPFedAvg(StrategyWrapper[Strategy]):
     the fixed m, adds N(0, (z·C/m)²) per coordinate, records one use of (z, q) in the ledger
     and passes the result to the wrapped optimizer as a single reply. Evaluation passes
     through unchanged. ``rng`` draws cohorts and noise; default: fresh OS entropy (not
-    reproducible, on purpose — predictable noise protects nobody).
+    reproducible, on purpose — predictable noise protects nobody). ``subspaces`` names, per
+    array, a basis whose row space holds every update of the round (a low-rank round's item
+    table): that array's noise is drawn there, the released value being the projection of
+    the same mechanism's output.
     """
 
     def __init__(
@@ -200,9 +203,13 @@ class DPFedAvg(StrategyWrapper[Strategy]):
         dp: UserLevelDP,
         ledger: PrivacyLedger | None = None,
         rng: np.random.Generator | None = None,
+        subspaces: Callable[[], Mapping[str, np.ndarray]] | None = None,
     ) -> None:
         super().__init__(optimizer)
         self.dp = dp
+        # per array, a basis (orthonormal rows) whose row space holds every update of the
+        # round (a low-rank round's item table, server/exchange.py); none: the whole space
+        self.subspaces = subspaces
         self.ledger = ledger if ledger is not None else PrivacyLedger(dp.accountant)
         check_accountant(self.ledger, dp.accountant, "the user-level ledger")
         self.rng = rng if rng is not None else np.random.default_rng()
@@ -260,9 +267,17 @@ class DPFedAvg(StrategyWrapper[Strategy]):
             for k in total:
                 total[k] += update[k] * count if summed else update[k]
         out = {}
+        subspaces = self.subspaces() if self.subspaces is not None else {}
         for k, v in start.items():  # global + Σ clip(Δ_i) / m + N(0, (zC/m)²)
-            noise = self.rng.normal(0.0, dp.noise_std, size=v.shape)
-            out[k] = Array(v + total[k] / dp.expected_clients + noise)
+            average, basis = total[k] / dp.expected_clients, subspaces.get(k)
+            if basis is None:
+                noise = self.rng.normal(0.0, dp.noise_std, size=v.shape)
+            else:  # released: the projection P of mean + N(0, σ²I) on the rows' span, i.e.
+                # P·mean + N(0, σ²)^{n×r}·B (post-processing: the same ε), with r/d of the
+                # noise; P·mean = mean for every update the exchange expanded from a factor
+                average = average @ basis.T @ basis
+                noise = self.rng.normal(0.0, dp.noise_std, size=(v.shape[0], len(basis))) @ basis
+            out[k] = Array(v + average + noise)
         self.ledger.record(dp.noise_multiplier, dp.sample_rate, 1)
         self.last_record = {
             **dp.describe(self.ledger),

@@ -84,6 +84,14 @@ class Exchange:
                 for key, value in self.low_rank.config().items():
                     config[key] = value
 
+    def subspaces(self) -> dict[str, np.ndarray]:
+        """Per array, a basis whose row space holds every decoded update of this round:
+        the round's basis for the item table of a low-rank round (DP-FedAvg draws its noise
+        there), nothing otherwise."""
+        if self.low_rank is None:
+            return {}
+        return {TABLE: self.low_rank.basis(self.shapes[TABLE][1])}
+
     def config(self) -> dict[str, str]:
         """What every model message says about its form (the device decodes by it)."""
         return {keys.DOWNLOAD_COMPRESSION: self.download, keys.UPLOAD_COMPRESSION: self.upload}

@@ -95,7 +95,8 @@ def make_strategy(
         else FractionCohort(config.fraction_train, config.min_clients, randomness.cohorts)
     )
     if user_dp is not None:  # DP-FedAvg noises the average before the server step
-        dp_layer = DPFedAvg(step, user_dp, user_ledger, randomness.noise)
+        subspaces = exchange.subspaces if exchange is not None else None
+        dp_layer = DPFedAvg(step, user_dp, user_ledger, randomness.noise, subspaces)
         aggregate, train_cohorts = dp_layer, dp_layer.cohorts  # the sampling ε assumes
     bounds = Bounds(norm=config.norm_bound, row_norm=config.row_norm_bound)
     if bounds:  # each update clipped before anything averages it

@@ -366,3 +366,36 @@ def test_local_evaluate_agrees_with_manual_scoring(catalog: Catalog, shard: User
         assert metrics[prefix + "full_hr@10"] == float(full_rank < 10)
         expected = 1 / math.log2(full_rank + 2) if full_rank < 10 else 0.0
         assert metrics[prefix + "full_ndcg@10"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_low_rank_round_takes_the_sgd_step_on_the_factor(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    """One SGD step on the factor F (from zero) against the training basis B moves the
+    table by ΔE = ΔF·B = −lr·G·BᵀB, G the table's gradient at the start (derived by
+    hand here, from a plain backward pass on the full model); the update lies in B's span,
+    and rows no example touched do not move."""
+    from fedrec.client import local as impl
+    from fedrec.common.colr import LowRank
+
+    config = LocalTrainConfig(epochs=1, negatives=2, batch_size=100_000, lr=0.5)
+    b = LowRank(3, 7).training_basis(DIM)
+    start = _model(catalog, shard)
+    items, labels = impl._epoch_examples(shard, config, np.random.default_rng(4))
+    reference = copy.deepcopy(start)
+    loss = nn.functional.binary_cross_entropy_with_logits(
+        impl._logits(reference, torch.from_numpy(items)), torch.from_numpy(labels)
+    )
+    loss.backward()
+    g = reference.item_embedding.weight.grad.numpy().astype(np.float64)
+    model = copy.deepcopy(start)
+    local_train(model, shard, config, np.random.default_rng(4), item_basis=b)
+    delta = (model.item_embedding.weight - start.item_embedding.weight).detach().numpy()
+    np.testing.assert_allclose(delta, -config.lr * g @ b.T @ b, atol=1e-6)
+    q = LowRank(3, 7).basis(DIM)
+    np.testing.assert_allclose(delta - delta @ q.T @ q, 0.0, atol=1e-6)  # in the span
+    untouched = np.setdiff1d(np.arange(catalog.num_items), items)
+    assert np.all(delta[untouched] == 0.0)
+    assert np.abs(delta).max() > 1e-4  # it moved
+    moved = (model.item_tower.weight - start.item_tower.weight).detach()  # trains as always
+    assert float(moved.abs().max()) > 0

@@ -31,6 +31,7 @@ from fedrec.client.mods import (
     violations,
 )
 from fedrec.common import keys
+from fedrec.common.colr import FACTOR, LowRank, factored_shapes
 from fedrec.common.compression import compress, decompress, payload_layout
 
 SHAPES = {"item_embedding.weight": (5, 4), "head.bias": (1,)}
@@ -342,3 +343,55 @@ def test_the_uploads_rounding_draws_from_the_seed_it_is_given() -> None:
     assert same(upload([7, 0]), upload([7, 0]))
     assert not same(upload([7, 0]), upload([7, 1]))
     assert not same(upload(None), upload(None))
+
+
+def _low_rank_request(up: str = "none", clip: float | None = None) -> Message:
+    request = _compressed_request("none", up, clip)
+    for key, value in LowRank(2, 9).config().items():
+        request.content[keys.CONFIG][key] = value
+    return request
+
+
+@pytest.mark.parametrize("up", ["none", "int8"])
+def test_a_low_rank_round_sends_the_tables_factor_and_the_guard_checks_it(up: str) -> None:
+    """ΔE = 2 everywhere goes up as A = ΔE·Bᵀ (5 × 2, not 5 × 4), the rest of Δ as it is,
+    in the upload's form; the guard lets exactly that layout through."""
+    request = _low_rank_request(up)
+    exchange = CompressedExchange(lambda _: SHAPES, lambda _: [0, 0])
+    reply = _app(SharedOnlyGuard(lambda _: SHAPES), exchange)(request, node_context(0, 1))
+    assert not reply.has_error(), reply.error
+    payload = {k: a.numpy() for k, a in reply.content[keys.ARRAYS].items()}
+    factored = factored_shapes(SHAPES, 2)
+    assert {k: (v.shape, v.dtype) for k, v in payload.items()} == payload_layout(factored, up)
+    sent = decompress(payload, up, factored)
+    b = LowRank(2, 9).basis(4)
+    np.testing.assert_allclose(sent[FACTOR], np.full((5, 4), 2.0) @ b.T, atol=0.02)
+    np.testing.assert_allclose(sent["head.bias"], [2.0], atol=0.02)
+
+
+def test_a_dense_table_in_a_low_rank_round_is_blocked() -> None:
+    """float32 weights of the full table where the round asked for the factor: the guard
+    blocks the reply (no exchange on the path to encode it)."""
+    guarded = _app(SharedOnlyGuard(lambda _: SHAPES))(_low_rank_request(), node_context(0, 1))
+    assert guarded.has_error() and guarded.error.code == PRIVACY_GUARD_ERROR
+    assert "item_embedding.weight" in (guarded.error.reason or "")
+
+
+def test_a_round_whose_low_rank_form_does_not_parse_is_refused() -> None:
+    request = _low_rank_request()
+    request.content[keys.CONFIG][keys.COLR_RANK] = 0
+    reply = CompressedExchange(lambda _: SHAPES)(request, node_context(0, 1), _trained)
+    assert reply.has_error() and reply.error.code == keys.PAYLOAD_ERROR
+    assert "colr-rank is 0" in (reply.error.reason or "")
+
+
+def test_under_dp_a_low_rank_update_is_within_the_clip() -> None:
+    """Clipped in full (the inner mod), factored (never longer), rounded within the bound."""
+    request = _low_rank_request("int8", clip=0.5)
+    reply = _app(CompressedExchange(lambda _: SHAPES), UserLevelClipping())(
+        request, node_context(0, 1)
+    )
+    payload = {k: a.numpy() for k, a in reply.content[keys.ARRAYS].items()}
+    sent = decompress(payload, "int8", factored_shapes(SHAPES, 2))
+    norm = np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in sent.values()))
+    assert norm <= 0.5 * (1 + 1e-6)

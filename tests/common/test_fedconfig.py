@@ -238,3 +238,25 @@ def test_user_level_dp_without_secure_aggregation_is_warned_about() -> None:
     assert "interaction inference" in warning and "secagg+" in warning
     secure = FederationConfig.from_mapping({**dp, "secure-aggregation": "secagg+"})
     assert secure.warnings() == [] and FederationConfig().warnings() == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"colr_rank": -1}, r"colr-rank must be in \[0, dim = 64\)"),
+        ({"colr_rank": 64}, r"colr-rank must be in \[0, dim = 64\)"),
+        (
+            {"colr_rank": 4, "local_dp_noise_multiplier": 1.0, "client_weighting": "uniform"},
+            "DP-SGD's per-example",
+        ),
+        ({"colr_rank": 4, "poison_fraction": 0.1, "target_items": "tail:5"}, "low-rank exchange"),
+    ],
+)
+def test_low_rank_settings_are_checked(changes: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FederationConfig(dim=64, **changes)
+
+
+def test_a_low_rank_run_exchanges_updates() -> None:
+    assert FederationConfig(colr_rank=4).exchanges_updates
+    assert not FederationConfig().exchanges_updates

@@ -364,3 +364,29 @@ def test_a_reply_of_another_shape_is_a_dropout_counted_as_malformed() -> None:
     record = _record(strategy)
     assert record["rejected_malformed"] == 1 and record["rejected_non_finite"] == 0
     assert record["replies"] == 1
+
+
+def test_a_low_rank_round_draws_the_tables_noise_in_its_basis() -> None:
+    """Every decoded table update lies in the round's basis B (r = 2 of d = 4): DP-FedAvg
+    releases the projection of mean + N(0, σ²I), i.e. the mean and N(0, σ²)·B (the same ε,
+    by post-processing), so the table carries r/d = 1/2 of the dense noise energy, all of
+    it in B's span; the bias keeps its full noise."""
+    from fedrec.common.colr import FACTOR, LowRank
+    from fedrec.server.exchange import Exchange
+
+    rows, sigma = 50_000, 2.0 / 10
+    dp = _dp(noise_multiplier=2.0)
+    shapes = {"item_embedding.weight": (rows, 4), "head.bias": (1,)}
+    exchange = Exchange("none", "none", shapes, rank=2, seed=1)
+    strategy = make_strategy(
+        DP_CONFIG, randomness=ServerRandomness.seeded(5), num_rounds=10, user_dp=dp,
+        exchange=exchange,
+    )  # fmt: skip
+    a = np.full((rows, 2), 0.001)
+    replies = [_reply({FACTOR: a, "head.bias": np.zeros(1)}, n) for n in (1, 2, 3)]
+    out = _round(strategy, _global(size=rows), replies)
+    b = LowRank.for_round(2, 1, 1).basis(4)
+    noise = out["item_embedding.weight"] - 3 * (a @ b) / 10
+    np.testing.assert_allclose(noise - noise @ b.T @ b, 0.0, atol=1e-6)  # all in the span
+    assert (noise**2).sum() / rows == pytest.approx(2 * sigma**2, rel=0.02)  # r·σ², not d·σ²
+    assert abs(float(out["head.bias"][0])) < 5 * sigma

@@ -8,6 +8,7 @@ from builders import StaticGrid, model_arrays, server_message, train_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedrec.common import keys
+from fedrec.common.colr import FACTOR, LowRank
 from fedrec.common.compression import compress, payload_layout
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.records import message_bytes
@@ -122,3 +123,35 @@ def test_a_secure_sum_moves_onto_the_exact_model() -> None:
     assert exchange.decode(reply, GLOBAL) is None
     for k in SHAPES:
         np.testing.assert_allclose(reply.content[keys.ARRAYS][k].numpy(), GLOBAL[k] + 0.125)
+
+
+def test_a_low_rank_round_names_its_basis_and_expands_each_factor() -> None:
+    """start_round puts the round's form (rank, fresh seed) in every train message; a
+    reply's factor A comes back as ΔE = A·B on that basis, added to the exact model."""
+    exchange = Exchange("none", "none", SHAPES, rank=2, seed=5)
+    messages = [server_message("train", model_arrays(), node_id=n, server_round=3) for n in (1, 2)]
+    exchange.start_round(messages, 3)
+    form = LowRank.for_round(2, 5, 3)
+    for message in messages:
+        assert LowRank.of(message.content.config_records[keys.CONFIG]) == form
+    a = np.random.default_rng(0).normal(size=(3, 2)).astype(np.float32)
+    payload = ArrayRecord({FACTOR: Array(a), "head.bias": Array(np.array([0.25], np.float32))})
+    reply = train_reply(payload, 10, 0.1, 1)
+    assert exchange.decode(reply, GLOBAL) is None
+    table = reply.content[keys.ARRAYS]["item_embedding.weight"].numpy()
+    np.testing.assert_allclose(
+        table, GLOBAL["item_embedding.weight"] + a @ form.basis(4), rtol=1e-6, atol=1e-6
+    )
+    dense = train_reply(model_arrays(2.0), 10, 0.1, 1)  # the full table where A was asked
+    refusal = exchange.decode(dense, GLOBAL)
+    assert refusal is not None and refusal.reason == "payload"
+
+
+def test_the_next_round_draws_another_basis() -> None:
+    exchange = Exchange("none", "none", SHAPES, rank=2, seed=5)
+    seeds = []
+    for server_round in (1, 2):
+        message = server_message("train", model_arrays(), node_id=1, server_round=server_round)
+        exchange.start_round([message], server_round)
+        seeds.append(message.content.config_records[keys.CONFIG][keys.COLR_SEED])
+    assert seeds[0] != seeds[1]
