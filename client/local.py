@@ -302,7 +302,14 @@ def _logits(model: SeedModel, items: torch.Tensor) -> torch.Tensor:
 def _proximal_term(model: SeedModel, anchor: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor:
     """FedProx (Li et al., 2020): μ/2 · ‖w − w_t‖² over the shared parameters."""
     params = dict(model.named_parameters())
-    shared = [(params[n], anchor[n]) for n in shared_parameter_names(model)]
+    table = model.item_embedding
+    shared = [
+        # a low-rank round: the table's own ‖ΔE‖² (= (d/r)·‖F‖² with the training basis)
+        (table.weight - table.start, torch.zeros(()))
+        if isinstance(table, FactoredTable) and n == "item_embedding.factor"
+        else (params[n], anchor[n])
+        for n in shared_parameter_names(model)
+    ]
     return 0.5 * mu * sum((((p - a) ** 2).sum() for p, a in shared), torch.zeros(()))
 
 

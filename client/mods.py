@@ -154,6 +154,8 @@ def _update_layout(
         low_rank = LowRank.of(config)
         if (down, up) == ("none", "none") and low_rank is None:
             return None
+        if low_rank is not None:
+            low_rank.check(shared_shapes)
         return payload_layout(low_rank.shapes(shared_shapes) if low_rank else shared_shapes, up)
     except ValueError:
         return {}
@@ -238,6 +240,9 @@ class UserLevelClipping:
         return reply
 
 
+ROUNDING_STREAM = 4  # the upload's rounding, apart from training's [seed, node, round]
+
+
 class CompressedExchange:
     """A mod: the device's end of the compressed exchange (:mod:`fedrec.common.compression`).
 
@@ -276,6 +281,8 @@ class CompressedExchange:
         try:
             down, up = exchange_modes(config)
             low_rank = LowRank.of(config)
+            if low_rank is not None:
+                low_rank.check(self.shared_shapes(context))
         except ValueError as err:
             reason = f"this round's exchange settings do not parse: {err}"
             return Message(error=Error(code=PAYLOAD_ERROR, reason=reason), reply_to=msg)
@@ -297,7 +304,9 @@ class CompressedExchange:
             return reply  # not the model's arrays: left as it is, for the guard to block
         server_round = int(scalar(config, keys.SERVER_ROUND, 0.0))
         seed = self.rounding_seed(context) if self.rounding_seed is not None else None
-        rng = np.random.default_rng(None if seed is None else [*seed, server_round])
+        rng = np.random.default_rng(
+            None if seed is None else [*seed, server_round, ROUNDING_STREAM]
+        )
         try:
             delta, _ = clip_delta(start, local, None)
             if low_rank is not None:  # ΔE → A = ΔE·Bᵀ (exact: the table trained as A·B)

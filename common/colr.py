@@ -42,7 +42,9 @@ __all__ = [
 
 TABLE = "item_embedding.weight"  # the item-id table, the only array factored
 FACTOR = "item_embedding.factor"  # its rank-r factor A on the wire (items × r)
-_STREAM = 3  # a round's basis seed, apart from the other streams of the run seed
+# a round's basis seed: [run seed, _STREAM, round], apart from every device stream of the run
+# seed ([seed, node, round, ...] with node < 2^40)
+_STREAM = 2**40 + 3
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class LowRank:
     @classmethod
     def for_round(cls, rank: int, run_seed: int, server_round: int) -> LowRank:
         """A fresh basis each round, drawn from the run seed and the round (reproducible)."""
-        seed = int(np.random.default_rng([run_seed, server_round, _STREAM]).integers(2**62))
+        seed = int(np.random.default_rng([run_seed, _STREAM, server_round]).integers(2**62))
         return cls(rank, seed)
 
     @classmethod
@@ -66,9 +68,19 @@ class LowRank:
         rank, seed = config.get(keys.COLR_RANK), config.get(keys.COLR_SEED)
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
             raise ValueError(f"{keys.COLR_RANK} is {rank!r}: a low-rank round needs a rank >= 1")
-        if not isinstance(seed, int) or isinstance(seed, bool):
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"{keys.COLR_SEED} is {seed!r}: a low-rank round needs its seed")
         return cls(rank, seed)
+
+    def check(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Refuse a form the model cannot take: no item table, or r not below its width."""
+        if TABLE not in shapes:
+            raise ValueError(f"a low-rank round needs the item table {TABLE!r} in the model")
+        width = shapes[TABLE][1]
+        if not 1 <= self.rank < width:
+            raise ValueError(
+                f"{keys.COLR_RANK} {self.rank} must be in [1, {width}), the table's width"
+            )
 
     def config(self) -> dict[str, int]:
         """What a train message says about its round's form."""

@@ -28,6 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrec.common import keys
 from fedrec.common.bundle import build_bundle, save_bundle
+from fedrec.common.colr import factored_shapes
 from fedrec.common.data.catalog import Catalog, load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state, shared_shapes
@@ -244,7 +245,10 @@ def _check_secure_sizing(
     sizing = config.secagg_settings().for_round(cohort)  # raises for a compact round too large
     if not config.user_level_dp:
         return
-    length = sum(a.numpy().size for a in initial.values()) + len(secure.metric_bounds)
+    shapes = {k: tuple(a.shape) for k, a in initial.items()}
+    if config.colr_rank:  # what the devices mask: the table's factor
+        shapes = factored_shapes(shapes, config.colr_rank)
+    length = sum(math.prod(s) for s in shapes.values()) + len(secure.metric_bounds)
     margin = sizing.rounding_norm(length)
     if config.dp_clip_norm <= margin:
         raise ValueError(

@@ -278,18 +278,19 @@ def features_embed_cmd(
     from fedrec.common.data.catalog import Catalog, load_catalog
     from fedrec.common.data.sources import load_interactions
 
-    if (data is None) == (catalog is None) and config is None:
-        console.print("[red]error:[/] give --data PATH|synthetic or --catalog FILE")
+    if catalog is not None and (data is not None or config is not None):
+        console.print("[red]error:[/] give --catalog FILE, or --data/--config, not both")
         raise typer.Exit(code=2)
     if catalog is not None:
         items = or_exit(lambda: load_catalog(catalog))
     else:
+        if data is None and config is None:
+            console.print("[red]error:[/] give --data PATH|synthetic or --catalog FILE")
+            raise typer.Exit(code=2)
         fed = federation_config(config, set_, {"data": data})
-        items = Catalog.of(
-            or_exit(
-                lambda: load_interactions(
-                    fed.data, threshold=fed.threshold, synthetic=fed.synthetic()
-                )
+        items = or_exit(
+            lambda: Catalog.of(
+                load_interactions(fed.data, threshold=fed.threshold, synthetic=fed.synthetic())
             )
         )
     features = or_exit(lambda: _embed_catalog(items, cache, batch_size))

@@ -25,9 +25,13 @@ import importlib.util
 import io
 import json
 import os
+import shutil
+import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +77,7 @@ PINNED_FILES = {  # every file sentence-transformers reads from the folder
     ),
     "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
 }
+_UNREAD_FILES = {"README.md", ".gitattributes", "data_config.json"}  # read by no library
 TEMPLATE = "{title}. Genres: {genres}."  # the text an item is embedded from
 TEXT_FORMAT = 1
 _KIND = "fedrec-text-features"
@@ -97,7 +102,16 @@ def encoder_folder() -> Path:
 def verify_encoder(folder: Path) -> str:
     """Check every file the encoder reads against its pinned SHA-256; the weights' hash.
 
-    Raises :class:`EncoderError` naming the first missing or differing file."""
+    Any other file in the folder is refused too (the libraries would read some of them: an
+    adapter, added tokens, a chat template), except the model card and the training-data
+    list, which nothing loads. Raises :class:`EncoderError` naming the first such file."""
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    extra = sorted(present - set(PINNED_FILES) - _UNREAD_FILES)
+    if extra:
+        raise EncoderError(
+            f"encoder folder {folder} holds files that are not pinned: {extra[:5]}; refusing"
+            f" to load {ENCODER_NAME} with them (reinstall 'fedrec[text]')"
+        )
     for name, expected in PINNED_FILES.items():
         path = folder / name
         if not path.is_file():
@@ -140,8 +154,19 @@ def catalog_texts(catalog: Catalog) -> list[str]:
 
 
 def with_text_block(catalog: Catalog, features: TextFeatures) -> Catalog:
-    """``catalog`` with the ``text`` block appended (a new catalog, a new hash)."""
-    return catalog.with_item_block("text", features.aligned(catalog.item_ids), features.provenance)
+    """``catalog`` with the ``text`` block appended (a new catalog, a new hash); refused when
+    an item's vector was embedded from another text than this catalog's (another data set
+    with the same ids, other titles or genres)."""
+    vectors = features.aligned(catalog.item_ids)
+    hashes = features.text_hashes(catalog.item_ids)
+    for item, text, digest in zip(catalog.item_ids, catalog_texts(catalog), hashes, strict=True):
+        if digest != _text_hash(text):
+            raise ValueError(
+                f"the text features of item {item!r} were embedded from another text than"
+                f" this catalog's ({text!r}): embed this catalog's items (fedrec features embed)"
+            )
+    provenance = {k: v for k, v in features.provenance.items() if k != "text_sha256"}
+    return catalog.with_item_block("text", vectors, provenance)
 
 
 def default_cache() -> Path:
@@ -160,8 +185,9 @@ def embed_texts(
     """(len(texts), 384) float32 unit vectors; texts already in the cache are not encoded."""
     folder = folder or encoder_folder()
     weights = verify_encoder(folder)
-    keys = [_text_key(weights, text) for text in texts]
-    cache = _Cache(cache_dir, weights) if cache_dir is not None else None
+    version = _libraries()
+    keys = [_text_key(f"{weights}/{version}", text) for text in texts]
+    cache = _Cache(cache_dir, weights, version) if cache_dir is not None else None
     known = cache.load() if cache is not None else {}
     missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in known}.items())
     if missing:
@@ -175,19 +201,28 @@ def embed_texts(
 
 
 def _encode(folder: Path, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
-    os.environ.update(_OFFLINE)  # belt and braces: a local folder needs no hub at all
+    """Encode with the pinned files only: they are copied to a private folder, hashed there
+    and loaded from there, so nothing can change between the check and the load. What
+    keeps the hub away is ``local_files_only`` (a local folder needs no hub); the offline
+    variables are belt and braces (they count only if the hub is not imported yet)."""
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:  # pragma: no cover - the extra is installed in CI
         raise EncoderError("sentence-transformers is missing: pip install 'fedrec[text]'") from err
-    model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
-    out = model.encode(
-        texts,
-        batch_size=batch_size,
-        show_progress_bar=progress,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-    )
+    with tempfile.TemporaryDirectory(prefix="fedrec-encoder-") as scratch, _offline():
+        private = Path(scratch)
+        for name in PINNED_FILES:
+            (private / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / name, private / name)
+        verify_encoder(private)
+        model = SentenceTransformer(str(private), device="cpu", local_files_only=True)
+        out = model.encode(
+            texts,
+            batch_size=batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
     vectors = np.asarray(out, dtype=np.float32)
     if vectors.shape != (len(texts), TEXT_DIM):
         raise EncoderError(f"the encoder returned {vectors.shape}, not ({len(texts)}, {TEXT_DIM})")
@@ -222,7 +257,10 @@ class TextFeatures:
             "dim": TEXT_DIM,
             "template": TEMPLATE,
             "normalized": True,
+            "libraries": _libraries(),
             "texts_sha256": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+            # each item's text, hashed: a catalog takes the block only for the same texts
+            "text_sha256": [_text_hash(t) for t in texts],
         }
         return cls(tuple(item_ids), vectors, provenance)
 
@@ -236,6 +274,12 @@ class TextFeatures:
                 f" ({len(missing)} of {len(item_ids)}): embed this catalog's items again"
             )
         return self.vectors[[index[item] for item in item_ids]]
+
+    def text_hashes(self, item_ids: Sequence[str]) -> list[str]:
+        """The SHA-256 of each of ``item_ids``' embedded text ("" where not recorded)."""
+        hashes = self.provenance.get("text_sha256") or [""] * len(self.item_ids)
+        index = dict(zip(self.item_ids, hashes, strict=True))
+        return [str(index.get(item, "")) for item in item_ids]
 
     def save(self, path: str | Path) -> Path:
         meta = {"kind": _KIND, "format": TEXT_FORMAT, "item_ids": list(self.item_ids),
@@ -269,14 +313,19 @@ def load_text_features(path: str | Path) -> TextFeatures:
     ids = tuple(str(i) for i in meta["item_ids"])
     if vectors.shape != (len(ids), TEXT_DIM):
         raise ValueError(f"text features {path}: {vectors.shape} vectors for {len(ids)} items")
+    if not _unit_rows(vectors):
+        raise ValueError(f"text features {path}: vectors that are not finite unit vectors")
+    if len(provenance.get("text_sha256") or ()) != len(ids):
+        raise ValueError(f"text features {path}: the texts' hashes are missing")
     return TextFeatures(ids, vectors, provenance)
 
 
 class _Cache:
-    """Vectors by text key, one file per weights hash."""
+    """Vectors by text key, one file per (weights hash, library versions)."""
 
-    def __init__(self, folder: Path, weights: str) -> None:
-        self.path = folder / f"text-{weights[:16]}.npz"
+    def __init__(self, folder: Path, weights: str, version: str) -> None:
+        tag = hashlib.sha256(version.encode()).hexdigest()[:8]
+        self.path = folder / f"text-{weights[:16]}-{tag}.npz"
 
     def load(self) -> dict[str, np.ndarray]:
         if not self.path.exists():
@@ -286,8 +335,8 @@ class _Cache:
                 keys, vectors = npz["keys"], npz["vectors"]
         except (OSError, KeyError, ValueError, zipfile.BadZipFile):
             return {}  # a damaged cache is rebuilt, never trusted
-        if vectors.shape != (len(keys), TEXT_DIM):
-            return {}
+        if vectors.shape != (len(keys), TEXT_DIM) or not _unit_rows(vectors):
+            return {}  # not what the encoder writes: rebuilt
         return {str(k): v for k, v in zip(keys, vectors, strict=True)}
 
     def save(self, known: dict[str, np.ndarray]) -> None:
@@ -298,8 +347,44 @@ class _Cache:
         write_atomic(self.path, buffer.getvalue())
 
 
+@contextmanager
+def _offline() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in _OFFLINE}
+    os.environ.update(_OFFLINE)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _libraries() -> str:
+    """The versions that compute the vectors (read without importing the libraries)."""
+    names = ("sentence-transformers", "transformers", "tokenizers", "torch")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name}==missing")
+    return ",".join(found)
+
+
 def _text_key(weights: str, text: str) -> str:
     return hashlib.sha256(f"{weights}\0{text}".encode()).hexdigest()
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _unit_rows(vectors: np.ndarray) -> bool:
+    return bool(
+        np.all(np.isfinite(vectors)) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
+    )
 
 
 def _sha256(path: Path) -> str:

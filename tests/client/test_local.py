@@ -399,3 +399,31 @@ def test_a_low_rank_round_takes_the_sgd_step_on_the_factor(
     assert np.abs(delta).max() > 1e-4  # it moved
     moved = (model.item_tower.weight - start.item_tower.weight).detach()  # trains as always
     assert float(moved.abs().max()) > 0
+
+
+def test_fedprox_in_a_low_rank_round_penalizes_the_tables_own_update(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    """μ/2·‖ΔE‖² on the table itself (not on the factor, (r/d)·‖ΔE‖²): with the same μ the
+    low-rank table moves less than without the term."""
+    from fedrec.client import local as impl
+    from fedrec.common.colr import LowRank
+
+    b = LowRank(3, 7).training_basis(DIM)
+    start = _model(catalog, shard)
+    table = impl.FactoredTable(start.item_embedding.weight, b)
+    with torch.no_grad():
+        table.factor.normal_()
+    compact = copy.deepcopy(start)
+    compact.item_embedding = table  # type: ignore[assignment]
+    anchor = {n: p.detach().clone() for n, p in compact.named_parameters()}
+    term = impl._proximal_term(compact, anchor, mu=2.0)
+    moved = float(((table.weight - table.start) ** 2).sum())
+    assert float(term) == pytest.approx(moved, rel=1e-5)  # μ/2 · ‖ΔE‖², nothing else moved
+    moves = []
+    for mu in (0.0, 0.5):
+        config = LocalTrainConfig(epochs=2, negatives=2, proximal_mu=mu)
+        model = _model(catalog, shard)
+        local_train(model, shard, config, np.random.default_rng(4), item_basis=b)
+        moves.append(float((model.item_embedding.weight - start.item_embedding.weight).norm()))
+    assert moves[1] < moves[0]

@@ -395,3 +395,26 @@ def test_under_dp_a_low_rank_update_is_within_the_clip() -> None:
     sent = decompress(payload, "int8", factored_shapes(SHAPES, 2))
     norm = np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in sent.values()))
     assert norm <= 0.5 * (1 + 1e-6)
+
+
+def test_the_uploads_rounding_is_not_the_training_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training draws from [seed, node, round]: the rounding must not reuse those bits
+    (they shaped Δ, so rounding with them would not be unbiased)."""
+    import fedrec.client.mods as mods
+
+    keys_used: list[object] = []
+    real = np.random.default_rng
+    monkeypatch.setattr(
+        mods.np.random, "default_rng", lambda key=None: keys_used.append(key) or real(key)
+    )
+    exchange = CompressedExchange(lambda _: SHAPES, lambda _: [7, 0])
+    exchange(_compressed_request("int8", "int8"), node_context(0, 1), _trained)
+    assert keys_used and all(k != [7, 0, 1] for k in keys_used), keys_used
+
+
+def test_a_low_rank_form_the_table_cannot_take_is_a_refusal() -> None:
+    request = _low_rank_request()
+    request.content[keys.CONFIG][keys.COLR_RANK] = 4  # the table is 4 wide
+    reply = CompressedExchange(lambda _: SHAPES)(request, node_context(0, 1), _trained)
+    assert reply.has_error() and reply.error.code == keys.PAYLOAD_ERROR
+    assert "colr-rank 4 must be in [1, 4)" in (reply.error.reason or "")

@@ -161,3 +161,34 @@ def test_item_texts_follow_the_template() -> None:
     ]
     with pytest.raises(ValueError, match="2 titles for 1 genre lists"):
         item_texts(["a", "b"], [[]])
+
+
+def test_a_file_beside_the_pinned_ones_is_refused(tmp_path: Path) -> None:
+    """The libraries would load an adapter, added tokens or a chat template if present:
+    anything not pinned (but the model card) refuses the folder."""
+    folder = _copy_of_encoder(tmp_path)
+    (folder / "adapter_config.json").write_text("{}")
+    with pytest.raises(EncoderError, match=r"not pinned: \['adapter_config.json'\]"):
+        embed_texts([TOY], folder=folder)
+
+
+def test_text_features_of_another_catalogs_texts_are_refused(tmp_path: Path) -> None:
+    """Same item ids, other titles (another data set, a renamed item): refused, not joined."""
+    small = SyntheticConfig(num_users=30, num_items=25, interactions_per_user=10)
+    catalog = build_catalog("synthetic", synthetic=small)
+    texts = catalog_texts(catalog)
+    texts[3] = "Another film (2001). Genres: Drama."
+    features = TextFeatures.of(catalog.item_ids, texts, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match=f"item '{catalog.item_ids[3]}' were embedded from"):
+        with_text_block(catalog, features)
+
+
+def test_a_cache_that_is_not_unit_vectors_is_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = embed_texts([TOY], cache_dir=tmp_path)
+    (cache,) = tmp_path.iterdir()
+    with np.load(cache) as npz:
+        keys = npz["keys"]
+    np.savez(cache, keys=keys, vectors=np.full((1, TEXT_DIM), 5.0, np.float32))
+    np.testing.assert_allclose(embed_texts([TOY], cache_dir=tmp_path), first, atol=1e-6)
