@@ -418,7 +418,7 @@ def test_fedprox_in_a_low_rank_round_penalizes_the_tables_own_update(
     compact.item_embedding = table  # type: ignore[assignment]
     anchor = {n: p.detach().clone() for n, p in compact.named_parameters()}
     term = impl._proximal_term(compact, anchor, mu=2.0)
-    moved = float(((table.weight - table.start) ** 2).sum())
+    moved = float(((table.weight - table.start) ** 2).sum().detach())
     assert float(term) == pytest.approx(moved, rel=1e-5)  # μ/2 · ‖ΔE‖², nothing else moved
     moves = []
     for mu in (0.0, 0.5):

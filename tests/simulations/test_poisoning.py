@@ -166,4 +166,7 @@ def test_fedrec_simulate_runs_malicious_devices_in_the_engine(tmp_path: Path) ->
     assert metrics["nodes"] == 44 and len(config["target-items"].split(",")) == 3
     last = metrics["rounds"][-1]
     assert last["eval"]["users"] == 40 and all("rejected" not in r for r in metrics["rounds"])
-    assert last["eval"]["er@10"] > 0.3, last["eval"]  # clean runs: below 0.05
+    # clean runs: below 0.05. The engine gives nodes random IDs, so each run samples other
+    # cohorts (and other malicious ones each round): 0.29 was seen once, so the bar is 3x
+    # the clean ceiling rather than a figure one run happened to pass
+    assert last["eval"]["er@10"] > 0.15, last["eval"]
