@@ -53,6 +53,7 @@ from fedrec.common.records import (
     config_of,
     exchange_modes,
     numpy_arrays,
+    round_rng,
     scalar,
     text,
 )
@@ -302,11 +303,8 @@ class CompressedExchange:
         local = numpy_arrays(arrays_of(reply.content))
         if {k: np.shape(v) for k, v in local.items()} != {k: v.shape for k, v in start.items()}:
             return reply  # not the model's arrays: left as it is, for the guard to block
-        server_round = int(scalar(config, keys.SERVER_ROUND, 0.0))
         seed = self.rounding_seed(context) if self.rounding_seed is not None else None
-        rng = np.random.default_rng(
-            None if seed is None else [*seed, server_round, ROUNDING_STREAM]
-        )
+        rng = round_rng(config, seed, ROUNDING_STREAM)
         try:
             delta, _ = clip_delta(start, local, None)
             if low_rank is not None:  # ΔE → A = ΔE·Bᵀ (exact: the table trained as A·B)

@@ -8,7 +8,7 @@ key named when a message does not carry what its reader expects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -24,6 +24,7 @@ __all__ = [
     "message_bytes",
     "metrics_of",
     "numpy_arrays",
+    "round_rng",
     "scalar",
     "text",
 ]
@@ -77,6 +78,17 @@ def text(record: Mapping[str, object], key: str, default: str | None = None) -> 
     if not isinstance(value, str):
         raise ValueError(f"record key {key!r} holds {value!r}, not text")
     return value
+
+
+def round_rng(
+    config: Mapping[str, object], seed: Sequence[int] | None, stream: int
+) -> np.random.Generator:
+    """A device's random stream for the round a message's config names: seeded from
+    ``[*seed, round, stream]`` (a simulated node: a seeded run reproduces), or fresh OS
+    entropy where ``seed`` is None (a device)."""
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([*seed, int(scalar(config, keys.SERVER_ROUND, 0.0)), stream])
 
 
 def exchange_modes(config: Mapping[str, object]) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from fedrec.common import keys
 from fedrec.common.colr import LowRank
 from fedrec.common.keys import SECAGG_ERROR
 from fedrec.common.privacy import NonFiniteUpdate, clip_delta
-from fedrec.common.records import arrays_of, config_of, numpy_arrays, scalar
+from fedrec.common.records import arrays_of, config_of, numpy_arrays, round_rng, scalar
 from fedrec.common.secagg import wire
 from fedrec.common.secagg.primitives import SecAggConfig, SecAggError
 from fedrec.common.secagg.protocol import SecAggClient, StateValue
@@ -160,10 +160,7 @@ class SecAggPlusMod:
 
     def _rounding(self, msg: Message, context: Context) -> np.random.Generator:
         seed = self.rounding_seed(context) if self.rounding_seed is not None else None
-        if seed is None:
-            return np.random.default_rng()
-        server_round = int(scalar(config_of(msg.content), keys.SERVER_ROUND, 0.0))
-        return np.random.default_rng([*seed, server_round, QUANTIZATION_STREAM])
+        return round_rng(config_of(msg.content), seed, QUANTIZATION_STREAM)
 
     def _client(self, node_id: int, config: SecAggConfig, context: Context | None) -> SecAggClient:
         extra = {} if self._entropy is None else {"entropy": self._entropy}
