@@ -37,12 +37,13 @@ from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.client.store import ContextStateStore, StateStore
 from fedrec.common.crypto import read_key_file
 from fedrec.common.data.catalog import Catalog, load_catalog
+from fedrec.common.data.cold import split_with_cold_items
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.pack import MANIFEST as PACK_MANIFEST
 from fedrec.common.data.pack import ShardPack, open_pack
 from fedrec.common.data.shard import UserShard, user_shard
 from fedrec.common.data.sources import load_interactions
-from fedrec.common.data.split import Split, temporal_leave_one_out
+from fedrec.common.data.split import Split
 from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.fedconfig import FederationConfig
 
@@ -164,10 +165,10 @@ def partition_of(context: Context, num_users: int) -> int:
 
 @lru_cache(maxsize=2)
 def _load_split(
-    data: str, threshold: float, seed: int, synthetic: SyntheticConfig
+    data: str, threshold: float, seed: int, synthetic: SyntheticConfig, cold_items: float
 ) -> tuple[Interactions, Split]:
     interactions = load_interactions(data, threshold=threshold, synthetic=synthetic)
-    return interactions, temporal_leave_one_out(interactions, seed=seed)
+    return interactions, split_with_cold_items(interactions, seed=seed, fraction=cold_items)
 
 
 @lru_cache(maxsize=1)  # the run's: an older run's pack, its files deleted, is let go (unmapped)
@@ -200,7 +201,9 @@ class DataSetPartitions:
         return published_catalog(config, context)
 
     def split(self, config: FederationConfig) -> tuple[Interactions, Split]:
-        return _load_split(config.data, config.threshold, config.seed, config.synthetic())
+        return _load_split(
+            config.data, config.threshold, config.seed, config.synthetic(), config.cold_items
+        )
 
     def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
         require_partition(context)  # before loading a data set this node may not serve

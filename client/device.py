@@ -38,7 +38,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -61,6 +61,7 @@ from fedrec.common.crypto import Passphrase, load_or_create_key_file, read_key_f
 from fedrec.common.data.catalog import Catalog, dump_catalog, load_catalog, read_catalog
 from fedrec.common.data.shard import UserShard
 from fedrec.common.data.split import MIN_INTERACTIONS_TO_EVALUATE, NO_ITEM
+from fedrec.common.explain import explain as explain_items
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.files import shred
 from fedrec.common.privacy import PrivacyLedger
@@ -111,7 +112,12 @@ class Recommendation:
     item: str  # the catalog's item id
     title: str
     score: float  # σ(r): the model's probability that the user would interact
-    because: tuple[str, ...] = ()  # with explain=True: the user's own items that weigh most
+    # with explain=True (common/explain.py): the user's own items with the largest influence
+    # on this item's score, the item's genres with their share of it, and the user's items
+    # nearest to it in the catalog's text features
+    because: tuple[str, ...] = ()
+    genres: tuple[tuple[str, float], ...] = ()
+    similar_text: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -338,29 +344,39 @@ class Device:
         (it has only evaluated, or its row belongs to a model of another width) ranks from its
         features with a zero id row: the model's view of a new user.
 
-        ``explain``: for each item, the user's own items whose item vectors are closest to it
-        (cosine), i.e. the past items that make it look relevant.
+        ``explain``: for each item, computed here (:mod:`fedrec.common.explain`): the user's
+        own items whose training lifts its score most (their influence through the user row),
+        its genres with the share of that lift their past items carry, and the user's items
+        nearest to it in the catalog's text features.
         """
         bundle = self._bundle()
         shard = self.shard()
-        u = bundle.user_vector(self._user_row(bundle, shard), shard.user_features)
+        row = self._user_row(bundle, shard)
+        u = bundle.user_vector(row, shard.user_features)
         seen = np.concatenate([shard.train_items, [shard.val_item, shard.test_item]])
         items, scores = bundle.top_k(u, k, seen[seen >= 0] if exclude_seen else None)
         catalog = self.catalog
-        reasons: list[tuple[str, ...]] = [() for _ in items]
-        if explain and len(shard.train_items):
-            vectors = bundle.item_vectors()
-            norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12)
-            own = shard.train_items
-            similar = (vectors[items] / norms[items, None]) @ (vectors[own] / norms[own, None]).T
-            reasons = [
-                tuple(catalog.item_ids[own[j]] for j in np.argsort(-row, kind="stable")[:3])
-                for row in similar
-            ]
         titles = catalog.item_titles or ("",) * catalog.num_items
+        recommended = [
+            Recommendation(catalog.item_ids[i], titles[i], float(s))
+            for i, s in zip(items, scores, strict=True)
+        ]
+        if not explain:
+            return recommended
+        text = catalog.block("text")
+        reasons = explain_items(
+            bundle, u, items, shard.train_items, len(row),
+            genres=catalog.block("genres"), text=None if text is None else text[0],
+        )  # fmt: skip
+        ids = catalog.item_ids
         return [
-            Recommendation(catalog.item_ids[i], titles[i], float(s), because)
-            for i, s, because in zip(items, scores, reasons, strict=True)
+            replace(
+                rec,
+                because=tuple(ids[j] for j in why.past_items),
+                genres=tuple((name.removeprefix("genre="), share) for name, share in why.genres),
+                similar_text=tuple(ids[j] for j in why.text_neighbours),
+            )
+            for rec, why in zip(recommended, reasons, strict=True)
         ]
 
     def status(self) -> DeviceStatus:

@@ -17,6 +17,7 @@ from torch import nn
 
 from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog
+from fedrec.common.data.cold import ColdShard, cold_ranks
 from fedrec.common.data.shard import UserShard
 from fedrec.common.fedconfig import LOCAL_OPTIMIZERS
 from fedrec.common.metrics import exposure, held_out_ranks, known_positive_mask, summarize
@@ -339,6 +340,8 @@ def local_evaluate(
     """Rank this user's validation and test items (LOO-99 and full ranking) on the device.
 
     Returns hit/NDCG numbers only: ``val-hr@10``, ``hr@10`` (test), ``full_hr@10``, ...;
+    with a cold target (a run holding out cold items) also ``cold-hr@10``, ``cold-full_hr@10``
+    ...;
     with ``targets`` (item indices: the run's target items) also their exposure ``er@5``
     and ``er@10`` among the items this user has not interacted with, unless it has seen
     them all.
@@ -353,6 +356,7 @@ def local_evaluate(
         ("", shard.test_item, shard.val_item),
     ):
         known = known_positive_mask([shard.train_items], [other], shard.num_items)
+        known[:, shard.never_negative()] = True  # cold items are not in the warm ranking
         sampled, full = held_out_ranks(scores, np.array([target]), shard.candidates[None], known)
         out.update({prefix + key: v for key, v in summarize(sampled, k).items()})
         out.update({prefix + key: v for key, v in summarize(full, k, prefix="full_").items()})
@@ -362,4 +366,18 @@ def local_evaluate(
         exposed = exposure(scores[0], targets, seen, (5, 10))
         if exposed is not None:
             out.update({keys.ER5: exposed[5], keys.ER10: exposed[10]})
+    if shard.cold is not None and shard.cold.ranked:
+        out.update(_cold_metrics(model, shard.cold, k))
     return out
+
+
+def _cold_metrics(model: SeedModel, cold: ColdShard, k: int) -> dict[str, float]:
+    """The cold target ranked among the cold items, scored from their features alone."""
+    scores = model.score_from_features(ME, torch.from_numpy(cold.items)).numpy()  # (1, C)
+    sampled, full = cold_ranks(
+        scores, cold.items, np.array([cold.target]), cold.candidates[None], [cold.seen]
+    )
+    return {
+        **summarize(sampled, k, prefix=keys.COLD_PREFIX),
+        **summarize(full, k, prefix=keys.COLD_PREFIX + "full_"),
+    }

@@ -5,6 +5,7 @@ Pure pieces first, then the small stateful ones and the Flower glue both sides u
     data/       data sets, the public catalog, splits, examples, anonymization (fedrec.common.data)
     model       the seed model and its shared / private parameter groups
     bundle      the model's inference bundle: a device ranks the catalog with NumPy alone
+    explain     why an item is recommended: past items' influence, genres, text neighbours
     compression the wire forms of the shared group (fp16, int8) and their rounding
     metrics     HR@K, NDCG@K and the evaluation protocol (LOO-99 and full ranking)
     training    the centralized trainer's epoch and evaluation loops
@@ -26,6 +27,7 @@ __all__ = [
     "compression",
     "crypto",
     "data",
+    "explain",
     "fedconfig",
     "files",
     "grids",

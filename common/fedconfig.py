@@ -50,6 +50,8 @@ class FederationConfig:
     seed: int = 0  # split, evaluation candidates, client sampling, model init
     synthetic_users: int = 500  # size of the synthetic default (ignored for real data)
     synthetic_items: int = 1000
+    cold_items: float = 0.0  # hold this fraction of the items out of training entirely and
+    # rank each user's latest one among them (common/data/cold.py; simulations)
     # model
     dim: int = 64  # id-embedding and tower width
     # rounds and sampling
@@ -198,12 +200,17 @@ class FederationConfig:
         for name in ("server_lr", "local_lr", "server_tau", "private_lr", "round_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{_kebab(name)} must be > 0, got {getattr(self, name)}")
-        for name in ("server_beta1", "server_beta2"):
+        for name in ("server_beta1", "server_beta2", "cold_items"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{_kebab(name)} must be in [0, 1), got {getattr(self, name)}")
         for name in ("dp_delta", "local_dp_delta"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{_kebab(name)} must be in (0, 1), got {getattr(self, name)}")
+        if self.cold_items and self.shard_dir:
+            raise ValueError(
+                "cold-items is a simulation's protocol over a data set it splits itself; a"
+                " device's sealed shard (shard-dir) carries no cold items: leave one of them out"
+            )
         if (self.shard_dir or self.state_dir) and not self.key_file:
             raise ValueError("shard-dir and state-dir are encrypted: give key-file too")
         if self.user_level_dp:
@@ -424,6 +431,8 @@ class FederationConfig:
             "threshold": self.threshold,
             "seed": self.seed,
         }
+        if self.cold_items:
+            settings["cold-items"] = self.cold_items
         if self.data == SYNTHETIC:
             settings |= {
                 "synthetic-users": self.synthetic_users,

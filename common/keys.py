@@ -10,6 +10,7 @@ __all__ = [
     "BUDGET_EXHAUSTED",
     "CATALOG_HASH",
     "CLIPPING_NORM",
+    "COLD_PREFIX",
     "COLR_RANK",
     "COLR_SEED",
     "CONFIG",
@@ -61,6 +62,7 @@ FULL_NDCG = "full_ndcg@10"
 ER5 = "er@5"  # exposure of the run's target items (target-items), common/metrics.exposure
 ER10 = "er@10"
 VAL_PREFIX = "val-"  # val-hr@10 etc.: the validation item, used to pick the best round
+COLD_PREFIX = "cold-"  # cold-hr@10 etc.: the cold target among cold items (common/data/cold.py)
 
 # Config keys sent by the server each round
 SERVER_ROUND = "server-round"
@@ -99,5 +101,13 @@ TRAIN_METRICS = frozenset(
 RATES = (HR, NDCG, FULL_HR, FULL_NDCG)
 EXPOSURE = (ER5, ER10)  # only when the run names target items
 EVALUATE_METRICS = frozenset(
-    (USERS, NUM_EXAMPLES, UNIT_WEIGHT, *RATES, *(VAL_PREFIX + r for r in RATES), *EXPOSURE)
+    (
+        USERS,
+        NUM_EXAMPLES,
+        UNIT_WEIGHT,
+        *RATES,
+        *(VAL_PREFIX + r for r in RATES),
+        *(COLD_PREFIX + r for r in RATES),  # only when the run holds out cold items
+        *EXPOSURE,
+    )
 )

@@ -107,6 +107,19 @@ class SeedModel(nn.Module):
             g = torch.cat([self.item_embedding(items), self.item_features[items]], dim=-1)
         return torch.relu(self.item_tower(g))
 
+    def feature_item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """(B,) items -> (B, dim) v from the items' features alone, with a zero id row: how
+        the model sees an item it never trained on (a cold or a new item)."""
+        features = self.item_features[items]
+        ids = features.new_zeros(len(items), self.config.id_dim)
+        return torch.relu(self.item_tower(torch.cat([ids, features], dim=-1)))
+
+    def score_from_features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B,) users, (C,) items -> (B, C) logits of ``items`` scored from their features
+        alone (:meth:`feature_item_vectors`)."""
+        u = self.user_vectors(users) * self.head.weight
+        return u @ self.feature_item_vectors(items).T + self.head.bias
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """(B,) users, (B,) items -> (B,) logits (apply σ for the score r)."""
         uv = self.user_vectors(users) * self.item_vectors(items)  # (B, dim)

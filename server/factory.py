@@ -147,6 +147,8 @@ def resume_identity(config: FederationConfig) -> dict[str, Any]:
     the interactions (the catalog hash covers the items)."""
     identity: dict[str, Any] = {"dim": config.dim, "seed": config.seed}
     identity["threshold"] = config.threshold
+    if config.cold_items:  # which items trained
+        identity["cold-items"] = config.cold_items
     if config.data == "synthetic":
         identity["synthetic-users"] = config.synthetic_users
         identity["synthetic-items"] = config.synthetic_items

@@ -23,6 +23,8 @@ def summarize_rounds(records: list[dict[str, Any]]) -> dict[str, Any]:
         best = max(evaluated, key=lambda r: (r["eval"][SELECTION], r["round"]))
         best_round = best["round"]
         final = {k: best["eval"][k] for k in (keys.HR, keys.NDCG, keys.FULL_HR, keys.FULL_NDCG)}
+        cold = [keys.COLD_PREFIX + r for r in keys.RATES]  # where the run holds out cold items
+        final |= {k: best["eval"][k] for k in cold if k in best["eval"]}
         final["users"] = best["eval"].get(keys.USERS, 0.0)
     down = [r["bytes_down_per_client"] for r in records if r.get("clients_sampled")]
     up = [r["bytes_up_per_client"] for r in records if r.get("clients_replied")]

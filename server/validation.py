@@ -179,7 +179,7 @@ class ReplyValidator:
         for key, value in rates.items():
             if not 0.0 <= value <= 1.0:
                 return Refusal("metrics", f"{key} = {value:g} outside [0, 1]")
-        for prefix in ("", keys.VAL_PREFIX):
+        for prefix in ("", keys.VAL_PREFIX, keys.COLD_PREFIX):
             for hit, gain in ((keys.HR, keys.NDCG), (keys.FULL_HR, keys.FULL_NDCG)):
                 h, g = rates.get(prefix + hit), rates.get(prefix + gain)
                 if h is not None and g is not None and g > h + 1e-9:

@@ -6,8 +6,19 @@ engine      fixes for the simulation engine's in-memory link (applied by the run
 inprocess   a seeded, paired federation in one process (research comparisons)
 poisoning   malicious devices promoting target items (``poison-fraction``)
 central     the centralized references (``fedrec train-central``)
+faithfulness  do the device's explanations name what lifts a score? (benchmarks/explain.py)
 prepare     ``fedrec data prepare``: a de-identified copy of a data set
 plots       quality and loss figures of a run
 """
 
-__all__ = ["central", "cli", "engine", "inprocess", "plots", "poisoning", "prepare", "runner"]
+__all__ = [
+    "central",
+    "cli",
+    "engine",
+    "faithfulness",
+    "inprocess",
+    "plots",
+    "poisoning",
+    "prepare",
+    "runner",
+]

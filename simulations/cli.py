@@ -70,6 +70,14 @@ def train_central_cmd(
     threshold: float = 0.0,
     seed: int = 0,
     patience: int = 10,
+    catalog: Annotated[
+        str,
+        typer.Option(help="item features from this catalog (fedrec catalog build), not --data's"),
+    ] = "",
+    cold_items: Annotated[
+        float,
+        typer.Option(help="hold this fraction of the items out of training and rank them"),
+    ] = 0.0,
     threads: Annotated[
         int, typer.Option(help="torch threads (more than the idle cores slows it down)")
     ] = 1,
@@ -91,6 +99,8 @@ def train_central_cmd(
             threshold=threshold,
             seed=seed,
             patience=patience,
+            catalog=catalog,
+            cold_items=cold_items,
             threads=threads,
         )
     )
@@ -111,6 +121,12 @@ def train_central_cmd(
         f"HR@10 {final['hr@10']:.4f}  NDCG@10 {final['ndcg@10']:.4f}  "
         f"full HR@10 {final['full_hr@10']:.4f}  full NDCG@10 {final['full_ndcg@10']:.4f}"
     )
+    if "cold-hr@10" in final:
+        console.print(
+            f"[bold]cold items[/] ({metrics['data']['cold_users']} users): "
+            f"HR@10 {final['cold-hr@10']:.4f}  NDCG@10 {final['cold-ndcg@10']:.4f}  "
+            f"full HR@10 {final['cold-full_hr@10']:.4f}"
+        )
     console.print(f"results written to [bold]{out}[/] (config.json, metrics.json)")
 
 
@@ -209,6 +225,10 @@ def catalog_build_cmd(
         bool, typer.Option("--embed", help="Embed the items' text now and append the block.")
     ] = False,
     cache: CacheOption = None,
+    no_genres: Annotated[
+        bool,
+        typer.Option("--no-genres", help="Leave the genres block out (an ID-only or text tower)."),
+    ] = False,
 ) -> None:
     """Write the public catalog of a data set: what a server and its devices share.
 
@@ -250,6 +270,8 @@ def catalog_build_cmd(
             )
         )
         catalog = or_exit(lambda: with_text_block(catalog, features))
+    if no_genres:  # after the text, which is embedded from the genres' names
+        catalog = or_exit(lambda: catalog.without_item_block("genres"))
     or_exit(lambda: save_catalog(catalog, out))
     for line in _catalog_lines(catalog):
         console.print(line, markup=False, highlight=False)

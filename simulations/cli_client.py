@@ -139,7 +139,8 @@ def recommend_cmd(
     passphrase_file: PassphraseFileOption = None,
     k: Annotated[int, typer.Option("-k", help="How many items.")] = 10,
     explain: Annotated[
-        bool, typer.Option(help="Say which of the user's items weigh most.")
+        bool,
+        typer.Option(help="Say why: the user's items and genres that lift each item most."),
     ] = False,
     include_seen: Annotated[bool, typer.Option(help="Rank items the user has seen too.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
@@ -156,12 +157,16 @@ def recommend_cmd(
         typer.echo(json.dumps(document))
         return
     for rank, rec in enumerate(items, start=1):
-        because = f"  (because: {', '.join(rec.because)})" if rec.because else ""
         console.print(
-            f"{rank:2d}. {rec.item}  {rec.title}  {rec.score:.3f}{because}",
-            highlight=False,
-            markup=False,
+            f"{rank:2d}. {rec.item}  {rec.title}  {rec.score:.3f}", highlight=False, markup=False
         )
+        reasons = [
+            f"because you liked: {', '.join(rec.because)}" if rec.because else "",
+            ", ".join(f"{g} {share:.0%}" for g, share in rec.genres),
+            f"described like: {', '.join(rec.similar_text)}" if rec.similar_text else "",
+        ]
+        for reason in filter(None, reasons):
+            console.print(f"      {reason}", highlight=False, markup=False)
     console.print(f"ranked in {1e3 * elapsed:.1f} ms", style="dim")
 
 

@@ -27,10 +27,11 @@ from typing import Any
 
 from fedrec.client.data import check_state_is_kept
 from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
+from fedrec.common.data.cold import split_with_cold_items
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.pack import write_pack
 from fedrec.common.data.sources import load_interactions
-from fedrec.common.data.split import check_evaluable, temporal_leave_one_out
+from fedrec.common.data.split import check_evaluable
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import CATALOG_FILE, STOP_REQUESTED, RunInterrupted, prepare_run_dir
 from fedrec.simulations.poisoning import malicious_count, poisoned_population, resolve_targets
@@ -130,7 +131,7 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
         users = data.num_users
         nodes = users + malicious_count(config, users)
         if not config.shard_dir:  # sealed shard folders are read as they are
-            split = temporal_leave_one_out(data, seed=config.seed)
+            split = split_with_cold_items(data, seed=config.seed, fraction=config.cold_items)
             write_pack(split, data.user_features, pack, config.data_settings())
             config = config.replace(shard_pack=pack)
             del split

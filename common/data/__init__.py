@@ -8,6 +8,7 @@ dataset     raw ratings and dense implicit interactions
 features    user-feature schema and encoding, item genre / text blocks
 catalog     the public catalog: items, features, user-feature schema, content hash
 split       temporal leave-one-out and evaluation candidates
+cold        item cold start: items held out of training entirely, and their ranking protocol
 examples    training examples: positives plus leak-free negatives
 shard       one user's data as a device holds it
 pack        every user's shard of a split in memory-mapped files (a simulation's workers)
@@ -18,6 +19,7 @@ errors      the data-format error every loader raises
 __all__ = [
     "anonymize",
     "catalog",
+    "cold",
     "dataset",
     "download",
     "errors",

@@ -126,6 +126,19 @@ class Catalog:
     def user_feature_dim(self) -> int:
         return self.user_schema.width
 
+    def block(self, name: str) -> tuple[np.ndarray, tuple[str, ...]] | None:
+        """The columns of item block ``name`` and their names (None: the catalog has none)."""
+        offset = 0
+        for block in self.item_blocks:
+            if block.name == name:
+                columns = slice(offset, offset + block.width)
+                names = self.item_feature_names[columns] or tuple(
+                    f"{name}[{j}]" for j in range(block.width)
+                )
+                return self.item_features[:, columns], names
+            offset += block.width
+        return None
+
     def indices_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """The dense indices of ``item_ids``; an id the catalog does not list is an error."""
         index = self._index
@@ -182,6 +195,29 @@ class Catalog:
             item_titles=self.item_titles,
             item_feature_names=names,
             item_blocks=(*blocks, ItemBlock(name, int(block.shape[1]), dict(provenance))),
+            source=self.source,
+        )
+
+    def without_item_block(self, name: str) -> Catalog:
+        """A new catalog (a new hash) without the block ``name``'s columns: e.g. an ID-only
+        or a text-only item tower, for comparing feature sets."""
+        if not any(b.name == name for b in self.item_blocks):
+            found = [b.name for b in self.item_blocks] or "none"
+            raise ValueError(f"the catalog has no item block {name!r} (its blocks: {found})")
+        keep = np.ones(self.item_feature_dim, dtype=bool)
+        offset = 0
+        for block in self.item_blocks:
+            if block.name == name:
+                keep[offset : offset + block.width] = False
+            offset += block.width
+        names = tuple(n for n, k in zip(self.item_feature_names, keep, strict=True) if k)
+        return Catalog(
+            item_ids=self.item_ids,
+            item_features=np.ascontiguousarray(self.item_features[:, keep]),
+            user_schema=self.user_schema,
+            item_titles=self.item_titles,
+            item_feature_names=names if self.item_feature_names else (),
+            item_blocks=tuple(b for b in self.item_blocks if b.name != name),
             source=self.source,
         )
 

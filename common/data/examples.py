@@ -42,14 +42,30 @@ class NegativeSampler:
     user excludes a small fraction of the catalog.
     """
 
-    def __init__(self, num_items: int, exclusions: Mapping[int, np.ndarray]) -> None:
-        """``exclusions[user]``: the items ``user``'s negatives avoid (any order, unique)."""
+    def __init__(
+        self,
+        num_items: int,
+        exclusions: Mapping[int, np.ndarray],
+        never: np.ndarray | None = None,
+    ) -> None:
+        """``exclusions[user]``: the items ``user``'s negatives avoid (any order, unique);
+        ``never``: items no user's negative may be (the cold items of common/data/cold.py)."""
         if num_items < 1:
             raise ValueError(f"a negative sampler needs a catalog, got {num_items} items")
         self.num_items = num_items
+        self._never = np.zeros(num_items, dtype=bool)
+        if never is not None:
+            self._never[np.asarray(never, dtype=np.int64)] = True
+        if self._never.all():
+            raise ValueError("every item of the catalog is excluded: no negative to train on")
         keys = [user * num_items + np.asarray(items) for user, items in exclusions.items()]
         self._excluded = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
-        if any(len(items) >= num_items for items in exclusions.values()):
+        never_count = int(self._never.sum())
+        if any(
+            len(items) + never_count - int(self._never[np.asarray(items, np.int64)].sum())
+            >= num_items
+            for items in exclusions.values()
+        ):
             raise ValueError(
                 "a user excludes the whole catalog: no negative item exists to train on"
             )
@@ -68,13 +84,16 @@ class NegativeSampler:
                 )
                 for u in users
             },
+            never=split.never_negative(),
         )
 
     def is_excluded(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         keys = users.astype(np.int64) * self.num_items + items
-        pos = np.searchsorted(self._excluded, keys)
-        pos = np.minimum(pos, len(self._excluded) - 1)
-        return self._excluded[pos] == keys if len(self._excluded) else np.zeros_like(keys, bool)
+        never = self._never[items]
+        if not len(self._excluded):
+            return never
+        pos = np.minimum(np.searchsorted(self._excluded, keys), len(self._excluded) - 1)
+        return (self._excluded[pos] == keys) | never
 
     def sample(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One negative item per entry of ``users`` (B,) -> (B,) int64."""

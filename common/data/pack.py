@@ -10,6 +10,8 @@ runner, which owns a simulation's data, writes the split once into a folder of `
     <pack>/held_out.npy         (num_users, 2) int32     validation and test item (NO_ITEM: none)
     <pack>/candidates.npy       (num_users, K) int32     evaluation negatives (NO_ITEM rows: none)
     <pack>/user_features.npy    (num_users, F_u) float32
+    <pack>/cold_*.npy           the cold-start protocol's arrays, when the split holds out
+                                cold items (common/data/cold.py; the manifest's "cold")
 
 and each worker opens them memory-mapped (:func:`open_pack`): a shard reads the few pages of its
 own rows, and the page cache holds one copy for every process on the machine.
@@ -30,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.common.data.cold import ColdItems
 from fedrec.common.data.shard import UserShard
 from fedrec.common.data.split import NO_ITEM, Split
 
@@ -38,6 +41,7 @@ __all__ = ["FORMAT", "MANIFEST", "ShardPack", "open_pack", "write_pack"]
 FORMAT = "fedrec-shard-pack/1"
 MANIFEST = "pack.json"
 _ARRAYS = ("train_indptr", "train_items", "held_out", "candidates", "user_features")
+_COLD = ("items", "target", "candidates", "seen_indptr", "seen_items")  # cold_<name>.npy
 _INDEX = np.int32  # item indices fit: a catalog of 2**31 items is not a recommender's
 
 
@@ -54,6 +58,7 @@ class ShardPack:
     held_out: np.ndarray
     candidates: np.ndarray
     user_features: np.ndarray
+    cold: ColdItems | None = None
 
     def shard(self, user: int) -> UserShard:
         """User ``user``'s shard, as :func:`~fedrec.common.data.shard.user_shard` cuts it."""
@@ -71,6 +76,7 @@ class ShardPack:
             test_item=test_item,
             candidates=candidates[candidates != NO_ITEM],
             num_items=self.num_items,
+            cold=self.cold.shard(user) if self.cold is not None else None,
         )
 
 
@@ -101,14 +107,22 @@ def write_pack(
         "candidates": split.candidates.astype(_INDEX),
         "user_features": np.asarray(user_features, dtype=np.float32),
     }
+    if split.cold is not None:
+        arrays |= {f"cold_{name}": getattr(split.cold, name) for name in _COLD}
     for name, array in arrays.items():
         np.save(out / f"{name}.npy", array, allow_pickle=False)
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": FORMAT,
         "settings": settings,
         "num-users": split.num_users,
         "num-items": split.num_items,
     }
+    if split.cold is not None:
+        manifest["cold"] = {
+            "fraction": split.cold.fraction,
+            "interactions": split.cold.interactions,
+            "unranked": split.cold.unranked,
+        }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out
 
@@ -143,7 +157,17 @@ def open_pack(folder: str | Path) -> ShardPack:
             )
     if int(arrays["train_indptr"][-1]) != len(arrays["train_items"]):
         raise ValueError(f"{root}: train_indptr does not end at the train item count: damaged")
+    cold = None
+    if "cold" in manifest:  # small (a few arrays of the cold items and targets): read whole
+        cold = ColdItems(
+            **{name: np.load(root / f"cold_{name}.npy", allow_pickle=False) for name in _COLD},
+            fraction=float(manifest["cold"]["fraction"]),
+            interactions=int(manifest["cold"]["interactions"]),
+            unranked=int(manifest["cold"]["unranked"]),
+        )
+        if cold.target.shape != (users,) or cold.seen_indptr.shape != (users + 1,):
+            raise ValueError(f"{root}: the cold-item arrays do not fit {users} users: damaged")
     return ShardPack(
         folder=root, settings=dict(manifest["settings"]), num_users=users, num_items=items,
-        **arrays,
+        **arrays, cold=cold,
     )  # fmt: skip

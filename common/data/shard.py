@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.common.data.cold import ColdShard
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.examples import (
     Examples,
@@ -35,6 +36,7 @@ class UserShard:
     test_item: int
     candidates: np.ndarray  # (99,) int64 evaluation negatives (empty for train-only users)
     num_items: int
+    cold: ColdShard | None = None  # the cold-start protocol's part (simulations, cold-items)
 
     @property
     def evaluable(self) -> bool:
@@ -46,8 +48,14 @@ class UserShard:
             self.train_items, (self.val_item, self.test_item), self.candidates
         )
 
+    def never_negative(self) -> np.ndarray:
+        """Items no negative may be whatever the user did: the run's cold items."""
+        return self.cold.items if self.cold is not None else np.zeros(0, np.int64)
+
     def negative_sampler(self) -> NegativeSampler:
-        return NegativeSampler(self.num_items, {DEVICE_USER: self.excluded()})
+        return NegativeSampler(
+            self.num_items, {DEVICE_USER: self.excluded()}, never=self.never_negative()
+        )
 
     def sample_negatives(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` uniform items outside :meth:`excluded` (rejection sampling, vectorized)."""
@@ -75,4 +83,5 @@ def user_shard(data: Interactions, split: Split, user: int) -> UserShard:
         test_item=int(split.test_item[user]),
         candidates=candidates[candidates != NO_ITEM].copy(),
         num_items=split.num_items,
+        cold=split.cold.shard(user) if split.cold is not None else None,
     )

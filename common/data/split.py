@@ -13,10 +13,14 @@ and evaluation candidates, so the model never learns "this candidate is a negati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedrec.common.data.dataset import Interactions
+
+if TYPE_CHECKING:  # cold.py builds on this module
+    from fedrec.common.data.cold import ColdItems
 
 __all__ = [
     "MIN_INTERACTIONS_TO_EVALUATE",
@@ -43,6 +47,7 @@ class Split:
     candidates: np.ndarray  # (num_users, num_candidates) int64 negatives, NO_ITEM rows if none
     train_only_users: int
     seed: int
+    cold: ColdItems | None = None  # items held out of training entirely (common/data/cold.py)
 
     @property
     def eval_users(self) -> np.ndarray:
@@ -56,6 +61,10 @@ class Split:
 
     def train_items_of(self, user: int) -> np.ndarray:
         return self.train_items[self.train_indptr[user] : self.train_indptr[user + 1]]
+
+    def never_negative(self) -> np.ndarray:
+        """Items no user's training negative or warm evaluation candidate may be (cold ones)."""
+        return self.cold.items if self.cold is not None else np.zeros(0, np.int64)
 
     def item_counts(self) -> np.ndarray:
         """(num_items,) number of train interactions per item (popularity)."""
@@ -74,8 +83,15 @@ def check_evaluable(data: Interactions) -> None:
         )
 
 
-def temporal_leave_one_out(data: Interactions, *, num_candidates: int = 99, seed: int = 0) -> Split:
-    """Split ``data`` per user by time and sample the evaluation candidates once from ``seed``."""
+def temporal_leave_one_out(
+    data: Interactions,
+    *,
+    num_candidates: int = 99,
+    seed: int = 0,
+    never: np.ndarray | None = None,
+) -> Split:
+    """Split ``data`` per user by time and sample the evaluation candidates once from ``seed``,
+    never among the items ``never`` (the cold items of common/data/cold.py)."""
     if num_candidates < 0:
         raise ValueError(f"num_candidates must be >= 0, got {num_candidates}")
     order = np.lexsort((data.timestamp, data.user))  # by user, then time; stable on ties
@@ -99,7 +115,10 @@ def temporal_leave_one_out(data: Interactions, *, num_candidates: int = 99, seed
     train_items = items[~held_out].astype(np.int64)
 
     all_items = _csr_sets(users, items, data.num_users)
-    candidates = _sample_candidates(all_items, evaluated, data.num_items, num_candidates, seed)
+    never = np.zeros(0, np.int64) if never is None else np.asarray(never, dtype=np.int64)
+    candidates = _sample_candidates(
+        all_items, evaluated, data.num_items, num_candidates, seed, never
+    )
     return Split(
         num_users=data.num_users,
         num_items=data.num_items,
@@ -125,15 +144,17 @@ def _sample_candidates(
     num_items: int,
     k: int,
     seed: int,
+    never: np.ndarray,
 ) -> np.ndarray:
     rng = np.random.default_rng(seed)
     out = np.full((len(interacted), k), NO_ITEM, dtype=np.int64)
+    eligible = np.setdiff1d(np.arange(num_items), never)
     for u in np.flatnonzero(evaluated):
-        pool = np.setdiff1d(np.arange(num_items), interacted[u], assume_unique=True)
+        pool = np.setdiff1d(eligible, interacted[u], assume_unique=True)
         if len(pool) < k:
             raise ValueError(
-                f"user {u} interacted with {len(interacted[u])} of {num_items} items: fewer than"
-                f" {k} items remain to sample evaluation candidates from"
+                f"user {u} interacted with {len(interacted[u])} of the {len(eligible)} eligible"
+                f" items: fewer than {k} items remain to sample evaluation candidates from"
             )
         out[u] = rng.choice(pool, size=k, replace=False)
     return out

@@ -188,9 +188,13 @@ def test_recommendations_offline_exclude_seen_and_explain(
     assert not {r.item for r in recs} & {ITEMS[i] for i in range(12)}  # seen: excluded
     assert all(0.0 < r.score < 1.0 and r.title for r in recs)
     assert [r.score for r in recs] == sorted((r.score for r in recs), reverse=True)
-    assert all(
-        len(r.because) == 3 and set(r.because) <= {ITEMS[i] for i in range(10)} for r in recs
+    assert all(  # the past items that lift it (positive influence), at most three
+        len(r.because) <= 3 and set(r.because) <= {ITEMS[i] for i in range(10)} for r in recs
     )
+    assert any(r.because for r in recs)
+    for r in recs:  # the genres' shares of the influence, largest first
+        shares = [share for _, share in r.genres]
+        assert shares == sorted(shares, reverse=True) and all(0 < x <= 1 for x in shares)
     device.record(recs[0].item, "click")  # feedback on a recommendation
     assert recs[0].item not in {r.item for r in device.recommend(k=10)}
 
@@ -229,7 +233,7 @@ def test_the_recommend_path_imports_no_torch_and_ranks_as_the_float_model(
     probe = (
         "import sys\n"
         "from fedrec.client.device import Device\n"
-        "recs = Device.open(sys.argv[1], key_file=sys.argv[2]).recommend(k=10)\n"
+        "recs = Device.open(sys.argv[1], key_file=sys.argv[2]).recommend(k=10, explain=True)\n"
         "print(' '.join(r.item for r in recs))\n"
         "print('torch' in sys.modules, sorted(m for m in sys.modules if 'opacus' in m)[:1])\n"
     )

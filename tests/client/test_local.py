@@ -19,14 +19,19 @@ from fedrec.client.local import (
     refresh_user,
 )
 from fedrec.common.data.catalog import Catalog
+from fedrec.common.data.cold import split_with_cold_items
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.shard import UserShard, user_shard
+from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import NO_ITEM, Split
+from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.model import (
+    ModelConfig,
     SeedModel,
     initial_shared_state,
     shared_state,
 )
+from fedrec.common.training import evaluate
 
 DIM = 8
 EVAL_KEYS = {
@@ -427,3 +432,53 @@ def test_fedprox_in_a_low_rank_round_penalizes_the_tables_own_update(
         local_train(model, shard, config, np.random.default_rng(4), item_basis=b)
         moves.append(float((model.item_embedding.weight - start.item_embedding.weight).norm()))
     assert moves[1] < moves[0]
+
+
+# --- cold items (common/data/cold.py) ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def cold_data() -> tuple[Interactions, Split]:
+    data = load_interactions("synthetic", synthetic=SyntheticConfig(num_users=60, num_items=1000))
+    return data, split_with_cold_items(data, seed=1, fraction=0.2)
+
+
+def test_local_training_never_touches_a_cold_items_row(
+    cold_data: tuple[Interactions, Split],
+) -> None:
+    """No positive and no negative is a cold item, so its id row leaves a device as it came."""
+    data, split = cold_data
+    assert split.cold is not None
+    catalog = Catalog.of(data)
+    for user in split.cold.users[:5]:
+        shard = user_shard(data, split, int(user))
+        model = _model(catalog, shard)
+        before = model.item_embedding.weight.detach().clone()
+        local_train(model, shard, LocalTrainConfig(epochs=3, lr=0.5), np.random.default_rng(0))
+        after = model.item_embedding.weight.detach()
+        cold = torch.from_numpy(split.cold.items)
+        assert torch.equal(after[cold], before[cold])
+        assert not torch.equal(after, before)  # the warm rows it trained on did move
+
+
+def test_a_device_ranks_its_cold_target_as_the_central_evaluator_does(
+    cold_data: tuple[Interactions, Split],
+) -> None:
+    data, split = cold_data
+    assert split.cold is not None
+    catalog = Catalog.of(data)
+    torch.manual_seed(0)
+    shape = ModelConfig(data.num_users, data.num_items, data.user_features.shape[1],
+                        data.item_features.shape[1], id_dim=DIM, dim=DIM)  # fmt: skip
+    central = SeedModel(shape, torch.from_numpy(data.user_features),
+                        torch.from_numpy(data.item_features))  # fmt: skip
+    for user in split.cold.users[:8]:
+        shard = user_shard(data, split, int(user))
+        row = {"user_embedding.weight": central.user_embedding.weight[int(user)][None].detach()}
+        model = build_local_model(catalog, shard, DIM, shared_state(central), row, seed=0)
+        device = local_evaluate(model, shard)
+        expected = evaluate(central, split, "test", users=np.array([user]))
+        for key in ("cold-hr@10", "cold-ndcg@10", "cold-full_hr@10", "cold-full_ndcg@10",
+                    "hr@10", "full_hr@10"):  # fmt: skip
+            assert device[key] == pytest.approx(expected[key], abs=1e-6), (user, key)
+    without = UserShard(shard.user_features, shard.train_items, shard.val_item, shard.test_item,
+                        shard.candidates, shard.num_items)  # fmt: skip
+    assert not any(k.startswith("cold-") for k in local_evaluate(model, without))

@@ -108,6 +108,8 @@ def test_settings_that_would_silently_do_something_else_are_refused(
         ({"poison-attack": "pipattack"}, "poison-attack must be one of"),
         ({"poison-knowledge": 0.0}, r"poison-knowledge must be in \(0, 1\]"),
         ({"row-norm-bound": -1.0}, "row-norm-bound must be >= 0"),
+        ({"cold-items": 1.0}, r"cold-items must be in \[0, 1\)"),
+        ({"cold-items": 0.2, "shard-dir": "x", "key-file": "k"}, "carries no cold items"),
         ({"norm-bound": 1.0, "secure-aggregation": "secagg+", "client-weighting": "uniform"},
          "secure aggregation hides"),
         ({"poison-fraction": 0.05, "target-items": "1", "secure-aggregation": "secagg+",
@@ -260,3 +262,10 @@ def test_low_rank_settings_are_checked(changes: dict, match: str) -> None:
 def test_a_low_rank_run_exchanges_updates() -> None:
     assert FederationConfig(colr_rank=4).exchanges_updates
     assert not FederationConfig().exchanges_updates
+
+
+def test_cold_items_are_a_data_setting() -> None:
+    """A pack or a resumed run cut from another cold set is refused: the fraction is part of
+    the data settings (and the resume identity) when set, absent otherwise."""
+    assert "cold-items" not in FederationConfig().data_settings()
+    assert FederationConfig(cold_items=0.2).data_settings()["cold-items"] == 0.2

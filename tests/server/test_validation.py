@@ -137,6 +137,8 @@ def test_an_honest_evaluate_reply_passes() -> None:
     nobody = {keys.USERS: 0, keys.NUM_EXAMPLES: 0, keys.UNIT_WEIGHT: 1}
     assert _reason(_evaluate(nobody)) is None  # a device with nothing held out
     assert _reason(_evaluate({**EVALUATED, keys.ER5: 0.2, keys.ER10: 0.4})) is None
+    cold = {keys.COLD_PREFIX + k: v for k, v in RATES.items() if "val-" not in k}
+    assert len(cold) == 4 and _reason(_evaluate({**EVALUATED, **cold})) is None
 
 
 @pytest.mark.parametrize(
@@ -153,6 +155,8 @@ def test_an_honest_evaluate_reply_passes() -> None:
         {**EVALUATED, keys.ER5: 0.6, keys.ER10: 0.4},  # more targets in the top 5 than top 10
         {**EVALUATED, keys.ER5: 0.2},  # one exposure without the other
         {**EVALUATED, keys.ER5: 0.2, keys.ER10: 1.5},
+        {**EVALUATED, "cold-hr@10": 0.0, "cold-ndcg@10": 0.5},  # the cold target's, too
+        {**EVALUATED, "cold-full_hr@10": 2.0},
     ],
 )
 def test_malformed_evaluate_replies_are_refused(metrics: dict) -> None:

@@ -47,7 +47,9 @@ def test_a_device_from_the_command_line(tmp_path: Path) -> None:
     listed = json.loads(_run("client", "recommend", *opts, "-k", "5", "--json", "--explain"))
     items = [r["item"] for r in listed["items"]]
     assert len(items) == 5 and not set(items) & {"5", "8", "13", "21", "34", "99"}
-    assert all(len(r["because"]) == 3 for r in listed["items"])
+    reasons = [r["because"] for r in listed["items"]]  # past items that lift it (influence)
+    assert all(len(b) <= 3 and set(b) <= {"5", "8", "13", "21", "34", "99"} for b in reasons)
+    assert any(reasons)
     status = json.loads(_run("client", "status", *opts, "--json"))
     assert status["rounds_joined"] == 1 and status["model_round"] == 1
     assert status["interactions"] == 6

@@ -195,3 +195,14 @@ def test_a_rewritten_catalog_is_read_again_even_with_the_same_size_and_time(
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # a coarse clock: same time
     assert path.stat().st_size == stat.st_size
     assert load_catalog(path).hash == changed.hash != first.hash
+
+
+def test_a_block_can_be_read_and_left_out(catalog: Catalog) -> None:
+    found = catalog.block("genres")
+    assert found is not None and found[0].shape == (catalog.num_items, catalog.item_feature_dim)
+    assert catalog.block("text") is None
+    id_only = catalog.without_item_block("genres")
+    assert id_only.item_feature_dim == 0 and id_only.item_blocks == ()
+    assert id_only.hash != catalog.hash and id_only.item_ids == catalog.item_ids
+    with pytest.raises(ValueError, match="no item block 'text'"):
+        catalog.without_item_block("text")
