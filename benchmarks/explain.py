@@ -41,7 +41,7 @@ def main() -> None:
     data = load_interactions(args.data)
     split = split_with_cold_items(data, seed=args.seed, fraction=args.cold_items)
     catalog = load_catalog(args.catalog) if args.catalog else Catalog.of(data)
-    picked = np.linspace(0, data.num_users - 1, args.users).astype(int)
+    picked = np.unique(np.linspace(0, data.num_users - 1, args.users).astype(int))
     shards = [user_shard(data, split, int(u)) for u in picked]
     for path in args.model:
         with np.load(path) as arrays:

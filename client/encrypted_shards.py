@@ -66,6 +66,11 @@ def write_encrypted_shards(
     must be new or empty, so that shards of two data sets or keys never mix.
     """
     out, key_path = Path(out_dir), Path(key_file)
+    if config.cold_items:
+        raise ValueError(
+            "cold-items is a simulation's evaluation protocol: a sealed shard carries no cold"
+            " items (its device would train on them as negatives); seal the shards without it"
+        )
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"shard folder {out} is not empty: choose a new folder")
     if key_path.resolve().is_relative_to(out.resolve()):

@@ -8,7 +8,8 @@ user's own history (positives) against sampled negatives. A gradient step on pas
     g_i = ∂r_i/∂e_u = W_eᵀ · (1[u > 0] ⊙ w_r ⊙ v_i)      (W_e: the id columns of W_u)
 
 so, to first order, it raises item i's logit by η·(1 − σ(r_j))·⟨g_i, g_j⟩. That is j's
-**influence** on i (TracIn's, at the model the device holds): the past items with the largest
+**influence** on i (TracIn's, at the model the device holds; exact to first order for an SGD
+step, an approximation of the device's Adam fit of the row): the past items with the largest
 influence are the ones whose training made i score high. Removing them from the history and
 refitting the row lowers i's score more than removing as many random past items
 (benchmarks/explain.py measures it on ml-100k; tests/common/test_explain.py pins it).

@@ -353,6 +353,12 @@ class FederationConfig:
                 "poison-fraction with secure aggregation is not simulated: the malicious"
                 " devices do not run the SecAgg+ protocol (turn one of the two off)"
             )
+        if self.cold_items and self.target_items:
+            raise ValueError(
+                "cold-items with target-items (poisoning, exposure) is not simulated: the"
+                " attack's knowledge and the tail items come from the plain split (a target"
+                " could be a cold item); run them apart"
+            )
         if self.poison_fraction and self.exchanges_updates:
             raise ValueError(
                 "poison-fraction with a compressed or low-rank exchange is not simulated: the"

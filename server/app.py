@@ -46,11 +46,12 @@ from fedrec.common.runs import (
 )
 from fedrec.common.secagg.grid import SecureAggregationGrid
 from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS
-from fedrec.server.checkpoint import load_checkpoint, load_checkpoint_meta
+from fedrec.server.checkpoint import grow_item_rows, load_checkpoint, load_checkpoint_meta
 from fedrec.server.cohorts import connected_nodes
 from fedrec.server.dp_fedavg import UserLevelDP
 from fedrec.server.exchange import Exchange
 from fedrec.server.factory import ServerRandomness, make_strategy, resume_identity
+from fedrec.server.robust import ITEM_TABLE
 from fedrec.server.summary import privacy_summary, secure_summary, summarize_rounds
 from fedrec.server.validation import ReplyValidator
 
@@ -114,11 +115,14 @@ def run_federation(
     initial = ArrayRecord(initial_shared_state(catalog, config.dim, config.seed))
     if secure is not None:
         _check_secure_sizing(config, initial, secure)
-    start_round, optimizer_state = 0, dict[str, np.ndarray]()
+    start_round, optimizer_state, grew_from = 0, dict[str, np.ndarray](), 0
     if config.resume:
         fresh = initial
         initial, optimizer_state, start_round = load_checkpoint(Path(config.resume))
-        _check_resumed_model(config, catalog, fresh, initial)
+        grew_from = _earlier_version(config, catalog, initial)
+        if grew_from:  # new items appended to the catalog: they start from their features
+            initial, optimizer_state = grow_item_rows(initial, optimizer_state, catalog.num_items)
+        _check_resumed_model(config, catalog, fresh, initial, grew=bool(grew_from))
     remaining = config.num_rounds - start_round
     if remaining < 1:
         raise ValueError(
@@ -189,6 +193,8 @@ def run_federation(
     metrics = summarize_rounds(earlier + strategy.records)  # a resumed run: all its rounds
     if config.resume:
         metrics["resumed"] = {"from": config.resume, "round": start_round, "logged": len(earlier)}
+        if grew_from:
+            metrics["resumed"]["catalog_grew"] = {"from": grew_from, "to": catalog.num_items}
     metrics["train_seconds"] = time.perf_counter() - started
     metrics["nodes"] = num_nodes
     metrics["shared_parameters"] = int(sum(a.numpy().size for a in result.arrays.values()))
@@ -259,20 +265,50 @@ def _check_secure_sizing(
         )
 
 
+IDENTITY_DEFAULTS = {"cold-items": 0.0}  # resume-identity keys older checkpoints lack
+
+
+def _earlier_version(config: FederationConfig, catalog: Catalog, resumed: ArrayRecord) -> int:
+    """The item count of the checkpoint's catalog if ``catalog`` grew from it by appending
+    items (``Catalog.extends``: every earlier item keeps its row and features), else 0."""
+    saved = load_checkpoint_meta(Path(config.resume)).get("catalog_sha256")
+    if not saved or saved == catalog.hash or ITEM_TABLE not in resumed:
+        return 0
+    rows = int(resumed[ITEM_TABLE].numpy().shape[0])
+    if not catalog.extends(saved, rows):
+        return 0
+    if config.cold_items:
+        raise ValueError(
+            "cold-items draws its cold set over the catalog's size: a grown catalog would hold"
+            " out other items, some of them trained; resume a cold-start run on its catalog"
+        )
+    return rows
+
+
 def _check_resumed_model(
-    config: FederationConfig, catalog: Catalog, fresh: ArrayRecord, resumed: ArrayRecord
+    config: FederationConfig,
+    catalog: Catalog,
+    fresh: ArrayRecord,
+    resumed: ArrayRecord,
+    *,
+    grew: bool = False,
 ) -> None:
-    """The checkpoint continues this run's model: same catalog, same arrays and shapes."""
+    """The checkpoint continues this run's model: same catalog (or, ``grew``, an earlier
+    version of it), same arrays and shapes."""
     meta = load_checkpoint_meta(Path(config.resume))
     saved = meta.get("catalog_sha256")
-    if saved and saved != catalog.hash:
+    if saved and saved != catalog.hash and not grew:
         raise ValueError(
             f"checkpoint {config.resume} was trained on catalog {saved[:12]}, this run's"
             f" catalog is {catalog.hash[:12]}: its item rows would mean other items; resume"
-            " with the catalog the run started with"
+            " with the catalog the run started with, or with a version of it that only"
+            " appends items"
         )
     identity = resume_identity(config)
-    changed = {k: (meta[k], v) for k, v in identity.items() if k in meta and meta[k] != v}
+    recorded = {**IDENTITY_DEFAULTS, **meta}  # a checkpoint from before a key was recorded
+    changed = {
+        k: (recorded[k], v) for k, v in identity.items() if k in recorded and recorded[k] != v
+    }
     if changed:
         said = "; ".join(
             f"{k} {was} in the checkpoint, {now} now" for k, (was, now) in changed.items()

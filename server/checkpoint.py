@@ -19,8 +19,9 @@ from flwr.app import Array, ArrayRecord
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.runs import CHECKPOINT, CHECKPOINT_META, write_arrays, write_json
 from fedrec.server.optimizer import ServerStep
+from fedrec.server.robust import ITEM_TABLE
 
-__all__ = ["Checkpointer", "load_checkpoint", "load_checkpoint_meta"]
+__all__ = ["Checkpointer", "grow_item_rows", "load_checkpoint", "load_checkpoint_meta"]
 
 META_KEY = "meta/json"  # the round and privacy ledger, inside the checkpoint file
 MODEL_PREFIX = "model/"
@@ -87,3 +88,25 @@ def load_checkpoint(path: Path) -> tuple[ArrayRecord, dict[str, np.ndarray], int
     arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in model.items()})
     optimizer = {k: v for k, v in state.items() if not k.startswith(MODEL_PREFIX)}
     return arrays, optimizer, int(meta["round"])
+
+
+def grow_item_rows(
+    arrays: ArrayRecord, optimizer: dict[str, np.ndarray], num_items: int
+) -> tuple[ArrayRecord, dict[str, np.ndarray]]:
+    """The model and server-optimizer state of a checkpoint over a catalog grown to
+    ``num_items`` (new items appended): the item table and its optimizer moments gain zero
+    rows, so a new item starts from its features alone (a zero id row: how the model scores
+    an item it never trained on), recommendable before anyone has interacted with it."""
+    table = arrays[ITEM_TABLE].numpy()
+    if num_items < table.shape[0]:
+        raise ValueError(f"a catalog of {num_items} items cannot hold {table.shape[0]} rows")
+
+    def grown(value: np.ndarray) -> np.ndarray:
+        pad = np.zeros((num_items - value.shape[0], *value.shape[1:]), dtype=value.dtype)
+        return np.concatenate([value, pad])
+
+    model = ArrayRecord(
+        {k: Array(grown(v.numpy()) if k == ITEM_TABLE else v.numpy()) for k, v in arrays.items()}
+    )
+    state = {k: grown(v) if k.split("/", 1)[-1] == ITEM_TABLE else v for k, v in optimizer.items()}
+    return model, state

@@ -147,8 +147,7 @@ def resume_identity(config: FederationConfig) -> dict[str, Any]:
     the interactions (the catalog hash covers the items)."""
     identity: dict[str, Any] = {"dim": config.dim, "seed": config.seed}
     identity["threshold"] = config.threshold
-    if config.cold_items:  # which items trained
-        identity["cold-items"] = config.cold_items
+    identity["cold-items"] = config.cold_items  # which items trained (absent: 0, see app.py)
     if config.data == "synthetic":
         identity["synthetic-users"] = config.synthetic_users
         identity["synthetic-items"] = config.synthetic_items

@@ -7,6 +7,7 @@ inprocess   a seeded, paired federation in one process (research comparisons)
 poisoning   malicious devices promoting target items (``poison-fraction``)
 central     the centralized references (``fedrec train-central``)
 faithfulness  do the device's explanations name what lifts a score? (benchmarks/explain.py)
+new_users   HR@10 by the history a device's row is fitted on (benchmarks/new_users.py)
 prepare     ``fedrec data prepare``: a de-identified copy of a data set
 plots       quality and loss figures of a run
 """
@@ -17,6 +18,7 @@ __all__ = [
     "engine",
     "faithfulness",
     "inprocess",
+    "new_users",
     "plots",
     "poisoning",
     "prepare",

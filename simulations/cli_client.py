@@ -5,6 +5,7 @@
     fedrec client record --store DIR --key-file KEY ITEM [--event view|click|rating] [--value V]
     fedrec client recommend --store DIR --key-file KEY [-k 10] [--explain] [--json]
     fedrec client forget --store DIR --key-file KEY ITEM ...
+    fedrec client install-catalog --store DIR --key-file KEY CATALOG   # a new version
     fedrec client status --store DIR --key-file KEY [--json]
     fedrec client erase --store DIR --key-file KEY --yes
     fedrec client keygen --out AUTH                      # AUTH (stays) and AUTH.pub (register it)
@@ -181,6 +182,21 @@ def forget_cmd(
     device = _open(store, key_file, passphrase_file)
     removed = or_exit(lambda: device.forget(items))
     console.print(f"{removed} interactions removed")
+
+
+@client_app.command("install-catalog")
+def install_catalog_cmd(
+    catalog: Annotated[Path, typer.Argument(help="The new published catalog (.npz).")],
+    store: StoreOption,
+    key_file: KeyFileOption = None,
+    passphrase_file: PassphraseFileOption = None,
+) -> None:
+    """Install a new version of the catalog (e.g. one with new items appended): the device
+    joins rounds of that version from now on."""
+    device = _open(store, key_file, passphrase_file)
+    or_exit(lambda: device.install_catalog(catalog))
+    installed = device.catalog
+    console.print(f"catalog {installed.hash[:12]} installed ({installed.num_items} items)")
 
 
 @client_app.command("status")

@@ -83,7 +83,7 @@ def faithfulness(
         model = refit(np.zeros(0, np.int64))
         row = model.user_embedding.weight[0].detach().numpy()
         u = bundle.user_vector(row, shard.user_features)
-        seen = np.concatenate([history, [shard.val_item, shard.test_item]])
+        seen = np.concatenate([history, [shard.val_item, shard.test_item], shard.never_negative()])
         top, _ = bundle.top_k(u, 1, seen[seen >= 0])
         item = int(top[0])
         why = explain(bundle, u, top, history, len(row), genres=genres,

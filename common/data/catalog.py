@@ -139,6 +139,26 @@ class Catalog:
             offset += block.width
         return None
 
+    def prefix(self, count: int) -> Catalog:
+        """The catalog of its first ``count`` items: the earlier version, if it grew by
+        appending items (same schema, blocks and provenance, so the same hash)."""
+        if not 1 <= count <= self.num_items:
+            raise ValueError(f"a prefix of 1 to {self.num_items} items, not {count}")
+        return Catalog(
+            item_ids=self.item_ids[:count],
+            item_features=np.ascontiguousarray(self.item_features[:count]),
+            user_schema=self.user_schema,
+            item_titles=self.item_titles[:count],
+            item_feature_names=self.item_feature_names,
+            item_blocks=self.item_blocks,
+            source=self.source,
+        )
+
+    def extends(self, sha256: str, count: int) -> bool:
+        """Whether this catalog is the catalog ``sha256`` of ``count`` items with new items
+        appended: every earlier item keeps its row, id, title and features."""
+        return 1 <= count < self.num_items and self.prefix(count).hash == sha256
+
     def indices_of(self, item_ids: Sequence[str]) -> np.ndarray:
         """The dense indices of ``item_ids``; an id the catalog does not list is an error."""
         index = self._index

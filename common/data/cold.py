@@ -128,6 +128,12 @@ def split_with_cold_items(
     if fraction == 0.0:
         return temporal_leave_one_out(data, num_candidates=num_candidates, seed=seed)
     cold = choose_cold_items(data.num_items, fraction, seed)
+    if len(cold) <= num_candidates:
+        raise ValueError(
+            f"cold-items = {fraction} of {data.num_items} items is {len(cold)} cold items: each"
+            f" cold target is ranked among {num_candidates} cold items the user never touched,"
+            f" so at least {num_candidates + 1} are needed (a larger fraction or catalog)"
+        )
     is_cold = np.zeros(data.num_items, dtype=bool)
     is_cold[cold] = True
     on_cold = is_cold[data.item]

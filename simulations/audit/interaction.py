@@ -41,9 +41,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from fedrec.common import keys
 from fedrec.common.audit_stats import AttackResult, average_ranks, summarize_attack
+from fedrec.common.data.cold import split_with_cold_items
 from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import load_interactions
-from fedrec.common.data.split import temporal_leave_one_out
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import clip_delta
 from fedrec.common.records import arrays_of, config_of, numpy_arrays
@@ -147,7 +147,7 @@ def observe_uploads(
     data = load_interactions(
         run_config.data, threshold=run_config.threshold, synthetic=run_config.synthetic()
     )
-    split = temporal_leave_one_out(data, seed=run_config.seed)
+    split = split_with_cold_items(data, seed=run_config.seed, fraction=run_config.cold_items)
     uploads = _masked(grids[0], sent) if secure else _plain(grids[0], sent)
     items = {u: user_shard(data, split, u).train_items for u in uploads}
     features = {u: data.user_features[u] for u in uploads}

@@ -102,6 +102,9 @@ def test_write_refuses_a_used_folder_or_a_key_inside_it(
         write_encrypted_shards(CONFIG, shard_dir, key_file)
     with pytest.raises(ValueError, match="outside the folder"):
         write_encrypted_shards(CONFIG, tmp_path / "new", tmp_path / "new" / "device.key")
+    with pytest.raises(ValueError, match="a sealed shard carries no cold items"):
+        write_encrypted_shards(CONFIG.replace(cold_items=0.2), tmp_path / "cold", key_file)
+    assert not (tmp_path / "cold").exists()
     with pytest.raises(FileNotFoundError, match="fedrec data encrypt"):
         EncryptedPartitions(tmp_path / "missing", key_file)
 

@@ -109,6 +109,7 @@ def test_settings_that_would_silently_do_something_else_are_refused(
         ({"poison-knowledge": 0.0}, r"poison-knowledge must be in \(0, 1\]"),
         ({"row-norm-bound": -1.0}, "row-norm-bound must be >= 0"),
         ({"cold-items": 1.0}, r"cold-items must be in \[0, 1\)"),
+        ({"cold-items": 0.2, "target-items": "tail:5"}, "cold-items with target-items"),
         ({"cold-items": 0.2, "shard-dir": "x", "key-file": "k"}, "carries no cold items"),
         ({"norm-bound": 1.0, "secure-aggregation": "secagg+", "client-weighting": "uniform"},
          "secure aggregation hides"),

@@ -118,3 +118,18 @@ def test_a_round_every_device_refuses_stops_before_dp_spends_epsilon() -> None:
         pytest.raises(RuntimeError, match=r"every one of the .* refused the round"),
     ):
         run_federation(grid, server, randomness=ServerRandomness.seeded(1))
+
+
+def test_a_resume_that_switches_cold_items_on_or_off_is_refused(tmp_path: Path) -> None:
+    """Which items trained is part of the experiment: a checkpoint without cold items would
+    have trained the items a cold run holds out, and the other way round."""
+    grid = InProcessGrid(make_client_app(CLIENT), USERS)
+    for cold, then in ((0.0, 0.2), (0.2, 0.0)):
+        run = tmp_path / f"run-{cold}"
+        first = CLIENT.replace(out_dir=str(run), cold_items=cold)
+        with seeded_task(1):
+            run_federation(InProcessGrid(make_client_app(first), USERS), first,
+                           randomness=ServerRandomness.seeded(1))  # fmt: skip
+        resumed = CLIENT.replace(resume=str(run), num_rounds=4, cold_items=then)
+        with pytest.raises(ValueError, match=f"cold-items {cold} in the checkpoint, {then} now"):
+            run_federation(grid, resumed)

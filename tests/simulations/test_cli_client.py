@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, Context, RecordDict
 from typer.testing import CliRunner
 
 from fedrec.client.app import make_client_app
+from fedrec.common.data.catalog import save_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state
 from fedrec.simulations.cli import app
@@ -54,6 +55,12 @@ def test_a_device_from_the_command_line(tmp_path: Path) -> None:
     assert status["rounds_joined"] == 1 and status["model_round"] == 1
     assert status["interactions"] == 6
     assert "1 interactions removed" in _run("client", "forget", "99", *opts)
+    smaller = save_catalog(catalog.prefix(20), tmp_path / "smaller.npz")  # lacks item 21, 34
+    lacking = CliRunner().invoke(app, ["client", "install-catalog", str(smaller), *opts])
+    assert lacking.exit_code == 2 and "lacks items of this history" in lacking.output
+    assert f"catalog {catalog.hash[:12]} installed" in _run(
+        "client", "install-catalog", CONFIG.catalog, *opts
+    )
     bad = CliRunner().invoke(app, ["client", "record", "no-such-item", *opts])
     assert bad.exit_code == 2 and "is not in the catalog" in bad.output
     assert CliRunner().invoke(app, ["client", "erase", *opts]).exit_code == 2  # needs --yes

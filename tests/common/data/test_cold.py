@@ -227,3 +227,8 @@ def test_a_pack_carries_the_cold_items(data: Interactions, cold_split: Split, tm
         assert expected.cold.target == got.cold.target
     plain = temporal_leave_one_out(data, seed=0)
     assert open_pack(write_pack(plain, data.user_features, tmp_path / "p2", {})).cold is None
+
+
+def test_a_cold_set_too_small_for_99_candidates_is_refused(data: Interactions) -> None:
+    with pytest.raises(ValueError, match="at least 100 are needed"):
+        split_with_cold_items(data, seed=0, fraction=0.05)  # 50 of 1,000 items
