@@ -15,24 +15,15 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
-from fedrec.common.data.catalog import Catalog, load_catalog
-from fedrec.common.data.cold import split_with_cold_items
-from fedrec.common.data.shard import user_shard
-from fedrec.common.data.sources import load_interactions
 from fedrec.simulations.new_users import LENGTHS, history_curve  # ALL (-1): whole history
+from fedrec.simulations.trained import add_arguments, spread_shards, trained_models
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--model", action="append", required=True, help="a run's model.npz")
-    parser.add_argument("--catalog", default="", help="the catalog the models trained on")
-    parser.add_argument("--users", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0, help="the runs' split seed")
-    parser.add_argument("--cold-items", type=float, default=0.0, help="the runs' cold-items")
+    add_arguments(parser, users=300)
     parser.add_argument("--no-user-features", action="store_true", help="withhold them")
     parser.add_argument(
         "--all-users", action="store_true",
@@ -40,20 +31,13 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = load_interactions(args.data)
-    split = split_with_cold_items(data, seed=args.seed, fraction=args.cold_items)
-    catalog = load_catalog(args.catalog) if args.catalog else Catalog.of(data)
-    picked = np.unique(np.linspace(0, data.num_users - 1, args.users).astype(int))
-    shards = [user_shard(data, split, int(u)) for u in picked]
-    for path in args.model:
-        with np.load(path) as arrays:
-            shared = {name: torch.from_numpy(arrays[name]) for name in arrays.files}
-        dim = int(shared["head.weight"].shape[1])
+    catalog, shards = spread_shards(args)
+    for model in trained_models(args):
         started = time.perf_counter()
-        curve = history_curve(shared, catalog, shards, dim, lengths=LENGTHS,
+        curve = history_curve(model.shared, catalog, shards, model.dim, lengths=LENGTHS,
                               user_features=not args.no_user_features, seed=args.seed,
                               same_users=not args.all_users)  # fmt: skip
-        print(json.dumps({"model": path, "user_features": not args.no_user_features,
+        print(json.dumps({"model": model.path, "user_features": not args.no_user_features,
                           "curve": curve, "seconds": time.perf_counter() - started}))  # fmt: skip
 
 

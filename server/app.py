@@ -119,10 +119,11 @@ def run_federation(
     if config.resume:
         fresh = initial
         initial, optimizer_state, start_round = load_checkpoint(Path(config.resume))
-        grew_from = _earlier_version(config, catalog, initial)
+        meta = load_checkpoint_meta(Path(config.resume))
+        grew_from = _earlier_version(config, catalog, initial, meta)
         if grew_from:  # new items appended to the catalog: they start from their features
             initial, optimizer_state = grow_item_rows(initial, optimizer_state, catalog.num_items)
-        _check_resumed_model(config, catalog, fresh, initial, grew=bool(grew_from))
+        _check_resumed_model(config, catalog, fresh, initial, meta, grew=bool(grew_from))
     remaining = config.num_rounds - start_round
     if remaining < 1:
         raise ValueError(
@@ -268,10 +269,12 @@ def _check_secure_sizing(
 IDENTITY_DEFAULTS = {"cold-items": 0.0}  # resume-identity keys older checkpoints lack
 
 
-def _earlier_version(config: FederationConfig, catalog: Catalog, resumed: ArrayRecord) -> int:
+def _earlier_version(
+    config: FederationConfig, catalog: Catalog, resumed: ArrayRecord, meta: dict[str, Any]
+) -> int:
     """The item count of the checkpoint's catalog if ``catalog`` grew from it by appending
     items (``Catalog.extends``: every earlier item keeps its row and features), else 0."""
-    saved = load_checkpoint_meta(Path(config.resume)).get("catalog_sha256")
+    saved = meta.get("catalog_sha256")
     if not saved or saved == catalog.hash or ITEM_TABLE not in resumed:
         return 0
     rows = int(resumed[ITEM_TABLE].numpy().shape[0])
@@ -290,12 +293,12 @@ def _check_resumed_model(
     catalog: Catalog,
     fresh: ArrayRecord,
     resumed: ArrayRecord,
+    meta: dict[str, Any],
     *,
     grew: bool = False,
 ) -> None:
-    """The checkpoint continues this run's model: same catalog (or, ``grew``, an earlier
-    version of it), same arrays and shapes."""
-    meta = load_checkpoint_meta(Path(config.resume))
+    """The checkpoint (``meta``: its record) continues this run's model: same catalog (or,
+    ``grew``, an earlier version of it), same arrays and shapes."""
     saved = meta.get("catalog_sha256")
     if saved and saved != catalog.hash and not grew:
         raise ValueError(

@@ -8,6 +8,7 @@ poisoning   malicious devices promoting target items (``poison-fraction``)
 central     the centralized references (``fedrec train-central``)
 faithfulness  do the device's explanations name what lifts a score? (benchmarks/explain.py)
 new_users   HR@10 by the history a device's row is fitted on (benchmarks/new_users.py)
+trained     a federation's trained models and the users they are measured on (benchmarks)
 prepare     ``fedrec data prepare``: a de-identified copy of a data set
 plots       quality and loss figures of a run
 """
@@ -23,4 +24,5 @@ __all__ = [
     "poisoning",
     "prepare",
     "runner",
+    "trained",
 ]

@@ -128,14 +128,19 @@ class Catalog:
 
     def block(self, name: str) -> tuple[np.ndarray, tuple[str, ...]] | None:
         """The columns of item block ``name`` and their names (None: the catalog has none)."""
+        columns = self._columns(name)
+        if columns is None:
+            return None
+        width = columns.stop - columns.start
+        names = self.item_feature_names[columns] or tuple(f"{name}[{j}]" for j in range(width))
+        return self.item_features[:, columns], names
+
+    def _columns(self, name: str) -> slice | None:
+        """Where item block ``name`` lies in the feature matrix (None: no such block)."""
         offset = 0
         for block in self.item_blocks:
             if block.name == name:
-                columns = slice(offset, offset + block.width)
-                names = self.item_feature_names[columns] or tuple(
-                    f"{name}[{j}]" for j in range(block.width)
-                )
-                return self.item_features[:, columns], names
+                return slice(offset, offset + block.width)
             offset += block.width
         return None
 
@@ -221,15 +226,12 @@ class Catalog:
     def without_item_block(self, name: str) -> Catalog:
         """A new catalog (a new hash) without the block ``name``'s columns: e.g. an ID-only
         or a text-only item tower, for comparing feature sets."""
-        if not any(b.name == name for b in self.item_blocks):
+        columns = self._columns(name)
+        if columns is None:
             found = [b.name for b in self.item_blocks] or "none"
             raise ValueError(f"the catalog has no item block {name!r} (its blocks: {found})")
         keep = np.ones(self.item_feature_dim, dtype=bool)
-        offset = 0
-        for block in self.item_blocks:
-            if block.name == name:
-                keep[offset : offset + block.width] = False
-            offset += block.width
+        keep[columns] = False
         names = tuple(n for n, k in zip(self.item_feature_names, keep, strict=True) if k)
         return Catalog(
             item_ids=self.item_ids,

@@ -138,17 +138,16 @@ def item_texts(titles: Sequence[str], genres: Sequence[Sequence[str]]) -> list[s
 
 def catalog_texts(catalog: Catalog) -> list[str]:
     """The text of each of ``catalog``'s items: its title and its ``genres`` block's names."""
-    offset = 0
     genres: list[list[str]] = [[] for _ in catalog.item_ids]
-    for block in catalog.item_blocks:
-        if block.name == "genres":
-            names = catalog.item_feature_names[offset : offset + block.width]
-            labels = [n.removeprefix("genre=") for n in names] or [
-                f"g{j}" for j in range(block.width)
-            ]
-            values = catalog.item_features[:, offset : offset + block.width]
-            genres = [[labels[j] for j in np.flatnonzero(row > 0)] for row in values]
-        offset += block.width
+    found = catalog.block("genres")
+    if found is not None:
+        values, names = found
+        labels = (
+            [n.removeprefix("genre=") for n in names]
+            if catalog.item_feature_names
+            else [f"g{j}" for j in range(values.shape[1])]  # unnamed columns: the text's own
+        )
+        genres = [[labels[j] for j in np.flatnonzero(row > 0)] for row in values]
     titles = catalog.item_titles or catalog.item_ids
     return item_texts(titles, genres)
 
