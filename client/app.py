@@ -144,7 +144,8 @@ class Handlers:
         return self.config_of(context).audit_log
 
     def shared_shapes(self, context: Context) -> dict[str, tuple[int, ...]]:
-        return shared_shapes(self.catalog_of(context), self.config_of(context).dim)
+        config = self.config_of(context)
+        return shared_shapes(self.catalog_of(context), config.dim, item_ids=config.item_id_table)
 
     def rounding_seed(self, context: Context) -> list[int] | None:
         """The seed of the upload's stochastic rounding (compressed upload, SecAgg+'s

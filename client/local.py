@@ -22,6 +22,7 @@ from fedrec.common.data.shard import UserShard
 from fedrec.common.fedconfig import LOCAL_OPTIMIZERS
 from fedrec.common.metrics import exposure, held_out_ranks, known_positive_mask, summarize
 from fedrec.common.model import (
+    ITEM_TABLE,
     SeedModel,
     device_model,
     load_private_state,
@@ -85,14 +86,19 @@ def build_local_model(
     Without stored private state (first participation) the user embedding is initialised
     from ``seed``, so a device's first round is reproducible. A local generator is used, not
     ``torch.manual_seed``: that call also reseeds every accelerator backend, on every call.
+    The shared group says whether the model has an item-id table (``item-ids``); a device
+    working offline from scratch builds the default one, with it.
     """
     if shared is None:  # no server arrays (a device working offline from scratch)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = device_model(catalog, dim, shard.user_features)
     else:  # every parameter is set below: skip initialising the tables
+        item_ids = ITEM_TABLE in shared
         with torch.random.fork_rng(devices=[]):
-            model = device_model(catalog, dim, shard.user_features, initialize=False)
+            model = device_model(
+                catalog, dim, shard.user_features, initialize=False, item_ids=item_ids
+            )
         load_shared_state(model, shared)
     if private is not None:  # the stored row; the features are the shard's (they may change)
         load_private_state(model, {**private, "user_features": model.user_features.clone()})
@@ -133,6 +139,8 @@ def local_train(
     rows = np.unique(np.concatenate([items for items, _ in private_plan + joint_plan]))
     compact = _compact_copy(model, rows)
     if item_basis is not None:
+        if compact.item_embedding is None:
+            raise ValueError("a low-rank round (colr-rank) needs the model's item-id table")
         # duck-typed: SeedModel reads only .weight and a lookup from its item table
         compact.item_embedding = FactoredTable(compact.item_embedding.weight, item_basis)  # type: ignore[assignment]
     local = lambda plan: [(np.searchsorted(rows, i), y) for i, y in plan]  # noqa: E731
@@ -185,7 +193,8 @@ def _compact_copy(model: SeedModel, rows: np.ndarray) -> SeedModel:
             config, model.user_features, model.item_features[index], initialize=False
         )
     state = dict(model.state_dict())
-    state["item_embedding.weight"] = state["item_embedding.weight"][index]
+    if ITEM_TABLE in state:
+        state[ITEM_TABLE] = state[ITEM_TABLE][index]
     state["item_features"] = state["item_features"][index]
     compact.load_state_dict(state)
     return compact
@@ -220,7 +229,8 @@ class FactoredTable(nn.Module):
 def _write_back(model: SeedModel, compact: SeedModel, rows: np.ndarray) -> None:
     full = dict(model.named_parameters())
     with torch.no_grad():
-        full["item_embedding.weight"][torch.from_numpy(rows)] = compact.item_embedding.weight
+        if compact.item_embedding is not None:
+            full[ITEM_TABLE][torch.from_numpy(rows)] = compact.item_embedding.weight
         for name, value in compact.named_parameters():
             if not name.startswith("item_embedding."):
                 full[name].copy_(value)

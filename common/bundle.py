@@ -54,7 +54,8 @@ __all__ = [
 BUNDLE_FORMAT = "fedrec-bundle/1"
 CODES = {8: np.uint8, 16: np.uint16}  # bits per entry -> code type
 _CHUNK = 16_384  # items per block when computing V (bounds the temporary memory)
-_ITEM_KEYS = ("item_embedding.weight", "item_tower.weight", "item_tower.bias")
+_TABLE = "item_embedding.weight"  # absent from a model without item ids (item-ids = "none")
+_ITEM_KEYS = ("item_tower.weight", "item_tower.bias")
 _USER_KEYS = ("user_tower.weight", "user_tower.bias", "head.weight", "head.bias")
 
 
@@ -166,8 +167,13 @@ def build_bundle(
     missing = [k for k in (*_ITEM_KEYS, *_USER_KEYS) if k not in shared]
     if missing:
         raise ValueError(f"the shared model lacks {missing}: not a seed model's shared group")
-    table, w_v, b_v = (np.asarray(shared[k], dtype=np.float32) for k in _ITEM_KEYS)
+    w_v, b_v = (np.asarray(shared[k], dtype=np.float32) for k in _ITEM_KEYS)
     features = np.asarray(item_features, dtype=np.float32)
+    table = (  # without item ids g is the features alone: a table zero columns wide
+        np.asarray(shared[_TABLE], dtype=np.float32)
+        if _TABLE in shared
+        else np.zeros((features.shape[0], 0), np.float32)
+    )
     if features.shape[0] != table.shape[0] or w_v.shape[1] != table.shape[1] + features.shape[1]:
         raise ValueError(
             f"item features {features.shape} do not fit the model (item table {table.shape},"

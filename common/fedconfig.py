@@ -23,6 +23,7 @@ __all__ = [
     "ATTACKS",
     "CLIENT_WEIGHTINGS",
     "DECAY_STRATEGIES",
+    "ITEM_ID_MODES",
     "LOCAL_OPTIMIZERS",
     "LR_SCHEDULES",
     "SERVER_LR_STRATEGIES",
@@ -38,6 +39,7 @@ LOCAL_OPTIMIZERS = ("sgd", "adam")
 CLIENT_WEIGHTINGS = ("examples", "uniform")
 AGGREGATIONS = ("off", "secagg+")  # secure aggregation of the train updates (common/secagg/grid.py)
 ATTACKS = ("a-ra", "a-hum", "fedrecattack")  # item promotion (simulations/poisoning.py)
+ITEM_ID_MODES = ("all", "none")  # the item-id table: a row per item, or none (features only)
 TAIL_PREFIX = "tail:"  # target-items = "tail:N": N seeded items of the less popular half
 
 
@@ -54,6 +56,8 @@ class FederationConfig:
     # rank each user's latest one among them (common/data/cold.py; simulations)
     # model
     dim: int = 64  # id-embedding and tower width
+    item_ids: str = "all"  # all: an item-id table row per item; none: items are their
+    # catalog features alone (a smaller shared model: user-level DP noises fewer coordinates)
     # rounds and sampling
     num_rounds: int = 20
     clients_per_round: int = 50  # exact count per round (0: use fraction-train)
@@ -178,6 +182,7 @@ class FederationConfig:
             ("client_weighting", CLIENT_WEIGHTINGS),
             ("dp_accountant", ACCOUNTANTS),
             ("secure_aggregation", AGGREGATIONS),
+            ("item_ids", ITEM_ID_MODES),
             ("poison_attack", ATTACKS),
             ("download_compression", COMPRESSION_MODES),
             ("upload_compression", COMPRESSION_MODES),
@@ -233,6 +238,8 @@ class FederationConfig:
             self._check_secure_aggregation()
         self._check_low_rank()
         self._check_poisoning()
+        if not self.item_id_table:
+            self._check_without_item_ids()
 
     @property
     def compressed(self) -> bool:
@@ -243,6 +250,11 @@ class FederationConfig:
     def exchanges_updates(self) -> bool:
         """Devices send an encoded update Δ, not weights: compressed, or low-rank (CoLR)."""
         return self.compressed or self.colr_rank > 0
+
+    @property
+    def item_id_table(self) -> bool:
+        """The model has an item-id table (``item-ids = "all"``)."""
+        return self.item_ids == "all"
 
     @property
     def user_level_dp(self) -> bool:
@@ -371,6 +383,19 @@ class FederationConfig:
                 ' and quantizes the update itself; "int8" sizes that quantization to 2-byte'
                 ' sums, "none" keeps secagg-quantization-bits'
             )
+
+    def _check_without_item_ids(self) -> None:
+        """Settings that act on the item-id table, refused when the model has none."""
+        for name, what in (
+            ("colr_rank", "factors the item table's update"),
+            ("row_norm_bound", "bounds each item-table row of an update"),
+            ("poison_fraction", "simulates attacks that push item-table rows"),
+        ):
+            if getattr(self, name):
+                raise ValueError(
+                    f'{_kebab(name)} {what}, and item-ids = "none" has no item table: set'
+                    f' {_kebab(name)} to 0 or item-ids = "all"'
+                )
 
     def _check_user_level_dp(self) -> None:
         if not (self.dp_noise_multiplier > 0 or self.dp_target_epsilon > 0):

@@ -8,8 +8,13 @@ Parameters fall in two named groups, and the federation exchanges only the **sha
   * private — the user-id embedding table and the user features (computed only from the user's
     own data; on a device this is a single row that never leaves it);
   * shared  — item-id embeddings, W_v/b_v, W_u/b_u and the head w_r/b_r.
-Item features are public catalog metadata (genres now, a text embedding later): a buffer that
-every party builds from the catalog, so it is neither trained nor exchanged.
+Item features are public catalog metadata (genres, a text embedding): a buffer that every
+party builds from the catalog, so it is neither trained nor exchanged.
+
+``item_ids=False`` builds the model without the item-id table: g = [item features] alone, so
+every item, seen or new, is scored from its features, and the shared group shrinks to the
+towers and the head (on ml-100k with text features 144k → 36k parameters: user-level DP's
+noise is added to every shared coordinate, so fewer of them carry more signal each).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from fedrec.common.data.catalog import Catalog
 
 __all__ = [
     "CATALOG_KEYS",
+    "ITEM_TABLE",
     "PRIVATE_KEYS",
     "ModelConfig",
     "SeedModel",
@@ -42,6 +48,7 @@ __all__ = [
 
 PRIVATE_KEYS = ("user_embedding.weight", "user_features")
 CATALOG_KEYS = ("item_features",)
+ITEM_TABLE = "item_embedding.weight"  # the item-id table's name in the shared group
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class ModelConfig:
     id_dim: int = 32  # width of the user-id and item-id embeddings
     dim: int = 32  # width of u and v
     init_std: float = 0.1  # std of the id-embedding initialisation
+    item_ids: bool = True  # an item-id table (False: items are their features alone)
 
     def __post_init__(self) -> None:
         for name in ("num_users", "num_items", "id_dim", "dim"):
@@ -61,6 +69,17 @@ class ModelConfig:
         for name in ("user_feature_dim", "item_feature_dim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.item_ids and self.item_feature_dim == 0:
+            raise ValueError(
+                "a model without item ids scores items from their features, and this catalog"
+                " has none: build the catalog with genres or text (fedrec catalog build"
+                " --embed), or keep the item-id table"
+            )
+
+    @property
+    def item_id_dim(self) -> int:
+        """Width of the item-id part of g: id_dim, or 0 without an item-id table."""
+        return self.id_dim if self.item_ids else 0
 
 
 class SeedModel(nn.Module):
@@ -84,14 +103,17 @@ class SeedModel(nn.Module):
         _check_features("item_features", item_features, config.num_items, config.item_feature_dim)
         self.config = config
         self.user_embedding = _embedding(config.num_users, config.id_dim, initialize)
-        self.item_embedding = _embedding(config.num_items, config.id_dim, initialize)
+        self.item_embedding: nn.Embedding | None = (
+            _embedding(config.num_items, config.id_dim, initialize) if config.item_ids else None
+        )
         if initialize:
             nn.init.normal_(self.user_embedding.weight, std=config.init_std)
-            nn.init.normal_(self.item_embedding.weight, std=config.init_std)
+            if self.item_embedding is not None:
+                nn.init.normal_(self.item_embedding.weight, std=config.init_std)
         self.register_buffer("user_features", user_features.float().clone())
         self.register_buffer("item_features", item_features.float().clone())
         self.user_tower = nn.Linear(config.id_dim + config.user_feature_dim, config.dim)  # W_u
-        self.item_tower = nn.Linear(config.id_dim + config.item_feature_dim, config.dim)  # W_v
+        self.item_tower = nn.Linear(config.item_id_dim + config.item_feature_dim, config.dim)  # W_v
         self.head = nn.Linear(config.dim, 1)  # w_r, b_r
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
@@ -101,17 +123,22 @@ class SeedModel(nn.Module):
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) item indices (or the whole catalog when None) -> (B, dim) v."""
+        table = self.item_embedding
         if items is None:
-            g = torch.cat([self.item_embedding.weight, self.item_features], dim=-1)
+            features = self.item_features
+            ids = None if table is None else table.weight
         else:
-            g = torch.cat([self.item_embedding(items), self.item_features[items]], dim=-1)
+            features = self.item_features[items]
+            ids = None if table is None else table(items)
+        g = features if ids is None else torch.cat([ids, features], dim=-1)
         return torch.relu(self.item_tower(g))
 
     def feature_item_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """(B,) items -> (B, dim) v from the items' features alone, with a zero id row: how
-        the model sees an item it never trained on (a cold or a new item)."""
+        the model sees an item it never trained on (a cold or a new item). Without an
+        item-id table that is every item's vector."""
         features = self.item_features[items]
-        ids = features.new_zeros(len(items), self.config.id_dim)
+        ids = features.new_zeros(len(items), self.config.item_id_dim)
         return torch.relu(self.item_tower(torch.cat([ids, features], dim=-1)))
 
     def score_from_features(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -132,34 +159,45 @@ class SeedModel(nn.Module):
 
 
 def device_model(
-    catalog: Catalog, dim: int, user_features: np.ndarray, *, initialize: bool = True
+    catalog: Catalog,
+    dim: int,
+    user_features: np.ndarray,
+    *,
+    initialize: bool = True,
+    item_ids: bool = True,
 ) -> SeedModel:
-    """A one-user seed model over ``catalog``: the shape every device and the server share.
+    """A one-user seed model over ``catalog``: the shape every device and the server share
+    (``item_ids``: with the item-id table, or items as their features alone).
 
     ``initialize=False`` skips the random initialisation, for a caller that loads every
     parameter right after (a device receiving the shared group and restoring its row).
     """
     features = np.asarray(user_features, dtype=np.float32).reshape(1, -1)
     return SeedModel(
-        _device_config(catalog, dim),
+        _device_config(catalog, dim, item_ids),
         torch.from_numpy(features),
         torch.from_numpy(catalog.item_features),
         initialize=initialize,
     )
 
 
-def initial_shared_state(catalog: Catalog, dim: int, seed: int) -> dict[str, torch.Tensor]:
+def initial_shared_state(
+    catalog: Catalog, dim: int, seed: int, *, item_ids: bool = True
+) -> dict[str, torch.Tensor]:
     """The shared group of a freshly initialised seed model: round 0 of a federation."""
     with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG untouched
         torch.manual_seed(seed)
-        model = device_model(catalog, dim, np.zeros(catalog.user_feature_dim, np.float32))
+        zeros = np.zeros(catalog.user_feature_dim, np.float32)
+        model = device_model(catalog, dim, zeros, item_ids=item_ids)
     return shared_state(model)
 
 
-def shared_shapes(catalog: Catalog, dim: int) -> dict[str, tuple[int, ...]]:
+def shared_shapes(
+    catalog: Catalog, dim: int, *, item_ids: bool = True
+) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the shared group over ``catalog`` (what may leave a device),
     from a model built on the ``meta`` device: no memory, no initialisation."""
-    return dict(_shapes(_device_config(catalog, dim)))
+    return dict(_shapes(_device_config(catalog, dim, item_ids)))
 
 
 @lru_cache(maxsize=8)  # pure: the guard asks for it with every reply a device sends
@@ -175,7 +213,7 @@ def _shapes(config: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple((name, tuple(params[name].shape)) for name in shared_parameter_names(model))
 
 
-def _device_config(catalog: Catalog, dim: int) -> ModelConfig:
+def _device_config(catalog: Catalog, dim: int, item_ids: bool) -> ModelConfig:
     return ModelConfig(
         num_users=1,
         num_items=catalog.num_items,
@@ -183,6 +221,7 @@ def _device_config(catalog: Catalog, dim: int) -> ModelConfig:
         item_feature_dim=catalog.item_feature_dim,
         id_dim=dim,
         dim=dim,
+        item_ids=item_ids,
     )
 
 

@@ -112,7 +112,9 @@ def run_federation(
             " runner; here name the items by id"
         )
     catalog.indices_of(config.target_item_ids())  # every target is in the catalog
-    initial = ArrayRecord(initial_shared_state(catalog, config.dim, config.seed))
+    initial = ArrayRecord(
+        initial_shared_state(catalog, config.dim, config.seed, item_ids=config.item_id_table)
+    )
     if secure is not None:
         _check_secure_sizing(config, initial, secure)
     start_round, optimizer_state, grew_from = 0, dict[str, np.ndarray](), 0
@@ -145,7 +147,9 @@ def run_federation(
         if allowed < remaining:
             budget_stop = start_round + allowed
             remaining = allowed
-    exchange = Exchange.of(config, shared_shapes(catalog, config.dim))
+    exchange = Exchange.of(
+        config, shared_shapes(catalog, config.dim, item_ids=config.item_id_table)
+    )
     strategy = make_strategy(
         config,
         randomness=randomness,
@@ -157,6 +161,7 @@ def run_federation(
         user_ledger=ledger,
         secure=secure,
         catalog_hash=catalog.hash,
+        catalog_items=catalog.num_items,
         validator=_validator(config, catalog, initial),
         exchange=exchange,
     )
@@ -235,7 +240,7 @@ def _validator(config: FederationConfig, catalog: Catalog, start: ArrayRecord) -
     norm of the model the run starts from."""
     bound = config.max_update_norm or global_norm({k: v.numpy() for k, v in start.items()})
     return ReplyValidator(
-        shared_shapes(catalog, config.dim),
+        shared_shapes(catalog, config.dim, item_ids=config.item_id_table),
         max_update_norm=bound,
         weigh_by_examples=config.client_weighting == "examples",
     )
@@ -266,7 +271,8 @@ def _check_secure_sizing(
         )
 
 
-IDENTITY_DEFAULTS = {"cold-items": 0.0}  # resume-identity keys older checkpoints lack
+# resume-identity keys older checkpoints lack
+IDENTITY_DEFAULTS: dict[str, Any] = {"cold-items": 0.0, "item-ids": "all"}
 
 
 def _earlier_version(
@@ -275,10 +281,15 @@ def _earlier_version(
     """The item count of the checkpoint's catalog if ``catalog`` grew from it by appending
     items (``Catalog.extends``: every earlier item keeps its row and features), else 0."""
     saved = meta.get("catalog_sha256")
-    if not saved or saved == catalog.hash or ITEM_TABLE not in resumed:
+    if not saved or saved == catalog.hash:
         return 0
-    rows = int(resumed[ITEM_TABLE].numpy().shape[0])
-    if not catalog.extends(saved, rows):
+    # the table's rows; a model without item ids records its catalog's size instead
+    rows = (
+        int(resumed[ITEM_TABLE].numpy().shape[0])
+        if ITEM_TABLE in resumed
+        else int(meta.get("catalog_items", 0))
+    )
+    if rows < 1 or not catalog.extends(saved, rows):
         return 0
     if config.cold_items:
         raise ValueError(

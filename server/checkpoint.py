@@ -96,7 +96,10 @@ def grow_item_rows(
     """The model and server-optimizer state of a checkpoint over a catalog grown to
     ``num_items`` (new items appended): the item table and its optimizer moments gain zero
     rows, so a new item starts from its features alone (a zero id row: how the model scores
-    an item it never trained on), recommendable before anyone has interacted with it."""
+    an item it never trained on), recommendable before anyone has interacted with it. A
+    model without item ids has nothing that grows: its items are their features alone."""
+    if ITEM_TABLE not in arrays:
+        return arrays, optimizer
     table = arrays[ITEM_TABLE].numpy()
     if num_items < table.shape[0]:
         raise ValueError(f"a catalog of {num_items} items cannot hold {table.shape[0]} rows")

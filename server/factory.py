@@ -78,6 +78,7 @@ def make_strategy(
     user_ledger: PrivacyLedger | None = None,
     secure: SecureAggregationGrid | None = None,
     catalog_hash: str = "",
+    catalog_items: int = 0,
     validator: ReplyValidator | None = None,
     exchange: Exchange | None = None,
 ) -> RoundRecorder:
@@ -124,7 +125,11 @@ def make_strategy(
                 run_dir,
                 step,
                 dp_layer.ledger if dp_layer else None,
-                model={"catalog_sha256": catalog_hash, **resume_identity(config)},
+                model={
+                    "catalog_sha256": catalog_hash,
+                    "catalog_items": catalog_items,  # what a grown catalog appends to
+                    **resume_identity(config),
+                },
             )
             if run_dir is not None
             else None
@@ -148,6 +153,7 @@ def resume_identity(config: FederationConfig) -> dict[str, Any]:
     identity: dict[str, Any] = {"dim": config.dim, "seed": config.seed}
     identity["threshold"] = config.threshold
     identity["cold-items"] = config.cold_items  # which items trained (absent: 0, see app.py)
+    identity["item-ids"] = config.item_ids  # the model's shape (absent: "all")
     if config.data == "synthetic":
         identity["synthetic-users"] = config.synthetic_users
         identity["synthetic-items"] = config.synthetic_items

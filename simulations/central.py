@@ -24,6 +24,7 @@ from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.examples import NegativeSampler, make_examples
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import Split, check_evaluable
+from fedrec.common.fedconfig import ITEM_ID_MODES
 from fedrec.common.model import ModelConfig, SeedModel
 from fedrec.common.runs import (
     CENTRAL_MODEL,
@@ -60,6 +61,7 @@ class CentralConfig:
     epochs: int = 30  # training epochs (the best one on validation is kept)
     dim: int = 64  # tower width (width of u and v)
     id_dim: int = 0  # id-embedding width (0: same as dim)
+    item_ids: str = "all"  # all: an item-id table; none: items are their features alone
     lr: float = 2e-3  # AdamW peak learning rate (cosine schedule over the epochs)
     negatives: int = 4  # sampled negatives per positive
     batch_size: int = 1024
@@ -95,6 +97,12 @@ class CentralConfig:
                 f"cold-items needs the seed model: {self.model!r} cannot score an item it never"
                 " trained on from its features"
             )
+        if self.item_ids not in ITEM_ID_MODES:
+            raise ValueError(f"item-ids must be one of {ITEM_ID_MODES}, got {self.item_ids!r}")
+        if self.item_ids != "all" and self.model != "seed":
+            raise ValueError(
+                f'item-ids = "{self.item_ids}" needs the seed model, not {self.model!r}'
+            )
         if self.catalog and self.model != "seed":
             raise ValueError(f"catalog (item features) needs the seed model, not {self.model!r}")
 
@@ -128,6 +136,7 @@ def build_model(
             item_feature_dim=features.shape[1],
             id_dim=config.id_dim or config.dim,
             dim=config.dim,
+            item_ids=config.item_ids == "all",
         )
         return SeedModel(
             model_config,

@@ -63,6 +63,9 @@ def train_central_cmd(
     epochs: int = 30,
     dim: int = 64,
     id_dim: Annotated[int, typer.Option(help="id-embedding width (0: same as --dim)")] = 0,
+    item_ids: Annotated[
+        str, typer.Option(help="all: an item-id table; none: items are their features alone")
+    ] = "all",
     lr: float = 2e-3,
     negatives: int = 4,
     batch_size: int = 1024,
@@ -92,6 +95,7 @@ def train_central_cmd(
             epochs=epochs,
             dim=dim,
             id_dim=id_dim,
+            item_ids=item_ids,
             lr=lr,
             negatives=negatives,
             batch_size=batch_size,
@@ -225,6 +229,10 @@ def catalog_build_cmd(
         bool, typer.Option("--embed", help="Embed the items' text now and append the block.")
     ] = False,
     cache: CacheOption = None,
+    text_dim: Annotated[
+        int,
+        typer.Option(help="Project the text block on its top K principal components (0: keep)."),
+    ] = 0,
     no_genres: Annotated[
         bool,
         typer.Option("--no-genres", help="Leave the genres block out (an ID-only or text tower)."),
@@ -270,6 +278,10 @@ def catalog_build_cmd(
             )
         )
         catalog = or_exit(lambda: with_text_block(catalog, features))
+    if text_dim:
+        from fedrec.common.data.text import project_text_block
+
+        catalog = or_exit(lambda: project_text_block(catalog, text_dim))
     if no_genres:  # after the text, which is embedded from the genres' names
         catalog = or_exit(lambda: catalog.without_item_block("genres"))
     or_exit(lambda: save_catalog(catalog, out))

@@ -216,6 +216,8 @@ def promote(
             return -torch.nn.functional.logsigmoid(model(users_t, items_t)).mean()
 
     rows = torch.from_numpy(targets)
+    if model.item_embedding is None:  # FederationConfig refuses poison-fraction without it
+        raise ValueError("the promotion attacks push item-table rows: this model has none")
     table = model.item_embedding.weight
     start = table.detach()[rows].clone()
     table.requires_grad_(True)

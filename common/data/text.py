@@ -54,6 +54,7 @@ __all__ = [
     "encoder_folder",
     "item_texts",
     "load_text_features",
+    "project_text_block",
     "verify_encoder",
     "with_text_block",
 ]
@@ -166,6 +167,41 @@ def with_text_block(catalog: Catalog, features: TextFeatures) -> Catalog:
             )
     provenance = {k: v for k, v in features.provenance.items() if k != "text_sha256"}
     return catalog.with_item_block("text", vectors, provenance)
+
+
+def project_text_block(catalog: Catalog, dim: int) -> Catalog:
+    """``catalog`` with its ``text`` block replaced by the block's top ``dim`` principal
+    components (a new catalog, a new hash): the vectors centred on their mean and projected
+    on the leading right singular vectors, so distances within that subspace are kept.
+
+    What it is for: W_v has a column per feature, so a 384-wide text block makes the item
+    tower 384 × d of the shared model; under user-level DP every shared coordinate gets
+    the same noise, and a narrower block puts the tower's update into fewer of them. The
+    vectors are public, so the projection is too. It is fitted on this catalog's items: a
+    grown catalog projected again gets other features for its earlier items (and so no
+    longer extends this one)."""
+    columns = catalog._columns("text")
+    if columns is None:
+        raise ValueError("the catalog has no text block to project (fedrec catalog build --embed)")
+    vectors = catalog.item_features[:, columns].astype(np.float64)
+    if not 1 <= dim < vectors.shape[1] or dim > vectors.shape[0]:
+        raise ValueError(
+            f"text dim {dim} must be in [1, {vectors.shape[1]}) and at most the"
+            f" {vectors.shape[0]} items"
+        )
+    centred = vectors - vectors.mean(axis=0)
+    _, singular, basis = np.linalg.svd(centred, full_matrices=False)
+    energy = np.square(singular)
+    projected = (centred @ basis[:dim].T).astype(np.float32)
+    block = next(b for b in catalog.item_blocks if b.name == "text")
+    provenance = {
+        **block.provenance,
+        "projection": "pca",
+        "projected_from": vectors.shape[1],
+        "dim": dim,
+        "explained_variance": float(energy[:dim].sum() / energy.sum()),
+    }
+    return catalog.without_item_block("text").with_item_block("text", projected, provenance)
 
 
 def default_cache() -> Path:

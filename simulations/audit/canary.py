@@ -114,6 +114,11 @@ def canary_audit(
     """Run ``config``'s scenario once with canaries (see the module docstring)."""
     if canaries < 2 or items < 3:
         raise ValueError("the canary audit needs at least 2 canaries of at least 3 items each")
+    if not config.item_id_table:
+        raise ValueError(
+            "the canary audit scores how the canaries' item-table rows moved, and item-ids ="
+            ' "none" has no item table: run the membership audit on this model instead'
+        )
     rng = np.random.default_rng(seed)
     data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
     with tempfile.TemporaryDirectory(prefix="fedrec-canary-") as scratch:

@@ -23,8 +23,16 @@ reply the server received. Devices start that round without a stored private row
 in-process nodes are new), as in a device's first round.
 
 Score of item i: the norm of its rows in every item-indexed shared array of the view (the
-item's ID embedding row, say). Each target's scores are turned into ranks among its own
-candidates before they are pooled, so one device with large updates does not dominate.
+item's ID embedding row, say). A model without item ids (``item-ids = "none"``) has no such
+array, but its item tower still moved along the features of the items trained on: W_v's
+update is Σ_j a_j·f_jᵀ over the device's positives and negatives j, with a_j ≈
+±c_j·(w_r ⊙ u), one direction for the whole device (its user vector u ≥ 0, through the
+known head w_r), + for a positive and − for a negative. So ΔW_v ≈ (w_r ⊙ u)·φᵀ with φ =
+Σ_j ±c_j·f_j, and the server reads φ as the top right singular vector of ΔW_v's feature
+columns, its sign fixed by the left one's agreement with w_r, and scores item i by
+⟨φ, f_i⟩ / ‖f_i‖ (the catalog's features f_i are public; the global model is the server's).
+Each target's scores are turned into ranks among its own candidates before they are pooled,
+so one device with large updates does not dominate.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from fedrec.common import keys
 from fedrec.common.audit_stats import AttackResult, average_ranks, summarize_attack
+from fedrec.common.data.catalog import load_catalog
 from fedrec.common.data.cold import split_with_cold_items
 from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import load_interactions
@@ -64,6 +73,8 @@ __all__ = [
 ]
 
 VIEWS = ("upload", "masked-upload", "cohort-sum", "released")
+ITEM_TOWER = "item_tower.weight"  # W_v: (d, item-id width + F) over g = [id row ; features]
+HEAD = "head.weight"  # w_r
 Delta = dict[str, np.ndarray]
 
 
@@ -96,6 +107,8 @@ class Observation:
     round: int
     secure: bool = False
     features: dict[int, np.ndarray] | None = None  # user index -> its encoded feature row
+    item_features: np.ndarray | None = None  # the catalog's (items × F): public
+    model: Delta | None = None  # the global model the round started from (the server's)
 
 
 def observe_uploads(
@@ -151,7 +164,10 @@ def observe_uploads(
     uploads = _masked(grids[0], sent) if secure else _plain(grids[0], sent)
     items = {u: user_shard(data, split, u).train_items for u in uploads}
     features = {u: data.user_features[u] for u in uploads}
-    return Observation(uploads, items, data.num_items, start + 1, secure, features)
+    item_features = load_catalog(observed.catalog).item_features if observed.catalog else None
+    return Observation(
+        uploads, items, data.num_items, start + 1, secure, features, item_features, sent
+    )
 
 
 def _sent_models(grid: RecordingGrid) -> dict[str, np.ndarray]:
@@ -200,15 +216,42 @@ def _masked(grid: RecordingGrid, start: dict[str, np.ndarray]) -> dict[int, Delt
     raise RuntimeError("the observed secure round has no collect stage")
 
 
-def item_scores(delta: Mapping[str, np.ndarray], num_items: int) -> np.ndarray:
-    """Per item, the norm of its rows over every item-indexed array of ``delta``."""
+def item_scores(
+    delta: Mapping[str, np.ndarray],
+    num_items: int,
+    item_features: np.ndarray | None = None,
+    model: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Per item, the norm of its rows over every item-indexed array of ``delta``; without
+    one (no item-id table), ⟨φ, f_i⟩ / ‖f_i‖ from the item tower's update over the
+    catalog's ``item_features``, φ signed by the ``model``'s head (the module docstring)."""
     total = np.zeros(num_items)
     indexed = [v for v in delta.values() if v.ndim >= 1 and v.shape[0] == num_items]
     if not indexed:
-        raise ValueError(f"no array of the update is indexed by the {num_items} items")
+        return _feature_scores(delta, num_items, item_features, model)
     for value in indexed:
         total += np.square(value.reshape(num_items, -1)).sum(axis=1)
     return np.sqrt(total)
+
+
+def _feature_scores(
+    delta: Mapping[str, np.ndarray],
+    num_items: int,
+    item_features: np.ndarray | None,
+    model: Mapping[str, np.ndarray] | None,
+) -> np.ndarray:
+    tower = delta.get(ITEM_TOWER)
+    if item_features is None or model is None or tower is None:
+        raise ValueError(
+            f"no array of the update is indexed by the {num_items} items, and no item tower"
+            " over the catalog's features (with the global model) to score them by"
+        )
+    features = np.asarray(item_features, np.float64)
+    left, _, right = np.linalg.svd(np.asarray(tower, np.float64)[:, -features.shape[1] :])
+    head = np.asarray(model[HEAD], np.float64).reshape(-1)
+    phi = right[0] if left[:, 0] @ head >= 0 else -right[0]  # a_j ∝ w_r ⊙ u, u ≥ 0
+    lengths = np.linalg.norm(features, axis=1)
+    return (features @ phi) / np.where(lengths > 0, lengths, 1.0)
 
 
 @dataclass(frozen=True)
@@ -258,7 +301,8 @@ def attack_uploads(
         if clip_norm > 0 and not observation.secure:
             delta = _clipped(delta, clip_norm)
         inside = np.unique(observation.items[u])
-        scored.append((item_scores(delta, n), inside, np.setdiff1d(np.arange(n), inside)))
+        scores = item_scores(delta, n, observation.item_features, observation.model)
+        scored.append((scores, inside, np.setdiff1d(np.arange(n), inside)))
     view = "masked-upload" if observation.secure else "upload"
     return _attack(view, len(scored), 1, scored, seed, reps)
 
@@ -295,7 +339,7 @@ def attack_sums(
             if view == "released":
                 std = noise_multiplier * clip_norm
                 total = {k: v + rng.normal(0.0, std, v.shape) for k, v in total.items()}
-            scores = item_scores(total, n)
+            scores = item_scores(total, n, observation.item_features, observation.model)
             for u in group:
                 inside = np.unique(observation.items[u])
                 scored.append((scores, inside, np.setdiff1d(np.arange(n), inside)))

@@ -96,13 +96,20 @@ def audit_run(
     config = FederationConfig.from_mapping(described["config"])
     if data is not None:
         config = config.replace(data=data)
+    if "canary" in attacks and not config.item_id_table:  # before any attack's work
+        raise ValueError(
+            'the canary audit scores item-table rows and this run has item-ids = "none":'
+            " audit it with --attacks interaction,attribute,membership"
+        )
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     records = _read_rounds(run_dir)
     local = run_dir / CATALOG_FILE
     catalog = load_catalog(local if local.exists() else config.catalog)
     population = int(described.get("nodes") or 0)
     ledger = recompute_user_level(records, population)
-    evidence = merge_received(records, shared_shapes(catalog, config.dim))
+    evidence = merge_received(
+        records, shared_shapes(catalog, config.dim, item_ids=config.item_id_table)
+    )
     deployment_file = run_dir / "deployment" / "deployment.json"
     deployment = json.loads(deployment_file.read_text()) if deployment_file.exists() else None
     handling = _data_handling(config.data)

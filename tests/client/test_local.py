@@ -110,6 +110,27 @@ def test_local_train_lowers_the_loss(
     assert all(math.isfinite(x) for x in losses)
 
 
+def test_without_item_ids_a_device_trains_the_towers_and_sends_no_table(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    """The shared group says the model has no item table (item-ids = "none"): the device
+    builds that model, trains it (the loss falls, every shared array moves) and its shared
+    state, what it sends, has no table."""
+    shared = initial_shared_state(catalog, DIM, seed=0, item_ids=False)
+    model = build_local_model(catalog, shard, DIM, shared, None, seed=0)
+    assert model.item_embedding is None
+    negatives = shard.sample_negatives(4 * len(shard.train_items), np.random.default_rng(9))
+    items = np.concatenate([shard.train_items, negatives])
+    labels = np.concatenate([np.ones(len(shard.train_items)), np.zeros(len(negatives))])
+    before = _bce(model, items, labels)
+    for round_ in range(4):
+        local_train(model, shard, LocalTrainConfig(epochs=1), np.random.default_rng(round_))
+    assert _bce(model, items, labels) < before * 0.9, before
+    after = shared_state(model)
+    assert set(after) == set(shared)
+    assert all(not torch.equal(after[k], shared[k]) for k in after)
+
+
 def test_local_train_touches_nothing_but_the_model(catalog: Catalog, shard: UserShard) -> None:
     shared = initial_shared_state(catalog, DIM, seed=0)
     shared_before = {k: v.clone() for k, v in shared.items()}

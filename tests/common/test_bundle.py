@@ -132,3 +132,27 @@ def test_a_bundle_file_round_trips_and_bad_ones_are_refused(
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="is not an inference bundle"):
         load_bundle(tmp_path / "junk.npz")
+
+
+def test_a_bundle_of_a_model_without_item_ids_ranks_as_the_model(catalog: Catalog) -> None:
+    """item-ids = "none": the shared group has no item table and the bundle scores items
+    from their features alone, the torch model's logits within the 16-bit rounding."""
+    state = initial_shared_state(catalog, DIM, 3, item_ids=False)
+    assert "item_embedding.weight" not in state
+    generator = torch.Generator().manual_seed(3)
+    shared = {k: v + 0.3 * torch.randn(v.shape, generator=generator) for k, v in state.items()}
+    bundle = build_bundle({k: v.numpy() for k, v in shared.items()},
+                          catalog.item_features, catalog.hash)  # fmt: skip
+    zeros = np.zeros(catalog.user_feature_dim, np.float32)
+    model = device_model(catalog, DIM, zeros, item_ids=False)
+    model.load_state_dict({**model.state_dict(), **shared}, strict=True)
+    row = np.random.default_rng(4).normal(0, 0.5, DIM).astype(np.float32)
+    with torch.no_grad():
+        model.user_embedding.weight.copy_(torch.from_numpy(row).reshape(1, -1))
+        expected = model.score_all(torch.zeros(1, dtype=torch.long))[0].numpy()
+    logits = bundle.logits(bundle.user_vector(row, zeros))
+    np.testing.assert_allclose(logits, expected, atol=1e-3)
+    assert bundle.num_items == catalog.num_items
+    with pytest.raises(ValueError, match="do not fit the model"):  # a catalog of other width
+        build_bundle({k: v.numpy() for k, v in shared.items()},
+                     catalog.item_features[:, 1:], catalog.hash)  # fmt: skip

@@ -260,6 +260,31 @@ def test_low_rank_settings_are_checked(changes: dict, match: str) -> None:
         FederationConfig(dim=64, **changes)
 
 
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"item_ids": "some"}, r"item-ids must be one of \('all', 'none'\)"),
+        ({"item_ids": "none", "colr_rank": 8}, "colr-rank factors the item table's update"),
+        ({"item_ids": "none", "row_norm_bound": 0.1}, "row-norm-bound bounds each item-table"),
+        (
+            {"item_ids": "none", "poison_fraction": 0.1, "target_items": "tail:5"},
+            "poison-fraction simulates attacks that push item-table rows",
+        ),
+    ],
+)
+def test_settings_that_need_the_item_table_are_refused_without_it(
+    changes: dict, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        FederationConfig(**changes)
+
+
+def test_item_ids_from_the_run_config() -> None:
+    assert FederationConfig().item_id_table
+    config = FederationConfig.from_mapping({"item-ids": "none", "target-items": "tail:5"})
+    assert not config.item_id_table  # exposure is measured without the table too
+
+
 def test_a_low_rank_run_exchanges_updates() -> None:
     assert FederationConfig(colr_rank=4).exchanges_updates
     assert not FederationConfig().exchanges_updates

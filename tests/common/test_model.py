@@ -21,7 +21,7 @@ from fedrec.common.model import (
 NU, NI, FU, FI = 5, 7, 3, 4
 
 
-def _model(seed: int = 0, fu: int = FU, fi: int = FI, **kw: int) -> SeedModel:
+def _model(seed: int = 0, fu: int = FU, fi: int = FI, **kw: int | bool) -> SeedModel:
     torch.manual_seed(seed)
     cfg = ModelConfig(num_users=NU, num_items=NI, user_feature_dim=fu, item_feature_dim=fi, **kw)
     uf = torch.rand(NU, fu)
@@ -231,3 +231,32 @@ def test_config_defaults_and_frozen() -> None:
     assert (cfg.id_dim, cfg.dim) == (32, 32)
     with pytest.raises(AttributeError):
         cfg.dim = 3  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- without item ids
+
+
+def test_without_item_ids_an_item_is_its_features_alone() -> None:
+    """item_ids=False: no item-id table, g = [item features], so two items with the same
+    features score the same for every user, every item scores as a cold one does, and the
+    shared group is the towers and the head only: (F_i·d + d) + ((id + F_u)·d + d) + d + 1."""
+    m = _model(item_ids=False, id_dim=6, dim=8)
+    assert m.item_embedding is None and m.config.item_id_dim == 0
+    assert "item_embedding.weight" not in shared_parameter_names(m)
+    size = sum(v.numel() for v in shared_state(m).values())
+    assert size == (FI * 8 + 8) + ((6 + FU) * 8 + 8) + 8 + 1
+    with torch.no_grad():
+        m.item_features[5] = m.item_features[2]
+        users = torch.arange(NU)
+        scores = m.score_all(users)
+        torch.testing.assert_close(scores[:, 5], scores[:, 2])
+        torch.testing.assert_close(m.score_from_features(users, torch.arange(NI)), scores)
+        v = torch.relu(m.item_features @ m.item_tower.weight.T + m.item_tower.bias)
+        torch.testing.assert_close(m.item_vectors(), v)
+        torch.testing.assert_close(m.item_vectors(torch.tensor([3, 1])), v[[3, 1]])
+
+
+def test_without_item_ids_the_catalog_must_have_item_features() -> None:
+    with pytest.raises(ValueError, match="scores items from their features, and this catalog"):
+        ModelConfig(num_users=1, num_items=3, user_feature_dim=0, item_feature_dim=0,
+                    item_ids=False)  # fmt: skip

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from flwr.app import ArrayRecord
 
 from fedrec.client.app import make_client_app
 from fedrec.client.store import ContextStateStore
@@ -76,29 +79,52 @@ def test_growing_pads_the_table_and_its_optimizer_moments_with_zeros() -> None:
         grow_item_rows(arrays, state, 2)
 
 
-def test_a_federation_resumes_on_a_grown_catalog_and_ranks_the_new_items(tmp_path: Path) -> None:
+@dataclass
+class Grown:
+    """A federation run on the old catalog, then resumed on the grown one."""
+
+    first_grid: InProcessGrid  # the first run's devices (their stored rows)
+    trained: ArrayRecord  # the first run's checkpointed model
+    second: FederationConfig  # the resumed run's settings
+    metrics: dict[str, Any]  # what the resumed run reported
+    old: Catalog
+    new: Catalog
+
+
+def _grow(tmp_path: Path, base: FederationConfig, rounds: int) -> Grown:
+    """``base`` for ``rounds`` rounds on the first ``OLD`` items' catalog, then resumed on
+    the ``ITEMS``-item one for ``rounds`` more; run folders run1 and run2."""
     old_data, old = _write(tmp_path / "old", OLD)
     new_data, new = _write(tmp_path / "new", ITEMS)
-    base = FederationConfig(
-        synthetic_users=USERS, dim=8, num_rounds=3, clients_per_round=10, eval_every=3,
-        strategy="fedadam", server_lr=0.05, expected_nodes=USERS,
-    )  # fmt: skip
     first = base.replace(
         data=str(old_data), catalog=str(save_catalog(old, tmp_path / "old.npz")),
-        out_dir=str(tmp_path / "run1"),
+        out_dir=str(tmp_path / "run1"), num_rounds=rounds, eval_every=rounds,
     )  # fmt: skip
     grid1 = InProcessGrid(make_client_app(first), USERS)
     with seeded_task(1):
         run_federation(grid1, first, randomness=ServerRandomness.seeded(1))
     trained, _, _ = load_checkpoint(tmp_path / "run1")
-    second = base.replace(
+    second = first.replace(
         data=str(new_data), catalog=str(save_catalog(new, tmp_path / "new.npz")),
-        out_dir=str(tmp_path / "run2"), resume=str(tmp_path / "run1"), num_rounds=5,
+        out_dir=str(tmp_path / "run2"), resume=str(tmp_path / "run1"), num_rounds=2 * rounds,
     )  # fmt: skip
     with seeded_task(2):
         metrics = run_federation(InProcessGrid(make_client_app(second), USERS), second,
                                  randomness=ServerRandomness.seeded(2))  # fmt: skip
     assert metrics["resumed"]["catalog_grew"] == {"from": OLD, "to": ITEMS}
+    return Grown(grid1, trained, second, metrics, old, new)
+
+
+BASE = FederationConfig(
+    synthetic_users=USERS, dim=8, clients_per_round=10, strategy="fedadam", server_lr=0.05,
+    expected_nodes=USERS,
+)  # fmt: skip
+
+
+def test_a_federation_resumes_on_a_grown_catalog_and_ranks_the_new_items(tmp_path: Path) -> None:
+    grown = _grow(tmp_path, BASE, rounds=3)
+    grid1, trained, second, metrics = grown.first_grid, grown.trained, grown.second, grown.metrics
+    old, new = grown.old, grown.new
     with pytest.raises(ValueError, match="cold-items draws its cold set"):  # another cold set
         run_federation(InProcessGrid(make_client_app(second), USERS),
                        second.replace(cold_items=0.3, out_dir=""))  # fmt: skip
@@ -136,3 +162,25 @@ def test_a_federation_resumes_on_a_grown_catalog_and_ranks_the_new_items(tmp_pat
     with_new = sum(bool((top >= OLD).any()) for top in tops)
     # measured: 19 of 20 devices, 33 of the 200 places (the new items are 10 % of the catalog)
     assert with_new >= len(tops) // 2, f"{with_new} of {len(tops)} devices rank a new item"
+
+
+def test_without_item_ids_a_grown_catalog_needs_no_new_rows(tmp_path: Path) -> None:
+    """item-ids = "none": nothing in the model is per item, so the resumed model is the
+    checkpoint's, unchanged, over the grown catalog (the checkpoint records its catalog's
+    size, which a table would otherwise give); a catalog that changed an earlier item is
+    still refused."""
+    grown = _grow(tmp_path, BASE.replace(item_ids="none"), rounds=2)
+    assert "item_embedding.weight" not in grown.trained
+    meta = json.loads((tmp_path / "run1" / runs.CHECKPOINT_META).read_text())
+    assert (meta["catalog_items"], meta["item-ids"]) == (OLD, "none")
+    assert grown.metrics["rounds"][-1]["clients_replied"] == 10
+    new, second = grown.new, grown.second
+    bundle = load_bundle(tmp_path / "run2" / runs.INFERENCE_BUNDLE)
+    assert bundle.num_items == ITEMS
+    assert (np.abs(bundle.item_vectors()[OLD:]).sum(axis=1) > 0).all()
+    edited = Catalog(new.item_ids, new.item_features.copy(), new.user_schema,
+                     (*new.item_titles[:5], "renamed", *new.item_titles[6:]),
+                     new.item_feature_names, new.item_blocks, new.source)  # fmt: skip
+    changed = second.replace(catalog=str(save_catalog(edited, tmp_path / "e.npz")), out_dir="")
+    with pytest.raises(ValueError, match="was trained on catalog"):
+        run_federation(InProcessGrid(make_client_app(changed), USERS), changed)

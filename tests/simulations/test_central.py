@@ -60,3 +60,17 @@ def test_a_central_run_holds_cold_items_out_and_ranks_them(tmp_path: Path) -> No
     other = save_catalog(Catalog.of(smaller), tmp_path / "other.npz")
     with pytest.raises(ValueError, match="does not list the items"):
         run_central(CentralConfig(epochs=1, dim=8, catalog=str(other)), tmp_path / "x")
+
+
+def test_a_central_seed_model_without_item_ids(tmp_path: Path) -> None:
+    """--item-ids none: the centralized reference of the features-only model trains and
+    beats chance (HR@10 0.1 among 100 candidates). Measured: 0.36, against 0.59 with the
+    table (synthetic items differ by popularity, which only an id row can learn); the
+    baselines have no such option."""
+    config = CentralConfig(epochs=10, dim=16, item_ids="none")
+    metrics = run_central(config, tmp_path / "run")
+    assert metrics["final"]["hr@10"] > 0.15, metrics["final"]
+    with pytest.raises(ValueError, match="item-ids must be one of"):
+        CentralConfig(item_ids="few")
+    with pytest.raises(ValueError, match="needs the seed model"):
+        CentralConfig(model="mf", item_ids="none")

@@ -133,3 +133,12 @@ def test_catalog_build_appends_the_text_block_embedded_now_or_from_a_file(tmp_pa
     assert load_catalog(tmp_path / "a.npz").hash == load_catalog(tmp_path / "b.npz").hash
     both = CliRunner().invoke(app, [*attach, "--embed", "--out", str(tmp_path / "c.npz")])
     assert both.exit_code == 2 and "not both" in both.output
+    narrow = CliRunner().invoke(
+        app, [*attach, "--text-dim", "16", "--out", str(tmp_path / "d.npz")]
+    )  # the text block on its top 16 principal components
+    assert narrow.exit_code == 0, narrow.output + repr(narrow.exception)
+    assert "text (16)" in narrow.output
+    projected = load_catalog(tmp_path / "d.npz").item_blocks[-1].provenance
+    assert (projected["projection"], projected["projected_from"]) == ("pca", 384)
+    wide = CliRunner().invoke(app, [*attach, "--text-dim", "400", "--out", str(tmp_path / "e")])
+    assert wide.exit_code != 0 and "text dim 400 must be in" in wide.output

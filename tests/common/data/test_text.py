@@ -192,3 +192,30 @@ def test_a_cache_that_is_not_unit_vectors_is_rebuilt(
         keys = npz["keys"]
     np.savez(cache, keys=keys, vectors=np.full((1, TEXT_DIM), 5.0, np.float32))
     np.testing.assert_allclose(embed_texts([TOY], cache_dir=tmp_path), first, atol=1e-6)
+
+
+def test_the_text_block_projects_on_its_principal_components() -> None:
+    """Vectors that vary along 2 directions of 6 (plus a little noise) keep their distances
+    projected on 2 components; the other blocks and the items are untouched."""
+    from fedrec.common.data.text import project_text_block
+
+    catalog = build_catalog(
+        "synthetic", synthetic=SyntheticConfig(num_users=30, num_items=40, interactions_per_user=10)
+    )
+    rng = np.random.default_rng(0)
+    planar = rng.normal(size=(40, 2)) @ rng.normal(size=(2, 6)) + rng.normal(0, 1e-3, (40, 6))
+    with_text = catalog.with_item_block("text", planar.astype(np.float32), {"encoder": "x"})
+    projected = project_text_block(with_text, 2)
+    block = projected.item_blocks[-1]
+    assert (block.name, block.width, block.provenance["encoder"]) == ("text", 2, "x")
+    assert block.provenance["explained_variance"] > 0.9999
+    np.testing.assert_array_equal(projected.item_features[:, :-2], catalog.item_features)
+    distances = np.linalg.norm(planar[:, None] - planar[None], axis=-1)
+    kept = projected.item_features[:, -2:].astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(kept[:, None] - kept[None], axis=-1), distances,
+                               atol=1e-2)  # fmt: skip
+    assert projected.hash != with_text.hash and projected.item_ids == catalog.item_ids
+    with pytest.raises(ValueError, match=r"text dim 6 must be in \[1, 6\)"):
+        project_text_block(with_text, 6)
+    with pytest.raises(ValueError, match="no text block to project"):
+        project_text_block(catalog, 2)

@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
@@ -48,3 +49,9 @@ def test_a_noised_run_stays_under_its_claim() -> None:
     found = canary_audit(config, _rerun, canaries=60, items=30)
     assert found.claimed_epsilon is not None and found.claimed_epsilon > 0
     assert found.epsilon_lower_bound <= found.claimed_epsilon and not found.violates
+
+
+def test_a_model_without_item_ids_is_refused_with_the_audit_that_fits() -> None:
+    config = FederationConfig.from_mapping({**BASE, "item-ids": "none"})
+    with pytest.raises(ValueError, match="no item table: run the membership audit"):
+        canary_audit(config, _rerun, canaries=60, items=30)

@@ -80,3 +80,36 @@ def test_on_a_real_round_plain_uploads_leak_and_masked_ones_do_not(protected_run
     hidden = attack_uploads(masked, reps=200).result.auc.value
     assert read > 0.8, read
     assert abs(hidden - 0.5) < 0.05, hidden
+
+
+def test_without_item_ids_the_item_tower_still_tells_the_items() -> None:
+    """item-ids = "none": no array of an upload is item-indexed, but W_v's update lies along
+    the features of the items the device trained on. Real device updates (the device's own
+    local_train, 40 synthetic users, genre features only: many items share a genre set, so
+    items with a trained item's genres score as it does). Measured AUC 0.64."""
+    from fedrec.client.local import LocalTrainConfig, build_local_model, local_train
+    from fedrec.common.data.catalog import Catalog
+    from fedrec.common.data.shard import user_shard
+    from fedrec.common.data.sources import load_interactions
+    from fedrec.common.data.split import temporal_leave_one_out
+    from fedrec.common.data.synthetic import SyntheticConfig
+    from fedrec.common.model import initial_shared_state, shared_state
+
+    data = load_interactions("synthetic", synthetic=SyntheticConfig(num_users=DEVICES,
+                             num_items=ITEMS))  # fmt: skip
+    split, catalog = temporal_leave_one_out(data), Catalog.of(data)
+    start = initial_shared_state(catalog, DIM, 0, item_ids=False)
+    deltas, items = {}, {}
+    for u in range(DEVICES):
+        shard = user_shard(data, split, u)
+        model = build_local_model(catalog, shard, DIM, start, None, seed=u)
+        local_train(model, shard, LocalTrainConfig(lr=1.0), np.random.default_rng(u))
+        deltas[u] = {k: (v - start[k]).numpy() for k, v in shared_state(model).items()}
+        items[u] = shard.train_items
+    model = {k: v.numpy() for k, v in start.items()}
+    observed = Observation(deltas, items, ITEMS, round=1,
+                           item_features=catalog.item_features, model=model)  # fmt: skip
+    auc = attack_uploads(observed, reps=200).result.auc.value
+    assert auc > 0.6, auc
+    with pytest.raises(ValueError, match="no item tower over the catalog's features"):
+        attack_uploads(Observation(deltas, items, ITEMS, round=1), reps=10)
