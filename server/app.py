@@ -312,11 +312,15 @@ def _check_resumed_model(
     ``grew``, an earlier version of it), same arrays and shapes."""
     saved = meta.get("catalog_sha256")
     if saved and saved != catalog.hash and not grew:
+        why = (
+            "its item rows would mean other items"
+            if ITEM_TABLE in resumed
+            else "its items' features would differ"
+        )
         raise ValueError(
             f"checkpoint {config.resume} was trained on catalog {saved[:12]}, this run's"
-            f" catalog is {catalog.hash[:12]}: its item rows would mean other items; resume"
-            " with the catalog the run started with, or with a version of it that only"
-            " appends items"
+            f" catalog is {catalog.hash[:12]}: {why}; resume with the catalog the run started"
+            " with, or with a version of it that only appends items"
         )
     identity = resume_identity(config)
     recorded = {**IDENTITY_DEFAULTS, **meta}  # a checkpoint from before a key was recorded

@@ -53,9 +53,9 @@ def audit_cmd(
     AUCs), auditing each run that has no audit/audit.json yet. Exits 1 when a check
     contradicts a claim (an ε that does not recompute, a private key received, masked
     uploads an attack can read)."""
-    from fedrec.simulations.audit.report import ATTACKS, audit_run, write_report
+    from fedrec.simulations.audit.report import audit_run, write_report
 
-    named = {"all": ATTACKS, "none": ()}
+    named: dict[str, tuple[str, ...] | None] = {"all": None, "none": ()}  # None: all that apply
     chosen = named[attacks] if attacks in named else [a.strip() for a in attacks.split(",")]
 
     def audit_one(run: Path, folder: Path | None = None) -> dict[str, Any]:

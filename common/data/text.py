@@ -196,6 +196,7 @@ def project_text_block(catalog: Catalog, dim: int) -> Catalog:
     block = next(b for b in catalog.item_blocks if b.name == "text")
     provenance = {
         **block.provenance,
+        "normalized": False,  # centred principal coordinates, no longer unit vectors
         "projection": "pca",
         "projected_from": vectors.shape[1],
         "dim": dim,

@@ -44,7 +44,7 @@ from fedrec.simulations.audit.membership import VIEWS, membership_audit
 from fedrec.simulations.audit.protections import CHANCE_AUC, NOT_COVERED, protections
 from fedrec.simulations.audit.rerun import Rerun
 
-__all__ = ["ATTACKS", "SCHEMA", "audit_run", "write_report"]
+__all__ = ["ATTACKS", "SCHEMA", "applicable_attacks", "audit_run", "write_report"]
 
 SCHEMA = "fedrec-audit/1"
 NAMES = {
@@ -68,11 +68,25 @@ def _data_handling(data: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path is not None and path.exists() else None
 
 
+def applicable_attacks(config: FederationConfig, attacks: Sequence[str] | None) -> tuple[str, ...]:
+    """The attacks to run on ``config``'s run: those named, or (None) every one that applies
+    (the canary audit scores item-table rows: not on a model without item ids, where naming
+    it is refused before any attack's work)."""
+    if attacks is None:
+        return tuple(a for a in ATTACKS if config.item_id_table or a != "canary")
+    if "canary" in attacks and not config.item_id_table:
+        raise ValueError(
+            'the canary audit scores item-table rows and this run has item-ids = "none":'
+            " audit it with --attacks interaction,attribute,membership"
+        )
+    return tuple(attacks)
+
+
 def audit_run(
     run_dir: str | Path,
     *,
     data: str | None = None,
-    attacks: Sequence[str] = ATTACKS,
+    attacks: Sequence[str] | None = None,
     targets: int = 100,
     seed: int = 0,
     canaries: int = 200,
@@ -84,9 +98,12 @@ def audit_run(
     """The audit document of ``run_dir`` (see the module docstring). ``rerun`` runs the
     extra training runs of the membership attack (``shadows + 1`` runs, ``members``
     candidates) and of the canary audit (one run; default: the simulation engine, as
-    ``fedrec simulate``)."""
+    ``fedrec simulate``). ``attacks`` None: every attack that applies to the run (the
+    canary audit scores item-table rows, so not on a model without item ids)."""
     started = time.perf_counter()
     run_dir = Path(run_dir).resolve()
+    named = attacks is not None
+    attacks = tuple(attacks) if attacks is not None else ATTACKS
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attacks {unknown}: choose from {ATTACKS} (or none)")
@@ -96,11 +113,7 @@ def audit_run(
     config = FederationConfig.from_mapping(described["config"])
     if data is not None:
         config = config.replace(data=data)
-    if "canary" in attacks and not config.item_id_table:  # before any attack's work
-        raise ValueError(
-            'the canary audit scores item-table rows and this run has item-ids = "none":'
-            " audit it with --attacks interaction,attribute,membership"
-        )
+    attacks = applicable_attacks(config, attacks if named else None)
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     records = _read_rounds(run_dir)
     local = run_dir / CATALOG_FILE

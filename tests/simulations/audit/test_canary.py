@@ -55,3 +55,19 @@ def test_a_model_without_item_ids_is_refused_with_the_audit_that_fits() -> None:
     config = FederationConfig.from_mapping({**BASE, "item-ids": "none"})
     with pytest.raises(ValueError, match="no item table: run the membership audit"):
         canary_audit(config, _rerun, canaries=60, items=30)
+
+
+def test_the_audit_of_a_run_without_item_ids_leaves_the_canary_out_unless_asked(
+    tmp_path: Path,
+) -> None:
+    """`fedrec audit RUN` (attacks: all that apply) on an item-ids = "none" run does not
+    run the canary audit; naming it is refused before any other attack's work."""
+    from fedrec.simulations.audit.report import ATTACKS, applicable_attacks, audit_run
+
+    config = FederationConfig.from_mapping({**BASE, "item-ids": "none", "num-rounds": 2,
+                                            "eval-every": 2, "clients-per-round": 10})  # fmt: skip
+    assert applicable_attacks(config, None) == ("interaction", "attribute", "membership")
+    assert applicable_attacks(FederationConfig.from_mapping(BASE), None) == ATTACKS
+    run_inprocess(config.replace(out_dir=str(tmp_path / "run")), seed=1)
+    with pytest.raises(ValueError, match="audit it with --attacks interaction,attribute"):
+        audit_run(tmp_path / "run", attacks=("interaction", "canary"))
