@@ -32,13 +32,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrec.common import keys
+from fedrec.common.model import ITEM_TABLE  # the rows a promotion attack pushes
 from fedrec.common.privacy import clip_delta, clip_update
 from fedrec.common.records import arrays_of
 from fedrec.server.wrapper import StrategyWrapper
 
 __all__ = ["BOUNDED_ROWS", "BOUNDED_UPDATES", "ITEM_TABLE", "Bounds", "NormBounding", "bound"]
 
-ITEM_TABLE = "item_embedding.weight"  # the rows a promotion attack pushes
 BOUNDED_UPDATES = "bounded-updates"  # aggregate metrics: updates clipped as a whole
 BOUNDED_ROWS = "bounded-rows"  # item-table rows clipped
 

@@ -59,6 +59,7 @@ from fedrec.common.data.split import temporal_leave_one_out
 from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import (
+    ITEM_TABLE,
     ModelConfig,
     SeedModel,
     initial_shared_state,
@@ -85,7 +86,6 @@ STATE_KEY = "fedrec.attacker"  # a malicious node's context.state: its stand-ins
 STEPS = 20  # Adam steps on the target rows (and, for A-hum, on the pseudo-users first)
 LR = 0.05
 INIT_STD = 0.1  # as SeedModel draws ID embeddings
-ITEM_TABLE = "item_embedding.weight"
 
 
 def malicious_count(config: FederationConfig, users: int) -> int:

@@ -34,13 +34,12 @@ from fedrec.common.audit_stats import DEFAULT_K_FRACTIONS, best_one_run_audit
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.model import initial_shared_state
+from fedrec.common.model import ITEM_TABLE, initial_shared_state
 from fedrec.simulations.audit.rerun import Rerun, train_again, write_data
 
 __all__ = ["CANARY_DELTA", "CanaryAudit", "canary_audit", "write_canary_data"]
 
 CANARY_DELTA = 1e-5  # δ of the bound for a run that claims none
-ITEM_TABLE = "item_embedding.weight"
 
 
 @dataclass(frozen=True)

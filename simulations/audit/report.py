@@ -102,9 +102,7 @@ def audit_run(
     canary audit scores item-table rows, so not on a model without item ids)."""
     started = time.perf_counter()
     run_dir = Path(run_dir).resolve()
-    named = attacks is not None
-    attacks = tuple(attacks) if attacks is not None else ATTACKS
-    unknown = sorted(set(attacks) - set(ATTACKS))
+    unknown = sorted(set(attacks or ()) - set(ATTACKS))
     if unknown:
         raise ValueError(f"unknown attacks {unknown}: choose from {ATTACKS} (or none)")
     if not (run_dir / "config.json").exists():
@@ -113,7 +111,7 @@ def audit_run(
     config = FederationConfig.from_mapping(described["config"])
     if data is not None:
         config = config.replace(data=data)
-    attacks = applicable_attacks(config, attacks if named else None)
+    attacks = applicable_attacks(config, attacks)
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     records = _read_rounds(run_dir)
     local = run_dir / CATALOG_FILE
