@@ -99,8 +99,8 @@ def main() -> None:
             federated=federated["final"],
             federated_best_round=federated["best_round"],
             hr_ratio=ratio,
-            rounds=base.num_rounds,
-            clients_per_round=base.clients_per_round,
+            rounds=base.rounds.num_rounds,
+            clients_per_round=base.rounds.clients_per_round,
             bytes_per_client_round=federated["bytes_per_client_round"],
             federated_seconds=federated["train_seconds"],
         )
@@ -108,8 +108,8 @@ def main() -> None:
         for k in ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10"):
             print(f"{k:<13} {central['final'][k]:.4f}    {federated['final'][k]:.4f}")
         print(
-            f"federated/central HR@10 = {ratio:.3f} ({base.num_rounds} rounds, "
-            f"{base.clients_per_round} clients/round, best round {federated['best_round']})"
+            f"federated/central HR@10 = {ratio:.3f} ({base.rounds.num_rounds} rounds, "
+            f"{base.rounds.clients_per_round} clients/round, best round {federated['best_round']})"
         )
         b = federated["bytes_per_client_round"]
         print(f"bytes per client per round: down {b['down']:.0f}, up {b['up']:.0f}")

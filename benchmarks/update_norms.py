@@ -51,10 +51,12 @@ def main() -> None:
     else:
         base = FederationConfig(data=args.data, dim=args.dim, local_lr=1.0, local_batch_size=128)
     base = FederationConfig.from_mapping(apply_settings(base.to_mapping(), args.set))
-    data = load_interactions(base.data, synthetic=base.synthetic())
+    data = load_interactions(base.data.data, synthetic=base.synthetic())
     split = temporal_leave_one_out(data)
     catalog = load_catalog(base.catalog) if base.catalog else Catalog.of(data)
-    start = initial_shared_state(catalog, base.dim, base.seed, item_ids=base.item_id_table)
+    start = initial_shared_state(
+        catalog, base.model.dim, base.data.seed, item_ids=base.model.item_id_table
+    )
     bound = global_norm({k: v.numpy() for k, v in start.items()})
     if args.model:
         with np.load(args.model) as saved:
@@ -74,7 +76,8 @@ def main() -> None:
                 shares.append(float(np.square(moved).sum()) / max(norms[-1] ** 2, 1e-30))
         size = sum(v.numel() for v in start.values())
         print(
-            f"{args.data}, dim {config.dim}, item-ids {config.item_ids}, {size:,} shared"
+            f"{args.data}, dim {config.model.dim}, item-ids {config.model.item_ids},"
+            f" {size:,} shared"
             f" parameters, {epochs} local epoch(s), {len(norms)} users, from"
             f" {args.model or 'round 0'}: update norm median {np.median(norms):.3f},"
             f" max {max(norms):.3f}; the model's norm (the default max-update-norm) {bound:.2f}"

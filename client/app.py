@@ -10,12 +10,17 @@ round whose catalog hash is not the device's own catalog's is refused before any
 What a node serves comes from its configuration (:func:`source_for`): a deployed device names
 its sealed store and its catalog in its node config (``store=PATH key-file=PATH
 catalog=PATH``); a simulated node gets ``partition-id`` from the engine and reads the run's
-catalog (``catalog`` in the run config).
+catalog (``catalog`` in the run config). A deployed device parses the run config as a
+deployment (``FederationConfig.from_mapping(..., deployed=True)``: a simulation setting is
+refused, naming it) and never imports the simulated sources. Every message resolves the node
+once (:class:`Node`: its settings, source, catalog and shared shapes), and every mod and
+handler of that message reads the same resolution.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +33,14 @@ from fedrec.client.data import (
     NODE_PASSPHRASE_FILE,
     NODE_STORE,
     PARTITION_ID,
-    DataSetPartitions,
     LocalUser,
     ShardSource,
 )
 from fedrec.client.device import DeviceSource
-from fedrec.client.encrypted_shards import EncryptedPartitions
+from fedrec.client.exchange import ExchangeMod
 from fedrec.client.local import build_local_model, local_evaluate, refresh_user
-from fedrec.client.mods import (
-    CatalogCheck,
-    CompressedExchange,
-    MessageRecorder,
-    SharedOnlyGuard,
-    UserLevelClipping,
-)
+from fedrec.client.mods import CatalogCheck, MessageRecorder, SharedOnlyGuard
+from fedrec.client.secagg import SecAggPlusMod
 from fedrec.client.trainers import local_train_config, trainer_for
 from fedrec.common import keys
 from fedrec.common.colr import LowRank
@@ -49,9 +48,8 @@ from fedrec.common.data.catalog import Catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import SeedModel, private_state, shared_shapes, shared_state
 from fedrec.common.records import arrays_of, config_of, integer
-from fedrec.common.secagg.device import SecAggPlusMod
 
-__all__ = ["app", "make_client_app", "source_for"]
+__all__ = ["Node", "app", "make_client_app", "source_for"]
 
 EVAL_STREAM = 1  # separates the evaluation refresh's random stream from training's
 
@@ -67,20 +65,18 @@ def make_client_app(
             MessageRecorder(handlers.audit_path),
             SharedOnlyGuard(handlers.shared_shapes),
             CatalogCheck(handlers.catalog_of),
-            # inside the guard: it checks the form
-            CompressedExchange(handlers.shared_shapes, handlers.rounding_seed),
         ]
     )
-    # train-only mods run inside the global ones: the guard checks what leaves. Secure
-    # aggregation sits outside the clip, so it masks the clipped update (and is inert
-    # unless the message starts a secure round)
-    app.train(
-        mods=[
-            SecAggPlusMod(handlers.secure, rounding_seed=handlers.rounding_seed),
-            UserLevelClipping(),
-        ]
-    )(handlers.train)
-    app.evaluate()(handlers.evaluate)
+    # the handlers' mods run inside the global ones: the guard checks what leaves. The
+    # exchange decodes the model, clips the update once and encodes it; secure aggregation
+    # sits outside it, so it masks the clipped update (and is inert unless the message
+    # starts a secure round)
+    exchange = ExchangeMod(handlers.shared_shapes, handlers.rounding_seed)
+    secure = SecAggPlusMod(
+        handlers.shared_shapes, handlers.secure, rounding_seed=handlers.rounding_seed
+    )
+    app.train(mods=[secure, exchange])(handlers.train)
+    app.evaluate(mods=[exchange])(handlers.evaluate)
     return app
 
 
@@ -101,9 +97,24 @@ def source_for(config: FederationConfig, node_config: Mapping[str, object]) -> S
             key_file=str(key_file) if key_file else None,
             passphrase_file=str(passphrase_file) if passphrase_file else None,
         )
-    if config.shard_dir:
-        return EncryptedPartitions(config.shard_dir, config.key_file)
+    if config.storage.shard_dir:  # a simulated node from sealed shard folders
+        from fedrec.client.encrypted_shards import EncryptedPartitions
+
+        return EncryptedPartitions(config.storage.shard_dir, config.storage.key_file)
+    from fedrec.client.partitions import DataSetPartitions  # a simulated node
+
     return DataSetPartitions()
+
+
+@dataclass(frozen=True)
+class Node:
+    """What one message's node is: its settings, where its user comes from, its catalog and
+    the shared group's shapes over it. Resolved once per message (:meth:`Handlers.node`)."""
+
+    config: FederationConfig
+    source: ShardSource
+    catalog: Catalog
+    shapes: dict[str, tuple[int, ...]]
 
 
 class Handlers:
@@ -114,38 +125,54 @@ class Handlers:
     def __init__(self, fixed_config: FederationConfig | None, source: ShardSource | None) -> None:
         self.fixed_config = fixed_config
         self.source = source
+        self._last: tuple[Context, Node] | None = None  # the message being served
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_last": None}  # pickled with every message: never a node
+
+    def node(self, context: Context) -> Node:
+        """The node serving ``context``'s message, resolved on its first use and shared by
+        every mod and handler of that message (they all get the same Context object)."""
+        if self._last is not None and self._last[0] is context:
+            return self._last[1]
+        deployed = NODE_STORE in context.node_config  # a device: no simulation setting
+        config = self.fixed_config or FederationConfig.from_mapping(
+            context.run_config, deployed=deployed
+        )
+        source = self.source or source_for(config, context.node_config)
+        catalog = source.catalog(config, context)
+        shapes = shared_shapes(catalog, config.model.dim, item_ids=config.model.item_id_table)
+        node = Node(config, source, catalog, shapes)
+        self._last = (context, node)
+        return node
 
     def config_of(self, context: Context) -> FederationConfig:
-        return self.fixed_config or FederationConfig.from_mapping(context.run_config)
-
-    def source_of(self, config: FederationConfig, context: Context) -> ShardSource:
-        return self.source or source_for(config, context.node_config)
+        return self.node(context).config
 
     def catalog_of(self, context: Context) -> Catalog:
         """The node's own copy of the published catalog."""
-        config = self.config_of(context)
-        return self.source_of(config, context).catalog(config, context)
+        return self.node(context).catalog
+
+    def shared_shapes(self, context: Context) -> dict[str, tuple[int, ...]]:
+        return self.node(context).shapes
 
     def local_user(self, config: FederationConfig, context: Context) -> LocalUser:
-        user = self.source_of(config, context).local_user(config, context)
-        catalog = self.catalog_of(context)
-        if user.shard.num_items != catalog.num_items:
+        node = self.node(context)
+        user = node.source.local_user(config, context)
+        if user.shard.num_items != node.catalog.num_items:
             raise ValueError(
                 f"this device's data indexes {user.shard.num_items} items, its catalog"
-                f" {catalog.hash[:12]} has {catalog.num_items}: they come from different data"
+                f" {node.catalog.hash[:12]} has {node.catalog.num_items}: they come from"
+                " different data"
             )
         return user
 
     def secure(self, context: Context) -> bool:
         """Whether this device takes part in train rounds only through secure aggregation."""
-        return self.config_of(context).secure
+        return self.config_of(context).secure.enabled
 
     def audit_path(self, context: Context) -> str:
-        return self.config_of(context).audit_log
-
-    def shared_shapes(self, context: Context) -> dict[str, tuple[int, ...]]:
-        config = self.config_of(context)
-        return shared_shapes(self.catalog_of(context), config.dim, item_ids=config.item_id_table)
+        return self.config_of(context).simulation.audit_log
 
     def rounding_seed(self, context: Context) -> list[int] | None:
         """The seed of the upload's stochastic rounding (compressed upload, SecAgg+'s
@@ -153,17 +180,17 @@ class Handlers:
         seeded run reproduces; ``None`` on a device (fresh OS entropy: its rounding is its
         own, not a stream the server could regenerate)."""
         partition = context.node_config.get(PARTITION_ID)
-        return None if partition is None else [self.config_of(context).seed, int(partition)]
+        return None if partition is None else [self.config_of(context).data.seed, int(partition)]
 
     def train(self, msg: Message, context: Context) -> Message:
         config = self.config_of(context)
-        torch.set_num_threads(config.client_threads)
+        torch.set_num_threads(config.local.threads)
         user = self.local_user(config, context)
-        private = _private_row(user, config.dim)
+        private = _private_row(user, config.model.dim)
         model = self._model(msg, config, user, private, context)
-        rng = np.random.default_rng([config.seed, user.stream, _round(msg)])
+        rng = np.random.default_rng([config.data.seed, user.stream, _round(msg)])
         low_rank = LowRank.of(config_of(msg.content))  # a CoLR round: train the table's factor
-        basis = None if low_rank is None else low_rank.training_basis(config.dim)
+        basis = None if low_rank is None else low_rank.training_basis(config.model.dim)
         trained = trainer_for(config)(model, user.shard, user.store, rng, basis)
         user.store.save(keys.STATE_PRIVATE, private_state(model))
         if user.device is not None:  # a deployed device keeps the model for its own use
@@ -172,7 +199,9 @@ class Handlers:
                 config, _round(msg), len(user.shard.train_items), config_of(msg.content)
             )
         returning = int(private is not None)
-        if config.client_weighting == "uniform":  # unused, and it would tell the history's length
+        if (
+            config.server.client_weighting == "uniform"
+        ):  # unused; it would tell the history's length
             trained.pop(keys.NUM_EXAMPLES, None)
         metrics = MetricRecord({**trained, keys.UNIT_WEIGHT: 1, keys.RETURNING: returning})
         content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
@@ -180,16 +209,20 @@ class Handlers:
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         config = self.config_of(context)
-        torch.set_num_threads(config.client_threads)
+        torch.set_num_threads(config.local.threads)
         user = self.local_user(config, context)
-        private = _private_row(user, config.dim)
+        private = _private_row(user, config.model.dim)
         model = self._model(msg, config, user, private, context)
-        rng = np.random.default_rng([config.seed, user.stream, _round(msg), EVAL_STREAM])
+        rng = np.random.default_rng([config.data.seed, user.stream, _round(msg), EVAL_STREAM])
         # not stored: evaluating must not change what the next train round starts from
         train_config = local_train_config(config)
-        refresh_user(model, user.shard, train_config, config.eval_private_epochs, rng)
+        refresh_user(model, user.shard, train_config, config.local.eval_private_epochs, rng)
         catalog = self.catalog_of(context)
-        targets = catalog.indices_of(config.target_item_ids()) if config.target_items else None
+        targets = (
+            catalog.indices_of(config.simulation.target_item_ids())
+            if config.simulation.target_items
+            else None
+        )
         values = local_evaluate(model, user.shard, targets=targets)
         if user.device is not None:
             user.device.cache_model(arrays_of(msg.content), _round(msg), config_of(msg.content))
@@ -208,9 +241,9 @@ class Handlers:
         context: Context,
     ) -> SeedModel:
         shared = arrays_of(msg.content).to_torch_state_dict()
-        seed = int(np.random.default_rng([config.seed, user.stream]).integers(2**31))
+        seed = int(np.random.default_rng([config.data.seed, user.stream]).integers(2**31))
         catalog = self.catalog_of(context)
-        return build_local_model(catalog, user.shard, config.dim, shared, private, seed)
+        return build_local_model(catalog, user.shard, config.model.dim, shared, private, seed)
 
 
 def _private_row(user: LocalUser, dim: int) -> Mapping[str, torch.Tensor] | None:

@@ -434,8 +434,8 @@ class Device:
         status = self.store.load_json(STATUS_KEY) or {}
         status["rounds_joined"] = int(status.get("rounds_joined", 0)) + 1
         status["last_round"], status["last_trained_on"] = server_round, trained_on
-        if config.record_level_dp:
-            status["record_delta"] = config.local_dp_delta
+        if config.record_dp.enabled:
+            status["record_delta"] = config.record_dp.delta
         if keys.USER_EPSILON in server:
             status["user_epsilon"] = scalar(server, keys.USER_EPSILON)
         self.store.save_json(STATUS_KEY, status)

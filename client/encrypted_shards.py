@@ -22,9 +22,9 @@ from typing import Any
 
 from flwr.app import Context
 
-from fedrec.client.data import (
+from fedrec.client.data import LocalUser
+from fedrec.client.partitions import (
     DataSetPartitions,
-    LocalUser,
     partition_of,
     pseudonym,
     published_catalog,
@@ -66,7 +66,7 @@ def write_encrypted_shards(
     must be new or empty, so that shards of two data sets or keys never mix.
     """
     out, key_path = Path(out_dir), Path(key_file)
-    if config.cold_items:
+    if config.simulation.cold_items:
         raise ValueError(
             "cold-items is a simulation's evaluation protocol: a sealed shard carries no cold"
             " items (its device would train on them as negatives); seal the shards without it"

@@ -4,12 +4,10 @@
   ``arrays`` record and only with the declared shared names and shapes; metrics only scalar
   numbers (so no list of item ids can ride along); nothing else. A violating reply is replaced
   by an error Message, so private state cannot leak even through a bug in the handler.
-* :class:`UserLevelClipping` clips the shared-parameter update to the norm C the server
-  sends when it runs DP-FedAvg (server/dp_fedavg.py).
 * :class:`CatalogCheck` refuses a round whose model is built on another catalog than the
   device's own (the server sends the catalog's hash with every model).
-* :class:`CompressedExchange` decodes a compressed model before anything on the device sees
-  it and sends the update Δ back in the upload's compressed form; the guard then checks the
+* The exchange mod (``client/exchange.py``) decodes the model, clips the update for
+  user-level DP and encodes it in the round channel's upload form; the guard then checks the
   reply against that form's exact layout (names, shapes, dtypes).
 * Under secure aggregation (common/secagg/device.py) the answer to a stage request must be
   one ``secagg`` ConfigRecord of that stage, with the keys the stage declares
@@ -23,38 +21,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
 from fedrec.common import keys
-from fedrec.common.colr import LowRank
-from fedrec.common.compression import (
-    Layout,
-    PayloadError,
-    compress,
-    decompress,
-    layout_problem,
-    payload_layout,
-    rounding_bound,
-)
+from fedrec.common.channel import Channel
+from fedrec.common.compression import Layout, layout_problem
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.files import append_private
 from fedrec.common.keys import (
     CATALOG_MISMATCH_ERROR,
     NON_FINITE_ERROR,
-    PAYLOAD_ERROR,
     PRIVACY_GUARD_ERROR,
 )
-from fedrec.common.privacy import NonFiniteUpdate, clip_delta, clip_update
 from fedrec.common.records import (
-    arrays_of,
     config_of,
-    exchange_modes,
-    numpy_arrays,
-    round_rng,
-    scalar,
     text,
 )
 from fedrec.common.secagg.wire import REPLY_KEYS, SECAGG, STAGE
@@ -64,10 +46,8 @@ __all__ = [
     "NON_FINITE_ERROR",
     "PRIVACY_GUARD_ERROR",
     "CatalogCheck",
-    "CompressedExchange",
     "MessageRecorder",
     "SharedOnlyGuard",
-    "UserLevelClipping",
     "describe",
     "secagg_violations",
     "violations",
@@ -151,13 +131,7 @@ def _update_layout(
     """The exact layout of the update a round asks for (compressed or low-rank), ``None``
     for float32 weights; a round whose form does not parse allows no array at all."""
     try:
-        down, up = exchange_modes(config)
-        low_rank = LowRank.of(config)
-        if (down, up) == ("none", "none") and low_rank is None:
-            return None
-        if low_rank is not None:
-            low_rank.check(shared_shapes)
-        return payload_layout(low_rank.shapes(shared_shapes) if low_rank else shared_shapes, up)
+        return Channel.of(config, shared_shapes).update_layout()
     except ValueError:
         return {}
 
@@ -204,124 +178,6 @@ class SharedOnlyGuard:
         if problems:
             reason = "privacy guard blocked the reply: " + "; ".join(problems)
             return Message(error=Error(code=PRIVACY_GUARD_ERROR, reason=reason), reply_to=msg)
-        return reply
-
-
-class UserLevelClipping:
-    """A train mod: clip Δ = local − global to ‖Δ‖ ≤ C, when the server sends C.
-
-    DP-FedAvg's sensitivity bound is this clip: it runs on the device, before the update
-    leaves (and, later, before secure-aggregation masking). It does what Flower's
-    ``fixedclipping_mod`` does, but that mod (1.42) divides by ‖Δ‖ and fails on the zero
-    update of a device that declined the round, and it fails every message without a
-    clipping norm; so the clip here is :func:`fedrec.common.privacy.clip_update` (float64,
-    the same function the server re-applies), run only when the config carries
-    ``keys.CLIPPING_NORM``.
-    """
-
-    def __call__(
-        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-    ) -> Message:
-        config = config_of(msg.content) if msg.has_content() else ConfigRecord()
-        reply = call_next(msg, context)
-        if keys.CLIPPING_NORM not in config or reply.has_error():
-            return reply
-        start = numpy_arrays(arrays_of(msg.content))
-        local = numpy_arrays(arrays_of(reply.content))
-        try:
-            clipped, _ = clip_delta(start, local, scalar(config, keys.CLIPPING_NORM))
-        except NonFiniteUpdate as err:  # a diverged round: say so instead of sending it
-            return Message(error=Error(code=NON_FINITE_ERROR, reason=str(err)), reply_to=msg)
-        reply.content[keys.ARRAYS] = ArrayRecord(
-            {
-                k: Array((start[k].astype(np.float64) + clipped[k]).astype(local[k].dtype))
-                for k in start
-            }
-        )
-        return reply
-
-
-ROUNDING_STREAM = 4  # the upload's rounding, apart from training's [seed, node, round]
-
-
-class CompressedExchange:
-    """A mod: the device's end of the compressed exchange (:mod:`fedrec.common.compression`).
-
-    When a message names a compressed direction (``keys.DOWNLOAD_COMPRESSION`` /
-    ``keys.UPLOAD_COMPRESSION``), the model it carries is decoded to float32 before anything
-    else on the device sees it (the handler, the user-level clip, the device's model cache
-    all start from the decoded model), and the train reply's weights are turned into the
-    update Δ = local − start and encoded in the upload's form, rounded stochastically
-    (unbiased). Under user-level DP, Δ (clipped to C by the inner mod) is clipped again to
-    (C − a) / (1 + r), the form's worst-case rounding (``rounding_bound``), so the update
-    the server decodes is within C even before the server's own re-clip. The guard outside
-    this mod checks the encoded reply against its layout; a reply whose arrays are not the
-    model's is left as it is, for the guard to block. In a low-rank round
-    (``keys.COLR_RANK``, :mod:`fedrec.common.colr`) the table's ΔE goes up as its factor
-    A = ΔE·Bᵀ on the round's basis, in the upload's form (``"none"``: float32).
-    Messages without a model, or with neither direction compressed nor a low rank, pass
-    through untouched.
-    The rounding's uniforms come from ``rounding_seed(context)`` and the round (a seeded
-    simulation reproduces), or from fresh OS entropy where it gives ``None`` (a device).
-    """
-
-    def __init__(
-        self,
-        shared_shapes: Callable[[Context], Mapping[str, tuple[int, ...]]],
-        rounding_seed: Callable[[Context], Sequence[int] | None] | None = None,
-    ) -> None:
-        self.shared_shapes = shared_shapes
-        self.rounding_seed = rounding_seed
-
-    def __call__(
-        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-    ) -> Message:
-        if not msg.has_content() or keys.ARRAYS not in msg.content:
-            return call_next(msg, context)
-        config = config_of(msg.content)
-        try:
-            down, up = exchange_modes(config)
-            low_rank = LowRank.of(config)
-            if low_rank is not None:
-                low_rank.check(self.shared_shapes(context))
-        except ValueError as err:
-            reason = f"this round's exchange settings do not parse: {err}"
-            return Message(error=Error(code=PAYLOAD_ERROR, reason=reason), reply_to=msg)
-        if (down, up) == ("none", "none") and low_rank is None:
-            return call_next(msg, context)
-        try:
-            start = decompress(
-                numpy_arrays(arrays_of(msg.content)), down, self.shared_shapes(context)
-            )
-        except PayloadError as err:
-            reason = f"the model this round sent is not a valid {down} payload: {err}"
-            return Message(error=Error(code=PAYLOAD_ERROR, reason=reason), reply_to=msg)
-        msg.content[keys.ARRAYS] = ArrayRecord({k: Array(v) for k, v in start.items()})
-        reply = call_next(msg, context)
-        if reply.has_error() or not reply.has_content() or keys.ARRAYS not in reply.content:
-            return reply  # an error, an evaluation (metrics only), a secure-aggregation stage
-        local = numpy_arrays(arrays_of(reply.content))
-        if {k: np.shape(v) for k, v in local.items()} != {k: v.shape for k, v in start.items()}:
-            return reply  # not the model's arrays: left as it is, for the guard to block
-        seed = self.rounding_seed(context) if self.rounding_seed is not None else None
-        rng = round_rng(config, seed, ROUNDING_STREAM)
-        try:
-            delta, _ = clip_delta(start, local, None)
-            if low_rank is not None:  # ΔE → A = ΔE·Bᵀ (exact: the table trained as A·B)
-                delta = low_rank.factor(delta)
-            if keys.CLIPPING_NORM in config:  # within C once rounded (rounding_bound)
-                relative, absolute = rounding_bound(delta, up)
-                clip = (scalar(config, keys.CLIPPING_NORM) - absolute) / (1 + relative)
-                if clip <= 0:
-                    reason = (
-                        f"clip norm {scalar(config, keys.CLIPPING_NORM)} is below {up}'s rounding"
-                    )
-                    return Message(error=Error(code=PAYLOAD_ERROR, reason=reason), reply_to=msg)
-                delta, _ = clip_update(delta, clip)
-            payload = compress(delta, up, rng)
-        except (NonFiniteUpdate, PayloadError) as err:  # a diverged round: say so
-            return Message(error=Error(code=NON_FINITE_ERROR, reason=str(err)), reply_to=msg)
-        reply.content[keys.ARRAYS] = ArrayRecord({k: Array(v) for k, v in payload.items()})
         return reply
 
 

@@ -103,30 +103,30 @@ class DPSGDTraining:
 
 def local_train_config(config: FederationConfig) -> LocalTrainConfig:
     return LocalTrainConfig(
-        epochs=config.local_epochs,
-        lr=config.local_lr,
-        optimizer=config.local_optimizer,
-        batch_size=config.local_batch_size,
-        negatives=config.negatives,
-        proximal_mu=config.proximal_mu,
-        private_epochs=config.private_epochs,
-        private_lr=config.private_lr,
-        private_weight_decay=config.private_weight_decay,
+        epochs=config.local.epochs,
+        lr=config.local.lr,
+        optimizer=config.local.optimizer,
+        batch_size=config.local.batch_size,
+        negatives=config.local.negatives,
+        proximal_mu=config.local.proximal_mu,
+        private_epochs=config.local.private_epochs,
+        private_lr=config.local.private_lr,
+        private_weight_decay=config.local.private_weight_decay,
     )
 
 
 def trainer_for(config: FederationConfig) -> Trainer:
     """The run's trainer: DP-SGD when ``local-dp-noise-multiplier`` > 0, else plain."""
     local = local_train_config(config)
-    if not config.record_level_dp:
+    if not config.record_dp.enabled:
         return PlainTraining(local)
     from fedrec.client.dp_sgd import RecordDPConfig
 
     dp = RecordDPConfig(
-        noise_multiplier=config.local_dp_noise_multiplier,
-        max_grad_norm=config.local_dp_clip_norm,
-        delta=config.local_dp_delta,
-        epsilon_budget=config.local_epsilon_budget,
-        accountant=config.dp_accountant,
+        noise_multiplier=config.record_dp.noise_multiplier,
+        max_grad_norm=config.record_dp.clip_norm,
+        delta=config.record_dp.delta,
+        epsilon_budget=config.record_dp.epsilon_budget,
+        accountant=config.user_dp.accountant,
     )
     return DPSGDTraining(local, dp)

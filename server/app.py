@@ -1,4 +1,4 @@
-"""The Flower ServerApp: coordinates rounds of the shared model and writes the run folder.
+"""The Flower ServerApp: composes a run's layers once, runs its rounds, writes the run folder.
 
 The server holds only the public catalog (``catalog = "PATH"``: item ids and features, the
 user-feature schema, a content hash; ``fedrec catalog build``) and the shared group of the
@@ -9,56 +9,95 @@ and a device whose own catalog differs refuses it. What it writes into ``out-dir
 :mod:`fedrec.common.runs` (config.json, rounds.jsonl, checkpoint.npz every round,
 metrics.json, model.npz and its inference bundle, bundle.npz, at the end).
 
-The same :func:`run_federation` serves a deployment (``flwr run``: the grid is Flower's, the
-cohort is drawn from the nodes connected when a round starts), the simulation engine (the
-runner wraps the grid for the engine's in-memory link) and the in-process research grid.
+:func:`run_federation` composes the run (:func:`compose`: the aggregator, DP-FedAvg, the
+server step, the evaluation, the recorder) and hands it to the round loop
+(``server/rounds.py``). The same function serves a deployment (``flwr run``: the grid is
+Flower's, the cohort is drawn from the nodes connected when a round starts), the simulation
+engine (the runner wraps the grid for the engine's in-memory link) and the in-process
+research grid.
 """
 
 from __future__ import annotations
 
-import math
+import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.superlink.grid import InMemoryGrid
 
 from fedrec.common import keys
 from fedrec.common.bundle import build_bundle, save_bundle
-from fedrec.common.colr import factored_shapes
-from fedrec.common.data.catalog import Catalog, load_catalog
-from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.channel import Channel
+from fedrec.common.data.catalog import Catalog, build_catalog, load_catalog, save_catalog
+from fedrec.common.fedconfig import SERVER_LR_STRATEGIES, SYNTHETIC, FederationConfig
 from fedrec.common.model import initial_shared_state, shared_shapes
-from fedrec.common.privacy import PrivacyLedger, check_accountant, global_norm
+from fedrec.common.privacy import check_accountant, global_norm
 from fedrec.common.runs import (
+    CATALOG_FILE,
     CONFIG_FILE,
     FINAL_MODEL,
     INFERENCE_BUNDLE,
     METRICS_FILE,
-    ROUNDS_LOG,
-    read_rounds,
     run_header,
     write_arrays,
     write_json,
 )
-from fedrec.common.secagg.grid import SecureAggregationGrid
 from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS
-from fedrec.server.checkpoint import grow_item_rows, load_checkpoint, load_checkpoint_meta
-from fedrec.server.cohorts import connected_nodes
-from fedrec.server.dp_fedavg import UserLevelDP
-from fedrec.server.exchange import Exchange
-from fedrec.server.factory import ServerRandomness, make_strategy, resume_identity
-from fedrec.server.robust import ITEM_TABLE
+from fedrec.server.aggregate import Aggregator
+from fedrec.server.checkpoint import Checkpointer
+from fedrec.server.cohorts import (
+    CohortSampler,
+    EvaluationPanel,
+    FractionCohort,
+    UniformCohort,
+    connected_nodes,
+)
+from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
+from fedrec.server.errors import RunError, report_in_one_line
+from fedrec.server.evaluation import FederatedEvaluation
+from fedrec.server.optimizer import WEIGHT_KEYS, ServerStep, scheduled_lr, server_optimizer
+from fedrec.server.plain import PlainAggregation
+from fedrec.server.recorder import RoundRecorder
+from fedrec.server.resume import Resumed, resume_from, resume_identity
+from fedrec.server.robust import Bounds
+from fedrec.server.rounds import RoundPlan, Rounds
+from fedrec.server.secagg import SecureAggregation, check_secure_sizing
 from fedrec.server.summary import privacy_summary, secure_summary, summarize_rounds
 from fedrec.server.validation import ReplyValidator
 
-__all__ = ["app", "make_server_app", "run_federation"]
+__all__ = ["ServerRandomness", "app", "compose", "make_server_app", "run_federation"]
 
 RoundCallback = Callable[[dict[str, Any]], None]
 GridWrapper = Callable[[Grid], Grid]
+
+
+@dataclass(frozen=True)
+class ServerRandomness:
+    """The server's random draws, as three independent streams, so that turning one feature
+    on (SecAgg+, say) leaves the others' draws as they were."""
+
+    cohorts: random.Random  # who trains and who is evaluated (no DP)
+    noise: np.random.Generator  # DP-FedAvg's Poisson cohorts and its noise
+    graph: np.random.Generator  # the SecAgg+ neighbour graph
+
+    @classmethod
+    def fresh(cls) -> ServerRandomness:
+        """From OS entropy, as in every deployment: nobody who knows the run's config can
+        regenerate the cohorts or the noise."""
+        noise, graph = np.random.default_rng().spawn(2)
+        return cls(random.Random(), noise, graph)
+
+    @classmethod
+    def seeded(cls, seed: int) -> ServerRandomness:
+        """Reproducible draws (research runs only: predictable noise protects nobody)."""
+        noise, graph = np.random.default_rng(seed).spawn(2)
+        return cls(random.Random(seed), noise, graph)
 
 
 def make_server_app(
@@ -66,23 +105,58 @@ def make_server_app(
     on_round: RoundCallback | None = None,
     results: dict[str, Any] | None = None,
     wrap_grid: GridWrapper | None = None,
+    expected_nodes: int = 0,
 ) -> ServerApp:
     """Build the ServerApp; ``fixed_config`` overrides ``context.run_config`` (simulation).
 
     ``results`` (if given) receives the final metrics dict: the ServerApp runs in a thread of
     the caller's process under the simulation engine, so the runner reads it from there.
-    ``wrap_grid`` adapts Flower's grid to where it runs (the simulation engine's chunking).
+    ``wrap_grid`` adapts Flower's grid to where it runs (the simulation engine's chunking);
+    ``expected_nodes``: wait for this many nodes before round 1 (a simulation: every user).
     """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        config = fixed_config or FederationConfig.from_mapping(context.run_config)
-        metrics = run_federation(wrap_grid(grid) if wrap_grid else grid, config, on_round)
+        if fixed_config is not None:  # fedrec's own runner: it reports errors itself
+            metrics = run_federation(
+                wrap_grid(grid) if wrap_grid else grid, fixed_config, on_round,
+                expected_nodes=expected_nodes,
+            )  # fmt: skip
+        else:
+            metrics = _run_under_flower(grid, context, on_round)
         if results is not None:
             results.update(metrics)
 
     return app
+
+
+def _run_under_flower(
+    grid: Grid, context: Context, on_round: RoundCallback | None
+) -> dict[str, Any]:
+    """The ServerApp as ``flwr run`` starts it: the settings are the run config, parsed as a
+    deployment's (a simulation setting refused, naming it) unless Flower's simulation
+    runtime hands it its in-memory grid; an error in them is one line in Flower's log."""
+    report_in_one_line()
+    simulated = isinstance(grid, InMemoryGrid)
+    try:
+        config = FederationConfig.from_mapping(context.run_config, deployed=not simulated)
+        if simulated:
+            _check_simulated_population(config, len(list(grid.get_node_ids())))
+        return run_federation(grid, config, on_round)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise RunError(str(err)) from err
+
+
+def _check_simulated_population(config: FederationConfig, nodes: int) -> None:
+    """``flwr run`` on a simulation SuperLink: one SuperNode per synthetic user."""
+    users = config.simulation.synthetic_users
+    if config.data.data == SYNTHETIC and nodes != users:
+        raise ValueError(
+            f"data = synthetic has {users} users, one simulated node each, but this"
+            f" federation has {nodes} SuperNodes: run `flwr run . --federation-config"
+            f' "num-supernodes={users}"`, or set synthetic-users = {nodes}'
+        )
 
 
 def run_federation(
@@ -91,6 +165,8 @@ def run_federation(
     on_round: RoundCallback | None = None,
     randomness: ServerRandomness | None = None,
     provenance: Mapping[str, Any] | None = None,
+    *,
+    expected_nodes: int = 0,
 ) -> dict[str, Any]:
     """Run ``config.num_rounds`` rounds (fewer if resuming) and write the run folder.
 
@@ -99,265 +175,263 @@ def run_federation(
     regenerate the cohorts or the noise. ``provenance``: extra top-level entries of
     metrics.json (how a research run was made reproducible), written with it, once.
     """
-    randomness = randomness or ServerRandomness.fresh()
-    secure: SecureAggregationGrid | None = None
-    if config.secure:  # every train fan-out becomes a SecAgg+ round (common/secagg/grid.py)
-        secure = SecureAggregationGrid(grid, config.secagg_settings(), rng=randomness.graph)
-        grid = secure
-    run_dir = Path(config.out_dir) if config.out_dir else None
     catalog = _catalog(config)
-    if config.tail_targets():
-        raise ValueError(
-            f'target-items = "{config.target_items}" is drawn from the data by the simulation'
-            " runner; here name the items by id"
-        )
-    catalog.indices_of(config.target_item_ids())  # every target is in the catalog
-    initial = ArrayRecord(
-        initial_shared_state(catalog, config.dim, config.seed, item_ids=config.item_id_table)
+    fresh = {
+        k: v.detach().cpu().numpy()
+        for k, v in initial_shared_state(
+            catalog, config.model.dim, config.data.seed, item_ids=config.model.item_id_table
+        ).items()
+    }
+    resumed = (
+        resume_from(config.outputs.resume, config, catalog, fresh)
+        if config.outputs.resume
+        else None
     )
-    if secure is not None:
-        _check_secure_sizing(config, initial, secure)
-    start_round, optimizer_state, grew_from = 0, dict[str, np.ndarray](), 0
-    if config.resume:
-        fresh = initial
-        initial, optimizer_state, start_round = load_checkpoint(Path(config.resume))
-        meta = load_checkpoint_meta(Path(config.resume))
-        grew_from = _earlier_version(config, catalog, initial, meta)
-        if grew_from:  # new items appended to the catalog: they start from their features
-            initial, optimizer_state = grow_item_rows(initial, optimizer_state, catalog.num_items)
-        _check_resumed_model(config, catalog, fresh, initial, meta, grew=bool(grew_from))
-    remaining = config.num_rounds - start_round
-    if remaining < 1:
-        raise ValueError(
-            f"checkpoint is at round {start_round}; num-rounds {config.num_rounds} leaves none"
-        )
-    wanted = max(config.min_clients, config.expected_nodes)
-    num_nodes = len(connected_nodes(grid, wanted, config.round_timeout, what="run start"))
-    user_dp, ledger, budget_stop = None, None, None
-    if config.user_level_dp:  # the central stop: never start a round the budget cannot pay
-        user_dp = UserLevelDP.from_config(config, num_nodes)
-        ledger = _restored_ledger(config, user_dp)
-        allowed = user_dp.rounds_within_budget(ledger, remaining)
-        if allowed < 1:
-            raise ValueError(
-                f"user-level ε is already {ledger.epsilon(user_dp.delta):.4f} after"
-                f" {ledger.steps} rounds: one more exceeds dp-target-epsilon"
-                f" {config.dp_target_epsilon}"
-            )
-        if allowed < remaining:
-            budget_stop = start_round + allowed
-            remaining = allowed
-    exchange = Exchange.of(
-        config, shared_shapes(catalog, config.dim, item_ids=config.item_id_table)
-    )
-    strategy = make_strategy(
-        config,
-        randomness=randomness,
-        num_rounds=remaining,
-        round_offset=start_round,
-        run_dir=run_dir,
-        on_round=on_round,
-        user_dp=user_dp,
-        user_ledger=ledger,
-        secure=secure,
-        catalog_hash=catalog.hash,
-        catalog_items=catalog.num_items,
-        validator=_validator(config, catalog, initial),
-        exchange=exchange,
-    )
-    strategy.step.load_state_dict(optimizer_state, list(initial.keys()))
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    wanted = max(config.rounds.min_clients, expected_nodes)
+    num_nodes = len(connected_nodes(grid, wanted, config.rounds.round_timeout, what="run start"))
+    start = resumed.model if resumed is not None else fresh
+    run = compose(grid, config, catalog, num_nodes, randomness or ServerRandomness.fresh(),
+                  start=start, resumed=resumed, on_round=on_round)  # fmt: skip
+    if run.dir is not None:
+        run.dir.mkdir(parents=True, exist_ok=True)
         header = {
             "job": "federation",
             "config": config.to_mapping(),
             "nodes": num_nodes,
-            "strategy": repr(strategy),
+            "strategy": run.describe(),
             "catalog_sha256": catalog.hash,
             **run_header(),
         }
-        write_json(run_dir / CONFIG_FILE, header)
-    # every model the server sends names the catalog it is built on (client/mods.py)
-    # and, with a compressed exchange, its form (server/exchange.py)
-    form = exchange.config() if exchange is not None else {}
-    train_config = ConfigRecord(
-        {"proximal-mu": config.proximal_mu, keys.CATALOG_HASH: catalog.hash, **form}
-    )
-    evaluate_config = ConfigRecord({keys.CATALOG_HASH: catalog.hash, **form})
+        write_json(run.dir / CONFIG_FILE, header)
     started = time.perf_counter()
-    if start_round == 0:
-        strategy.evaluate_initial(grid, initial, evaluate_config, config.round_timeout)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=remaining,
-        timeout=config.round_timeout,
-        train_config=train_config,
-        evaluate_config=evaluate_config,
-    )
-    earlier = _earlier_rounds(Path(config.resume), start_round) if config.resume else []
-    metrics = summarize_rounds(earlier + strategy.records)  # a resumed run: all its rounds
-    if config.resume:
-        metrics["resumed"] = {"from": config.resume, "round": start_round, "logged": len(earlier)}
-        if grew_from:
-            metrics["resumed"]["catalog_grew"] = {"from": grew_from, "to": catalog.num_items}
+    final = run.rounds.run({k: np.asarray(v) for k, v in start.items()})
+    earlier = resumed.earlier if resumed is not None else []
+    records = run.rounds.recorder.records
+    metrics = summarize_rounds(earlier + records)  # a resumed run: all its rounds
+    if resumed is not None:
+        metrics["resumed"] = resumed.provenance(config.outputs.resume, catalog)
     metrics["train_seconds"] = time.perf_counter() - started
     metrics["nodes"] = num_nodes
-    metrics["shared_parameters"] = int(sum(a.numpy().size for a in result.arrays.values()))
-    metrics["privacy"] = privacy_summary(strategy.records, config, budget_stop)
-    metrics["secure_aggregation"] = secure_summary(strategy.records, config)
+    metrics["shared_parameters"] = int(sum(v.size for v in final.values()))
+    metrics["privacy"] = privacy_summary(records, config, run.budget_stop)
+    metrics["secure_aggregation"] = secure_summary(records, config)
     metrics.update(provenance or {})
-    if run_dir is not None:
-        final = {k: v.numpy() for k, v in result.arrays.items()}
-        write_arrays(run_dir / FINAL_MODEL, final)
-        last = max((int(r.get("round", 0)) for r in strategy.records), default=start_round)
+    if run.dir is not None:
+        write_arrays(run.dir / FINAL_MODEL, final)
+        last = max((int(r.get("round", 0)) for r in records), default=run.rounds.plan.first - 1)
         bundle = build_bundle(final, catalog.item_features, catalog.hash, last)
-        save_bundle(bundle, run_dir / INFERENCE_BUNDLE)  # what a device ranks with, torch-free
-        write_json(run_dir / METRICS_FILE, metrics)
+        save_bundle(bundle, run.dir / INFERENCE_BUNDLE)  # what a device ranks with, torch-free
+        write_json(run.dir / METRICS_FILE, metrics)
     return metrics
 
 
-def _earlier_rounds(resume: Path, start_round: int) -> list[dict[str, Any]]:
-    """The resumed run's logged rounds up to its checkpoint (empty if it kept no log)."""
-    folder = resume if resume.is_dir() else resume.parent
-    if not (folder / ROUNDS_LOG).exists():
-        return []
-    return [r for r in read_rounds(folder) if r.get("round", 0) <= start_round]
+@dataclass(frozen=True)
+class ComposedRun:
+    """A run's layers, composed: the round loop, and what its outputs need to say."""
+
+    rounds: Rounds
+    dir: Path | None
+    budget_stop: int | None  # the round the ε budget ends the run after (None: num-rounds)
+
+    def describe(self) -> str:
+        """The composition, as config.json states it: aggregation, DP, the server step."""
+        r = self.rounds
+        parts = [type(r.aggregator).__name__]
+        bounds = getattr(r.aggregator, "bounds", None)
+        if bounds:
+            parts.append(f"NormBounding(norm={bounds.norm:g}, row-norm={bounds.row_norm:g})")
+        if r.dp is not None:
+            parts.append("DPFedAvg")
+        parts.append(repr(r.step))
+        return " → ".join(parts)
+
+
+def compose(
+    grid: Grid,
+    config: FederationConfig,
+    catalog: Catalog,
+    num_nodes: int,
+    randomness: ServerRandomness,
+    *,
+    start: Mapping[str, np.ndarray],
+    resumed: Resumed | None = None,
+    on_round: RoundCallback | None = None,
+) -> ComposedRun:
+    """The run's layers over ``num_nodes`` connected nodes, for a run that starts from the
+    model ``start`` (a fresh one, or ``resumed``'s; see the module docstring)."""
+    shapes = shared_shapes(catalog, config.model.dim, item_ids=config.model.item_id_table)
+    start_round = resumed.round if resumed is not None else 0
+    remaining = config.rounds.num_rounds - start_round
+    if remaining < 1:
+        raise ValueError(
+            f"checkpoint is at round {start_round}; num-rounds {config.rounds.num_rounds}"
+            " leaves none"
+        )
+    dp, budget_stop = None, None
+    if config.user_dp.enabled:  # the central stop: never start a round the budget cannot pay
+        dp, budget_stop = _user_level_dp(config, num_nodes, randomness, resumed, remaining)
+        if budget_stop is not None:
+            remaining = budget_stop - start_round
+    validator = _validator(config, shapes, start)
+    aggregator: Aggregator
+    if config.secure.enabled:
+        check_secure_sizing(config, shapes)
+        aggregator = SecureAggregation(config.secagg_settings(), validator, rng=randomness.graph)
+    else:
+        aggregator = PlainAggregation(
+            validator,
+            weight_key=WEIGHT_KEYS[config.server.client_weighting],
+            bounds=Bounds(norm=config.server.norm_bound, row_norm=config.server.row_norm_bound),
+            clip_norm=config.user_dp.clip_norm if dp is not None else None,
+        )
+    step = ServerStep(
+        server_optimizer(config),
+        step_size=_step_schedule(config),
+        weight_decay=config.server.weight_decay,
+    )
+    if resumed is not None:
+        step.load_state_dict(resumed.optimizer)
+    sampler: CohortSampler = (
+        dp.cohorts  # the sampling ε assumes
+        if dp is not None
+        else UniformCohort(config.rounds.clients_per_round, randomness.cohorts)
+        if config.rounds.clients_per_round
+        else FractionCohort(
+            config.rounds.fraction_train, config.rounds.min_clients, randomness.cohorts
+        )
+    )
+    run_dir = Path(config.outputs.out_dir) if config.outputs.out_dir else None
+    last = start_round + remaining
+    rounds = Rounds(
+        grid=grid,
+        plan=RoundPlan(
+            first=start_round + 1,
+            last=last,
+            # a secure round needs MIN_SECURE_CLIENTS: it would skip a smaller cohort
+            min_clients=max(
+                config.rounds.min_clients, MIN_SECURE_CLIENTS if config.secure.enabled else 0
+            ),
+            timeout=config.rounds.round_timeout,
+        ),
+        sampler=sampler,
+        aggregator=aggregator,
+        step=step,
+        evaluation=FederatedEvaluation(
+            EvaluationPanel(config.rounds.eval_clients or None, randomness.cohorts),
+            validator,
+            every=config.rounds.eval_every,
+            last_round=last,
+        ),
+        recorder=RoundRecorder(run_dir, on_round),
+        channel_for=_channels(config, shapes),
+        train_config={"proximal-mu": config.local.proximal_mu, keys.CATALOG_HASH: catalog.hash},
+        evaluate_config={keys.CATALOG_HASH: catalog.hash},
+        dp=dp,
+        tally=(
+            RecordLevelTally(config.record_dp.delta, config.record_dp.epsilon_budget)
+            if config.record_dp.enabled
+            else None
+        ),
+        checkpointer=(
+            Checkpointer(
+                run_dir,
+                model={
+                    "catalog_sha256": catalog.hash,
+                    "catalog_items": catalog.num_items,  # what a grown catalog appends to
+                    **resume_identity(config),
+                },
+            )
+            if run_dir is not None
+            else None
+        ),
+    )
+    return ComposedRun(rounds, run_dir, budget_stop)
+
+
+def _user_level_dp(
+    config: FederationConfig,
+    num_nodes: int,
+    randomness: ServerRandomness,
+    resumed: Resumed | None,
+    remaining: int,
+) -> tuple[DPFedAvg, int | None]:
+    """DP-FedAvg over ``num_nodes``, its ledger continued from the checkpoint, and the
+    round the budget stops the run after (``None``: it lasts the run)."""
+    user_dp = UserLevelDP.from_config(config, num_nodes)
+    ledger = resumed.ledger if resumed is not None else None
+    if ledger is not None:
+        check_accountant(ledger, user_dp.accountant, f"checkpoint {config.outputs.resume}")
+    dp = DPFedAvg(user_dp, ledger, randomness.noise)
+    allowed = user_dp.rounds_within_budget(dp.ledger, remaining)
+    if allowed < 1:
+        raise ValueError(
+            f"user-level ε is already {dp.ledger.epsilon(user_dp.delta):.4f} after"
+            f" {dp.ledger.steps} rounds: one more exceeds dp-target-epsilon"
+            f" {config.user_dp.target_epsilon}"
+        )
+    start_round = resumed.round if resumed is not None else 0
+    return dp, (start_round + allowed if allowed < remaining else None)
+
+
+def _channels(
+    config: FederationConfig, shapes: Mapping[str, tuple[int, ...]]
+) -> Callable[[int], Channel]:
+    """Each round's channel: the run's compressions, and a fresh basis per round for a low
+    rank; float32 weights both ways when nothing is encoded."""
+    down, up, rank, seed = (
+        config.exchange.download,
+        config.exchange.upload,
+        config.exchange.colr_rank,
+        config.data.seed,
+    )
+
+    def channel(server_round: int) -> Channel:
+        return Channel.for_round(shapes, down, up, rank=rank, seed=seed, server_round=server_round)
+
+    return channel
 
 
 def _catalog(config: FederationConfig) -> Catalog:
-    if not config.catalog:
+    """The published catalog the run is built on. Without one, the embedded synthetic data's
+    own (``flwr run .`` with its defaults: the generator is public, no user's data), written
+    to the run folder as a simulation writes its catalog."""
+    if config.data.catalog:
+        return load_catalog(config.data.catalog)
+    if config.data.data != SYNTHETIC:
         raise ValueError(
             "the server needs the published catalog: build it with `fedrec catalog build"
             " --data PATH|synthetic --out FILE` and set catalog = FILE (fedrec simulate builds"
             " one itself)"
         )
-    return load_catalog(config.catalog)
+    catalog = build_catalog(
+        SYNTHETIC, threshold=config.data.threshold, synthetic=config.synthetic()
+    )
+    if config.outputs.out_dir:
+        save_catalog(catalog, Path(config.outputs.out_dir) / CATALOG_FILE)
+    return catalog
 
 
-def _validator(config: FederationConfig, catalog: Catalog, start: ArrayRecord) -> ReplyValidator:
+def _validator(
+    config: FederationConfig, shapes: Mapping[str, tuple[int, ...]], start: Mapping[str, Any]
+) -> ReplyValidator:
     """The check of every reply (server/validation.py); the update-norm bound defaults to the
     norm of the model the run starts from."""
-    bound = config.max_update_norm or global_norm({k: v.numpy() for k, v in start.items()})
+    bound = config.server.max_update_norm or global_norm(
+        {k: np.asarray(v) for k, v in start.items()}
+    )
     return ReplyValidator(
-        shared_shapes(catalog, config.dim, item_ids=config.item_id_table),
+        shapes,
         max_update_norm=bound,
-        weigh_by_examples=config.client_weighting == "examples",
+        weigh_by_examples=config.server.client_weighting == "examples",
     )
 
 
-def _check_secure_sizing(
-    config: FederationConfig, initial: ArrayRecord, secure: SecureAggregationGrid
-) -> None:
-    """Fail now, not as failed or noise-only rounds: a compact round (upload-compression =
-    int8) needs a quantization bit for the largest cohort likely to come, and under DP the
-    device clips to C minus the rounding margin of that cohort's step."""
-    m = config.clients_per_round or MIN_SECURE_CLIENTS
-    cohort = max(MIN_SECURE_CLIENTS, m + math.ceil(4 * math.sqrt(m)))  # a Poisson cohort's top
-    sizing = config.secagg_settings().for_round(cohort)  # raises for a compact round too large
-    if not config.user_level_dp:
-        return
-    shapes = {k: tuple(a.shape) for k, a in initial.items()}
-    if config.colr_rank:  # what the devices mask: the table's factor
-        shapes = factored_shapes(shapes, config.colr_rank)
-    length = sum(math.prod(s) for s in shapes.values()) + len(secure.metric_bounds)
-    margin = sizing.rounding_norm(length)
-    if config.dp_clip_norm <= margin:
-        raise ValueError(
-            f"dp-clip-norm {config.dp_clip_norm} is within the quantization error"
-            f" {margin:.3g} of a {length}-coordinate update: raise"
-            " secagg-quantization-bits or dp-clip-norm, or lower secagg-clip-range (a compact"
-            " round, upload-compression = int8, has the bits its cohort leaves)"
-        )
-
-
-# resume-identity keys older checkpoints lack
-IDENTITY_DEFAULTS: dict[str, Any] = {"cold-items": 0.0, "item-ids": "all"}
-
-
-def _earlier_version(
-    config: FederationConfig, catalog: Catalog, resumed: ArrayRecord, meta: dict[str, Any]
-) -> int:
-    """The item count of the checkpoint's catalog if ``catalog`` grew from it by appending
-    items (``Catalog.extends``: every earlier item keeps its row and features), else 0."""
-    saved = meta.get("catalog_sha256")
-    if not saved or saved == catalog.hash:
-        return 0
-    # the table's rows; a model without item ids records its catalog's size instead
-    rows = (
-        int(resumed[ITEM_TABLE].numpy().shape[0])
-        if ITEM_TABLE in resumed
-        else int(meta.get("catalog_items", 0))
-    )
-    if rows < 1 or not catalog.extends(saved, rows):
-        return 0
-    if config.cold_items:
-        raise ValueError(
-            "cold-items draws its cold set over the catalog's size: a grown catalog would hold"
-            " out other items, some of them trained; resume a cold-start run on its catalog"
-        )
-    return rows
-
-
-def _check_resumed_model(
-    config: FederationConfig,
-    catalog: Catalog,
-    fresh: ArrayRecord,
-    resumed: ArrayRecord,
-    meta: dict[str, Any],
-    *,
-    grew: bool = False,
-) -> None:
-    """The checkpoint (``meta``: its record) continues this run's model: same catalog (or,
-    ``grew``, an earlier version of it), same arrays and shapes."""
-    saved = meta.get("catalog_sha256")
-    if saved and saved != catalog.hash and not grew:
-        why = (
-            "its item rows would mean other items"
-            if ITEM_TABLE in resumed
-            else "its items' features would differ"
-        )
-        raise ValueError(
-            f"checkpoint {config.resume} was trained on catalog {saved[:12]}, this run's"
-            f" catalog is {catalog.hash[:12]}: {why}; resume with the catalog the run started"
-            " with, or with a version of it that only appends items"
-        )
-    identity = resume_identity(config)
-    recorded = {**IDENTITY_DEFAULTS, **meta}  # a checkpoint from before a key was recorded
-    changed = {
-        k: (recorded[k], v) for k, v in identity.items() if k in recorded and recorded[k] != v
-    }
-    if changed:
-        said = "; ".join(
-            f"{k} {was} in the checkpoint, {now} now" for k, (was, now) in changed.items()
-        )
-        raise ValueError(
-            f"checkpoint {config.resume} comes from another experiment: {said}; resume with"
-            " the settings the run started with"
-        )
-    want = {k: tuple(v.shape) for k, v in fresh.items()}
-    got = {k: tuple(v.shape) for k, v in resumed.items()}
-    if want != got:
-        differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-        raise ValueError(
-            f"checkpoint {config.resume} holds a model that does not fit dim {config.dim} over"
-            f" this catalog ({catalog.num_items} items): {differ} differ"
-        )
-
-
-def _restored_ledger(config: FederationConfig, dp: UserLevelDP) -> PrivacyLedger:
-    """A resumed run continues its ε from the checkpoint: it never starts again at zero."""
-    if not config.resume:
-        return PrivacyLedger(dp.accountant)
-    meta = load_checkpoint_meta(Path(config.resume))
-    if "user_level_ledger" not in meta:
-        raise ValueError(
-            f"checkpoint {config.resume} has no user-level privacy ledger: it comes from a run"
-            " without user-level DP and cannot be resumed with it"
-        )
-    ledger = PrivacyLedger.from_dict(meta["user_level_ledger"])
-    check_accountant(ledger, dp.accountant, f"checkpoint {config.resume}")
-    return ledger
+def _step_schedule(config: FederationConfig) -> Callable[[int], float] | None:
+    """The server step size by absolute round, over the run's whole ``num-rounds``."""
+    if config.server.strategy not in SERVER_LR_STRATEGIES:
+        return None
+    base, schedule, total = config.server.lr, config.server.lr_schedule, config.rounds.num_rounds
+    return lambda round_: scheduled_lr(base, schedule, round_, total)
 
 
 # Entry point for `flwr run` (settings from [tool.flwr.app.config] in pyproject.toml)

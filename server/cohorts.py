@@ -1,10 +1,9 @@
-"""Who takes part in a round: cohort samplers, and the grid view that hands a cohort to Flower.
+"""Who takes part in a round: the cohort samplers, and the wait for connected nodes.
 
-A round's cohort is chosen here, once, by a :class:`CohortSampler`, and never by the Flower
-strategy underneath: :class:`~fedrec.server.recorder.RoundRecorder` passes the strategy a
-:class:`CohortGrid` whose nodes *are* the cohort, and the strategy is built to take every node
-it sees (:data:`TAKE_EVERY_NODE`). So one object says who trains — an exact count, a fraction,
-or DP-FedAvg's Poisson sample — and no Flower attribute is changed round by round.
+A round's cohort is chosen here, once, by a :class:`CohortSampler` — an exact count, a
+fraction, or DP-FedAvg's Poisson sample — and the round loop (``server/rounds.py``) sends one
+message to each node of it, in the order drawn; the evaluation panel is the same users at
+every evaluation.
 
 Deployment semantics: a round starts once at least ``min-clients`` nodes are connected
 (:func:`connected_nodes`, which gives up with a clear error after the round timeout) and
@@ -15,37 +14,21 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedrec.common.grids import GridWrapper
-
 __all__ = [
-    "TAKE_EVERY_NODE",
-    "CohortGrid",
     "CohortSampler",
     "EvaluationPanel",
     "FractionCohort",
     "PoissonCohort",
     "UniformCohort",
     "connected_nodes",
-    "in_cohort_order",
 ]
-
-# Constructor arguments that make a Flower FedAvg-family strategy send to every node of the
-# grid it is given (fraction 1, no minimum to wait for): the cohort is the grid.
-TAKE_EVERY_NODE: dict[str, Any] = {
-    "fraction_train": 1.0,
-    "fraction_evaluate": 1.0,
-    "min_train_nodes": 0,
-    "min_evaluate_nodes": 0,
-    "min_available_nodes": 0,
-}
 
 
 class CohortSampler(Protocol):
@@ -122,26 +105,6 @@ class PoissonCohort:
         ids = sorted(node_ids)
         keep = self.rng.random(len(ids)) < self.rate
         return [i for i, k in zip(ids, keep, strict=True) if k]
-
-
-class CohortGrid(GridWrapper):
-    """The grid as the strategy sees it for one fan-out: only the cohort's nodes exist.
-
-    Everything else (sending, receiving, run metadata) is the wrapped grid's.
-    """
-
-    def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
-        super().__init__(grid)
-        self._nodes = list(node_ids)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self._nodes)
-
-
-def in_cohort_order(messages: Iterable[Message], cohort: Sequence[int]) -> list[Message]:
-    """``messages`` in the order of ``cohort`` (Flower's strategies shuffle what they send)."""
-    position = {node: i for i, node in enumerate(cohort)}
-    return sorted(messages, key=lambda m: position[m.metadata.dst_node_id])
 
 
 def connected_nodes(

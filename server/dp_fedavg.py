@@ -4,11 +4,11 @@ DP-FedAvg (McMahan, Ramage, Talwar & Zhang, "Learning Differentially Private Rec
 Language Models", ICLR 2018) protects a whole user's participation:
   1. each round every node joins independently with probability q = m / N (Poisson
      sampling, which the subsampled-Gaussian accountant assumes);
-  2. each client clips its shared-parameter update Δ_i to ‖Δ_i‖ ≤ C (client/mods.py,
-     ``UserLevelClipping``); the server clips again, so a client that skips it cannot raise
-     the sensitivity (with secure aggregation only the client can; a plain run drops any reply
-     that claims to be a secure sum, server/recorder.py), and drops an update with
-     a non-finite value as a dropout (it cannot be clipped);
+  2. each client clips its shared-parameter update Δ_i to ‖Δ_i‖ ≤ C, less its channel's
+     rounding margin (``client/exchange.py``); in a plain round the server clips again
+     (``server/plain.py``), so a client that skips it cannot raise the sensitivity (with
+     secure aggregation only the client can), and an update with a non-finite value is
+     refused as a dropout (it cannot be clipped);
   3. the server averages with the *fixed* denominator m, not the number of replies, and
      adds Gaussian noise of std σ = z·C / m to every coordinate: a round with fewer
      replies gets exactly the noise the accountant assumed, never less;
@@ -18,19 +18,18 @@ Each round is one use of the subsampled Gaussian mechanism (z, q) in a
 :class:`~fedrec.common.privacy.PrivacyLedger`; a run stops before the target ε would be
 exceeded.
 
-How it composes: :class:`DPFedAvg` wraps the server optimizer
-(:class:`~fedrec.server.optimizer.ServerStep` over Flower's FedAvg/FedAvgM/FedAdam/FedYogi/
-FedProx). It replaces the replies of a round by **one** reply carrying the clipped, noised,
-fixed-denominator mean, and hands that to the optimizer, which takes its step from it as from
-any average: the noise is applied to the aggregate *before* the server optimizer, so FedAdam's
-moments never see an un-noised average. Its cohort sampler (:attr:`DPFedAvg.cohorts`, Poisson
-at q = m/N) is the one the round recorder must use (``server/factory.py`` pairs them).
+How it composes: the round loop (``server/rounds.py``) hands :meth:`DPFedAvg.release` the
+round's aggregate — the sum of clipped updates, from the plain aggregation or SecAgg+ alike
+— and passes what it releases to the server optimizer (``server/optimizer.py``), which steps
+to it as to any mean: the noise is applied *before* the server optimizer, so FedAdam's
+moments never see an un-noised average. Its cohort sampler (:attr:`DPFedAvg.cohorts`,
+Poisson at q = m/N) is the one the loop samples with.
 
 Why not Flower's ``DifferentialPrivacyClientSideFixedClipping``: in 1.42 it wraps the
 strategy and adds its noise to the *inner strategy's output*; with FedAdam that output is
 already the server-optimizer step, and FedAdam's moments m_t, v_t have seen the un-noised
 average. It also samples a fixed number of clients and divides by the number of replies.
-The client side does what Flower's ``fixedclipping_mod`` does, in ``client/mods.py`` (that
+The client side does what Flower's ``fixedclipping_mod`` does, in ``client/exchange.py`` (that
 mod fails on a zero update).
 
 Randomness: cohorts and noise come from a NumPy generator seeded from OS entropy, so no
@@ -42,49 +41,25 @@ the noise, Mironov 2012) — as in Opacus with ``secure_mode`` off.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.privacy import (
-    NonFiniteUpdate,
-    PrivacyLedger,
-    calibrate_noise,
-    check_accountant,
-    clip_delta,
-)
-from fedrec.common.records import arrays_of, metrics_of, numpy_arrays, scalar
-from fedrec.common.secagg.grid import secure_sum
+from fedrec.common.privacy import PrivacyLedger, calibrate_noise, check_accountant
+from fedrec.common.records import scalar
+from fedrec.server.aggregate import Aggregate, TrainReport
 from fedrec.server.cohorts import PoissonCohort
-from fedrec.server.wrapper import StrategyWrapper
 
 __all__ = [
-    "CLIP_TOLERANCE",
     "DPFedAvg",
     "PrivacyBudgetExceeded",
     "RecordLevelTally",
     "UserLevelDP",
 ]
-
-# relative: a reply within C·(1 + tol) counts as clipped by its client (it arrives as
-# float32 values global + Δ, so the server's float64 recomputation of ‖Δ‖ is off by ~1e-7)
-CLIP_TOLERANCE = 1e-4
 
 
 class PrivacyBudgetExceeded(RuntimeError):
@@ -127,24 +102,24 @@ class UserLevelDP:
     @classmethod
     def from_config(cls, config: FederationConfig, num_nodes: int) -> UserLevelDP:
         """The run's mechanism; z is calibrated to the target over ``num-rounds`` if not given."""
-        m = config.clients_per_round
-        z = config.dp_noise_multiplier
+        m = config.rounds.clients_per_round
+        z = config.user_dp.noise_multiplier
         if z <= 0:
             z = calibrate_noise(
-                config.dp_target_epsilon,
-                config.dp_delta,
+                config.user_dp.target_epsilon,
+                config.user_dp.delta,
                 m / num_nodes,
-                config.num_rounds,
-                config.dp_accountant,
+                config.rounds.num_rounds,
+                config.user_dp.accountant,
             )
         return cls(
-            clip_norm=config.dp_clip_norm,
+            clip_norm=config.user_dp.clip_norm,
             noise_multiplier=z,
             expected_clients=m,
             num_nodes=num_nodes,
-            delta=config.dp_delta,
-            target_epsilon=config.dp_target_epsilon,
-            accountant=config.dp_accountant,
+            delta=config.user_dp.delta,
+            target_epsilon=config.user_dp.target_epsilon,
+            accountant=config.user_dp.accountant,
         )
 
     def rounds_within_budget(self, ledger: PrivacyLedger, limit: int) -> int:
@@ -183,43 +158,35 @@ class UserLevelDP:
         }
 
 
-class DPFedAvg(StrategyWrapper[Strategy]):
-    """DP-FedAvg around a server optimizer: Poisson cohorts, clip, noise, fixed denominator.
+class DPFedAvg:
+    """DP-FedAvg's server side: Poisson cohorts, the round's clip and ε, noise on the sum.
 
-    ``configure_train`` checks the budget and sends C to the clients (the cohort is
-    :attr:`cohorts`' Poisson sample); ``aggregate_train`` re-clips each reply, sums, divides by
-    the fixed m, adds N(0, (z·C/m)²) per coordinate, records one use of (z, q) in the ledger
-    and passes the result to the wrapped optimizer as a single reply. Evaluation passes
-    through unchanged. ``rng`` draws cohorts and noise; default: fresh OS entropy (not
-    reproducible, on purpose — predictable noise protects nobody). ``subspaces`` names, per
-    array, a basis whose row space holds every update of the round (a low-rank round's item
-    table): that array's noise is drawn there, the released value being the projection of
-    the same mechanism's output.
+    Each round the round loop asks :meth:`round_config` for what the devices must be told
+    (C, and the ε the run reaches with this round; it refuses a round past the target), and
+    hands :meth:`release` the round's :class:`~fedrec.server.aggregate.Aggregate` — the sum
+    of the clipped updates, whoever summed it: the plain aggregation re-clips each to C
+    (``server/plain.py``), SecAgg+'s devices clip before masking. :meth:`release` divides
+    by the fixed m, adds N(0, (z·C/m)²) per coordinate, records one use of (z, q) in the
+    ledger and returns the released model (global + noised mean, float64) with the round's
+    ``privacy.user_level`` record; the server optimizer steps to it (post-processing).
+    ``rng`` draws cohorts and noise; default: fresh OS entropy (not reproducible, on
+    purpose — predictable noise protects nobody).
     """
 
     def __init__(
         self,
-        optimizer: Strategy,
         dp: UserLevelDP,
         ledger: PrivacyLedger | None = None,
         rng: np.random.Generator | None = None,
-        subspaces: Callable[[], Mapping[str, np.ndarray]] | None = None,
     ) -> None:
-        super().__init__(optimizer)
         self.dp = dp
-        # per array, a basis (orthonormal rows) whose row space holds every update of the
-        # round (a low-rank round's item table, server/exchange.py); none: the whole space
-        self.subspaces = subspaces
         self.ledger = ledger if ledger is not None else PrivacyLedger(dp.accountant)
         check_accountant(self.ledger, dp.accountant, "the user-level ledger")
         self.rng = rng if rng is not None else np.random.default_rng()
         self.cohorts = PoissonCohort(dp.sample_rate, self.rng)  # the sampling ε assumes
-        self.last_record: dict[str, Any] = {}  # the round's ``privacy.user_level`` entry
-        self._global: dict[str, np.ndarray] = {}
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
+    def round_config(self, server_round: int) -> dict[str, float]:
+        """What the round's train messages carry: C and the ε the run reaches with it."""
         dp = self.dp
         after = self.ledger.epsilon_after(dp.delta, dp.noise_multiplier, dp.sample_rate, 1)
         if 0 < dp.target_epsilon < after:
@@ -227,76 +194,43 @@ class DPFedAvg(StrategyWrapper[Strategy]):
                 f"round {server_round} would raise user-level ε to {after:.4f} >"
                 f" target {dp.target_epsilon}: the run must stop before it"
             )
-        self._global = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
-        config[keys.CLIPPING_NORM] = dp.clip_norm
-        config[keys.USER_EPSILON] = after  # what a device in this round is covered by
-        return self.inner.configure_train(server_round, arrays, config, grid)
+        return {keys.CLIPPING_NORM: dp.clip_norm, keys.USER_EPSILON: after}
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        dp, start = self.dp, self._global
-        total = {k: np.zeros_like(v) for k, v in start.items()}
-        used, over, rejected, malformed, contributors = [], 0, 0, 0, 0
-        for msg in replies:
-            if msg.has_error():
-                continue
-            content = msg.content
-            metrics = content.metric_records.get(keys.METRICS, MetricRecord())
-            if keys.ARRAYS not in content.array_records or keys.UNIT_WEIGHT not in metrics:
-                malformed += 1  # not a train reply: nothing to clip or to count
-                continue
-            sent = numpy_arrays(arrays_of(content))
-            count, summed = secure_sum(msg)
-            if summed and count < 1:  # a malformed aggregate: nothing to un-average
-                malformed += 1
-                continue
-            try:  # SecAgg+: the mean of `count` device-clipped updates; un-averaged below.
-                # The server cannot re-clip inside a sum: each device clipped its own Δ so
-                # that even quantized it has norm ≤ C (common/secagg/device.py).
-                update, norm = clip_delta(start, sent, None if summed else dp.clip_norm)
-            except NonFiniteUpdate:  # a dropout: the denominator m stays
-                rejected += 1
-                continue
-            except ValueError:  # other arrays or shapes than the model's: a dropout too
-                malformed += 1
-                continue
-            used.append(msg)
-            contributors += count
-            over += (not summed) and norm > dp.clip_norm * (1 + CLIP_TOLERANCE)
-            for k in total:
-                total[k] += update[k] * count if summed else update[k]
+    def release(
+        self,
+        aggregate: Aggregate | None,
+        start: Mapping[str, np.ndarray],
+        subspaces: Mapping[str, np.ndarray],
+        *,
+        clipped: int = 0,
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(global + Σ clip(Δ_i) / m + N(0, (zC/m)²), the round's ``privacy.user_level``).
+
+        ``aggregate``: the round's sum (``None``: nobody contributed — the round is still
+        released, noise only, and counted); ``subspaces``: per array, a basis whose row space
+        holds every update of the round (a low-rank round's item table, the round's channel):
+        that array's noise is drawn there, the released value being the projection of the
+        same mechanism's output; ``clipped``: updates the server's re-clip shortened."""
+        dp = self.dp
         out = {}
-        subspaces = self.subspaces() if self.subspaces is not None else {}
-        for k, v in start.items():  # global + Σ clip(Δ_i) / m + N(0, (zC/m)²)
-            average, basis = total[k] / dp.expected_clients, subspaces.get(k)
+        for k, v in start.items():
+            total = aggregate.total[k] if aggregate is not None else np.zeros_like(v)
+            average, basis = total / dp.expected_clients, subspaces.get(k)
             if basis is None:
                 noise = self.rng.normal(0.0, dp.noise_std, size=v.shape)
             else:  # released: the projection P of mean + N(0, σ²I) on the rows' span, i.e.
                 # P·mean + N(0, σ²)^{n×r}·B (post-processing: the same ε), with r/d of the
-                # noise; P·mean = mean for every update the exchange expanded from a factor
+                # noise; P·mean = mean for every update the channel expanded from a factor
                 average = average @ basis.T @ basis
                 noise = self.rng.normal(0.0, dp.noise_std, size=(v.shape[0], len(basis))) @ basis
-            out[k] = Array(v + average + noise)
+            out[k] = v + average + noise
         self.ledger.record(dp.noise_multiplier, dp.sample_rate, 1)
-        self.last_record = {
+        record = {
             **dp.describe(self.ledger),
-            "replies": contributors,
-            "clipped_by_server": over,  # counts only: no per-user value is published
-            "rejected_non_finite": rejected,
-            "rejected_malformed": malformed,
+            "replies": aggregate.count if aggregate is not None else 0,
+            "clipped_by_server": clipped,  # counts only: no per-user value is published
         }
-        # the averaged metrics of the replies used (FedAvg's weighted mean, uniform weights)
-        metrics = (
-            aggregate_metricrecords([m.content for m in used], keys.UNIT_WEIGHT)
-            if used
-            else MetricRecord()
-        )
-        metrics[keys.UNIT_WEIGHT] = 1  # the key the optimizer weighs by (DP requires "uniform")
-        mean = RecordDict({keys.ARRAYS: ArrayRecord(out), keys.METRICS: metrics})
-        return self.inner.aggregate_train(
-            server_round, [Message(content=mean, dst_node_id=0, message_type=MessageType.TRAIN)]
-        )
+        return out, record
 
 
 class RecordLevelTally:
@@ -318,19 +252,18 @@ class RecordLevelTally:
         self.secure_mean: float | None = None  # under SecAgg+: the last cohort's mean ε
         self.secure_declined = 0  # under SecAgg+: declines summed over rounds
 
-    def update(self, replies: Iterable[Message]) -> int:
-        """Take this round's replies; returns how many declined this round."""
+    def update(self, report: TrainReport, aggregate: Aggregate | None) -> int:
+        """Take this round's ε reports; returns how many devices declined this round. A
+        plain round's report names each contributor's metrics; a secure round's aggregate
+        carries only the cohort's means (the server sees sums, never a device's ε)."""
+        if report.secagg is not None:
+            if aggregate is None:
+                return 0
+            self.secure_mean = aggregate.metrics.get(keys.RECORD_EPSILON, 0.0)
+            exhausted = aggregate.metrics.get(keys.BUDGET_EXHAUSTED, 0.0)
+            return round(exhausted * aggregate.count)
         declined = 0
-        for msg in replies:
-            if msg.has_error() or keys.METRICS not in msg.content.metric_records:
-                continue
-            metrics = metrics_of(msg.content)
-            count, summed = secure_sum(msg)
-            if summed:  # SecAgg+: only the cohort's mean ε and how many declined are known
-                self.secure_mean = scalar(metrics, keys.RECORD_EPSILON, 0.0)
-                declined += round(scalar(metrics, keys.BUDGET_EXHAUSTED, 0.0) * count)
-                continue
-            node = msg.metadata.src_node_id
+        for node, metrics in report.node_metrics:
             if keys.RECORD_EPSILON in metrics:
                 epsilon, before = scalar(metrics, keys.RECORD_EPSILON), self.latest.get(node)
                 if before is not None and epsilon < before * (1 - 1e-9):
@@ -340,6 +273,13 @@ class RecordLevelTally:
                 declined += 1
                 self.exhausted.add(node)
         return declined
+
+    def record(self, report: TrainReport, aggregate: Aggregate | None) -> dict[str, Any] | None:
+        """The round's ``privacy.record_level`` entry (``None`` before any device reported)."""
+        declined = self.update(report, aggregate)
+        if self.latest or declined or self.secure_mean is not None:
+            return self.summary(declined)
+        return None
 
     def summary(self, declined_this_round: int) -> dict[str, Any]:
         """The ``privacy.record_level`` entry: ε over every device that has trained so far."""

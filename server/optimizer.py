@@ -1,65 +1,56 @@
-"""The server optimizer: one of Flower's strategies, with a step-size schedule and weight decay.
+"""The server optimizer: from the round's model and the mean it aggregated, the next model.
 
-:func:`flower_strategy` builds the configured Flower strategy — FedAvg, FedAvgM (server
-momentum), FedAdam or FedYogi (Reddi et al., 2021, adaptive server steps) or FedProx (Li et
-al., 2020) — as the *aggregation and server step* of a round: it takes every node of the grid
-it is given (``server/cohorts.py`` chooses the cohort) and weighs each reply by its examples
-or, under ``client-weighting = "uniform"``, counts every client once.
+FedAvg moves to the mean; FedAvgM (server momentum, Hsu et al. 2019) and FedAdam / FedYogi
+(Reddi et al., 2021, "Adaptive Federated Optimization") treat Δ_t = mean − x_t as a
+pseudo-gradient and take an adaptive step; FedProx (Li et al., 2020) is FedAvg on the
+server (its proximal term μ is the devices'). The step is a pure function of (x_t, mean, t)
+and the optimizer's state, written out here term by term as Flower 1.42's strategies
+compute it (``flwr/serverapp/strategy/fedavgm.py``, ``fedopt.py``, ``fedadam.py``,
+``fedyogi.py``), so a run takes the same steps bit for bit (tests/server/test_optimizer.py
+checks each against Flower's own); Flower's strategies take replies, fedrec's rounds an
+:class:`~fedrec.server.aggregate.Aggregate`, whoever summed it.
 
-:class:`ServerStep` wraps it and adds, around Flower's step and without touching its math:
+:class:`ServerStep` adds, around the step and without touching its math:
   * a schedule of the server step size by absolute round (``server-lr-schedule = "cosine"``
     decays it towards 0 at ``num-rounds``, Loshchilov & Hutter 2017), so a resumed run
     continues the same schedule;
   * decoupled weight decay after the FedAdam/FedYogi step (as AdamW, Loshchilov & Hutter
-    2019): weight matrices shrink by ``lr_t · wd`` each round. Flower's FedOpt takes the next
-    round's starting point from the arrays this returns, so the decay is part of the state;
-  * float32 on the wire (FedAdam/FedYogi return float64);
+    2019): weight matrices shrink by ``lr_t · wd`` each round;
+  * float32 on the wire (the adaptive steps compute in the mean's precision);
   * the optimizer's state (moments, momentum) as a state dict, for checkpoints.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
-from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.records import integer, metrics_of, scalar
-from fedrec.server.cohorts import TAKE_EVERY_NODE
-from fedrec.server.wrapper import StrategyWrapper
 
 __all__ = [
-    "STRATEGY_CLASSES",
+    "OPTIMIZERS",
     "WEIGHT_KEYS",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedYogi",
+    "ServerOptimizer",
     "ServerStep",
-    "aggregate_user_metrics",
-    "flower_strategy",
     "scheduled_lr",
+    "server_optimizer",
 ]
 
-STRATEGY_CLASSES: dict[str, type[FedAvg]] = {
-    "fedavg": FedAvg,
-    "fedavgm": FedAvgM,
-    "fedadam": FedAdam,
-    "fedyogi": FedYogi,
-    "fedprox": FedProx,
-}
+Arrays = dict[str, np.ndarray]
 
-# The metric Flower's averaging weighs each client's update by. "uniform" counts every client
-# once: with SGD client updates a heavy user's update already grows with its number of local
-# steps, so weighting it by its examples as well counts its data about twice (and user-level
-# DP needs uniform weights).
+# The metric each reply's update is weighed by. "uniform" counts every client once: with SGD
+# client updates a heavy user's update already grows with its number of local steps, so
+# weighting it by its examples as well counts its data about twice (and user-level DP needs
+# uniform weights).
 WEIGHT_KEYS = {"examples": keys.NUM_EXAMPLES, "uniform": keys.UNIT_WEIGHT}
-
-# The server optimizer's state: Flower 1.42 keeps it in these public attributes (no state
-# dict); FedAvgM's momentum is a list in the model's array order.
-OPTIMIZER_STATE = ("m_t", "v_t", "momentum_vector")
 
 
 def scheduled_lr(base: float, schedule: str, round_: int, total_rounds: int) -> float:
@@ -77,125 +68,195 @@ def scheduled_lr(base: float, schedule: str, round_: int, total_rounds: int) -> 
     raise ValueError(f"unknown server-lr-schedule {schedule!r}: use constant or cosine")
 
 
-def aggregate_user_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Mean of each evaluation metric over the evaluated users that report it (weight
-    ``users``: 1 or 0 per client), so a user that cannot be evaluated counts as nothing, not
-    as a zero (and one that has seen every target item adds nothing to the exposure)."""
-    totals: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    users = 0
-    for rd in records:
-        metrics = metrics_of(rd)
-        n = integer(metrics, keys.USERS, 0)
-        users += n
-        for k in metrics:
-            if k not in (keys.USERS, keys.NUM_EXAMPLES, keys.UNIT_WEIGHT) and n:
-                totals[k] = totals.get(k, 0.0) + scalar(metrics, k) * n
-                counts[k] = counts.get(k, 0) + n
-    means = {k: v / counts[k] for k, v in totals.items()}
-    return MetricRecord({keys.USERS: users, **means})
+class ServerOptimizer:
+    """FedAvg: the next model is the mean. Subclasses keep state and set ``lr``."""
+
+    lr: float = 1.0  # the server step size (FedAvgM, FedAdam, FedYogi)
+    has_step_size = False
+    state_names: tuple[str, ...] = ()
+
+    def step(self, current: Mapping[str, np.ndarray], mean: Arrays, server_round: int) -> Arrays:
+        """The next model from the round's model ``current`` and the aggregate's ``mean``."""
+        return mean
+
+    def state_dict(self, array_names: list[str]) -> dict[str, np.ndarray]:
+        """The optimizer's state as ``name/array`` entries (the checkpoint's keys)."""
+        state: dict[str, np.ndarray] = {}
+        for name in self.state_names:
+            value = getattr(self, name)
+            if value:
+                state.update({f"{name}/{k}": np.asarray(v) for k, v in value.items()})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        for name in self.state_names:
+            part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(name + "/")}
+            if part:
+                setattr(self, name, part)
+
+    def __repr__(self) -> str:
+        return type(self).__name__
 
 
-def flower_strategy(config: FederationConfig) -> FedAvg:
-    """The configured Flower strategy, sending to every node of the grid it is given."""
-    kwargs: dict[str, Any] = {
-        **TAKE_EVERY_NODE,
-        "weighted_by_key": WEIGHT_KEYS[config.client_weighting],
-        "evaluate_metrics_aggr_fn": aggregate_user_metrics,
-    }
-    if config.strategy in ("fedadam", "fedyogi"):
-        kwargs.update(
-            eta=config.server_lr,
-            beta_1=config.server_beta1,
-            beta_2=config.server_beta2,
-            tau=config.server_tau,
+class FedAvg(ServerOptimizer):
+    """FedAvg (McMahan et al., 2017); FedProx's server step too."""
+
+
+@dataclass(repr=False)
+class FedAvgM(ServerOptimizer):
+    """Server momentum: x_{t+1} = x_t − lr·v_t, v_t = β·v_{t−1} + (x_t − mean). As in
+    Flower, x_t is the optimizer's own previous step (the round's model before its float32
+    cast), and with β = 0 and lr = 1 the step is FedAvg's."""
+
+    lr: float = 1.0
+    momentum: float = 0.0
+    momentum_vector: Arrays = field(default_factory=dict)
+    previous: Arrays | None = None
+    has_step_size = True
+    state_names = ("momentum_vector",)
+
+    def step(self, current: Mapping[str, np.ndarray], mean: Arrays, server_round: int) -> Arrays:
+        if self.momentum == 0.0 and self.lr == 1.0:
+            return mean
+        old = self.previous if self.previous is not None else dict(current)
+        pseudo_gradient = {k: old[k] - mean[k] for k in mean}
+        if self.momentum > 0.0:
+            if not self.momentum_vector:
+                self.momentum_vector = pseudo_gradient
+            else:
+                self.momentum_vector = {
+                    k: self.momentum * v + pseudo_gradient[k]
+                    for k, v in self.momentum_vector.items()
+                }
+            pseudo_gradient = self.momentum_vector
+        new = {k: old[k] - self.lr * pseudo_gradient[k] for k in mean}
+        self.previous = new
+        return new
+
+
+@dataclass(repr=False)
+class FedAdam(ServerOptimizer):
+    """FedAdam: Adam's moments of Δ_t = mean − x_t, with Adam's bias correction."""
+
+    lr: float = 0.1  # η
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
+    m_t: Arrays = field(default_factory=dict)
+    v_t: Arrays = field(default_factory=dict)
+    has_step_size = True
+    state_names = ("m_t", "v_t")
+
+    def _moments(self, current: Mapping[str, np.ndarray], mean: Arrays) -> Arrays:
+        delta = {k: x - current[k] for k, x in mean.items()}
+        if not self.m_t:
+            self.m_t = {k: np.zeros_like(v) for k, v in mean.items()}
+        self.m_t = {k: self.beta_1 * v + (1 - self.beta_1) * delta[k] for k, v in self.m_t.items()}
+        if not self.v_t:
+            self.v_t = {k: np.zeros_like(v) for k, v in mean.items()}
+        return delta
+
+    def step(self, current: Mapping[str, np.ndarray], mean: Arrays, server_round: int) -> Arrays:
+        delta = self._moments(current, mean)
+        self.v_t = {
+            k: self.beta_2 * v + (1 - self.beta_2) * (delta[k] ** 2) for k, v in self.v_t.items()
+        }
+        eta_norm = (
+            self.lr
+            * np.sqrt(1 - np.power(self.beta_2, server_round + 1.0))
+            / (1 - np.power(self.beta_1, server_round + 1.0))
         )
-    elif config.strategy == "fedavgm":
-        kwargs.update(server_learning_rate=config.server_lr, server_momentum=config.server_beta1)
-    elif config.strategy == "fedprox":
-        kwargs.update(proximal_mu=config.proximal_mu)
-    return STRATEGY_CLASSES[config.strategy](**kwargs)
+        return {
+            k: x + eta_norm * self.m_t[k] / (np.sqrt(self.v_t[k]) + self.tau)
+            for k, x in current.items()
+        }
 
 
-class ServerStep(StrategyWrapper[FedAvg]):
-    """A Flower strategy's server step with a schedule, weight decay and float32 output."""
+@dataclass(repr=False)
+class FedYogi(FedAdam):
+    """FedYogi: Yogi's additive second moment (no bias correction)."""
+
+    lr: float = 0.01
+
+    def step(self, current: Mapping[str, np.ndarray], mean: Arrays, server_round: int) -> Arrays:
+        delta = self._moments(current, mean)
+        self.v_t = {
+            k: v - (1.0 - self.beta_2) * (delta[k] ** 2) * np.sign(v - delta[k] ** 2)
+            for k, v in self.v_t.items()
+        }
+        return {
+            k: x + self.lr * self.m_t[k] / (np.sqrt(self.v_t[k]) + self.tau)
+            for k, x in current.items()
+        }
+
+
+OPTIMIZERS: dict[str, type[ServerOptimizer]] = {
+    "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
+    "fedadam": FedAdam,
+    "fedyogi": FedYogi,
+    "fedprox": FedAvg,  # FedProx's proximal term is the devices' (proximal-mu)
+}
+
+
+def server_optimizer(config: FederationConfig) -> ServerOptimizer:
+    """The configured server optimizer (``strategy`` and ``server-*``)."""
+    if config.server.strategy in ("fedadam", "fedyogi"):
+        kind = FedAdam if config.server.strategy == "fedadam" else FedYogi
+        return kind(
+            lr=config.server.lr,
+            beta_1=config.server.beta1,
+            beta_2=config.server.beta2,
+            tau=config.server.tau,
+        )
+    if config.server.strategy == "fedavgm":
+        return FedAvgM(lr=config.server.lr, momentum=config.server.beta1)
+    return OPTIMIZERS[config.server.strategy]()
+
+
+class ServerStep:
+    """A server optimizer's step with a schedule, weight decay and float32 output."""
 
     def __init__(
         self,
-        optimizer: FedAvg,
+        optimizer: ServerOptimizer,
         *,
         step_size: Callable[[int], float] | None = None,
         weight_decay: float = 0.0,
     ) -> None:
         """``step_size(round)``: the server step of each absolute round (FedAvgM, FedAdam,
         FedYogi); ``weight_decay``: decoupled decay of weight matrices (FedAdam, FedYogi)."""
-        super().__init__(optimizer)
-        # where Flower reads the step size each round (no schedule hook in 1.42)
-        self._step_attribute = (
-            "eta"
-            if isinstance(optimizer, FedOpt)
-            else "server_learning_rate"
-            if isinstance(optimizer, FedAvgM)
-            else None
-        )
-        if step_size is not None and self._step_attribute is None:
-            raise ValueError(f"{type(optimizer).__name__} has no server step size to schedule")
-        if weight_decay and not isinstance(optimizer, FedOpt):
-            raise ValueError(f"decoupled weight decay needs FedAdam/FedYogi, not {optimizer}")
+        if step_size is not None and not optimizer.has_step_size:
+            raise ValueError(f"{optimizer!r} has no server step size to schedule")
+        if weight_decay and not isinstance(optimizer, FedAdam):
+            raise ValueError(f"decoupled weight decay needs FedAdam/FedYogi, not {optimizer!r}")
+        self.optimizer = optimizer
         self.step_size = step_size
         self.weight_decay = weight_decay
-        self.last_step_size: float | None = None
 
-    @property
-    def optimizer(self) -> FedAvg:
-        """The Flower strategy taking the step (its state lives in its attributes)."""
-        return self.inner
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's step at this round's step size; ``server_round`` is absolute (FedAdam's
-        bias correction must not restart on a resume)."""
-        decay = 1.0
+    def __call__(
+        self, current: Mapping[str, np.ndarray], mean: Arrays, server_round: int
+    ) -> tuple[dict[str, np.ndarray], float | None]:
+        """(the next model in float32, the step size this round took, if scheduled);
+        ``server_round`` is absolute (FedAdam's bias correction must not restart on a resume)."""
+        decay, lr = 1.0, None
         if self.step_size is not None:
             lr = self.step_size(server_round)
-            setattr(self.optimizer, str(self._step_attribute), lr)
-            self.last_step_size = lr
-            decay = 1.0 - lr * self.weight_decay
-        arrays, metrics = self.optimizer.aggregate_train(server_round, replies)
-        if arrays is None:
-            return None, metrics
+            self.optimizer.lr = lr
+        if self.weight_decay:  # AdamW's decoupled decay: lr_t · wd of each weight matrix
+            decay = 1.0 - self.optimizer.lr * self.weight_decay
+        new = self.optimizer.step(current, mean, server_round)
         wire = {}
-        for k, v in arrays.items():
-            value = v.numpy() * decay if k.endswith(".weight") else v.numpy()
-            wire[k] = Array(value.astype(np.float32, copy=False))
-        return ArrayRecord(wire), metrics
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """The evaluated users' mean of each metric (:func:`aggregate_user_metrics`). Not
-        Flower's: it refuses a whole round unless every reply has the same keys, and a device
-        that evaluated nobody (``users`` = 0, no rates) or has seen every target item (no
-        exposure) sends fewer. The recorder validated each reply before."""
-        records = [m.content for m in replies if not m.has_error()]
-        return aggregate_user_metrics(records, keys.USERS) if records else None
+        for k, v in new.items():
+            value = v * decay if k.endswith(".weight") else v
+            wire[k] = value.astype(np.float32, copy=False)
+        return wire, lr
 
     def state_dict(self, array_names: list[str]) -> dict[str, np.ndarray]:
-        """The optimizer's state as ``name/array`` entries (``array_names``: model order)."""
-        state: dict[str, np.ndarray] = {}
-        for name in OPTIMIZER_STATE:
-            value = getattr(self.optimizer, name, None)
-            if isinstance(value, list):  # FedAvgM: a list in the order of the model's arrays
-                value = dict(zip(array_names, value, strict=True))
-            if isinstance(value, dict):
-                state.update({f"{name}/{k}": np.asarray(v) for k, v in value.items()})
-        return state
+        return self.optimizer.state_dict(array_names)
 
-    def load_state_dict(self, state: dict[str, np.ndarray], array_names: list[str]) -> None:
-        for name in OPTIMIZER_STATE:
-            part = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(name + "/")}
-            if part and name == "momentum_vector":  # FedAvgM wants it as a list, model order
-                setattr(self.optimizer, name, [part[k] for k in array_names])
-            elif part:
-                setattr(self.optimizer, name, part)
+    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return repr(self.optimizer)

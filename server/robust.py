@@ -15,32 +15,23 @@ stalls on exactly the items a promotion attack picks):
 Rows first, then the whole: an update within both is passed on unchanged, bit for bit, so an
 honest run with bounds above its updates is the run without them. Clipping scales a vector
 by ``bound / norm`` and nothing else, so honest directions are kept. The server sees each
-update only without secure aggregation; under SecAgg+ the config refuses these bounds.
-:class:`NormBounding` reports how many updates and rows it clipped in the round's aggregate
-metrics (``bounded-updates``, ``bounded-rows``), which the recorder writes to the round.
+update only without secure aggregation; under SecAgg+ the config refuses these bounds. The
+plain aggregation (``server/plain.py``) bounds each accepted update with :func:`bound` and
+reports how many updates and rows it clipped, which the round's record states (``bounded``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
-from fedrec.common import keys
 from fedrec.common.model import ITEM_TABLE  # the rows a promotion attack pushes
-from fedrec.common.privacy import clip_delta, clip_update
-from fedrec.common.records import arrays_of
-from fedrec.server.wrapper import StrategyWrapper
+from fedrec.common.privacy import clip_update
 
-__all__ = ["BOUNDED_ROWS", "BOUNDED_UPDATES", "ITEM_TABLE", "Bounds", "NormBounding", "bound"]
-
-BOUNDED_UPDATES = "bounded-updates"  # aggregate metrics: updates clipped as a whole
-BOUNDED_ROWS = "bounded-rows"  # item-table rows clipped
+__all__ = ["Bounds", "bound"]
 
 
 @dataclass(frozen=True)
@@ -78,41 +69,3 @@ def bound(
         out, norm = clip_update(out, bounds.norm)
         whole = norm > bounds.norm
     return out, whole, rows
-
-
-class NormBounding(StrategyWrapper[Strategy]):
-    """Clips every train reply's update (reply − the round's model) to ``bounds``."""
-
-    def __init__(self, inner: Strategy, bounds: Bounds) -> None:
-        if not bounds:
-            raise ValueError("NormBounding needs a norm bound or a row-norm bound")
-        super().__init__(inner)
-        self.bounds = bounds
-        self._global: dict[str, np.ndarray] = {}
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._global = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
-        return self.inner.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        updates = rows = 0
-        replies = list(replies)
-        for reply in replies:
-            if reply.has_error():
-                continue
-            sent = {k: a.numpy() for k, a in arrays_of(reply.content).items()}
-            delta, _ = clip_delta(self._global, sent, None)
-            bounded, whole, clipped_rows = bound(delta, self.bounds)
-            updates, rows = updates + whole, rows + clipped_rows
-            if whole or clipped_rows:
-                reply.content[keys.ARRAYS] = ArrayRecord(
-                    {k: Array((self._global[k] + bounded[k]).astype(np.float32)) for k in delta}
-                )
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
-        if metrics is not None:
-            metrics = MetricRecord({**metrics, BOUNDED_UPDATES: updates, BOUNDED_ROWS: rows})
-        return arrays, metrics

@@ -68,7 +68,7 @@ def privacy_summary(
         "user_level": last.get("user_level"),
         "record_level": last.get("record_level"),
     }
-    if config.user_level_dp:
+    if config.user_dp.enabled:
         summary["stopped_by_budget"] = budget_stop is not None
         summary["stop_round"] = budget_stop
     return summary
@@ -76,7 +76,7 @@ def privacy_summary(
 
 def secure_summary(records: list[dict[str, Any]], config: FederationConfig) -> dict[str, Any]:
     """metrics.json ``secure_aggregation``: whether it was on, its parameters, its cost."""
-    if not config.secure:
+    if not config.secure.enabled:
         return {"enabled": False}
     rounds = [r["secagg"] for r in records if "secagg" in r]
     ok = [r for r in rounds if r["status"] == "ok"]

@@ -204,7 +204,7 @@ def _json_of(text: str) -> dict[str, Any] | None:
 def write_app(folder: str | Path) -> Path:
     """The Flower app folder ``flwr run`` packages: a ``pyproject.toml`` naming fedrec's
     ServerApp and ClientApp and every federation setting with its default."""
-    defaults = FederationConfig().to_mapping()
+    defaults = FederationConfig().to_mapping(deployed=True)
     lines = [
         "[project]",
         f'name = "{APP_NAME}"',
@@ -231,7 +231,8 @@ def write_app(folder: str | Path) -> Path:
 def write_run_config(config: FederationConfig, path: str | Path) -> Path:
     """Every setting of ``config`` as the TOML file ``flwr run --run-config`` reads."""
     text = "# the settings this run was submitted with (flwr run --run-config)\n"
-    return write_atomic(path, (text + "\n".join(_toml_pairs(config.to_mapping())) + "\n").encode())
+    pairs = _toml_pairs(config.to_mapping(deployed=True))  # a deployment: no simulation setting
+    return write_atomic(path, (text + "\n".join(pairs) + "\n").encode())
 
 
 def _toml_pairs(values: Mapping[str, Any]) -> list[str]:
@@ -248,19 +249,19 @@ def submit_federation(control: Control, config: FederationConfig, app_dir: str |
 
     ``catalog``, ``out-dir`` and ``resume`` must be absolute: the ServerApp resolves them on
     the SuperLink's host, in a process whose working folder is not the caller's."""
-    for key, value in (("catalog", config.catalog), ("out-dir", config.out_dir),
-                       ("resume", config.resume)):  # fmt: skip
+    for key, value in (("catalog", config.data.catalog), ("out-dir", config.outputs.out_dir),
+                       ("resume", config.outputs.resume)):  # fmt: skip
         if value and not Path(value).is_absolute():
             raise ValueError(f"{key} {value!r} must be an absolute path on the SuperLink host")
-    if not config.catalog:
+    if not config.data.catalog:
         raise ValueError(
             "a deployed run needs the published catalog: `fedrec catalog build --out FILE`,"
             " then --catalog FILE (the devices hold the same file)"
         )
-    if not config.out_dir:
+    if not config.outputs.out_dir:
         raise ValueError("a deployed run needs a run folder (out-dir)")
     write_app(app_dir)
-    run_config = write_run_config(config, Path(config.out_dir) / RUN_CONFIG_FILE)
+    run_config = write_run_config(config, Path(config.outputs.out_dir) / RUN_CONFIG_FILE)
     return control.submit(app_dir, run_config)
 
 

@@ -12,18 +12,19 @@ scaled by 1e6 would be averaged in, a forged ``users`` count would decide the ru
   epochs against 33.5); the metrics are only the keys a device sends, each in its range:
   ``unit-weight`` exactly 1, ``num-examples`` an integer in [0, ``max_examples``] (at least 1
   when the run weighs by examples), flags 0 or 1, loss and ε finite and ≥ 0;
-* **train, under SecAgg+** (the aggregate the secure grid unmasked: no device's update is
-  visible): the same names and shapes, finite, a positive contributor count, and a mean update
-  within the bound;
 * **evaluate**: only ``metrics``, with ``users`` 0 or 1 (one held-out item per device),
   ``num-examples`` equal to it, ``unit-weight`` 1, every rate in [0, 1] and each NDCG at most
   its hit rate, ``er@5`` at most ``er@10`` (both or neither), no rate from a device that
   evaluated nobody.
 
-:meth:`ReplyValidator.check` returns why a reply is refused (a short reason from
-:data:`REASONS` and the detail), or ``None``. The recorder drops refused replies as failed
-replies, counts each reason in the round's record (``rejected``), and the round completes
-with the rest (server/recorder.py).
+:meth:`ReplyValidator.records`, :meth:`ReplyValidator.train` and
+:meth:`ReplyValidator.evaluate` return why a reply is refused (a short reason from
+:data:`REASONS` and the detail), or ``None``. A train reply's model is checked as the
+channel decoded it (``common/channel.py``: the float32 weights a device sent, or the
+server's model plus its decoded update); the plain aggregation drops refused replies as
+failed ones, counts each reason in the round's record (``rejected``), and the round
+completes with the rest (``server/plain.py``). A secure round's replies carry no update to
+check: SecAgg+ stages are checked by its protocol (``server/secagg.py``).
 """
 
 from __future__ import annotations
@@ -31,24 +32,27 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from tokenize import TokenError
 
 import numpy as np
-from flwr.app import Message, MessageType
+from flwr.app import Message
 
 from fedrec.common import keys
 from fedrec.common.privacy import global_norm
-from fedrec.common.secagg.grid import secure_sum
-from fedrec.common.secagg.wire import SECURE_SUM
+from fedrec.server.aggregate import Aggregate
 
 __all__ = ["ARRAY_ERRORS", "MAX_EXAMPLES", "REASONS", "Refusal", "ReplyValidator"]
 
-# what decoding a device's array bytes (``Array.numpy``) raises on bytes that are not an array
-ARRAY_ERRORS = (ValueError, EOFError, TypeError, KeyError, OSError)
+# what decoding a device's array bytes (``Array.numpy``: numpy's .npy header parser) raises on
+# bytes that are not an array; a header of the device's own making can fail its tokenizer too
+ARRAY_ERRORS = (
+    ValueError, EOFError, TypeError, KeyError, OSError, SyntaxError, TokenError, RecursionError,
+)  # fmt: skip
 
 MAX_EXAMPLES = 2**20  # examples one device may claim in a round (SecAgg+ sums it to this bound)
 REASONS = (
     "records", "arrays", "shape", "dtype", "non-finite", "update-norm", "metrics",
-    "payload",  # a compressed update that does not decode (server/exchange.py)
+    "payload",  # an update that does not decode in its channel's form (common/channel.py)
 )  # fmt: skip
 FLAGS = (keys.RETURNING, keys.BUDGET_EXHAUSTED)
 NON_NEGATIVE = (keys.TRAIN_LOSS, keys.RECORD_EPSILON)
@@ -81,52 +85,61 @@ class ReplyValidator:
         self.weigh_by_examples = weigh_by_examples
         self.max_examples = max_examples
 
-    def check(self, msg: Message, global_: Mapping[str, np.ndarray] | None) -> Refusal | None:
-        """Why ``msg`` (a reply without an error) is refused, or ``None``. ``global_``: the
-        round's model, for the update's norm (train replies)."""
-        if msg.metadata.message_type == MessageType.EVALUATE:
-            return self._evaluate(msg)
-        return self._train(msg, global_)
-
-    # --- train ------------------------------------------------------------------------------
-    def _train(self, msg: Message, global_: Mapping[str, np.ndarray] | None) -> Refusal | None:
+    def records(self, msg: Message) -> Refusal | None:
+        """A train reply carries exactly the ``arrays`` and ``metrics`` records."""
         content = msg.content
-        count, summed = secure_sum(msg)
-        expected = {keys.ARRAYS, keys.METRICS} | ({SECURE_SUM} if summed else set())
-        if set(content.keys()) != expected or keys.ARRAYS not in content.array_records:
+        expected = {keys.ARRAYS, keys.METRICS}
+        if (
+            set(content.keys()) != expected
+            or keys.ARRAYS not in content.array_records
+            or keys.METRICS not in content.metric_records
+        ):
             return Refusal(
                 "records", f"records {sorted(content.keys())}, expected {sorted(expected)}"
             )
-        if summed and count < 1:
-            return Refusal("records", "a secure sum with no contributor")
-        record = content.array_records[keys.ARRAYS]
-        names = list(record.keys())
+        return None
+
+    def train(
+        self,
+        model: Mapping[str, np.ndarray],
+        metrics: Mapping[str, object],
+        global_: Mapping[str, np.ndarray],
+    ) -> Refusal | None:
+        """Why a train reply whose (decoded) ``model`` and ``metrics`` are these is refused,
+        or ``None``; ``global_``: the round's model, for the update's norm."""
+        names = list(model)
         if set(names) != set(self.shapes) or len(names) != len(self.shapes):
             missing = sorted(set(self.shapes) - set(names))
             extra = sorted(set(names) - set(self.shapes))
             return Refusal("arrays", f"missing {missing}, unexpected {extra}")
-        for name, array in record.items():
-            if tuple(array.shape) != self.shapes[name]:
-                return Refusal("shape", f"{name} is {tuple(array.shape)}, not {self.shapes[name]}")
-            if not summed and array.dtype != "float32":  # a sum is the server's own float64
-                return Refusal("dtype", f"{name} is {array.dtype}, not float32")
-        try:  # the bytes are the device's: a header or a length that lies is a refusal
-            values = {name: array.numpy() for name, array in record.items()}
-        except ARRAY_ERRORS as err:
-            return Refusal("arrays", f"undecodable array bytes: {type(err).__name__}: {err}")
-        for name, value in values.items():
+        for name, value in model.items():
+            if tuple(np.shape(value)) != self.shapes[name]:
+                return Refusal("shape", f"{name} is {np.shape(value)}, not {self.shapes[name]}")
+            if np.asarray(value).dtype != np.float32:
+                return Refusal("dtype", f"{name} is {np.asarray(value).dtype}, not float32")
+        for name, value in model.items():
             if not np.isfinite(value).all():
                 return Refusal("non-finite", f"{name} has NaN or infinite values")
-        if global_ is not None:
-            norm = global_norm({k: values[k].astype(np.float64) - global_[k] for k in values})
-            if norm > self.max_update_norm:
-                return Refusal(
-                    "update-norm", f"‖Δ‖ = {norm:.4g} > max-update-norm {self.max_update_norm:.4g}"
-                )
-        metrics = content.metric_records.get(keys.METRICS)
-        if metrics is None:
-            return Refusal("records", "no metrics record")
-        return None if summed else self._train_metrics(dict(metrics))
+        norm = global_norm({k: model[k].astype(np.float64) - global_[k] for k in model})
+        if norm > self.max_update_norm:
+            return Refusal(
+                "update-norm", f"‖Δ‖ = {norm:.4g} > max-update-norm {self.max_update_norm:.4g}"
+            )
+        return self._train_metrics(metrics)
+
+    def aggregate(self, aggregate: Aggregate) -> Refusal | None:
+        """A secure round's unmasked sum (no device's update is visible): finite, and its
+        mean update within the bound."""
+        mean = {k: v / aggregate.count for k, v in aggregate.total.items()}
+        if not all(np.isfinite(v).all() for v in mean.values()):
+            return Refusal("non-finite", "the unmasked sum has NaN or infinite values")
+        norm = global_norm(mean)
+        if norm > self.max_update_norm:
+            return Refusal(
+                "update-norm",
+                f"the mean update's ‖Δ‖ = {norm:.4g} > max-update-norm {self.max_update_norm:.4g}",
+            )
+        return None
 
     def _train_metrics(self, metrics: Mapping[str, object]) -> Refusal | None:
         numbers = _finite_numbers(metrics, keys.TRAIN_METRICS)
@@ -154,7 +167,8 @@ class ReplyValidator:
         return None
 
     # --- evaluate ---------------------------------------------------------------------------
-    def _evaluate(self, msg: Message) -> Refusal | None:
+    def evaluate(self, msg: Message) -> Refusal | None:
+        """Why an evaluate reply is refused, or ``None``."""
         content = msg.content
         if set(content.keys()) != {keys.METRICS} or keys.METRICS not in content.metric_records:
             return Refusal("records", f"records {sorted(content.keys())}, expected ['metrics']")

@@ -191,7 +191,7 @@ def simulate_cmd(
         console.print(f"[yellow]warning:[/] {warning}")
 
     with progress_view() as progress:
-        task = progress.add_task("simulate (starting Ray)", total=fed.num_rounds, info="")
+        task = progress.add_task("simulate (starting Ray)", total=fed.rounds.num_rounds, info="")
 
         def on_round(record: dict[str, Any]) -> None:
             info = round_line(record)
@@ -251,7 +251,9 @@ def catalog_build_cmd(
 
     fed = federation_config(config, set_, {"data": data})
     interactions = or_exit(
-        lambda: load_interactions(fed.data, threshold=fed.threshold, synthetic=fed.synthetic())
+        lambda: load_interactions(
+            fed.data.data, threshold=fed.data.threshold, synthetic=fed.synthetic()
+        )
     )
     catalog = Catalog.of(interactions)
     problems = schema_disclosures(catalog.user_schema, interactions.user_features, min_users)
@@ -324,7 +326,9 @@ def features_embed_cmd(
         fed = federation_config(config, set_, {"data": data})
         items = or_exit(
             lambda: Catalog.of(
-                load_interactions(fed.data, threshold=fed.threshold, synthetic=fed.synthetic())
+                load_interactions(
+                    fed.data.data, threshold=fed.data.threshold, synthetic=fed.synthetic()
+                )
             )
         )
     features = or_exit(lambda: _embed_catalog(items, cache, batch_size))

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import RunInterrupted
 
 __all__ = [
@@ -22,13 +23,21 @@ __all__ = [
     "round_line",
 ]
 
-console = Console()
+# Off a terminal (a pipe, a log file, CI) nothing is hard-wrapped: scripts and tests parse
+# whole lines, and where a wrap would fall depends on the width and on path lengths.
+console = Console(soft_wrap=True)
 
 
-def federation_config(config: Path | None, set_: list[str] | None, options: dict[str, Any]) -> Any:
+def federation_config(
+    config: Path | None,
+    set_: list[str] | None,
+    options: dict[str, Any],
+    *,
+    deployed: bool = False,
+) -> FederationConfig:
     """Scenario TOML, then ``--set KEY=VALUE`` overrides, then the named options (if given),
-    parsed once into a FederationConfig (one red line and exit 2 on any error)."""
-    from fedrec.common.fedconfig import FederationConfig
+    parsed once into a FederationConfig (one red line and exit 2 on any error); a deployment
+    (``deployed``) refuses simulation settings."""
     from fedrec.simulations.runner import apply_settings, load_scenario
 
     values: dict[str, Any] = or_exit(lambda: load_scenario(config)) if config else {}
@@ -36,7 +45,10 @@ def federation_config(config: Path | None, set_: list[str] | None, options: dict
     for key, value in options.items():
         if value is not None:
             values[key] = str(value) if isinstance(value, Path) else value
-    return or_exit(lambda: FederationConfig.from_mapping(values))
+    parsed: FederationConfig = or_exit(
+        lambda: FederationConfig.from_mapping(values, deployed=deployed)
+    )
+    return parsed
 
 
 def or_exit(fn: Any) -> Any:

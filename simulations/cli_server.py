@@ -192,20 +192,15 @@ def run_cmd(
             "out-dir": out.resolve(),
             "resume": resume.resolve() if resume else None,
         },
+        deployed=True,  # a simulation setting (poisoning, cold items, ...) is refused
     )
     for warning in fed.warnings():
         console.print(f"[yellow]warning:[/] {warning}")
-    if fed.user_level_dp and not fed.secure and not allow_visible_updates:
+    if fed.user_dp.enabled and not fed.secure.enabled and not allow_visible_updates:
         console.print(
             "[red]error:[/] a deployment with user-level DP sends each device's update to the"
             ' server in the clear: set secure-aggregation = "secagg+", or pass'
             " --allow-visible-updates to accept it"
-        )
-        raise typer.Exit(code=2)
-    if fed.poison_fraction:
-        console.print(
-            "[red]error:[/] poison-fraction adds simulated malicious devices: it is a"
-            " setting of `fedrec simulate`, not of a deployment"
         )
         raise typer.Exit(code=2)
     control = _control(credentials, superlink, flwr_home)
@@ -214,7 +209,9 @@ def run_cmd(
         run_id = or_exit(lambda: submit_federation(control, fed, app_dir))
     console.print(f"run {run_id} submitted to {superlink}")
     with progress_view() as progress:
-        task = progress.add_task("federation (waiting for nodes)", total=fed.num_rounds, info="")
+        task = progress.add_task(
+            "federation (waiting for nodes)", total=fed.rounds.num_rounds, info=""
+        )
 
         def on_round(record: dict[str, Any]) -> None:
             info = round_line(record)
@@ -254,7 +251,9 @@ def deploy_local_cmd(
     fed = federation_config(config, set_, {"data": data, "num-rounds": rounds})
     fed = deployment_config(fed, nodes)
     with progress_view() as progress:
-        task = progress.add_task("deploy", total=fed.num_rounds, info="building device stores")
+        task = progress.add_task(
+            "deploy", total=fed.rounds.num_rounds, info="building device stores"
+        )
 
         def on_event(line: str) -> None:
             progress.console.print(line, markup=False, highlight=False)

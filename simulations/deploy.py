@@ -94,7 +94,10 @@ class DeviceNode:
 
 def deployment_config(config: FederationConfig, nodes: int) -> FederationConfig:
     """The synthetic data set of a deployment has one user per node unless told otherwise."""
-    if config.data == "synthetic" and config.synthetic_users == FederationConfig().synthetic_users:
+    if (
+        config.data.data == "synthetic"
+        and config.simulation.synthetic_users == FederationConfig().simulation.synthetic_users
+    ):
         return config.replace(synthetic_users=nodes)
     return config
 
@@ -153,9 +156,9 @@ class LocalDeployment:
             raise FileExistsError(f"{self.root} exists: deploy into a new --out folder")
         config = self.config
         data = load_interactions(
-            config.data, threshold=config.threshold, synthetic=config.synthetic()
+            config.data.data, threshold=config.data.threshold, synthetic=config.synthetic()
         )
-        users = choose_users(data, self.nodes, config.seed)
+        users = choose_users(data, self.nodes, config.data.seed)
         catalog = Catalog.of(data)
         save_catalog(catalog, self.catalog_path)
         make_server_credentials(self.root / "credentials")
@@ -285,14 +288,12 @@ class LocalDeployment:
     def federate(self, on_round: RoundCallback | None = None) -> RunOutcome:
         """Submit the federation to the SuperLink and follow it to its end."""
         control = self._control()
-        config = self.config.replace(
-            catalog=str(self.catalog_path),
-            out_dir=str(self.out),
-            expected_nodes=len(self.devices),
-        )
+        config = self.config.replace(catalog=str(self.catalog_path), out_dir=str(self.out))
+        # every device is online before round 1 (the run samples from the nodes connected)
+        control.wait_online(len(self.devices), self.startup_timeout, self.check_alive)
         started = time.perf_counter()
         run_id = submit_federation(control, config, self.root / "app")
-        self.on_event(f"run {run_id} submitted: {config.num_rounds} rounds")
+        self.on_event(f"run {run_id} submitted: {config.rounds.num_rounds} rounds")
         outcome = follow_run(control, run_id, self.out, on_round, alive=self.check_alive)
         self.timings["run_seconds"] = time.perf_counter() - started
         self.write_record(outcome)

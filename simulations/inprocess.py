@@ -180,12 +180,10 @@ def run_inprocess(
     """Run ``config`` with every server-side draw seeded by ``seed``; returns its metrics
     (also written to ``config.out_dir``, with a ``reproducible`` record) and the grid
     (``grid_factory(app, nodes)``: an InProcessGrid that also records, for the audit)."""
-    from fedrec.client.app import make_client_app
-    from fedrec.server.app import run_federation
-    from fedrec.server.factory import ServerRandomness
+    from fedrec.server.app import ServerRandomness, run_federation
 
-    if config.out_dir:
-        prepare_run_dir(config.out_dir, config.resume)
+    if config.outputs.out_dir:
+        prepare_run_dir(config.outputs.out_dir, config.outputs.resume)
     provenance = {
         "reproducible": {
             "backend": "in-process (fedrec.simulations.inprocess)",
@@ -194,8 +192,10 @@ def run_inprocess(
             "no privacy claim",
         }
     }
-    with simulation_inputs(config) as (config, num_users):
-        app, nodes = poisoned_population(client_app or make_client_app(config), config, num_users)
+    with simulation_inputs(config) as inputs:
+        config = inputs.config
+        honest = client_app or inputs.client_app()
+        app, nodes = poisoned_population(honest, config, inputs.users)
         grid = grid_factory(app, nodes)
         with seeded_task(seed):
             metrics = run_federation(
@@ -204,11 +204,12 @@ def run_inprocess(
                 on_round,
                 randomness=ServerRandomness.seeded(seed),
                 provenance=provenance,
+                expected_nodes=nodes,
             )
-    if config.out_dir:
+    if config.outputs.out_dir:
         from fedrec.simulations.plots import plot_rounds
 
-        plot_rounds(metrics["rounds"], Path(config.out_dir))
+        plot_rounds(metrics["rounds"], Path(config.outputs.out_dir))
     return metrics, grid
 
 

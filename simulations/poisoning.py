@@ -90,9 +90,9 @@ INIT_STD = 0.1  # as SeedModel draws ID embeddings
 
 def malicious_count(config: FederationConfig, users: int) -> int:
     """How many malicious devices ``poison-fraction`` adds to ``users`` honest ones."""
-    if not config.poison_fraction:
+    if not config.simulation.poison_fraction:
         return 0
-    return max(1, round(config.poison_fraction * users))
+    return max(1, round(config.simulation.poison_fraction * users))
 
 
 def tail_items(data: Interactions, count: int, seed: int) -> tuple[str, ...]:
@@ -110,10 +110,10 @@ def tail_items(data: Interactions, count: int, seed: int) -> tuple[str, ...]:
 
 def resolve_targets(config: FederationConfig, data: Interactions) -> FederationConfig:
     """``config`` with ``target-items = "tail:N"`` replaced by the drawn ids."""
-    count = config.tail_targets()
+    count = config.simulation.tail_targets()
     if not count:
         return config
-    return config.replace(target_items=",".join(tail_items(data, count, config.seed)))
+    return config.replace(target_items=",".join(tail_items(data, count, config.data.seed)))
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,11 @@ def public_knowledge(config: FederationConfig) -> Knowledge:
     """The train interactions an attacker sees: each kept with probability
     ``poison-knowledge`` (seeded); one approximated user per user with any kept."""
     return _public_knowledge(
-        config.data, config.threshold, config.seed, config.synthetic(), config.poison_knowledge
+        config.data.data,
+        config.data.threshold,
+        config.data.seed,
+        config.synthetic(),
+        config.simulation.poison_knowledge,
     )
 
 
@@ -319,11 +323,11 @@ class _Router:
         if partition < self.users:
             return self.honest(msg, self._honest(context))
         config = self.config
-        torch.set_num_threads(config.client_threads)
-        catalog = load_catalog(config.catalog)
+        torch.set_num_threads(config.local.threads)
+        catalog = load_catalog(config.data.catalog)
         shared = arrays_of(msg.content).to_torch_state_dict()
         server_round = integer(config_of(msg.content), keys.SERVER_ROUND, 0)
-        fitted = config.poison_attack == "fedrecattack"  # A-ra, A-hum: fresh stand-ins
+        fitted = config.simulation.poison_attack == "fedrecattack"  # A-ra, A-hum: fresh stand-ins
         remembered = None
         if STATE_KEY in context.state and fitted:  # its stand-ins, as it left them
             remembered = torch.from_numpy(
@@ -332,11 +336,11 @@ class _Router:
         uploaded, users = promote(
             shared,
             catalog,
-            config.dim,
-            catalog.indices_of(config.target_item_ids()),
-            attack=config.poison_attack,
-            norm=config.poison_norm or 0.9 * _server_bound(config),
-            rng=np.random.default_rng([config.seed, partition, server_round]),
+            config.model.dim,
+            catalog.indices_of(config.simulation.target_item_ids()),
+            attack=config.simulation.poison_attack,
+            norm=config.simulation.poison_norm or 0.9 * _server_bound(config),
+            rng=np.random.default_rng([config.data.seed, partition, server_round]),
             knowledge=public_knowledge(config) if fitted else Knowledge(),
             remembered=remembered,
         )
@@ -346,9 +350,9 @@ class _Router:
             keys.TRAIN_LOSS: 0.5,  # a plausible loss: the server cannot check it
             keys.RETURNING: int(server_round > 1),
         }
-        if config.client_weighting == "examples":
-            metrics[keys.NUM_EXAMPLES] = 100 * (1 + config.negatives)  # a plausible history
-        if config.record_level_dp:  # an honest device's ledger keys (it keeps no ledger)
+        if config.server.client_weighting == "examples":
+            metrics[keys.NUM_EXAMPLES] = 100 * (1 + config.local.negatives)  # a plausible history
+        if config.record_dp.enabled:  # an honest device's ledger keys (it keeps no ledger)
             metrics.update({keys.RECORD_EPSILON: 0.0, keys.BUDGET_EXHAUSTED: 0})
         arrays = ArrayRecord({k: Array(v.numpy()) for k, v in uploaded.items()})
         content = RecordDict({keys.ARRAYS: arrays, keys.METRICS: MetricRecord(metrics)})
@@ -373,9 +377,9 @@ class _Router:
 
 def _server_bound(config: FederationConfig) -> float:
     """The server's ``max-update-norm`` as it computes it (server/app.py: _validator)."""
-    if config.max_update_norm:
-        return config.max_update_norm
-    return _start_norm(config.catalog, config.dim, config.seed)
+    if config.server.max_update_norm:
+        return config.server.max_update_norm
+    return _start_norm(config.data.catalog, config.model.dim, config.data.seed)
 
 
 @lru_cache(maxsize=4)

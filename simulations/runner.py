@@ -1,13 +1,13 @@
 """Run a federation through Flower's simulation engine (``fedrec simulate``).
 
 Why ``flwr.simulation.run_simulation`` and not ``flwr run``: in flwr 1.42 ``flwr run`` submits
-the app to a SuperLink (it needs a federation set up in the Flower config and packages the app
-as a FAB, installing its dependencies unless FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1).
-``run_simulation`` drives the same Simulation Runtime (Ray backend, one virtual SuperNode per
-user, the same ServerApp/ClientApp objects and Message API) from this process, so the runner
-can pass the parsed config straight to both apps and watch rounds live. It is marked deprecated
-in 1.42 but is the engine's Python entry point; the apps themselves also run under ``flwr run``
-(``[tool.flwr.app.components]`` in pyproject.toml).
+the app to a SuperLink, which starts the ServerApp in a process of its own and loads both apps
+by module path from an installed app bundle (``[tool.flwr.app.components]``): nothing of this
+process reaches them. ``run_simulation`` drives the same Simulation Runtime (Ray backend, one
+virtual SuperNode per user, the same ServerApp/ClientApp code and Message API) from this
+process, so the runner hands both apps the parsed config, the shard pack it wrote and the
+malicious population, and watches rounds live. Flower 1.42 marks it deprecated (a log line the
+runner drops for this call); the apps also run under ``flwr run`` (README: ``flwr run .``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ import signal
 import tempfile
 import threading
 import tomllib
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedrec.client.data import check_state_is_kept
+from flwr.clientapp import ClientApp
+
+from fedrec.client.partitions import check_state_is_kept
 from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
 from fedrec.common.data.cold import split_with_cold_items
 from fedrec.common.data.dataset import Interactions
@@ -92,14 +94,32 @@ def apply_settings(values: Mapping[str, Any], items: Iterable[str]) -> dict[str,
     return out
 
 
+@dataclass(frozen=True)
+class SimulationInputs:
+    """What a simulation runs on, for its duration (:func:`simulation_inputs`)."""
+
+    config: FederationConfig  # its catalog set, "tail:N" targets drawn
+    users: int  # one honest node per user
+    nodes: int  # the users, and the malicious devices of poison-fraction
+    pack: str  # the shard pack the simulated nodes map ("": they read shard-dir)
+
+    def client_app(self) -> ClientApp:
+        """The honest ClientApp, its nodes mapping the run's shard pack."""
+        from fedrec.client.app import make_client_app
+        from fedrec.client.partitions import DataSetPartitions
+
+        source = DataSetPartitions(self.pack) if self.pack else None
+        return make_client_app(self.config, source)
+
+
 @contextmanager
-def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConfig, int]]:
-    """(``config`` ready to simulate, the number of users) for the duration.
+def simulation_inputs(config: FederationConfig) -> Iterator[SimulationInputs]:
+    """The run's inputs (:class:`SimulationInputs`) for the duration.
 
     The runner is the data owner of a simulation: it reads the data set once, for its user
-    count, its public catalog and the shard pack its nodes map (``shard-pack``,
-    :mod:`fedrec.common.data.pack`: without one every worker process would load and split
-    the whole data set), and then lets go of it. The catalog is written to the run folder (or
+    count, its public catalog and the shard pack its nodes map (:mod:`fedrec.common.data.pack`:
+    without one every worker process would load and split the whole data set), and then
+    lets go of it. The catalog is written to the run folder (or
     a temporary folder) unless ``catalog`` names one, which must then list this data set's
     items; the ServerApp reads only that file. The pack lives in a temporary folder (in
     shared memory where the machine has room) for the duration only, never in the run
@@ -108,35 +128,43 @@ def simulation_inputs(config: FederationConfig) -> Iterator[tuple[FederationConf
     ``target-items = "tail:N"`` is drawn here.
     """
     check_state_is_kept(config)  # before anything starts, not in every node's first round
-    data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
+    data = load_interactions(
+        config.data.data, threshold=config.data.threshold, synthetic=config.synthetic()
+    )
     check_population(config, data.num_users)
     check_evaluable(data)
     with (
         tempfile.TemporaryDirectory(prefix="fedrec-catalog-") as scratch,
         tempfile.TemporaryDirectory(prefix="fedrec-pack-", dir=_pack_parent(data)) as pack,
     ):
-        if config.catalog:
-            catalog = load_catalog(config.catalog)
+        if config.data.catalog:
+            catalog = load_catalog(config.data.catalog)
             if catalog.item_ids != data.item_ids:
                 raise ValueError(
-                    f"catalog {config.catalog} does not list the items of {config.data}"
+                    f"catalog {config.data.catalog} does not list the items of {config.data.data}"
                     f" ({catalog.num_items} vs {data.num_items} items, or another order):"
                     " rebuild it with `fedrec catalog build` from this data"
                 )
-            path = Path(config.catalog)
+            path = Path(config.data.catalog)
         else:
-            folder = Path(config.out_dir) if config.out_dir else Path(scratch)
+            folder = Path(config.outputs.out_dir) if config.outputs.out_dir else Path(scratch)
             path = save_catalog(Catalog.of(data), folder / CATALOG_FILE)
         config = resolve_targets(config, data)  # target-items = "tail:N" drawn from the data
         users = data.num_users
         nodes = users + malicious_count(config, users)
-        if not config.shard_dir:  # sealed shard folders are read as they are
-            split = split_with_cold_items(data, seed=config.seed, fraction=config.cold_items)
+        if not config.storage.shard_dir:  # sealed shard folders are read as they are
+            split = split_with_cold_items(
+                data, seed=config.data.seed, fraction=config.simulation.cold_items
+            )
             write_pack(split, data.user_features, pack, config.data_settings())
-            config = config.replace(shard_pack=pack)
             del split
         del data  # the nodes map the pack: the driver keeps no user's data for the run
-        yield config.replace(catalog=str(path), expected_nodes=nodes), users
+        yield SimulationInputs(
+            config.replace(catalog=str(path)),
+            users,
+            nodes,
+            "" if config.storage.shard_dir else pack,
+        )
 
 
 def _pack_parent(data: Interactions) -> str | None:
@@ -199,11 +227,34 @@ def stop_between_rounds(run_dir: str = "") -> Iterator[None]:
             signal.signal(s, previous)
 
 
+class _RunSimulationDeprecation(logging.Filter):
+    """Flower 1.42 logs that ``run_simulation`` is deprecated in favour of ``flwr run``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("DEPRECATED FEATURE") and "`run_simulation`" in message)
+
+
+@contextmanager
+def _without_run_simulations_deprecation() -> Iterator[None]:
+    """``fedrec simulate`` keeps ``run_simulation``: ``flwr run`` loads the apps by module
+    path in another process, so the runner could not hand them its parsed config, its
+    live view or its results (see the module docstring). Its deprecation notice is a
+    log line (not a Python warning): dropped for this call only."""
+    flwr_log = logging.getLogger("flwr")
+    quiet = _RunSimulationDeprecation()
+    flwr_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        flwr_log.removeFilter(quiet)
+
+
 def _checkpointed_round(out_dir: str) -> int:
-    from fedrec.server.checkpoint import load_checkpoint_meta
+    from fedrec.server.checkpoint import read_checkpoint
 
     try:
-        return int(load_checkpoint_meta(Path(out_dir)).get("round", 0)) if out_dir else 0
+        return read_checkpoint(Path(out_dir)).round if out_dir else 0
     except (FileNotFoundError, ValueError, KeyError):
         return 0
 
@@ -212,13 +263,13 @@ def check_population(config: FederationConfig, users: int) -> None:
     """Refuse cohort settings the simulated population cannot meet (one node per user),
     rather than capping them or waiting a round timeout for nodes that never come."""
     for key, value in (
-        ("clients-per-round", config.clients_per_round),
-        ("min-clients", config.min_clients),
-        ("eval-clients", config.eval_clients),
+        ("clients-per-round", config.rounds.clients_per_round),
+        ("min-clients", config.rounds.min_clients),
+        ("eval-clients", config.rounds.eval_clients),
     ):
         if value > users:
             raise ValueError(
-                f"{key} = {value} exceeds the {users} users of {config.data} (one node per"
+                f"{key} = {value} exceeds the {users} users of {config.data.data} (one node per"
                 f" user): set {key} to at most {users}"
             )
 
@@ -244,36 +295,41 @@ def simulate(
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
 
-    from fedrec.client.app import make_client_app
     from fedrec.server.app import make_server_app
     from fedrec.simulations.engine import ChunkedGrid, install_fast_polling
 
     install_fast_polling()
 
-    if config.out_dir:
-        prepare_run_dir(config.out_dir, config.resume)
+    if config.outputs.out_dir:
+        prepare_run_dir(config.outputs.out_dir, config.outputs.resume)
     results: dict[str, Any] = {}
     cpus = num_cpus or os.cpu_count() or 1
     logging.getLogger("flwr").setLevel(logging.WARNING)
     with (
-        simulation_inputs(config) as (config, num_users),
-        warnings.catch_warnings(),
-        stop_between_rounds(config.out_dir),
+        simulation_inputs(config) as inputs,
+        stop_between_rounds(config.outputs.out_dir),
+        _without_run_simulations_deprecation(),
     ):
-        warnings.simplefilter("ignore")
-        app, nodes = poisoned_population(client_app or make_client_app(config), config, num_users)
+        config = inputs.config
+        honest = client_app or inputs.client_app()
+        app, nodes = poisoned_population(honest, config, inputs.users)
+        server = make_server_app(
+            config, on_round, results, wrap_grid=ChunkedGrid, expected_nodes=nodes
+        )
         run_simulation(
-            server_app=make_server_app(config, on_round, results, wrap_grid=ChunkedGrid),
+            server_app=server,
             client_app=app,
             num_supernodes=nodes,
             backend_config=ray_backend_config(cpus, actors, ray_address, client_cpus),
         )
     if not results:
         if STOP_REQUESTED.is_set():  # Flower logs the ServerApp's exception and moves on
-            raise RunInterrupted(_checkpointed_round(config.out_dir), config.out_dir)
+            raise RunInterrupted(
+                _checkpointed_round(config.outputs.out_dir), config.outputs.out_dir
+            )
         raise RuntimeError("the simulation ended without results: see the log above")
-    if config.out_dir:
+    if config.outputs.out_dir:
         from fedrec.simulations.plots import plot_rounds
 
-        plot_rounds(results["rounds"], Path(config.out_dir))
+        plot_rounds(results["rounds"], Path(config.outputs.out_dir))
     return results

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -33,6 +34,12 @@ ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-10
 needs_ml100k = pytest.mark.skipif(
     not ML100K.exists(), reason="MovieLens 100K not found at ../shared/data/ml-100k"
 )
+
+
+def federation(**settings: object) -> FederationConfig:
+    """A federation config from settings by their field names (``clients_per_round=10``),
+    each its kebab-case key (``clients-per-round``): what tests build configs with."""
+    return FederationConfig.from_mapping({k.replace("_", "-"): v for k, v in settings.items()})
 
 
 def node_context(user: int, num_users: int, run_config: dict | None = None) -> Context:
@@ -102,20 +109,21 @@ def eval_reply(metrics: dict[str, float], node: int) -> Message:
 def with_catalog(config: FederationConfig) -> FederationConfig:
     """``config`` with ``catalog`` set to its data's published catalog (built once per data
     settings, in a folder removed when the test process exits)."""
+    sim = config.simulation
     return config.replace(
-        catalog=_catalog_path(config.data, config.threshold, config.synthetic_users,
-                              config.synthetic_items, config.seed)
+        catalog=_catalog_path(config.data.data, config.data.threshold, sim.synthetic_users,
+                              sim.synthetic_items, config.data.seed)
     )  # fmt: skip
 
 
 def catalog_of(config: FederationConfig) -> Catalog:
     """The catalog ``config`` names (set by :func:`with_catalog`)."""
-    return load_catalog(config.catalog)
+    return load_catalog(config.data.catalog)
 
 
 @cache
 def _catalog_path(data: str, threshold: float, users: int, items: int, seed: int) -> str:
-    synthetic = FederationConfig(synthetic_users=users, synthetic_items=items, seed=seed)
+    synthetic = federation(synthetic_users=users, synthetic_items=items, seed=seed)
     catalog = build_catalog(data, threshold=threshold, synthetic=synthetic.synthetic())
     return str(save_catalog(catalog, _scratch() / f"catalog-{catalog.hash[:16]}.npz"))
 
@@ -127,8 +135,27 @@ def _scratch() -> Path:
     return folder
 
 
+class ScriptedGrid:
+    """A Grid of fixed nodes whose replies ``answer(message)`` scripts (``None``: that node
+    does not reply); it keeps every message sent, in order."""
+
+    def __init__(self, node_ids: list[int], answer: Callable[[Message], Message | None]) -> None:
+        self.node_ids = list(node_ids)
+        self.answer = answer
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+    def send_and_receive(self, messages: object, *, timeout: float | None = None) -> list[Message]:
+        sent = list(messages)  # type: ignore[call-overload]
+        self.sent.extend(sent)
+        replies = [self.answer(m) for m in sent]
+        return [r for r in replies if r is not None]
+
+
 class StaticGrid:
-    """A Grid of fixed nodes that answers nothing (the strategy's side of a round only)."""
+    """A Grid of fixed nodes that answers nothing (the server's side of a round only)."""
 
     def __init__(self, node_ids: list[int]) -> None:
         self.node_ids = list(node_ids)

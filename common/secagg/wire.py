@@ -1,7 +1,7 @@
 """SecAgg+ on Flower's Message API: the protocol's messages as ConfigRecords.
 
 Every stage of a secure round is a ``train`` Message whose content holds a ConfigRecord under
-:data:`SECAGG` (the client's :class:`~fedrec.common.secagg.device.SecAggPlusMod` recognizes it);
+:data:`SECAGG` (the device's :class:`~fedrec.client.secagg.SecAggPlusMod` recognizes it);
 the collect stage also carries the usual ``arrays`` and ``config`` records of a training round.
 Replies carry one ConfigRecord under :data:`SECAGG` and nothing else: public keys, ciphertexts
 the server cannot read, the masked vector as bytes, and Shamir shares. This module is the one
@@ -33,7 +33,6 @@ from fedrec.common.secagg.primitives import (
 __all__ = [
     "REPLY_KEYS",
     "SECAGG",
-    "SECURE_SUM",
     "STAGE",
     "STATE",
     "collect_request",
@@ -59,9 +58,6 @@ __all__ = [
 ]
 
 SECAGG = "secagg"  # the record of a secure round, in both directions
-SECURE_SUM = (
-    "secagg-sum"  # server side only: marks the one aggregate reply (see common/secagg/grid.py)
-)
 STAGE = "stage"
 STATE = "fedrec.secagg"  # node state: the client's secrets between stages (never sent)
 

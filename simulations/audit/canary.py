@@ -113,13 +113,15 @@ def canary_audit(
     """Run ``config``'s scenario once with canaries (see the module docstring)."""
     if canaries < 2 or items < 3:
         raise ValueError("the canary audit needs at least 2 canaries of at least 3 items each")
-    if not config.item_id_table:
+    if not config.model.item_id_table:
         raise ValueError(
             "the canary audit scores how the canaries' item-table rows moved, and item-ids ="
             ' "none" has no item table: run the membership audit on this model instead'
         )
     rng = np.random.default_rng(seed)
-    data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
+    data = load_interactions(
+        config.data.data, threshold=config.data.threshold, synthetic=config.synthetic()
+    )
     with tempfile.TemporaryDirectory(prefix="fedrec-canary-") as scratch:
         folder = Path(scratch)
         included, canary_items = write_canary_data(data, folder / "data", canaries, items, rng)
@@ -127,7 +129,7 @@ def canary_audit(
         retrained = train_again(config, rerun, folder, users)
     catalog = retrained.catalog
     final = retrained.shared[ITEM_TABLE].astype(np.float64)
-    start = initial_shared_state(catalog, config.dim, config.seed)[ITEM_TABLE].numpy()
+    start = initial_shared_state(catalog, config.model.dim, config.data.seed)[ITEM_TABLE].numpy()
     moved = final - start.astype(np.float64)
     moved -= moved.mean(axis=0)  # the drift every row shares (the server step moves them all)
     index = {item: i for i, item in enumerate(catalog.item_ids)}

@@ -59,7 +59,7 @@ from fedrec.common.records import arrays_of, config_of, numpy_arrays
 from fedrec.common.runs import CATALOG_FILE, CHECKPOINT
 from fedrec.common.secagg import wire
 from fedrec.common.secagg.primitives import decode_vector, wire_dtype
-from fedrec.server.checkpoint import load_checkpoint_meta
+from fedrec.server.checkpoint import read_checkpoint
 from fedrec.simulations.inprocess import InProcessGrid, run_inprocess
 
 __all__ = [
@@ -129,7 +129,7 @@ def observe_uploads(
             f"{checkpoint} not found: the interaction attack replays a round from the run's"
             " checkpoint (every fedrec simulate and fedrec server run writes one)"
         )
-    start = int(load_checkpoint_meta(checkpoint)["round"])
+    start = read_checkpoint(checkpoint).round
     catalog = run_dir / CATALOG_FILE
     with tempfile.TemporaryDirectory(prefix="fedrec-audit-") as scratch:
         observed = run_config.replace(
@@ -140,11 +140,11 @@ def observe_uploads(
             eval_every=10**9,
             eval_clients=1,
             secure_aggregation="secagg+" if secure else "off",
-            client_weighting="uniform" if secure else run_config.client_weighting,
+            client_weighting="uniform" if secure else run_config.server.client_weighting,
             dp_clip_norm=0.0,  # the views apply the run's clip and noise themselves
             dp_noise_multiplier=0.0,
             dp_target_epsilon=0.0,
-            catalog=str(catalog) if catalog.exists() else run_config.catalog,
+            catalog=str(catalog) if catalog.exists() else run_config.data.catalog,
             out_dir=str(Path(scratch) / "observed"),
             state_dir="",
             shard_dir="",
@@ -158,13 +158,17 @@ def observe_uploads(
         run_inprocess(observed, seed, grid_factory=factory)
     sent = _sent_models(grids[0])
     data = load_interactions(
-        run_config.data, threshold=run_config.threshold, synthetic=run_config.synthetic()
+        run_config.data.data, threshold=run_config.data.threshold, synthetic=run_config.synthetic()
     )
-    split = split_with_cold_items(data, seed=run_config.seed, fraction=run_config.cold_items)
+    split = split_with_cold_items(
+        data, seed=run_config.data.seed, fraction=run_config.simulation.cold_items
+    )
     uploads = _masked(grids[0], sent) if secure else _plain(grids[0], sent)
     items = {u: user_shard(data, split, u).train_items for u in uploads}
     features = {u: data.user_features[u] for u in uploads}
-    item_features = load_catalog(observed.catalog).item_features if observed.catalog else None
+    item_features = (
+        load_catalog(observed.data.catalog).item_features if observed.data.catalog else None
+    )
     return Observation(
         uploads, items, data.num_items, start + 1, secure, features, item_features, sent
     )

@@ -127,10 +127,10 @@ def score_candidates(
     weights = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in shared.items()}
     fit = LocalTrainConfig(
         epochs=0,
-        batch_size=config.local_batch_size,
-        negatives=config.negatives,
-        private_lr=config.private_lr,
-        private_weight_decay=config.private_weight_decay,
+        batch_size=config.local.batch_size,
+        negatives=config.local.negatives,
+        private_lr=config.local.private_lr,
+        private_weight_decay=config.local.private_weight_decay,
     )
     features = np.zeros(catalog.user_feature_dim, np.float32)  # reruns have no user features
     scores: dict[str, list[float]] = {"loss": [], "rank": []}
@@ -138,7 +138,7 @@ def score_candidates(
         train = np.array([index[i] for i in candidate.train], np.int64)
         negatives = np.array([index[i] for i in candidate.negatives], np.int64)
         shard = UserShard(features, train, NO_ITEM, NO_ITEM, np.empty(0, np.int64), len(index))
-        model = build_local_model(catalog, shard, config.dim, weights, None, seed + c)
+        model = build_local_model(catalog, shard, config.model.dim, weights, None, seed + c)
         refresh_user(model, shard, fit, fit_epochs, np.random.default_rng(seed + c))
         with torch.no_grad():
             logits = model.score_all(ME)[0].double().numpy()
@@ -186,7 +186,9 @@ def membership_audit(
     if targets < 4:
         raise ValueError(f"membership inference needs at least 4 targets, got {targets}")
     rng = np.random.default_rng(seed)
-    data = load_interactions(config.data, threshold=config.threshold, synthetic=config.synthetic())
+    data = load_interactions(
+        config.data.data, threshold=config.data.threshold, synthetic=config.synthetic()
+    )
     chosen, candidates = _candidates(data, targets, rng)
     runs = shadows + 1
     included = rng.random((runs, len(chosen))) < 0.5

@@ -102,7 +102,7 @@ def _features(config: FederationConfig, found: Mapping[str, Any] | None) -> Prot
     guarantee = "The server cannot tell a device's attributes from the messages it receives."
     if found is None:
         return Protection(name, "amber", guarantee, "the attribute attack was not run")
-    view = "masked-upload" if config.secure else "upload"
+    view = "masked-upload" if config.secure.enabled else "upload"
     scores = found.get(view, {})
     if not scores:
         return Protection(name, "n/a", guarantee, "the run has no user features")
@@ -122,7 +122,7 @@ def _features(config: FederationConfig, found: Mapping[str, Any] | None) -> Prot
             read.append(
                 f"{attribute} to ±{s['mean_abs_error']:.2g} (baseline ±{s['baseline']:.2g})"
             )
-    where = "each masked upload" if config.secure else "each device's update"
+    where = "each masked upload" if config.secure.enabled else "each device's update"
     if read:
         return Protection(
             name,
@@ -159,7 +159,7 @@ def _user_level(
     if strongest is not None:
         bound += f"; membership inference against the released model: AUC {strongest[1]:.3f}"
         bound += f" ({strongest[0]}, the strongest view)"
-    if not config.user_level_dp:
+    if not config.user_dp.enabled:
         return Protection(
             name,
             "red",
@@ -208,7 +208,7 @@ def _user_level(
 
 def _record_level(config: FederationConfig, ledger: LedgerCheck) -> Protection:
     name = "Record-level DP (DP-SGD on the device)"
-    if not config.record_level_dp:
+    if not config.record_dp.enabled:
         return Protection(
             name, "red", "(when on) each update is (ε, δ)-DP per training example.", "off"
         )
@@ -236,7 +236,7 @@ def _record_level(config: FederationConfig, ledger: LedgerCheck) -> Protection:
 
 def _secure(config: FederationConfig, attacks: Mapping[str, Mapping[str, Any]]) -> Protection:
     name = "Secure aggregation (SecAgg+)"
-    if not config.secure:
+    if not config.secure.enabled:
         return Protection(
             name,
             "red",
@@ -296,7 +296,7 @@ def _at_rest(
             " device SDK (tests/simulations/test_deploy_e2e.py); the stores are on the devices,"
             " not checked from here",
         )
-    if not (config.shard_dir or config.state_dir):
+    if not (config.storage.shard_dir or config.storage.state_dir):
         return Protection(name, "n/a", guarantee, "a simulation that keeps nothing on disk")
     if not at_rest:
         return Protection(name, "amber", guarantee, "sealed folders configured, not inspected")

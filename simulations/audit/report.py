@@ -73,8 +73,8 @@ def applicable_attacks(config: FederationConfig, attacks: Sequence[str] | None) 
     (the canary audit scores item-table rows: not on a model without item ids, where naming
     it is refused before any attack's work)."""
     if attacks is None:
-        return tuple(a for a in ATTACKS if config.item_id_table or a != "canary")
-    if "canary" in attacks and not config.item_id_table:
+        return tuple(a for a in ATTACKS if config.model.item_id_table or a != "canary")
+    if "canary" in attacks and not config.model.item_id_table:
         raise ValueError(
             'the canary audit scores item-table rows and this run has item-ids = "none":'
             " audit it with --attacks interaction,attribute,membership"
@@ -115,15 +115,15 @@ def audit_run(
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     records = _read_rounds(run_dir)
     local = run_dir / CATALOG_FILE
-    catalog = load_catalog(local if local.exists() else config.catalog)
+    catalog = load_catalog(local if local.exists() else config.data.catalog)
     population = int(described.get("nodes") or 0)
     ledger = recompute_user_level(records, population)
     evidence = merge_received(
-        records, shared_shapes(catalog, config.dim, item_ids=config.item_id_table)
+        records, shared_shapes(catalog, config.model.dim, item_ids=config.model.item_id_table)
     )
     deployment_file = run_dir / "deployment" / "deployment.json"
     deployment = json.loads(deployment_file.read_text()) if deployment_file.exists() else None
-    handling = _data_handling(config.data)
+    handling = _data_handling(config.data.data)
     at_rest = _at_rest(config)
     results: dict[str, Any] = {}
     replayed = set(attacks) & {"interaction", "attribute"}
@@ -210,7 +210,7 @@ def _observe(
 ) -> dict[str, Observation]:
     """The observed round: plain uploads, and masked ones when the run had SecAgg+."""
     observed = {"upload": observe_uploads(config, run_dir, targets, seed)}
-    if config.secure:
+    if config.secure.enabled:
         observed["masked-upload"] = observe_uploads(config, run_dir, targets, seed, secure=True)
     return observed
 
@@ -225,9 +225,9 @@ def _interaction(
     started = time.perf_counter()
     plain = observed["upload"]
     sampled = [r["clients_sampled"] for r in records if r.get("round", 0) > 0]
-    typical = round(float(np.mean(sampled))) if sampled else config.clients_per_round
+    typical = round(float(np.mean(sampled))) if sampled else config.rounds.clients_per_round
     cohort = max(2, min(typical, len(plain.deltas)))  # the run's mean train cohort
-    clip = config.dp_clip_norm
+    clip = config.user_dp.clip_norm
     found = [attack_uploads(plain, clip_norm=clip, seed=seed)]
     if len(plain.deltas) >= 2:  # a sum needs two devices
         found += attack_sums(
@@ -249,10 +249,12 @@ def _engine(config: FederationConfig) -> dict[str, Any]:
 
 def _at_rest(config: FederationConfig) -> dict[str, Any] | None:
     """The run's sealed folders and key file, read without the key (``at_rest.py``)."""
-    folders = [f for f in (config.shard_dir, config.state_dir) if f]
+    folders = [f for f in (config.storage.shard_dir, config.storage.state_dir) if f]
     if not folders:
         return None
-    key_file = inspect_key_file(config.key_file, folders) if config.key_file else None
+    key_file = (
+        inspect_key_file(config.storage.key_file, folders) if config.storage.key_file else None
+    )
     return {
         "folders": [inspect_folder(f).to_dict() for f in folders],
         "key_file": key_file.to_dict() if key_file else None,
@@ -293,7 +295,8 @@ def _record_of_processing(
                   f"({', '.join(user_features) or 'none'}), kept on the device; model updates"
                   " sent to the server"},
         {"field": "Recipients (d)", "value": "the federation server's operator" + (
-            " (sees only sums: SecAgg+)" if config.secure else " (sees each device's update)")},
+            " (sees only sums: SecAgg+)" if config.secure.enabled
+            else " (sees each device's update)")},
         {"field": "Transfers to third countries (e)", "value": CONTROLLER},
         {"field": "Time limits for erasure (f)",
          "value": "on the device: until `fedrec client erase`; on the server: " + CONTROLLER},

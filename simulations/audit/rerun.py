@@ -103,9 +103,9 @@ def rerun_config(
     are lowered to it."""
     cap = (lambda n: min(n, users)) if users is not None else (lambda n: n)
     return config.replace(
-        clients_per_round=cap(config.clients_per_round),
-        min_clients=cap(config.min_clients),
-        eval_clients=cap(config.eval_clients),
+        clients_per_round=cap(config.rounds.clients_per_round),
+        min_clients=cap(config.rounds.min_clients),
+        eval_clients=cap(config.rounds.eval_clients),
         data=str(folder / "data"),
         threshold=0.0,
         out_dir=str(folder / "run"),

@@ -8,25 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import catalog_of, node_context, server_message, with_catalog
+from builders import catalog_of, federation, node_context, server_message, with_catalog
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.client.app import Handlers, make_client_app
-from fedrec.client.data import DataSetPartitions, LocalUser
+from fedrec.client.data import LocalUser
 from fedrec.client.local import build_local_model, local_train
 from fedrec.client.mods import CATALOG_MISMATCH_ERROR
+from fedrec.client.partitions import DataSetPartitions
 from fedrec.client.trainers import local_train_config
 from fedrec.common import keys
-from fedrec.common.data.catalog import Catalog
+from fedrec.common.data.catalog import Catalog, save_catalog
 from fedrec.common.data.shard import UserShard
 from fedrec.common.data.split import NO_ITEM
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS, initial_shared_state, shared_shapes
 
-CONFIG = with_catalog(FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0))
+USERS, DIM, SEED, NEGATIVES = 60, 8, 0, 4  # negatives: the default (4 per positive)
+CONFIG = with_catalog(federation(synthetic_users=USERS, synthetic_items=400, dim=DIM, seed=SEED))
 CATALOG = catalog_of(CONFIG)
-USERS = CONFIG.synthetic_users
 EVAL_KEYS = {
     "val-hr@10", "val-ndcg@10", "val-full_hr@10", "val-full_ndcg@10",
     "hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10",
@@ -50,7 +51,7 @@ def catalog() -> Catalog:
 
 @pytest.fixture(scope="module")
 def initial(catalog: Catalog) -> ArrayRecord:
-    return ArrayRecord(initial_shared_state(catalog, CONFIG.dim, CONFIG.seed))
+    return ArrayRecord(initial_shared_state(catalog, DIM, SEED))
 
 
 def _train(app: ClientApp, context: Context, arrays: ArrayRecord, server_round: int) -> Message:
@@ -77,7 +78,7 @@ def test_train_reply_carries_only_the_shared_group(
     arrays = reply.content[keys.ARRAYS]
     assert isinstance(arrays, ArrayRecord)
     shapes = {k: tuple(a.shape) for k, a in arrays.items()}
-    assert shapes == shared_shapes(catalog, CONFIG.dim)
+    assert shapes == shared_shapes(catalog, DIM)
     assert not set(PRIVATE_KEYS) & set(shapes) and "item_features" not in shapes
     metrics = reply.content[keys.METRICS]
     assert isinstance(metrics, MetricRecord)
@@ -98,7 +99,7 @@ def test_train_keeps_the_private_state_on_the_node(
     record = context.state[keys.STATE_PRIVATE]
     assert isinstance(record, ArrayRecord)
     assert set(record) == {"user_embedding.weight", "user_features"}
-    assert tuple(record["user_embedding.weight"].shape) == (1, CONFIG.dim)
+    assert tuple(record["user_embedding.weight"].shape) == (1, DIM)
     shard = shards.local_user(CONFIG, context).shard
     np.testing.assert_array_equal(record["user_features"].numpy()[0], shard.user_features)
 
@@ -127,10 +128,10 @@ def test_second_round_starts_from_the_stored_embedding(
     # round 2 continued from the stored row: redo it by hand from the stored state
     shard = shards.local_user(CONFIG, context).shard
     model = build_local_model(
-        catalog, shard, CONFIG.dim, shared.to_torch_state_dict(),
+        catalog, shard, DIM, shared.to_torch_state_dict(),
         {k: torch.from_numpy(v) for k, v in first.items()}, seed=123,
     )  # fmt: skip
-    rng = np.random.default_rng([CONFIG.seed, 7, 2])
+    rng = np.random.default_rng([SEED, 7, 2])
     local_train(model, shard, local_train_config(CONFIG), rng)
     np.testing.assert_allclose(
         second["user_embedding.weight"], model.user_embedding.weight.detach().numpy(), atol=1e-6
@@ -266,7 +267,7 @@ def test_a_train_only_node_counts_as_no_user(
         keys.UNIT_WEIGHT: 1,
     }
     train = _train(app, context, initial, 1)
-    assert train.content[keys.METRICS][keys.NUM_EXAMPLES] == 2 * (1 + CONFIG.negatives)
+    assert train.content[keys.METRICS][keys.NUM_EXAMPLES] == 2 * (1 + NEGATIVES)
 
 
 def test_run_config_is_read_when_no_config_is_fixed(
@@ -402,11 +403,11 @@ def test_a_round_built_on_another_catalog_is_refused(
     assert reply.has_error() and "no catalog hash" in reply.error.reason
 
 
-def test_data_of_another_catalog_is_a_clear_error(initial: ArrayRecord) -> None:
+def test_data_of_another_catalog_is_a_clear_error(initial: ArrayRecord, tmp_path: Path) -> None:
     """The device's shard indexes items of the data set; its catalog must list the same."""
-    other_catalog = with_catalog(CONFIG.replace(synthetic_items=401)).catalog
+    other = catalog_of(with_catalog(CONFIG.replace(synthetic_items=401)))
+    other_catalog = str(save_catalog(other, tmp_path / "other.npz"))
     app = make_client_app(CONFIG.replace(catalog=other_catalog))  # 60 users, 400 items of data
-    other = catalog_of(CONFIG.replace(catalog=other_catalog))
     context = node_context(3, USERS)
     with pytest.raises(ValueError, match=r"indexes 400 items, its catalog .* has 401"):
         app(server_message("train", initial, context.node_id, 1, catalog=other), context)

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import node_context
+from builders import federation, node_context
 from flwr.app import Context, RecordDict
 
-from fedrec.client.data import DataSetPartitions, check_state_is_kept, state_store
+from fedrec.client.partitions import DataSetPartitions, check_state_is_kept, state_store
 from fedrec.common.data.pack import write_pack
 from fedrec.common.data.shard import user_shard
-from fedrec.common.fedconfig import FederationConfig
 
-DP = FederationConfig(local_dp_noise_multiplier=1.0, client_weighting="uniform")
+DP = federation(local_dp_noise_multiplier=1.0, client_weighting="uniform")
 
 
 def _context() -> Context:
@@ -32,7 +31,7 @@ def test_a_resumed_dp_simulation_without_state_dir_is_refused() -> None:
 
 def test_what_may_resume_in_memory() -> None:
     check_state_is_kept(DP)  # a fresh run: its ledgers start at zero anyway
-    check_state_is_kept(FederationConfig(resume="runs/a/checkpoint.npz"))  # no device DP
+    check_state_is_kept(federation(resume="runs/a/checkpoint.npz"))  # no device DP
     kept = DP.replace(resume="runs/a/checkpoint.npz", state_dir="state", key_file="key")
     check_state_is_kept(kept)  # the ledgers are on disk
 
@@ -40,29 +39,29 @@ def test_what_may_resume_in_memory() -> None:
 def test_a_node_maps_its_shard_from_the_pack_and_never_loads_the_data_set(
     tmp_path: Path,
 ) -> None:
-    from fedrec.client import data as client_data
+    from fedrec.client import partitions as client_data
 
-    config = FederationConfig(synthetic_users=40, synthetic_items=400, seed=2)
+    config = federation(synthetic_users=40, synthetic_items=400, seed=2)
     interactions, split = DataSetPartitions().split(config)
     folder = write_pack(
         split, interactions.user_features, tmp_path / "pack", config.data_settings()
     )
     client_data._load_split.cache_clear()
-    packed = config.replace(shard_pack=str(folder))
+    packed = DataSetPartitions(str(folder))
     for user in (0, 17, 39):
-        served = DataSetPartitions().local_user(packed, node_context(user, 40))
+        served = packed.local_user(config, node_context(user, 40))
         expected = user_shard(interactions, split, user)
         np.testing.assert_array_equal(served.shard.train_items, expected.train_items)
         np.testing.assert_array_equal(served.shard.candidates, expected.candidates)
         assert (served.name, served.shard.test_item) == (f"user-{user:06d}", expected.test_item)
     assert client_data._load_split.cache_info().currsize == 0  # no data set in this process
 
-    with pytest.raises(ValueError, match="leave shard-pack to the runner"):
-        DataSetPartitions().local_user(packed.replace(seed=3), node_context(0, 40))
+    with pytest.raises(ValueError, match="the runner writes one pack per run"):
+        packed.local_user(config.replace(seed=3), node_context(0, 40))
     with pytest.raises(ValueError, match="the data set has 40 users"):
-        DataSetPartitions().local_user(packed, node_context(0, 41))
+        packed.local_user(config, node_context(0, 41))
     # a machine without the runner's folder (another node of a Ray cluster) loads the data
-    elsewhere = config.replace(shard_pack=str(tmp_path / "not-here"))
-    served = DataSetPartitions().local_user(elsewhere, node_context(17, 40))
+    elsewhere = DataSetPartitions(str(tmp_path / "not-here"))
+    served = elsewhere.local_user(config, node_context(17, 40))
     np.testing.assert_array_equal(served.shard.train_items, split.train_items_of(17))
     assert client_data._load_split.cache_info().currsize == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import catalog_of, server_message, with_catalog
+from builders import catalog_of, federation, server_message, with_catalog
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from fedrec.client.app import make_client_app
@@ -17,10 +17,9 @@ from fedrec.client.device import Device, DeviceError, Interaction
 from fedrec.client.secure_store import RolledBackError, WrongKeyError
 from fedrec.common import keys
 from fedrec.common.crypto import read_key_file
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state
 
-CONFIG = with_catalog(FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0))
+CONFIG = with_catalog(federation(synthetic_users=60, synthetic_items=400, dim=8, seed=0))
 CATALOG = catalog_of(CONFIG)
 ITEMS = CATALOG.item_ids
 
@@ -48,7 +47,7 @@ def _round(app, tmp_path: Path, kind: str, arrays: ArrayRecord, server_round: in
 
 @pytest.fixture
 def initial() -> ArrayRecord:
-    return ArrayRecord(initial_shared_state(CATALOG, CONFIG.dim, CONFIG.seed))
+    return ArrayRecord(initial_shared_state(CATALOG, CONFIG.model.dim, CONFIG.data.seed))
 
 
 def test_create_seals_every_file_and_opens_only_with_its_key(tmp_path: Path) -> None:
@@ -151,7 +150,7 @@ def test_a_device_trains_from_its_store_and_keeps_state_across_runs(
     app = make_client_app(CONFIG)  # no source given: from the node config (store=, key-file=)
     first = _round(app, tmp_path, "train", initial, 1)
     assert first.content[keys.METRICS][keys.RETURNING] == 0
-    assert first.content[keys.METRICS][keys.NUM_EXAMPLES] == 10 * (1 + CONFIG.negatives)
+    assert first.content[keys.METRICS][keys.NUM_EXAMPLES] == 10 * (1 + CONFIG.local.negatives)
     second = _round(app, tmp_path, "train", initial, 2)  # a new run: context.state is empty
     assert second.content[keys.METRICS][keys.RETURNING] == 1  # the row came from the store
     evaluated = _round(app, tmp_path, "evaluate", initial, 2)
@@ -168,7 +167,7 @@ def test_a_later_run_of_another_model_width_starts_a_new_row(
     device = _device(tmp_path)
     _round(make_client_app(CONFIG), tmp_path, "train", initial, 1)
     narrower = CONFIG.replace(dim=4)  # the next run: the operator changed the model
-    arrays = ArrayRecord(initial_shared_state(CATALOG, narrower.dim, narrower.seed))
+    arrays = ArrayRecord(initial_shared_state(CATALOG, narrower.model.dim, narrower.data.seed))
     reply = _round(make_client_app(narrower), tmp_path, "train", arrays, 1)
     assert reply.content[keys.METRICS][keys.RETURNING] == 0  # the old row was set aside
     stored = device.store.load(keys.STATE_PRIVATE)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import catalog_of, node_context, server_message, with_catalog
+from builders import catalog_of, federation, node_context, server_message, with_catalog
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedrec.client.app import make_client_app
-from fedrec.client.data import DataSetPartitions, pseudonym
 from fedrec.client.encrypted_shards import (
     SOURCE_DIR,
     USERS_DIR,
@@ -20,13 +19,13 @@ from fedrec.client.encrypted_shards import (
     rotate_shard_keys,
     write_encrypted_shards,
 )
+from fedrec.client.partitions import DataSetPartitions, pseudonym
 from fedrec.client.secure_store import SHARD_KEY, TamperedError, WrongKeyError
 from fedrec.common import keys
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state
 
-CONFIG = with_catalog(FederationConfig(synthetic_users=60, synthetic_items=400, dim=8, seed=0))
-USERS = CONFIG.synthetic_users
+CONFIG = with_catalog(federation(synthetic_users=60, synthetic_items=400, dim=8, seed=0))
+USERS = CONFIG.simulation.synthetic_users
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +67,7 @@ def test_serves_exactly_the_simulation_shards(shards: EncryptedPartitions) -> No
 def test_client_app_trains_from_encrypted_shards(shards: EncryptedPartitions) -> None:
     app = make_client_app(CONFIG, shards)
     catalog = catalog_of(CONFIG)
-    shared = ArrayRecord(initial_shared_state(catalog, CONFIG.dim, seed=0))
+    shared = ArrayRecord(initial_shared_state(catalog, CONFIG.model.dim, seed=0))
     context = node_context(3, USERS)
     reply = app(server_message("train", shared, node_id=4, catalog=catalog), context)
     assert reply.has_content()

@@ -8,16 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from builders import catalog_of, with_catalog
+from builders import catalog_of, federation, with_catalog
 from flwr.common.config import parse_config_args
 
 from fedrec.client.data import NODE_KEY_FILE, NODE_PASSPHRASE_FILE, NODE_STORE
 from fedrec.client.device import Device
 from fedrec.client.supernode import JoinError, JoinSettings, _refusal, join, node_config
 from fedrec.common.credentials import make_device_key, make_server_credentials
-from fedrec.common.fedconfig import FederationConfig
 
-CATALOG = catalog_of(with_catalog(FederationConfig(synthetic_users=20, synthetic_items=150)))
+CATALOG = catalog_of(with_catalog(federation(synthetic_users=20, synthetic_items=150)))
 
 
 @pytest.fixture

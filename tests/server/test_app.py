@@ -7,21 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import catalog_of, with_catalog
+from builders import catalog_of, federation, with_catalog
 
 from fedrec.client.app import make_client_app
 from fedrec.common import runs
 from fedrec.common.bundle import build_bundle, load_bundle
-from fedrec.common.fedconfig import FederationConfig
-from fedrec.server.app import run_federation
-from fedrec.server.factory import ServerRandomness
+from fedrec.server.app import ServerRandomness, run_federation
 from fedrec.simulations.inprocess import InProcessGrid, seeded_task
 
 USERS = 30
 CLIENT = with_catalog(
-    FederationConfig(
+    federation(
         synthetic_users=USERS, synthetic_items=500, dim=8, num_rounds=2, clients_per_round=5,
-        eval_every=2, strategy="fedadam", server_lr=0.05, expected_nodes=USERS,
+        eval_every=2, strategy="fedadam", server_lr=0.05,
     )
 )  # fmt: skip
 
@@ -37,7 +35,7 @@ def test_the_server_reads_the_catalog_and_nothing_of_the_data(tmp_path: Path) ->
     assert [r["clients_replied"] for r in metrics["rounds"][1:]] == [5, 5]
     header = json.loads((tmp_path / "run" / runs.CONFIG_FILE).read_text())
     assert header["catalog_sha256"] == catalog_of(CLIENT).hash
-    assert header["strategy"] == "RoundRecorder(ServerStep(FedAdam))"
+    assert header["strategy"] == "PlainAggregation → FedAdam"  # compose().describe()
     # the released model and its inference bundle, built on the same catalog and round
     bundle = load_bundle(tmp_path / "run" / runs.INFERENCE_BUNDLE)
     with np.load(tmp_path / "run" / runs.FINAL_MODEL) as saved:
@@ -103,7 +101,7 @@ def test_resuming_on_another_catalog_or_model_is_refused(tmp_path: Path) -> None
         run_federation(grid, CLIENT.replace(resume=str(run), num_rounds=4, dim=16))
     with pytest.raises(ValueError, match="seed 0 in the checkpoint, 3 now"):
         run_federation(grid, CLIENT.replace(resume=str(run), num_rounds=4, seed=3))
-    assert meta["seed"] == 0 and meta["synthetic-users"] == CLIENT.synthetic_users
+    assert meta["seed"] == 0 and meta["synthetic-users"] == USERS
 
 
 def test_a_round_every_device_refuses_stops_before_dp_spends_epsilon() -> None:
@@ -112,7 +110,7 @@ def test_a_round_every_device_refuses_stops_before_dp_spends_epsilon() -> None:
     server = CLIENT.replace(
         client_weighting="uniform", dp_clip_norm=0.5, dp_noise_multiplier=1.0, eval_every=5
     )
-    grid = InProcessGrid(make_client_app(devices.replace(catalog=devices.catalog)), USERS)
+    grid = InProcessGrid(make_client_app(devices), USERS)
     with (
         seeded_task(1),
         pytest.raises(RuntimeError, match=r"every one of the .* refused the round"),
@@ -145,9 +143,9 @@ def test_a_federation_without_item_ids_sends_no_table_and_resumes_only_as_one(
     run, plain = tmp_path / "run", tmp_path / "plain"
     small = CLIENT.replace(item_ids="none", out_dir=str(run))
     results = {}
-    for config in (small, CLIENT.replace(out_dir=str(plain))):
+    for item_ids, config in (("none", small), ("all", CLIENT.replace(out_dir=str(plain)))):
         with seeded_task(1):
-            results[config.item_ids] = run_federation(
+            results[item_ids] = run_federation(
                 InProcessGrid(make_client_app(config), USERS), config,
                 randomness=ServerRandomness.seeded(1),
             )  # fmt: skip

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import random
-import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from builders import StaticGrid
 
+from fedrec.server import cohorts
 from fedrec.server.cohorts import (
-    CohortGrid,
+    EvaluationPanel,
     FractionCohort,
     PoissonCohort,
     UniformCohort,
@@ -55,17 +56,59 @@ def test_poisson_sampling_rate() -> None:
         PoissonCohort(0.0)
 
 
-def test_a_cohort_grid_shows_only_the_cohort() -> None:
-    grid = StaticGrid([1, 2, 3, 4])
-    view = CohortGrid(grid, [4, 2])  # type: ignore[arg-type]
-    assert view.get_node_ids() == [4, 2]
-    assert view.send_and_receive([]) == [] and view.grid is grid  # the rest is delegated
+def test_an_evaluation_panel_is_drawn_once_and_asked_again() -> None:
+    """5 of 12, drawn from the sorted ids with the panel's stream; later: the same nodes in
+    the same order, those still connected (a node that left is not replaced)."""
+    panel = EvaluationPanel(5, random.Random(4))
+    first = panel.sample([12, 3, 7, 1, 2, 4, 5, 6, 8, 9, 10, 11])
+    assert first == random.Random(4).sample(list(range(1, 13)), 5)
+    assert panel.sample(list(range(1, 13))) == first
+    assert panel.sample([n for n in range(1, 13) if n != first[2]]) == first[:2] + first[3:]
+    assert EvaluationPanel(None).sample([3, 1, 2]) == [3, 1, 2]  # None: every connected node
+    assert EvaluationPanel(9).sample([3, 1, 2]) == [3, 1, 2]  # more than connected: all
 
 
-def test_connected_nodes_waits_for_the_minimum_then_gives_up() -> None:
+class _Clock:
+    """A fake monotonic clock that :func:`time.sleep` advances (no real waiting)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class _JoiningGrid(StaticGrid):
+    """Nodes 1 and 2, then one more node each time it is asked."""
+
+    def __init__(self) -> None:
+        super().__init__([1, 2])
+        self.asked = 0
+
+    def get_node_ids(self) -> list[int]:
+        self.asked += 1
+        return list(range(1, 2 + self.asked))
+
+
+def test_connected_nodes_waits_for_the_minimum_then_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(
+        cohorts, "time", SimpleNamespace(monotonic=clock.monotonic, sleep=clock.sleep)
+    )
     grid = StaticGrid([1, 2])
     assert connected_nodes(grid, 2, timeout=0.1) == [1, 2]  # type: ignore[arg-type]
-    started = time.monotonic()
+    assert clock.sleeps == []  # enough nodes: no wait
     with pytest.raises(RuntimeError, match=r"round 3: only 2 node\(s\) connected after 0.3 s, 5"):
-        connected_nodes(grid, 5, timeout=0.3, poll=0.05, what="round 3")  # type: ignore[arg-type]
-    assert 0.25 < time.monotonic() - started < 2.0
+        connected_nodes(grid, 5, timeout=0.3, poll=0.125, what="round 3")  # type: ignore[arg-type]
+    # polled at 0, 0.125, 0.25, 0.375 (past the deadline 0.3): three sleeps of one poll each
+    assert clock.sleeps == [0.125] * 3
+    joining = _JoiningGrid()  # 2 nodes, then 3, then 4
+    assert connected_nodes(joining, 4, timeout=10.0, poll=1.0) == [1, 2, 3, 4]  # type: ignore[arg-type]
+    assert joining.asked == 3

@@ -1,25 +1,13 @@
-"""Tests for fedrec.server.robust: norm bounding of each device's update before averaging."""
+"""Tests for fedrec.server.robust: the bounds of each device's update before averaging (the
+plain aggregation applies them: tests/server/test_plain.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from builders import StaticGrid, server_message, train_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message
-from flwr.serverapp.strategy import FedAvg
 
-from fedrec.common import keys
-from fedrec.server.cohorts import CohortGrid
-from fedrec.server.robust import (
-    BOUNDED_ROWS,
-    BOUNDED_UPDATES,
-    ITEM_TABLE,
-    Bounds,
-    NormBounding,
-    bound,
-)
-
-pytestmark = pytest.mark.usefixtures("server_task")
+from fedrec.common.model import ITEM_TABLE
+from fedrec.server.robust import Bounds, bound
 
 
 def _update(rows: list[list[float]], bias: float = 0.0) -> dict[str, np.ndarray]:
@@ -57,44 +45,20 @@ def test_an_update_within_the_bounds_is_unchanged_bit_for_bit() -> None:
 def test_bounds_must_be_finite_and_non_negative(bad: float) -> None:
     with pytest.raises(ValueError, match="bound must be a finite number"):
         Bounds(row_norm=bad)
-    with pytest.raises(ValueError, match="needs a norm bound"):
-        NormBounding(FedAvg(), Bounds())
+    with pytest.raises(ValueError, match="norm bound must be a finite number"):
+        Bounds(norm=bad)
 
 
-def _arrays(table: np.ndarray) -> ArrayRecord:
-    return ArrayRecord(
-        {ITEM_TABLE: Array(table.astype(np.float32)), "head.bias": Array(np.zeros(1, np.float32))}
-    )
+def test_no_bounds_are_off() -> None:
+    """Bounds() is falsy: the plain aggregation then takes no bounding step at all."""
+    assert not Bounds() and Bounds(norm=1.0) and Bounds(row_norm=0.5)
 
 
-def _fedavg() -> FedAvg:
-    return FedAvg(min_available_nodes=0, min_train_nodes=0, weighted_by_key=keys.UNIT_WEIGHT)
-
-
-def test_one_pushed_row_is_clipped_before_the_average() -> None:
-    """Three devices: two honest ones move every row a little, one pushes row 2 by 30."""
-    start = np.zeros((4, 2))
-    strategy = NormBounding(_fedavg(), Bounds(row_norm=0.5))
-    grid = CohortGrid(StaticGrid([1, 2, 3]), [1, 2, 3])  # type: ignore[arg-type]
-    list(strategy.configure_train(1, _arrays(start), ConfigRecord(), grid))  # type: ignore[arg-type]
-    honest = np.full((4, 2), 0.1)
-    pushed = start.copy()
-    pushed[2] = [30.0, 0.0]
-    replies = [train_reply(_arrays(start + honest), 10, 0.5, 1),
-               train_reply(_arrays(start + honest), 10, 0.5, 2),
-               train_reply(_arrays(pushed), 10, 0.5, 3)]  # fmt: skip
-    arrays, metrics = strategy.aggregate_train(1, replies)
-    assert arrays is not None and metrics is not None
-    table = arrays[ITEM_TABLE].numpy()
-    np.testing.assert_allclose(table[2], [(0.1 + 0.1 + 0.5) / 3, 0.2 / 3], rtol=1e-6)
-    np.testing.assert_allclose(table[0], [0.2 / 3, 0.2 / 3], rtol=1e-6)  # honest rows: as is
-    assert (metrics[BOUNDED_UPDATES], metrics[BOUNDED_ROWS]) == (0, 1)
-
-
-def test_failed_replies_pass_through() -> None:
-    strategy = NormBounding(_fedavg(), Bounds(norm=1.0))
-    grid = CohortGrid(StaticGrid([1]), [1])  # type: ignore[arg-type]
-    list(strategy.configure_train(1, _arrays(np.zeros((2, 2))), ConfigRecord(), grid))  # type: ignore[arg-type]
-    failed = Message(Error(code=1, reason="dropped"), reply_to=server_message("train", None, 1))
-    arrays, metrics = strategy.aggregate_train(1, [failed])
-    assert arrays is None and metrics is None
+def test_a_model_without_an_item_table_has_no_rows_to_bound() -> None:
+    """item-ids = none: the row bound finds no table; the whole-update bound still applies
+    (‖(0, 6, 8)‖ = 10 → scaled by 5/10)."""
+    update = {"item_tower.weight": np.array([0.0, 6.0]), "head.bias": np.array([8.0])}
+    out, whole, rows = bound(update, Bounds(norm=5.0, row_norm=0.1))
+    assert (whole, rows) == (True, 0)
+    np.testing.assert_allclose(out["item_tower.weight"], [0.0, 3.0])
+    np.testing.assert_allclose(out["head.bias"], [4.0])

@@ -9,9 +9,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from builders import federation
 
 from fedrec.common.credentials import make_server_credentials
-from fedrec.common.fedconfig import FederationConfig
+from fedrec.common.fedconfig import SIMULATION_KEYS, FederationConfig
 from fedrec.server.superlink import (
     SuperLinkSettings,
     _json_of,
@@ -34,11 +35,13 @@ def test_the_app_names_fedrecs_components_and_every_default(tmp_path: Path) -> N
     }
     assert document["project"]["dependencies"] == []  # nothing is installed at run time
     ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert flwr["config"] == ours  # the same table `flwr run .` sends from the repository
+    # the table `flwr run .` sends from the repository, less what only a simulation sets
+    assert flwr["config"] == {k: v for k, v in ours.items() if k not in SIMULATION_KEYS}
+    assert SIMULATION_KEYS and all(k in ours for k in SIMULATION_KEYS)
 
 
 def test_the_run_config_file_gives_the_config_back(tmp_path: Path) -> None:
-    config = FederationConfig(
+    config = federation(
         num_rounds=7, catalog='/srv/"odd" path/catalog.npz', local_lr=0.25, strategy="fedyogi"
     )
     path = write_run_config(config, tmp_path / "run-config.toml")
@@ -49,11 +52,11 @@ def test_the_run_config_file_gives_the_config_back(tmp_path: Path) -> None:
 def test_a_deployed_run_needs_absolute_paths_and_a_catalog(tmp_path: Path) -> None:
     control = object()  # never reached: every check fails before a request
     with pytest.raises(ValueError, match="must be an absolute path on the SuperLink host"):
-        submit_federation(control, FederationConfig(catalog="catalog.npz"), tmp_path)  # type: ignore[arg-type]
+        submit_federation(control, federation(catalog="catalog.npz"), tmp_path)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs the published catalog"):
-        submit_federation(control, FederationConfig(out_dir=str(tmp_path)), tmp_path)  # type: ignore[arg-type]
+        submit_federation(control, federation(out_dir=str(tmp_path)), tmp_path)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs a run folder"):
-        submit_federation(control, FederationConfig(catalog=str(tmp_path / "c.npz")), tmp_path)  # type: ignore[arg-type]
+        submit_federation(control, federation(catalog=str(tmp_path / "c.npz")), tmp_path)  # type: ignore[arg-type]
 
 
 def test_superlink_settings_check_the_credentials(tmp_path: Path) -> None:

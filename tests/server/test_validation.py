@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from builders import server_message
+from builders import federation, server_message
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedrec.common import keys
 from fedrec.common.privacy import global_norm
-from fedrec.common.secagg.wire import SECURE_SUM
-from fedrec.server.validation import ReplyValidator
+from fedrec.common.records import metrics_of, numpy_arrays
+from fedrec.server.aggregate import Aggregate
+from fedrec.server.validation import REASONS, ReplyValidator
 
 SHAPES = {"item_embedding.weight": (5, 4), "head.bias": (1,)}
 GLOBAL = {"item_embedding.weight": np.ones((5, 4)), "head.bias": np.zeros(1)}
@@ -43,12 +44,22 @@ def _evaluate(metrics: dict) -> Message:
 
 
 def _reason(msg: Message, validator: ReplyValidator | None = None) -> str | None:
-    refusal = (validator or _validator()).check(msg, GLOBAL)
+    """Why ``msg`` is refused, checked as the plain aggregation checks a reply of a round
+    whose model is GLOBAL (records, then the decoded arrays and metrics), or as an evaluate
+    reply."""
+    validator = validator or _validator()
+    if msg.metadata.message_type == "evaluate":
+        refusal = validator.evaluate(msg)
+    else:
+        refusal = validator.records(msg)
+        if refusal is None:
+            model = numpy_arrays(msg.content[keys.ARRAYS])
+            refusal = validator.train(model, metrics_of(msg.content), GLOBAL)
     return None if refusal is None else refusal.reason
 
 
 def test_an_honest_train_reply_passes() -> None:
-    assert _validator().check(_train(), GLOBAL) is None
+    assert _reason(_train()) is None
     declined = {**HONEST, keys.NUM_EXAMPLES: 0, keys.BUDGET_EXHAUSTED: 1, keys.RECORD_EPSILON: 3.0}
     assert _reason(_train(metrics=declined)) is None  # a device at its DP budget
 
@@ -68,6 +79,7 @@ def test_an_honest_train_reply_passes() -> None:
 )
 def test_malformed_arrays_are_refused(arrays: ArrayRecord, reason: str) -> None:
     assert _reason(_train(arrays)) == reason
+    assert reason in REASONS  # what the round's record counts refusals by
 
 
 @pytest.mark.parametrize(
@@ -99,31 +111,65 @@ def test_weighing_by_examples_needs_at_least_one() -> None:
     assert _reason(_train(metrics=no_count)) is None  # uniform: the count is not needed
 
 
+def test_a_device_may_not_claim_more_examples_than_the_bound() -> None:
+    validator = _validator(weigh_by_examples=True, max_examples=100)
+    assert _reason(_train(metrics={**HONEST, keys.NUM_EXAMPLES: 100}), validator) is None
+    assert _reason(_train(metrics={**HONEST, keys.NUM_EXAMPLES: 101}), validator) == "metrics"
+
+
 def test_an_extra_record_is_refused() -> None:
     assert _reason(_train(note=ConfigRecord({"hello": "server"}))) == "records"
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        {keys.ARRAYS: _arrays()},  # no metrics
+        {keys.METRICS: MetricRecord(HONEST)},  # no arrays
+        {"weights": _arrays(), keys.METRICS: MetricRecord(HONEST)},  # under another name
+        {keys.ARRAYS: _arrays(), keys.METRICS: ConfigRecord({keys.NUM_EXAMPLES: 12})},
+    ],
+)
+def test_a_train_reply_without_exactly_its_two_records_is_refused(content: dict) -> None:
+    msg = Message(RecordDict(content), reply_to=server_message("train", None, node_id=3))
+    refusal = _validator().records(msg)
+    assert refusal is not None and refusal.reason == "records"
+    assert "expected ['arrays', 'metrics']" in refusal.detail
+
+
 def test_the_update_norm_is_measured_against_the_rounds_model() -> None:
-    reply = _train(_arrays(delta=1.0))  # Δ = 1 on 21 coordinates: ‖Δ‖ = √21 ≈ 4.58
-    assert ReplyValidator(SHAPES, max_update_norm=4.6).check(reply, GLOBAL) is None
-    refusal = ReplyValidator(SHAPES, max_update_norm=4.5).check(reply, GLOBAL)
-    assert refusal is not None and "4.583" in refusal.detail
+    model = {k: (v + 1.0).astype(np.float32) for k, v in GLOBAL.items()}
+    # Δ = 1 on 21 coordinates: ‖Δ‖ = √21 ≈ 4.583
+    assert ReplyValidator(SHAPES, max_update_norm=4.6).train(model, HONEST, GLOBAL) is None
+    refusal = ReplyValidator(SHAPES, max_update_norm=4.5).train(model, HONEST, GLOBAL)
+    assert refusal is not None and refusal.reason == "update-norm" and "4.583" in refusal.detail
+    # against another round's model (table 2, bias 0) the same reply moved its bias by 1
+    # and its table not at all: ‖Δ‖ = 1
+    moved = {"item_embedding.weight": np.full((5, 4), 2.0), "head.bias": np.zeros(1)}
+    assert ReplyValidator(SHAPES, max_update_norm=1.01).train(model, HONEST, moved) is None
     assert global_norm({"a": np.array([3.0, 4.0]), "b": np.array([12.0])}) == 13.0
     with pytest.raises(ValueError, match="positive"):
         ReplyValidator(SHAPES, max_update_norm=float("nan"))
 
 
-def test_a_secure_sum_is_checked_for_shape_and_values_only() -> None:
-    mean = _arrays(**{"head.bias": np.zeros(1, np.float64)})  # the server's float64 sum
-    summed = {keys.UNIT_WEIGHT: 40, keys.TRAIN_LOSS: 0.5}
-    ok = _train(mean, summed, **{SECURE_SUM: ConfigRecord({"count": 40})})
-    assert _reason(ok) is None
-    empty = _train(mean, summed, **{SECURE_SUM: ConfigRecord({"count": 0})})
-    assert _reason(empty) == "records"
-    poisoned = _arrays(**{"head.bias": np.array([np.nan])})
-    assert _reason(_train(poisoned, summed, **{SECURE_SUM: ConfigRecord({"count": 4})})) == (
-        "non-finite"
-    )
+def _sum(total: dict[str, np.ndarray], count: int) -> Aggregate:
+    """A secure round's aggregate: the unmasked sum of ``count`` updates of GLOBAL."""
+    return Aggregate.of_sum(GLOBAL, total, count, {keys.TRAIN_LOSS: 0.5})
+
+
+def test_a_secure_sum_is_checked_for_finite_values_and_its_mean_update() -> None:
+    """Forty updates of norm √21 ≈ 4.58 each sum to ‖Σ‖ = 40·√21 ≈ 183 > 10, but their mean
+    update is √21 ≤ 10: an honest sum passes; forty scaled by 3 (mean 13.7) do not."""
+    ones = {k: np.ones_like(v) for k, v in GLOBAL.items()}
+    assert _validator().aggregate(_sum({k: 40 * v for k, v in ones.items()}, 40)) is None
+    refusal = _validator().aggregate(_sum({k: 120 * v for k, v in ones.items()}, 40))
+    assert refusal is not None and refusal.reason == "update-norm"
+    assert "13.75" in refusal.detail  # 3·√21 = 13.748
+    poisoned = {**ones, "head.bias": np.array([np.nan])}
+    refusal = _validator().aggregate(_sum(poisoned, 4))
+    assert refusal is not None and refusal.reason == "non-finite"
+    infinite = {**ones, "item_embedding.weight": np.full((5, 4), np.inf)}
+    assert _validator().aggregate(_sum(infinite, 4)).reason == "non-finite"  # type: ignore[union-attr]
 
 
 RATES = {keys.HR: 1.0, keys.NDCG: 0.63, keys.FULL_HR: 0.0, keys.FULL_NDCG: 0.0,
@@ -232,23 +278,30 @@ class Hostile:
             metrics.update({keys.USERS: 1, keys.NUM_EXAMPLES: 1, keys.HR: float("nan")})
 
 
-HOSTILE_RUN = {"data": "synthetic", "synthetic-users": 60, "synthetic-items": 300,
-               "num-rounds": 8, "clients-per-round": 20, "eval-every": 4,
-               "strategy": "fedadam", "server-lr": 0.05, "server-tau": 0.0001,
-               "client-weighting": "examples"}  # fmt: skip
+HOSTILE_RUN = federation(
+    data="synthetic", synthetic_users=60, synthetic_items=300, num_rounds=8,
+    clients_per_round=20, eval_every=4, strategy="fedadam", server_lr=0.05, server_tau=0.0001,
+    client_weighting="examples",
+)  # fmt: skip
+# what each kind of corruption is refused as (server/validation.py)
+HOSTILE_REASONS = {"non-finite", "update-norm", "shape", "arrays", "dtype", "metrics"}
 
 
 def _run(seed: int, bad: list[int]) -> tuple[dict, list[list[int]]]:
-    from fedrec.common.fedconfig import FederationConfig
     from fedrec.simulations.inprocess import InProcessGrid, run_inprocess
 
-    config = FederationConfig.from_mapping(HOSTILE_RUN)
+    config = HOSTILE_RUN
     hostile = lambda app, n: InProcessGrid(Hostile(app, bad), n)  # type: ignore[arg-type]  # noqa: E731
     metrics, grid = run_inprocess(config, seed=seed, grid_factory=hostile)
     return metrics, grid.cohorts
 
 
+@pytest.mark.slow  # six seeded in-process runs of 8 rounds: about 20 s on one core
 def test_a_run_with_ten_percent_hostile_devices_learns_as_a_clean_one() -> None:
+    """Three seeds, each run clean and with 6 of 60 devices sending a corrupt reply of
+    another kind every round: every corrupt reply is refused and counted, the rest
+    aggregate, and the hostile runs' test HR@10 is the clean runs' within their seed-to-seed
+    spread (seeded: the same cohorts and the same client randomness in both arms)."""
     bad = [3, 17, 24, 38, 45, 59]  # 6 of 60 nodes
     clean, hostile = [], []
     for seed in (0, 1, 2):
@@ -259,10 +312,11 @@ def test_a_run_with_ten_percent_hostile_devices_learns_as_a_clean_one() -> None:
         rounds = metrics["rounds"]
         for record, cohort in zip(rounds[1:], cohorts, strict=True):  # every bad reply counted
             sent = sum(node in bad for node in cohort)
-            assert sum(record.get("rejected", {}).get("train", {}).values()) == sent, record
+            refused = record.get("rejected", {}).get("train", {})
+            assert sum(refused.values()) == sent and set(refused) <= HOSTILE_REASONS, record
             assert record["clients_replied"] == len(cohort) - sent
         for record in (r for r in rounds if "eval" in r):
-            assert sum(record["rejected"]["evaluate"].values()) == len(bad)
+            assert record["rejected"]["evaluate"] == {"metrics": len(bad)}
             assert record["eval"]["users"] == 60 - len(bad) and record["eval"]["hr@10"] <= 1.0
         assert all(np.isfinite(r["train_loss"]) for r in rounds[1:])
     spread = np.std(clean)  # seed to seed

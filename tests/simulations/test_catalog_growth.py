@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord
+from builders import federation
 
 from fedrec.client.app import make_client_app
 from fedrec.client.store import ContextStateStore
@@ -22,9 +22,8 @@ from fedrec.common.data.catalog import Catalog, save_catalog
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.server.app import run_federation
-from fedrec.server.checkpoint import grow_item_rows, load_checkpoint
-from fedrec.server.factory import ServerRandomness
+from fedrec.server.app import ServerRandomness, run_federation
+from fedrec.server.checkpoint import grow_item_rows, read_checkpoint
 from fedrec.simulations.inprocess import InProcessGrid, seeded_task
 
 USERS, ITEMS, OLD = 30, 400, 360  # the first catalog lists 360 items; 40 arrive later
@@ -63,15 +62,15 @@ def test_a_grown_catalog_extends_its_earlier_version(tmp_path: Path) -> None:
 
 
 def test_growing_pads_the_table_and_its_optimizer_moments_with_zeros() -> None:
-    from flwr.app import Array, ArrayRecord
-
     table = np.arange(6, dtype=np.float32).reshape(3, 2)
-    arrays = ArrayRecord({"item_embedding.weight": Array(table), "head.bias": Array(np.ones(1))})
+    arrays = {"item_embedding.weight": table, "head.bias": np.ones(1)}
     state = {"m_t/item_embedding.weight": table + 1, "m_t/head.bias": np.ones(1)}
     grown, moments = grow_item_rows(arrays, state, 5)
-    assert grown["item_embedding.weight"].numpy().shape == (5, 2)
-    np.testing.assert_array_equal(grown["item_embedding.weight"].numpy()[:3], table)
-    assert not grown["item_embedding.weight"].numpy()[3:].any()
+    assert grown["item_embedding.weight"].shape == (5, 2)
+    assert grown["item_embedding.weight"].dtype == np.float32
+    np.testing.assert_array_equal(grown["item_embedding.weight"][:3], table)
+    assert not grown["item_embedding.weight"][3:].any()
+    np.testing.assert_array_equal(grown["head.bias"], np.ones(1))
     assert moments["m_t/item_embedding.weight"].shape == (5, 2)
     assert not moments["m_t/item_embedding.weight"][3:].any()
     np.testing.assert_array_equal(moments["m_t/head.bias"], np.ones(1))
@@ -84,7 +83,7 @@ class Grown:
     """A federation run on the old catalog, then resumed on the grown one."""
 
     first_grid: InProcessGrid  # the first run's devices (their stored rows)
-    trained: ArrayRecord  # the first run's checkpointed model
+    trained: dict[str, np.ndarray]  # the first run's checkpointed model
     second: FederationConfig  # the resumed run's settings
     metrics: dict[str, Any]  # what the resumed run reported
     old: Catalog
@@ -103,7 +102,7 @@ def _grow(tmp_path: Path, base: FederationConfig, rounds: int) -> Grown:
     grid1 = InProcessGrid(make_client_app(first), USERS)
     with seeded_task(1):
         run_federation(grid1, first, randomness=ServerRandomness.seeded(1))
-    trained, _, _ = load_checkpoint(tmp_path / "run1")
+    trained = read_checkpoint(tmp_path / "run1").model
     second = first.replace(
         data=str(new_data), catalog=str(save_catalog(new, tmp_path / "new.npz")),
         out_dir=str(tmp_path / "run2"), resume=str(tmp_path / "run1"), num_rounds=2 * rounds,
@@ -115,9 +114,8 @@ def _grow(tmp_path: Path, base: FederationConfig, rounds: int) -> Grown:
     return Grown(grid1, trained, second, metrics, old, new)
 
 
-BASE = FederationConfig(
+BASE = federation(
     synthetic_users=USERS, dim=8, clients_per_round=10, strategy="fedadam", server_lr=0.05,
-    expected_nodes=USERS,
 )  # fmt: skip
 
 
@@ -150,8 +148,8 @@ def test_a_federation_resumes_on_a_grown_catalog_and_ranks_the_new_items(tmp_pat
     # recommendable at once: right after the growth, before any round, each device's own
     # row ranks the new items from their features (zero id rows) among the trained ones
     grown, _ = grow_item_rows(trained, {}, ITEMS)
-    assert not grown["item_embedding.weight"].numpy()[OLD:].any()
-    at_once = build_bundle({k: v.numpy() for k, v in grown.items()}, new.item_features, new.hash)
+    assert not grown["item_embedding.weight"][OLD:].any()
+    at_once = build_bundle(grown, new.item_features, new.hash)
     tops = []
     for context in grid1.contexts.values():
         private = ContextStateStore(context.state).load(keys.STATE_PRIVATE)

@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import federation
 
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import temporal_leave_one_out
 from fedrec.common.data.synthetic import SyntheticConfig
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.central import CentralConfig, run_central, train_central
 
 
 def test_training_uses_the_configured_threads_and_restores_them() -> None:
-    data = load_interactions("synthetic", synthetic=FederationConfig(synthetic_users=60,
+    data = load_interactions("synthetic", synthetic=federation(synthetic_users=60,
                              synthetic_items=300).synthetic())  # fmt: skip
     split = temporal_leave_one_out(data)
     before = torch.get_num_threads()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from builders import federation
 from typer.testing import CliRunner
 
 from fedrec.simulations.cli import app
@@ -104,7 +105,7 @@ def test_cohorts_larger_than_the_population_are_refused() -> None:
     from fedrec.common.fedconfig import FederationConfig
     from fedrec.simulations.runner import check_population
 
-    check_population(FederationConfig(clients_per_round=60, min_clients=60), 60)
+    check_population(federation(clients_per_round=60, min_clients=60), 60)
     for key in ("clients-per-round", "min-clients", "eval-clients"):
         config = FederationConfig.from_mapping({key: 61})
         with pytest.raises(ValueError, match=f"{key} = 61 exceeds the 60 users"):
@@ -122,8 +123,8 @@ def test_scenarios_parse() -> None:
     parsed = {path.stem: FederationConfig.from_mapping(load_scenario(path)) for path in scenarios}
     for name, target in (("ml100k-dp-eps8", 8.0), ("ml100k-dp-eps2", 2.0)):
         config = parsed[name]  # both levels of DP on, with the user-level target
-        assert config.user_level_dp and config.record_level_dp
-        assert (config.dp_target_epsilon, config.dp_delta) == (target, 1e-4)
+        assert config.user_dp.enabled and config.record_dp.enabled
+        assert (config.user_dp.target_epsilon, config.user_dp.delta) == (target, 1e-4)
 
 
 def test_a_deployment_refuses_user_level_dp_without_secure_aggregation(tmp_path: Path) -> None:
@@ -150,5 +151,6 @@ def test_a_deployment_refuses_simulated_malicious_devices(tmp_path: Path) -> Non
             str(tmp_path / "none"), "--catalog", str(catalog),
             "--set", "poison-fraction=0.05", "--set", "target-items=1"]  # fmt: skip
     result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "setting of `fedrec simulate`" in flat(result.output)
+    said = flat(result.output)
+    assert result.exit_code == 2 and "poison-fraction = 0.05 is a simulation setting" in said
     assert not (tmp_path / "run").exists()

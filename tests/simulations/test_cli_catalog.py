@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from builders import federation
 from typer.testing import CliRunner
 
 from fedrec.common.data.catalog import load_catalog
@@ -48,37 +49,35 @@ def test_simulate_refuses_a_catalog_of_other_data(tmp_path: Path) -> None:
 
 
 def test_simulation_inputs_build_the_catalog_for_the_run(tmp_path: Path) -> None:
-    from fedrec.common.fedconfig import FederationConfig
     from fedrec.common.runs import CATALOG_FILE
     from fedrec.simulations.runner import simulation_inputs
 
-    config = FederationConfig(synthetic_users=30, synthetic_items=500, clients_per_round=10)
-    with simulation_inputs(config.replace(out_dir=str(tmp_path / "run"))) as (ready, users):
-        assert users == 30 == ready.expected_nodes
-        assert Path(ready.catalog) == tmp_path / "run" / CATALOG_FILE
-        assert load_catalog(ready.catalog).num_items == 500
-    with simulation_inputs(config) as (ready, _):  # no run folder: a temporary catalog
-        scratch = Path(ready.catalog)
+    config = federation(synthetic_users=30, synthetic_items=500, clients_per_round=10)
+    with simulation_inputs(config.replace(out_dir=str(tmp_path / "run"))) as ready:
+        assert ready.users == 30 == ready.nodes
+        assert Path(ready.config.data.catalog) == tmp_path / "run" / CATALOG_FILE
+        assert load_catalog(ready.config.data.catalog).num_items == 500
+    with simulation_inputs(config) as ready:  # no run folder: a temporary catalog
+        scratch = Path(ready.config.data.catalog)
         assert scratch.exists()
     assert not scratch.exists()  # removed with the run
 
 
 def test_simulation_inputs_write_the_shard_pack_for_the_run_only(tmp_path: Path) -> None:
     from fedrec.common.data.pack import open_pack
-    from fedrec.common.fedconfig import FederationConfig
     from fedrec.simulations.runner import simulation_inputs
 
-    config = FederationConfig(synthetic_users=30, synthetic_items=500, clients_per_round=10)
+    config = federation(synthetic_users=30, synthetic_items=500, clients_per_round=10)
     run = tmp_path / "run"
-    with simulation_inputs(config.replace(out_dir=str(run))) as (ready, _):
-        pack = Path(ready.shard_pack)
+    with simulation_inputs(config.replace(out_dir=str(run))) as ready:
+        pack = Path(ready.pack)
         assert open_pack(pack).num_users == 30
         assert open_pack(pack).settings == config.data_settings()
         assert not pack.is_relative_to(run)  # users' data stays out of the run folder
     assert not pack.exists()  # removed with the run
     sealed = config.replace(shard_dir=str(tmp_path / "shards"), key_file=str(tmp_path / "k"))
-    with simulation_inputs(sealed) as (ready, _):
-        assert ready.shard_pack == ""  # nodes read their sealed folders
+    with simulation_inputs(sealed) as ready:
+        assert ready.pack == ""  # nodes read their sealed folders
 
 
 def _raw_csv(folder: Path) -> Path:

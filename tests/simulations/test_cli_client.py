@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from builders import catalog_of, server_message, with_catalog
+from builders import catalog_of, federation, server_message, with_catalog
 from flwr.app import ArrayRecord, Context, RecordDict
 from typer.testing import CliRunner
 
 from fedrec.client.app import make_client_app
 from fedrec.common.data.catalog import save_catalog
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state
 from fedrec.simulations.cli import app
 
-CONFIG = with_catalog(FederationConfig(synthetic_users=60, synthetic_items=400, dim=8))
+CONFIG = with_catalog(federation(synthetic_users=60, synthetic_items=400, dim=8))
 
 
 def _run(*args: str) -> str:
@@ -27,7 +26,7 @@ def _run(*args: str) -> str:
 def test_a_device_from_the_command_line(tmp_path: Path) -> None:
     store, key = str(tmp_path / "store"), str(tmp_path / "device.key")
     opts = ["--store", store, "--key-file", key]
-    _run("client", "init", *opts, "--catalog", CONFIG.catalog, "--attribute", "age=30")
+    _run("client", "init", *opts, "--catalog", CONFIG.data.catalog, "--attribute", "age=30")
     history = tmp_path / "history.csv"
     history.write_text("item,event,value,timestamp\n5,view,,100\n8,rating,4,200\n13,click,,300\n"
                        "21,view,,400\n34,view,,500\n")  # fmt: skip
@@ -38,7 +37,7 @@ def test_a_device_from_the_command_line(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "no global model on this device yet" in refused.output
     # one round of the ClientApp over the store, as a SuperNode would run it
     catalog = catalog_of(CONFIG)
-    initial = ArrayRecord(initial_shared_state(catalog, CONFIG.dim, 0))
+    initial = ArrayRecord(initial_shared_state(catalog, CONFIG.model.dim, 0))
     context = Context(run_id=1, node_id=3, node_config={"store": store, "key-file": key},
                       state=RecordDict(), run_config={})  # fmt: skip
     reply = make_client_app(CONFIG)(
@@ -59,7 +58,7 @@ def test_a_device_from_the_command_line(tmp_path: Path) -> None:
     lacking = CliRunner().invoke(app, ["client", "install-catalog", str(smaller), *opts])
     assert lacking.exit_code == 2 and "lacks items of this history" in lacking.output
     assert f"catalog {catalog.hash[:12]} installed" in _run(
-        "client", "install-catalog", CONFIG.catalog, *opts
+        "client", "install-catalog", CONFIG.data.catalog, *opts
     )
     bad = CliRunner().invoke(app, ["client", "record", "no-such-item", *opts])
     assert bad.exit_code == 2 and "is not in the catalog" in bad.output

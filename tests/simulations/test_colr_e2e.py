@@ -35,7 +35,7 @@ def test_the_upload_drops_the_tables_other_columns_and_hr_holds() -> None:
     dense, small = _paired({}, {"colr_rank": RANK}, (0, 1))
     for d, s in zip(dense, small, strict=True):
         saved = d["bytes_per_client_round"]["up"] - s["bytes_per_client_round"]["up"]
-        assert saved == BASE.synthetic_items * (BASE.dim - RANK) * 4
+        assert saved == BASE.simulation.synthetic_items * (BASE.model.dim - RANK) * 4
         assert 0 < s["bytes_per_client_round"]["down"] - d["bytes_per_client_round"]["down"] < 100
         assert all(r["clients_replied"] == 20 and "rejected" not in r for r in s["rounds"][1:])
     assert abs(_mean_hr(small) - _mean_hr(dense)) <= 0.03, (_mean_hr(small), _mean_hr(dense))

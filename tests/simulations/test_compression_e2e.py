@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 
 import pytest
+from builders import federation
 
 from fedrec.common import keys
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.inprocess import run_inprocess
 
-BASE = FederationConfig(
+BASE = federation(
     synthetic_users=100, synthetic_items=500, num_rounds=10, clients_per_round=20,
     eval_every=5, strategy="fedadam", server_lr=0.05, client_weighting="uniform",
 )  # fmt: skip

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import federation
 
 from fedrec.client.device import Device
 from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import temporal_leave_one_out
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.deploy import LocalDeployment, choose_users, deployment_config
 
-CONFIG = FederationConfig(synthetic_users=40, synthetic_items=400)
+CONFIG = federation(synthetic_users=40, synthetic_items=400)
 
 
 def test_a_device_holds_what_the_simulation_gives_its_user(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_a_device_holds_what_the_simulation_gives_its_user(tmp_path: Path) -> No
     deployment.build()
     data = load_interactions("synthetic", synthetic=CONFIG.synthetic())
     split = temporal_leave_one_out(data)
-    chosen = choose_users(data, 6, CONFIG.seed)
+    chosen = choose_users(data, 6, CONFIG.data.seed)
     assert len(chosen) == 6 and chosen == sorted(set(chosen))
     for node, user in zip(deployment.devices, chosen, strict=True):
         simulated = user_shard(data, split, user)
@@ -61,8 +61,8 @@ def test_users_and_nodes() -> None:
         choose_users(data, 41, 0)
     with pytest.raises(ValueError, match="at least 1"):
         choose_users(data, 0, 0)
-    assert deployment_config(FederationConfig(), 20).synthetic_users == 20  # one per node
-    assert deployment_config(CONFIG, 20).synthetic_users == 40  # told otherwise: kept
+    assert deployment_config(federation(), 20).simulation.synthetic_users == 20  # one per node
+    assert deployment_config(CONFIG, 20).simulation.synthetic_users == 40  # told otherwise: kept
 
 
 def test_an_existing_deployment_is_not_overwritten(tmp_path: Path) -> None:

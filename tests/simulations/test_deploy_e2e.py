@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from builders import federation
 from typer.testing import CliRunner
 
 from fedrec.client.device import Device
@@ -33,7 +34,6 @@ from fedrec.common import keys
 from fedrec.common.credentials import make_device_key
 from fedrec.common.crypto import WrongKeyError
 from fedrec.common.data.catalog import load_catalog
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger
 from fedrec.common.processes import Service, deployment_env, flower_command, free_port
 from fedrec.common.runs import CHECKPOINT, METRICS_FILE
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 
 NODES = 3
 CONFIG = deployment_config(
-    FederationConfig(
+    federation(
         synthetic_items=300,
         dim=8,
         num_rounds=3,
@@ -125,7 +125,7 @@ def test_a_restarted_device_continues_its_ledger(deployed: dict[str, Any]) -> No
     # the round-1 use is still the first entry: the ledger was read back, not restarted
     assert after.history[0][:2] == before.history[0][:2]
     assert after.history[0][2] >= before.history[0][2]
-    delta = CONFIG.local_dp_delta
+    delta = CONFIG.record_dp.delta
     assert after.epsilon(delta) > before.epsilon(delta) > 0
     status = _open(deployment, 0).status()
     assert status.rounds_joined >= 2 and status.last_round == 3
@@ -234,8 +234,8 @@ def test_the_operator_resumes_the_run_from_its_checkpoint(
     nodes = runner.invoke(app, ["server", "nodes", *link])
     assert nodes.exit_code == 0 and nodes.output.count("online") == NODES
     deployment.control.wait_online(NODES, 120, deployment.check_alive)
-    defaults = FederationConfig().to_mapping()
-    settings = [f"--set={k}={v}" for k, v in CONFIG.to_mapping().items()
+    defaults = federation().to_mapping()  # the deployment's settings: no simulation one
+    settings = [f"--set={k}={v}" for k, v in CONFIG.to_mapping(deployed=True).items()
                 if v != defaults[k] and k != "num-rounds"]  # fmt: skip
     out = tmp_path / "resumed"
     result = runner.invoke(app, ["server", "run", *link, "--catalog", str(deployment.catalog_path),

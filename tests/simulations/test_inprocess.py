@@ -80,7 +80,7 @@ def test_without_a_seed_the_server_draws_are_not_reproducible(tmp_path: Path) ->
     still gets fresh Poisson cohorts and noise from OS entropy."""
     from fedrec.client.app import make_client_app
 
-    config = with_catalog(_config(tmp_path, "x", **DP).replace(expected_nodes=USERS, out_dir=""))
+    config = with_catalog(_config(tmp_path, "x", **DP).replace(out_dir=""))
     models = []
     for _ in range(2):
         grid = InProcessGrid(make_client_app(config), USERS)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import federation
 
 from fedrec.common import keys
 from fedrec.common.data.catalog import Catalog, save_catalog
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.synthetic import SyntheticConfig, generate_with_truth
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.inprocess import run_inprocess
 
 USERS, ITEMS = 200, 1000
@@ -45,7 +45,7 @@ def test_without_item_ids_dp_costs_far_less_of_the_utility(semantic_catalog: Pat
     0.42 / 0.17 (0.52× and 0.41×), no table 0.29 / 0.27 and 0.34 / 0.30 (0.91×, 0.87×): the
     table's 16,000 noised coordinates cost more than its popularity signal is worth."""
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    base = FederationConfig(
+    base = federation(
         synthetic_users=USERS, synthetic_items=ITEMS, num_rounds=20, clients_per_round=40,
         eval_every=100, strategy="fedadam", server_lr=0.05, client_weighting="uniform",
         catalog=str(semantic_catalog), dim=16,

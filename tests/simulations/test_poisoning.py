@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from builders import catalog_of, with_catalog
+from builders import catalog_of, federation, with_catalog
 
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import temporal_leave_one_out
@@ -27,17 +27,17 @@ from fedrec.simulations.poisoning import (
     tail_items,
 )
 
-CONFIG = with_catalog(FederationConfig(synthetic_users=80, synthetic_items=300, dim=16, seed=3))
+CONFIG = with_catalog(federation(synthetic_users=80, synthetic_items=300, dim=16, seed=3))
 CATALOG = catalog_of(CONFIG)
 TARGETS = np.array([11, 57, 203])
 
 
 def test_malicious_devices_are_a_fraction_of_the_users_and_at_least_one() -> None:
     of = lambda fraction, users: malicious_count(  # noqa: E731
-        FederationConfig(poison_fraction=fraction, target_items="a"), users
+        federation(poison_fraction=fraction, target_items="a"), users
     )
     assert (of(0.01, 943), of(0.05, 943), of(0.001, 60)) == (9, 47, 1)
-    assert malicious_count(FederationConfig(), 943) == 0
+    assert malicious_count(federation(), 943) == 0
 
 
 def test_tail_items_come_from_the_less_popular_half_seeded() -> None:
@@ -100,7 +100,7 @@ def test_an_attack_moves_only_the_target_rows_by_its_norm_and_raises_their_score
 
 def test_the_attackers_public_knowledge_is_its_fraction_of_train_interactions() -> None:
     data = load_interactions("synthetic", synthetic=CONFIG.synthetic())
-    split = temporal_leave_one_out(data, seed=CONFIG.seed)
+    split = temporal_leave_one_out(data, seed=CONFIG.data.seed)
     knowledge = public_knowledge(CONFIG.replace(poison_knowledge=0.1))
     train = sum(len(split.train_items_of(u)) for u in range(split.num_users))
     known = sum(len(items) for items in knowledge.items)

@@ -12,10 +12,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from builders import catalog_of, with_catalog
+from builders import catalog_of, federation, with_catalog
 
 from fedrec.client.app import make_client_app
-from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.runs import CONFIG_FILE, METRICS_FILE
 from fedrec.server.app import make_server_app
 from fedrec.simulations.engine import ChunkedGrid, install_fast_polling
@@ -29,14 +28,12 @@ def test_a_server_with_only_the_catalog_runs_a_federation(tmp_path: Path) -> Non
     from flwr.simulation import run_simulation
 
     devices = with_catalog(
-        FederationConfig(
+        federation(
             synthetic_users=USERS, synthetic_items=500, dim=8, num_rounds=2,
             clients_per_round=5, eval_every=2, strategy="fedadam", server_lr=0.05,
         )
     )  # fmt: skip
-    server = devices.replace(
-        data=str(tmp_path / "no-such-data"), out_dir=str(tmp_path / "run"), expected_nodes=USERS
-    )
+    server = devices.replace(data=str(tmp_path / "no-such-data"), out_dir=str(tmp_path / "run"))
     install_fast_polling()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # run_simulation's own notice

@@ -101,7 +101,7 @@ def test_model_improves_over_round_zero(run: tuple[Path, Path]) -> None:
 def test_privacy_invariant_on_every_outgoing_message(run: tuple[Path, Path]) -> None:
     out, audit = run
     config = FederationConfig.from_mapping({k: v for k, v in SETTINGS.items()})
-    shared = shared_shapes(load_catalog(out / CATALOG_FILE), config.dim)  # the run's catalog
+    shared = shared_shapes(load_catalog(out / CATALOG_FILE), config.model.dim)  # the run's catalog
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     metrics = json.loads((out / "metrics.json").read_text())
     trained = sum(
@@ -133,7 +133,7 @@ def test_the_server_received_only_the_shared_group_and_allowed_metrics(
     """The same invariant on the other end: the server's own record of what it received."""
     out, _ = run
     config = FederationConfig.from_mapping({k: v for k, v in SETTINGS.items()})
-    shared = shared_shapes(load_catalog(out / CATALOG_FILE), config.dim)
+    shared = shared_shapes(load_catalog(out / CATALOG_FILE), config.model.dim)
     allowed = {"train": keys.TRAIN_METRICS, "evaluate": keys.EVALUATE_METRICS}
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert all("received" in r for r in rounds) and len(rounds) == SETTINGS["num-rounds"] + 1

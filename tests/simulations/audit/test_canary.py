@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import federation
 
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
@@ -24,7 +25,7 @@ def _rerun(config: FederationConfig) -> dict:
 
 
 def test_canaries_are_written_with_their_items_whether_included_or_not(tmp_path: Path) -> None:
-    data = load_interactions("synthetic", synthetic=FederationConfig(**{}).synthetic())
+    data = load_interactions("synthetic", synthetic=federation(**{}).synthetic())
     included, items = write_canary_data(data, tmp_path, 10, 4, np.random.default_rng(0))
     with (tmp_path / "ratings.csv").open() as f:
         rows = list(csv.DictReader(f))

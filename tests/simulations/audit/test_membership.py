@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import federation
 
 from fedrec.common.data.catalog import build_catalog, save_catalog
 from fedrec.common.data.sources import load_interactions
@@ -34,10 +35,10 @@ def _rerun(config: FederationConfig) -> dict:
 
 def _untrained(config: FederationConfig) -> dict:
     """A "run" that releases the initial model of its catalog: it depends on no user."""
-    out = Path(config.out_dir)
-    catalog = build_catalog(config.data)
+    out = Path(config.outputs.out_dir)
+    catalog = build_catalog(config.data.data)
     save_catalog(catalog, out / CATALOG_FILE)
-    initial = initial_shared_state(catalog, config.dim, config.seed)
+    initial = initial_shared_state(catalog, config.model.dim, config.data.seed)
     write_arrays(out / FINAL_MODEL, {k: v.numpy() for k, v in initial.items()})
     return {}
 
@@ -80,7 +81,7 @@ def test_lira_compares_each_score_with_the_other_reruns_that_left_the_user_out()
 
 
 def test_candidates_have_their_history_and_negatives_outside_it() -> None:
-    data = load_interactions("synthetic", synthetic=FederationConfig().synthetic())
+    data = load_interactions("synthetic", synthetic=federation().synthetic())
     chosen, candidates = _candidates(data, 25, np.random.default_rng(0))
     assert len(chosen) == 25 == len(set(chosen.tolist()))
     for u, c in zip(chosen, candidates, strict=True):

@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from builders import federation
 
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
@@ -14,7 +15,7 @@ from fedrec.simulations.audit.rerun import rerun_config, write_data
 
 
 def test_left_out_users_lose_their_ratings_and_no_item_is_lost(tmp_path: Path) -> None:
-    data = load_interactions("synthetic", synthetic=FederationConfig().synthetic())
+    data = load_interactions("synthetic", synthetic=federation().synthetic())
     left_out = np.zeros(data.num_users, bool)
     left_out[[0, 3, 7]] = True
     write_data(data, tmp_path, left_out=left_out, extra_items=["x-1"],
@@ -37,6 +38,8 @@ def test_the_rerun_keeps_the_scenario_with_secure_aggregation_off(tmp_path: Path
                 "dp-clip-norm": 0.5, "dp-noise-multiplier": 1.0, "resume": "old"}  # fmt: skip
     config = FederationConfig.from_mapping(settings)
     again = rerun_config(config, tmp_path)
-    assert not again.secure and again.num_rounds == 7 and again.dp_noise_multiplier == 1.0
-    assert again.data == str(tmp_path / "data") and again.out_dir == str(tmp_path / "run")
-    assert again.resume == "" and again.catalog == ""
+    assert not again.secure.enabled and again.rounds.num_rounds == 7
+    assert again.user_dp.noise_multiplier == 1.0
+    assert again.data.data == str(tmp_path / "data")
+    assert again.outputs.out_dir == str(tmp_path / "run")
+    assert again.outputs.resume == "" and again.data.catalog == ""

@@ -1,26 +1,28 @@
-"""The device's side of SecAgg+ on the Message API: a train mod.
+"""The device's half of SecAgg+ (Bell et al. 2020) on the Message API: a train mod.
 
 A secure round is four ``train`` messages that carry a ``secagg`` record (see
 :mod:`fedrec.common.secagg.wire`); the mod answers the key stages itself and, at the
-collect stage, runs the rest of the train path (``UserLevelClipping`` → the handler), turns the
-reply into the update Δ = local − global, and sends only ``q(Δ) + masks mod M`` as bytes. The
-shared parameters never leave the device in the clear, and neither do the scalar metrics: the
-metrics the server asks for ride in the masked vector, so the server learns their sum only.
+collect stage, runs the rest of the train path (the exchange mod → the handler). The
+exchange mod (``client/exchange.py``) hands back the update Δ = local − start in the
+round channel's layout (the item table's factor in a low-rank round), clipped under
+user-level DP to C less SecAgg+'s quantization margin; this mod sends only
+``q(Δ) + masks mod M`` as bytes. The shared parameters never leave the device in the clear,
+and neither do the scalar metrics: the metrics the server asks for ride in the masked
+vector, so the server learns their sum only. The server's half is ``server/secagg.py``.
 
 The protocol's secrets (key pairs, self-mask seed, the shares held for peers) live in the
 node's ``context.state`` between stages — memory, never a message, never the disk — and are
 wiped after the unmask stage. Messages without a ``secagg`` record pass through untouched.
 
-Under user-level DP the clip happens here, before masking: Δ is clipped to
-``C − Δ_q·√d`` (Δ_q the quantization step, d the vector length), so that even after
-stochastic rounding (which moves each coordinate by less than Δ_q) the quantized update has
-norm ≤ C — the sensitivity the server's noise is calibrated to. The server cannot re-clip a
-sum, so this bound is the device's job.
+Under user-level DP the clip (the exchange mod's, once) is ``C − Δ_q·√d`` (Δ_q the
+quantization step, d the vector's length): even after stochastic rounding, which moves each
+coordinate by less than Δ_q, the quantized update has norm ≤ C — the sensitivity the
+server's noise is calibrated to. The server cannot re-clip a sum, so this bound is the
+device's job.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,76 +30,56 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
+from fedrec.client.exchange import channel_of
 from fedrec.common import keys
-from fedrec.common.colr import LowRank
 from fedrec.common.keys import SECAGG_ERROR
-from fedrec.common.privacy import NonFiniteUpdate, clip_delta
+from fedrec.common.privacy import NonFiniteUpdate
 from fedrec.common.records import arrays_of, config_of, numpy_arrays, round_rng, scalar
 from fedrec.common.secagg import wire
 from fedrec.common.secagg.primitives import SecAggConfig, SecAggError
 from fedrec.common.secagg.protocol import SecAggClient, StateValue
 
-__all__ = [
-    "SECAGG_ERROR",
-    "SecAggPlusMod",
-    "quantized_clip_norm",
-    "update_vector",
-]
-
-
-def quantized_clip_norm(clip_norm: float, config: SecAggConfig, length: int) -> float:
-    """The norm to clip Δ to so that its quantized value stays within ``clip_norm``."""
-    return clip_norm - config.rounding_norm(length)
+__all__ = ["SECAGG_ERROR", "SecAggPlusMod", "update_vector"]
 
 
 def update_vector(
-    sent: RecordDict, reply: RecordDict, metric_bounds: dict[str, float], config: SecAggConfig
+    reply: RecordDict,
+    layout: Mapping[str, tuple[int, ...]],
+    metric_bounds: Mapping[str, float],
+    config: SecAggConfig,
 ) -> list[np.ndarray]:
-    """What the device masks: Δ per shared array (float64, the server's order; in a
-    low-rank round the table's as its factor, common/colr.py), then the requested metrics
-    scaled into the clipping range. Clips Δ for user-level DP."""
-    start = numpy_arrays(arrays_of(sent))
-    local = numpy_arrays(arrays_of(reply))
-    train_config = config_of(sent)
-    low_rank = LowRank.of(train_config)
-    shapes = {k: v.shape for k, v in start.items()}
-    masked_shapes = low_rank.shapes(shapes) if low_rank is not None else shapes
+    """What the device masks: its update per array of the round's ``layout`` (the exchange
+    mod's output, clipped), then the metrics the server asks for, scaled into the clipping
+    range. ``ValueError`` for arrays off the layout: nothing else is ever masked."""
+    update = numpy_arrays(arrays_of(reply))
+    got = {k: tuple(np.shape(v)) for k, v in update.items()}
+    if list(got.items()) != [(k, tuple(v)) for k, v in layout.items()]:
+        raise ValueError(f"the update's arrays {got} are not the round's layout {dict(layout)}")
     metric_values = reply.metric_records.get(keys.METRICS, MetricRecord())
     metrics = np.array(
         [scalar(metric_values, name, 0.0) for name in metric_bounds], dtype=np.float64
     )
-    bound = None
-    if keys.CLIPPING_NORM in train_config:
-        clip_norm = scalar(train_config, keys.CLIPPING_NORM)
-        length = sum(math.prod(v) for v in masked_shapes.values()) + metrics.size
-        bound = quantized_clip_norm(clip_norm, config, length)
-        if bound <= 0:
-            raise SecAggError(
-                f"secure round: clip norm {clip_norm} is below the"
-                f" quantization error bound Δ·√d = {config.rounding_norm(length):.3g};"
-                " raise secagg-quantization-bits"
-            )
-    delta, _ = clip_delta(start, local, bound)  # NonFiniteUpdate on NaN/inf, ValueError on keys
-    if low_rank is not None:  # ‖A‖ ≤ ‖ΔE‖: still within the bound
-        delta = low_rank.factor(delta)
-    return [*delta.values(), metrics * wire.metric_scales(config, metric_bounds)]
+    vector = [np.asarray(v, dtype=np.float64) for v in update.values()]
+    return [*vector, metrics * wire.metric_scales(config, metric_bounds)]
 
 
 QUANTIZATION_STREAM = 2  # apart from the compressed upload's rounding stream (same seed)
 
 
 class SecAggPlusMod:
-    """A train mod: place it outside ``UserLevelClipping`` so that it masks the clipped update.
+    """A train mod: place it outside the exchange mod, so that it masks the clipped update.
 
-    A module-level class, not a closure, for the reason given in client/mods.py.
+    A module-level class, not a closure, for the reason given in client/exchange.py.
     """
 
     def __init__(
         self,
+        shared_shapes: Callable[[Context], Mapping[str, tuple[int, ...]]],
         required: Callable[[Context], bool] | None = None,
         entropy: Callable[[int], bytes] | None = None,
         rounding_seed: Callable[[Context], Sequence[int] | None] | None = None,
     ) -> None:
+        self.shared_shapes = shared_shapes  # the round's layout follows from them
         self.required = required  # the device's own setting: refuse plaintext train rounds
         self._entropy = entropy  # tests only; None: os.urandom
         # the stochastic quantization's uniforms: a simulated node's are seeded (a seeded run
@@ -139,9 +121,8 @@ class SecAggPlusMod:
                 if reply.has_error():  # e.g. non-finite update: the server sees a dropout
                     context.state.pop(wire.STATE, None)
                     return reply
-                vector = update_vector(
-                    msg.content, reply.content, wire.metric_bounds(record), config
-                )
+                layout = channel_of(msg, self.shared_shapes(context)).update_shapes()
+                vector = update_vector(reply.content, layout, wire.metric_bounds(record), config)
                 masked = client.masked_input(request, vector, self._rounding(msg, context))
                 answer = wire.masked_reply(masked)
             else:
