@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.processes import free_port
-from fedrec.simulations.deploy import LocalDeployment, deployment_config
+from fedrec.deploy.local import LocalDeployment, deployment_config
+from fedrec.deploy.processes import free_port
 from fedrec.simulations.runner import simulate
 
 

@@ -47,7 +47,7 @@ from fedrec.common.crypto import Argon2idParams, Passphrase, SealingKey, read_ke
 from fedrec.common.data.catalog import Catalog, load_catalog, save_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.runs import CATALOG_FILE
+from fedrec.server.runs import CATALOG_FILE
 
 WARMUP = 5
 

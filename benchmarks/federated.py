@@ -22,9 +22,10 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.common import keys
+from fedrec.common.cli import load_scenario
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.central import CentralConfig, run_central
-from fedrec.simulations.runner import load_scenario, simulate
+from fedrec.simulations.runner import simulate
 
 
 def noop_client_app() -> ClientApp:

@@ -123,7 +123,7 @@ def numbers(value: Any, prefix: str = "") -> dict[str, float]:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             out |= numbers(v, f"{prefix}[{i}]")
-    elif isinstance(value, bool) or isinstance(value, int | float):
+    elif isinstance(value, bool | int | float):
         out[prefix] = float(value)
     return out
 
@@ -145,8 +145,7 @@ def compare_run(before: Path, after: Path, tolerance: float) -> tuple[bool, list
             ok = False
             continue
         worst = max(
-            (float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0)
-            for k in a
+            (float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) if a[k].size else 0.0) for k in a
         )
         same = all(np.array_equal(a[k], b[k]) for k in a)
         verdict = "identical" if same else f"max |diff| {worst:.3g}"

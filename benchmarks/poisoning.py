@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.common import keys
+from fedrec.common.cli import apply_settings, load_scenario, parse_setting
 from fedrec.common.fedconfig import ATTACKS
-from fedrec.simulations.runner import apply_settings, load_scenario, parse_setting
 
 REPORTED = (keys.ER5, keys.ER10, keys.HR)
 

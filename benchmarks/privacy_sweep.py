@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedrec.common.cli import apply_settings, load_scenario
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.simulations.runner import apply_settings, load_scenario, simulate
+from fedrec.simulations.runner import simulate
 
 METRICS = ("hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10")
 

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedrec.common.cli import apply_settings, load_scenario
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.simulations.runner import apply_settings, load_scenario, simulate
+from fedrec.simulations.runner import simulate
 
 
 def measure(config: FederationConfig, out: Path) -> dict[str, Any]:

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from fedrec.common import keys
-from fedrec.common.runs import FINAL_MODEL
-from fedrec.simulations.runner import apply_settings, load_scenario
+from fedrec.common.cli import apply_settings, load_scenario
+from fedrec.server.runs import FINAL_MODEL
 
 FINAL_KEYS = (keys.HR, keys.NDCG, keys.FULL_HR, keys.FULL_NDCG)
 

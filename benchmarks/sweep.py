@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.common import keys
-from fedrec.simulations.runner import apply_settings, load_scenario
+from fedrec.common.cli import apply_settings, load_scenario
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

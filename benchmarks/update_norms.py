@@ -25,6 +25,7 @@ import torch
 
 from fedrec.client.local import build_local_model, local_train
 from fedrec.client.trainers import local_train_config
+from fedrec.common.cli import apply_settings, load_scenario
 from fedrec.common.data.catalog import Catalog, load_catalog
 from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import load_interactions
@@ -32,7 +33,6 @@ from fedrec.common.data.split import temporal_leave_one_out
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import ITEM_TABLE, initial_shared_state, shared_state
 from fedrec.common.privacy import global_norm
-from fedrec.simulations.runner import apply_settings, load_scenario
 
 
 def main() -> None:

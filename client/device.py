@@ -48,6 +48,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from fedrec.client.data import LocalUser
+from fedrec.client.explain import explain as explain_items
 from fedrec.client.secure_store import EncryptedFileStore, KeyMaterial
 from fedrec.common import keys
 from fedrec.common.bundle import (
@@ -61,7 +62,6 @@ from fedrec.common.crypto import Passphrase, load_or_create_key_file, read_key_f
 from fedrec.common.data.catalog import Catalog, dump_catalog, load_catalog, read_catalog
 from fedrec.common.data.shard import UserShard
 from fedrec.common.data.split import MIN_INTERACTIONS_TO_EVALUATE, NO_ITEM
-from fedrec.common.explain import explain as explain_items
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.files import shred
 from fedrec.common.privacy import PrivacyLedger
@@ -344,7 +344,7 @@ class Device:
         (it has only evaluated, or its row belongs to a model of another width) ranks from its
         features with a zero id row: the model's view of a new user.
 
-        ``explain``: for each item, computed here (:mod:`fedrec.common.explain`): the user's
+        ``explain``: for each item, computed here (:mod:`fedrec.client.explain`): the user's
         own items whose training lifts its score most (their influence through the user row),
         its genres with the share of that lift their past items carry, and the user's items
         nearest to it in the catalog's text features.

@@ -6,7 +6,7 @@ seed model (item side, W_u, head). It never reads interactions or user features,
 sees a user embedding, a user feature or an item id list: clients keep those and reply with
 shared parameters and scalar metrics. Every round's model goes out with the catalog's hash,
 and a device whose own catalog differs refuses it. What it writes into ``out-dir``: see
-:mod:`fedrec.common.runs` (config.json, rounds.jsonl, checkpoint.npz every round,
+:mod:`fedrec.server.runs` (config.json, rounds.jsonl, checkpoint.npz every round,
 metrics.json, model.npz and its inference bundle, bundle.npz, at the end).
 
 :func:`run_federation` composes the run (:func:`compose`: the aggregator, DP-FedAvg, the
@@ -38,16 +38,6 @@ from fedrec.common.data.catalog import Catalog, build_catalog, load_catalog, sav
 from fedrec.common.fedconfig import SERVER_LR_STRATEGIES, SYNTHETIC, FederationConfig
 from fedrec.common.model import initial_shared_state, shared_shapes
 from fedrec.common.privacy import check_accountant, global_norm
-from fedrec.common.runs import (
-    CATALOG_FILE,
-    CONFIG_FILE,
-    FINAL_MODEL,
-    INFERENCE_BUNDLE,
-    METRICS_FILE,
-    run_header,
-    write_arrays,
-    write_json,
-)
 from fedrec.common.secagg.primitives import MIN_SECURE_CLIENTS
 from fedrec.server.aggregate import Aggregator
 from fedrec.server.checkpoint import Checkpointer
@@ -67,6 +57,16 @@ from fedrec.server.recorder import RoundRecorder
 from fedrec.server.resume import Resumed, resume_from, resume_identity
 from fedrec.server.robust import Bounds
 from fedrec.server.rounds import RoundPlan, Rounds
+from fedrec.server.runs import (
+    CATALOG_FILE,
+    CONFIG_FILE,
+    FINAL_MODEL,
+    INFERENCE_BUNDLE,
+    METRICS_FILE,
+    run_header,
+    write_arrays,
+    write_json,
+)
 from fedrec.server.secagg import SecureAggregation, check_secure_sizing
 from fedrec.server.summary import privacy_summary, secure_summary, summarize_rounds
 from fedrec.server.validation import ReplyValidator

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedrec.common.model import ITEM_TABLE
-from fedrec.common.runs import CHECKPOINT, CHECKPOINT_META, write_arrays, write_json
+from fedrec.server.runs import CHECKPOINT, CHECKPOINT_META, write_arrays, write_json
 
 __all__ = ["Checkpoint", "Checkpointer", "grow_item_rows", "read_checkpoint"]
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedrec.common.runs import append_round
+from fedrec.server.runs import append_round
 
 __all__ = ["RoundRecorder"]
 

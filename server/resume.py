@@ -22,8 +22,8 @@ from fedrec.common.data.catalog import Catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import ITEM_TABLE
 from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.runs import ROUNDS_LOG, read_rounds
 from fedrec.server.checkpoint import Checkpoint, grow_item_rows, read_checkpoint
+from fedrec.server.runs import ROUNDS_LOG, read_rounds
 
 __all__ = ["IDENTITY_DEFAULTS", "Resumed", "resume_from", "resume_identity"]
 

@@ -36,7 +36,7 @@ from flwr.serverapp import Grid
 
 from fedrec.common import keys
 from fedrec.common.channel import Channel
-from fedrec.common.runs import STOP_REQUESTED, RunInterrupted
+from fedrec.common.stop import STOP_REQUESTED, RunInterrupted
 from fedrec.server.aggregate import Aggregate, Aggregator, TrainReport, TrainRound
 from fedrec.server.checkpoint import Checkpointer
 from fedrec.server.cohorts import CohortSampler, connected_nodes

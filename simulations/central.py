@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from fedrec.common.baselines import MatrixFactorization, MostPopular
 from fedrec.common.data.catalog import load_catalog
 from fedrec.common.data.cold import split_with_cold_items
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.examples import NegativeSampler, make_examples
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import Split, check_evaluable
-from fedrec.common.fedconfig import ITEM_ID_MODES
+from fedrec.common.data.synthetic import SyntheticConfig
+from fedrec.common.fedconfig import ITEM_ID_MODES, FederationConfig
 from fedrec.common.model import ModelConfig, SeedModel
-from fedrec.common.runs import (
+from fedrec.server.runs import (
     CENTRAL_MODEL,
     CONFIG_FILE,
     METRICS_FILE,
@@ -35,7 +35,8 @@ from fedrec.common.runs import (
     write_json,
     write_state_dict,
 )
-from fedrec.common.training import evaluate, train_epoch
+from fedrec.simulations.baselines import MatrixFactorization, MostPopular
+from fedrec.simulations.training import evaluate, train_epoch
 
 __all__ = [
     "MODELS",
@@ -47,6 +48,7 @@ __all__ = [
     "build_model",
     "run_central",
     "train_central",
+    "with_settings",
 ]
 
 ModelName = Literal["seed", "mf", "mostpop"]
@@ -71,6 +73,8 @@ class CentralConfig:
     patience: int = 10  # stop after this many epochs without a better validation HR@10
     catalog: str = ""  # item features from this catalog file (fedrec catalog build), not data's
     cold_items: float = 0.0  # hold this fraction of the items out of training (common/data/cold.py)
+    synthetic_users: int = 500  # the synthetic data set's size (data = "synthetic"), as a
+    synthetic_items: int = 1000  # federation's: its generator is seeded with ``seed`` too
     threads: int = 1  # torch intra-op threads (torch's default, one per core, oversubscribes
     # a loaded machine: 42.9 s against 3.1 s per epoch on 2 busy cores, identical metrics)
 
@@ -105,6 +109,29 @@ class CentralConfig:
             )
         if self.catalog and self.model != "seed":
             raise ValueError(f"catalog (item features) needs the seed model, not {self.model!r}")
+
+
+# the federation settings (kebab-case keys) that mean the same thing for a centralized run
+FEDERATION_KEYS = {
+    "data": "data", "catalog": "catalog", "threshold": "threshold", "seed": "seed",
+    "dim": "dim", "item-ids": "item_ids", "cold-items": "cold_items",
+    "negatives": "negatives", "synthetic-users": "synthetic_users",
+    "synthetic-items": "synthetic_items",
+}  # fmt: skip
+
+
+def with_settings(config: CentralConfig, values: Mapping[str, Any]) -> CentralConfig:
+    """``config`` with federation settings applied (``--set KEY=VALUE``): each key of
+    :data:`FEDERATION_KEYS`, checked and typed as a federation checks it; any other key is
+    refused, naming it (it has no meaning for a centralized run)."""
+    other = sorted(set(values) - set(FEDERATION_KEYS))
+    if other:
+        raise ValueError(
+            f"{other[0]} is a federation setting with no meaning for train-central; it takes"
+            f" {sorted(FEDERATION_KEYS)} (the rest are its own options)"
+        )
+    parsed = FederationConfig.from_mapping(values).to_mapping()
+    return replace(config, **{FEDERATION_KEYS[k]: parsed[k] for k in values})
 
 
 @dataclass
@@ -222,7 +249,10 @@ def run_central(
 ) -> dict[str, Any]:
     """Load data, split, train, and write ``out/config.json`` and ``out/metrics.json``."""
     run_dir = prepare_run_dir(out)
-    data = load_interactions(config.data, threshold=config.threshold)
+    synthetic = SyntheticConfig(
+        num_users=config.synthetic_users, num_items=config.synthetic_items, seed=config.seed
+    )
+    data = load_interactions(config.data, threshold=config.threshold, synthetic=synthetic)
     check_evaluable(data)
     item_features = _catalog_features(config.catalog, data) if config.catalog else None
     split = split_with_cold_items(data, seed=config.seed, fraction=config.cold_items)

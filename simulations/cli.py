@@ -1,4 +1,14 @@
-"""The ``fedrec`` command line: centralized baselines, data tools and (soon) simulations."""
+"""The researcher's commands: ``fedrec simulate``, ``train-central``, ``data``, ``catalog``,
+``features``.
+
+    fedrec simulate --config SCENARIO [--set KEY=VALUE ...] [--server-seed N] --out DIR
+    fedrec train-central --model seed|mf|mostpop --data PATH|synthetic --out DIR
+    fedrec data download|encrypt|rotate-key|prepare …
+    fedrec catalog build|show …
+    fedrec features embed …
+
+:func:`register` puts them on the root command (``fedrec/cli.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,42 +17,30 @@ from typing import Annotated, Any
 
 import typer
 
-from fedrec.simulations.cli_audit import audit_cmd
-from fedrec.simulations.cli_client import client_app
-from fedrec.simulations.cli_common import (
-    console,
-    federation_config,
-    or_exit,
-    print_results,
-    progress_view,
-    round_line,
-)
-from fedrec.simulations.cli_server import deploy_app, server_app
+from fedrec.common.cli import console, federation_config, or_exit
+from fedrec.server.progress import print_results, progress_view, round_line
 
-__all__ = ["app", "main"]
+__all__ = ["catalog_app", "data_app", "features_app", "register"]
 
-app = typer.Typer(
-    name="fedrec",
-    help="Privacy-preserving federated recommender on Flower.",
-    no_args_is_help=True,
-    add_completion=False,
-)
 data_app = typer.Typer(help="Fetch and prepare data sets.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 catalog_app = typer.Typer(
     help="The published catalog: items, their features, the user-feature schema.",
     no_args_is_help=True,
 )
-app.add_typer(catalog_app, name="catalog")
 features_app = typer.Typer(
     help="Item features from a pretrained text encoder (public metadata only).",
     no_args_is_help=True,
 )
-app.add_typer(features_app, name="features")
-app.add_typer(client_app, name="client")
-app.add_typer(server_app, name="server")
-app.add_typer(deploy_app, name="deploy")
-app.command("audit")(audit_cmd)
+
+
+def register(root: typer.Typer) -> None:
+    """The researcher's commands and groups, on the root command."""
+    root.command("simulate")(simulate_cmd)
+    root.command("train-central")(train_central_cmd)
+    root.add_typer(data_app, name="data")
+    root.add_typer(catalog_app, name="catalog")
+    root.add_typer(features_app, name="features")
+
 
 CacheOption = Annotated[
     Path | None,
@@ -55,24 +53,27 @@ DataOption = Annotated[
 ]
 
 
-@app.command("train-central")
 def train_central_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
     model: Annotated[str, typer.Option(help="seed | mf | mostpop")] = "seed",
     data: DataOption = "synthetic",
-    epochs: int = 30,
-    dim: int = 64,
+    epochs: Annotated[
+        int, typer.Option(help="Training epochs (the best on validation is kept).")
+    ] = 30,
+    dim: Annotated[int, typer.Option(help="Tower width: the width of u and v.")] = 64,
     id_dim: Annotated[int, typer.Option(help="id-embedding width (0: same as --dim)")] = 0,
     item_ids: Annotated[
         str, typer.Option(help="all: an item-id table; none: items are their features alone")
     ] = "all",
-    lr: float = 2e-3,
-    negatives: int = 4,
-    batch_size: int = 1024,
-    weight_decay: float = 0.1,
-    threshold: float = 0.0,
-    seed: int = 0,
-    patience: int = 10,
+    lr: Annotated[float, typer.Option(help="AdamW's peak learning rate (cosine schedule).")] = 2e-3,
+    negatives: Annotated[int, typer.Option(help="Sampled negatives per positive.")] = 4,
+    batch_size: Annotated[int, typer.Option(help="Examples per AdamW step.")] = 1024,
+    weight_decay: Annotated[float, typer.Option(help="AdamW's decoupled weight decay.")] = 0.1,
+    threshold: Annotated[float, typer.Option(help="Ratings at least this are interactions.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Split, candidates, init and negatives.")] = 0,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many epochs without a better validation HR@10.")
+    ] = 10,
     catalog: Annotated[
         str,
         typer.Option(help="item features from this catalog (fedrec catalog build), not --data's"),
@@ -84,28 +85,41 @@ def train_central_cmd(
     threads: Annotated[
         int, typer.Option(help="torch threads (more than the idle cores slows it down)")
     ] = 1,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="A federation setting that means the same here, KEY=VALUE (data, catalog,"
+            " threshold, seed, dim, item-ids, cold-items, negatives, synthetic-users,"
+            " synthetic-items): applied after the options.",
+        ),
+    ] = None,
 ) -> None:
     """Train one model on all data in one place (the centralized reference)."""
-    from fedrec.simulations.central import CentralConfig, run_central
+    from fedrec.common.cli import apply_settings
+    from fedrec.simulations.central import CentralConfig, run_central, with_settings
 
     config = or_exit(
-        lambda: CentralConfig(
-            model=model,
-            data=data,
-            epochs=epochs,
-            dim=dim,
-            id_dim=id_dim,
-            item_ids=item_ids,
-            lr=lr,
-            negatives=negatives,
-            batch_size=batch_size,
-            weight_decay=weight_decay,
-            threshold=threshold,
-            seed=seed,
-            patience=patience,
-            catalog=catalog,
-            cold_items=cold_items,
-            threads=threads,
+        lambda: with_settings(
+            CentralConfig(
+                model=model,
+                data=data,
+                epochs=epochs,
+                dim=dim,
+                id_dim=id_dim,
+                item_ids=item_ids,
+                lr=lr,
+                negatives=negatives,
+                batch_size=batch_size,
+                weight_decay=weight_decay,
+                threshold=threshold,
+                seed=seed,
+                patience=patience,
+                catalog=catalog,
+                cold_items=cold_items,
+                threads=threads,
+            ),
+            apply_settings({}, set_ or []),
         )
     )
     total = 1 if model == "mostpop" else epochs
@@ -134,15 +148,19 @@ def train_central_cmd(
     console.print(f"results written to [bold]{out}[/] (config.json, metrics.json)")
 
 
-@app.command("simulate")
 def simulate_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run folder to write.")],
     config: Annotated[
         Path | None, typer.Option("--config", help="Scenario TOML (simulations/NAME.toml).")
     ] = None,
     data: Annotated[str | None, typer.Option("--data", help="'synthetic' or a path.")] = None,
-    num_rounds: Annotated[int | None, typer.Option("--num-rounds")] = None,
-    clients_per_round: Annotated[int | None, typer.Option("--clients-per-round")] = None,
+    num_rounds: Annotated[
+        int | None, typer.Option("--num-rounds", help="Rounds (the num-rounds setting).")
+    ] = None,
+    clients_per_round: Annotated[
+        int | None,
+        typer.Option("--clients-per-round", help="Cohort size (the clients-per-round setting)."),
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Run folder or checkpoint to resume.")
     ] = None,
@@ -270,7 +288,7 @@ def catalog_build_cmd(
         console.print("[red]error:[/] give --text-features FILE or --embed, not both")
         raise typer.Exit(code=2)
     if text_features is not None or embed:
-        from fedrec.common.data.text import load_text_features, with_text_block
+        from fedrec.simulations.text import load_text_features, with_text_block
 
         features = or_exit(
             lambda: (
@@ -281,7 +299,7 @@ def catalog_build_cmd(
         )
         catalog = or_exit(lambda: with_text_block(catalog, features))
     if text_dim:
-        from fedrec.common.data.text import project_text_block
+        from fedrec.simulations.text import project_text_block
 
         catalog = or_exit(lambda: project_text_block(catalog, text_dim))
     if no_genres:  # after the text, which is embedded from the genres' names
@@ -343,7 +361,7 @@ def features_embed_cmd(
 
 
 def _embed_catalog(catalog: Any, cache: Path | None, batch_size: int = 64) -> Any:
-    from fedrec.common.data.text import TextFeatures, catalog_texts, default_cache
+    from fedrec.simulations.text import TextFeatures, catalog_texts, default_cache
 
     texts = catalog_texts(catalog)
     return TextFeatures.of(
@@ -387,7 +405,7 @@ def download_cmd(
     to: Annotated[Path, typer.Option("--to", help="Folder to unpack into.")],
 ) -> None:
     """Download a public data set, verify its sha256 and unpack it."""
-    from fedrec.common.data.download import download_dataset
+    from fedrec.simulations.download import download_dataset
 
     folder = or_exit(lambda: download_dataset(name, to))
     console.print(f"{name} ready at [bold]{folder}[/]")
@@ -420,7 +438,9 @@ def rotate_key_cmd(
         Path,
         typer.Option("--dir", help="A shard folder (`fedrec data encrypt`) or a state-dir."),
     ],
-    old_key_file: Annotated[Path, typer.Option("--old-key-file")],
+    old_key_file: Annotated[
+        Path, typer.Option("--old-key-file", help="The key the files are sealed under now.")
+    ],
     new_key_file: Annotated[Path, typer.Option("--new-key-file", help="Created if missing.")],
 ) -> None:
     """Re-encrypt every sealed folder below --dir under a new key; rerun after an
@@ -461,7 +481,7 @@ def prepare_cmd(
     ] = None,
 ) -> None:
     """De-identify a data set: pseudonymous users, generalized attributes, k-anonymity."""
-    from fedrec.common.data.anonymize import AnonymizeConfig
+    from fedrec.simulations.anonymize import AnonymizeConfig
     from fedrec.simulations.prepare import PrepareConfig, prepare, summary_lines
 
     config = or_exit(
@@ -485,7 +505,3 @@ def prepare_cmd(
     summary = or_exit(lambda: prepare(config))
     for line in summary_lines(summary, out):
         console.print(line, markup=False, highlight=False)
-
-
-def main() -> None:
-    app()

@@ -4,7 +4,7 @@ For each user, with the shared model fixed (the federation's, or any trained see
 
 1. fit the user's private row on its whole history, as a device does (``private_epochs`` of
    Adam on the row alone, from a seeded start) and take its top recommendation i;
-2. explain i (:func:`fedrec.common.explain.explain`): the ``k`` past items of largest
+2. explain i (:func:`fedrec.client.explain.explain`): the ``k`` past items of largest
    influence;
 3. refit the row, from the same start and the same random stream, on the history without
    those ``k`` items, and on the history without ``k`` random past items (``random_draws``
@@ -26,11 +26,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from fedrec.client.explain import explain
 from fedrec.client.local import ME, LocalTrainConfig, build_local_model, local_train
 from fedrec.common.bundle import build_bundle
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.shard import UserShard
-from fedrec.common.explain import explain
 from fedrec.common.model import SeedModel
 
 __all__ = ["Faithfulness", "faithfulness"]

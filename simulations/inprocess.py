@@ -48,8 +48,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedrec.common import keys
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.runs import prepare_run_dir
 from fedrec.common.secagg import wire
+from fedrec.server.runs import prepare_run_dir
 from fedrec.simulations.poisoning import poisoned_population
 from fedrec.simulations.runner import simulation_inputs
 
@@ -207,7 +207,7 @@ def run_inprocess(
                 expected_nodes=nodes,
             )
     if config.outputs.out_dir:
-        from fedrec.simulations.plots import plot_rounds
+        from fedrec.server.plots import plot_rounds
 
         plot_rounds(metrics["rounds"], Path(config.outputs.out_dir))
     return metrics, grid

@@ -3,7 +3,7 @@
 The input is anything :func:`fedrec.common.data.loaders.load_ratings` reads except MovieLens 1M (its
 ages are already coded ranges): a MovieLens 100K folder, a MovieLens latest folder, or a
 generic CSV with optional ``user_features`` / ``item_features`` files. Bad input stops with the
-loaders' errors (file, line, problem). :func:`fedrec.common.data.anonymize.anonymize` does the work;
+loaders' errors (file, line, problem). :func:`fedrec.simulations.anonymize.anonymize` does the work;
 the output folder uses the generic CSV layout::
 
     DIR/ratings.csv         user,item,rating,timestamp  (pseudonyms; coarsened timestamps)
@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from fedrec.common.crypto import load_or_create_key_file
-from fedrec.common.data.anonymize import (
+from fedrec.common.data.dataset import RawRatings
+from fedrec.common.data.loaders import RATING_COLUMNS, load_ratings
+from fedrec.simulations.anonymize import (
     SUPPRESSED,
     AnonymizeConfig,
     Anonymized,
@@ -41,8 +43,6 @@ from fedrec.common.data.anonymize import (
     drop_reason,
     key_fingerprint,
 )
-from fedrec.common.data.dataset import RawRatings
-from fedrec.common.data.loaders import RATING_COLUMNS, load_ratings
 
 __all__ = [
     "ITEMS_FILE",

@@ -18,8 +18,7 @@ import shutil
 import signal
 import tempfile
 import threading
-import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,63 +34,15 @@ from fedrec.common.data.pack import write_pack
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import check_evaluable
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.runs import CATALOG_FILE, STOP_REQUESTED, RunInterrupted, prepare_run_dir
+from fedrec.common.stop import STOP_REQUESTED, RunInterrupted
+from fedrec.server.runs import CATALOG_FILE, prepare_run_dir
 from fedrec.simulations.poisoning import malicious_count, poisoned_population, resolve_targets
 
 __all__ = [
-    "SCENARIO_DIR",
-    "apply_settings",
-    "load_scenario",
-    "parse_setting",
+    "SimulationInputs",
     "simulate",
     "simulation_inputs",
 ]
-
-SCENARIO_DIR = Path(__file__).resolve().parent
-
-
-def load_scenario(path: str | Path) -> dict[str, Any]:
-    """The ``[run]`` table of a scenario TOML (kebab-case federation settings)."""
-    path = Path(path)
-    if not path.exists() and (SCENARIO_DIR / path.name).exists():
-        path = SCENARIO_DIR / path.name
-    try:
-        with path.open("rb") as fh:
-            document = tomllib.load(fh)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"scenario {path} not found") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from err
-    if "run" not in document:
-        raise ValueError(f"{path}: a scenario needs a [run] table of federation settings")
-    outside = sorted(k for k in document if k != "run")
-    if outside:
-        raise ValueError(
-            f"{path}: {outside} {'is' if len(outside) == 1 else 'are'} outside the [run] table"
-            " and would be ignored: move every setting below [run]"
-        )
-    return dict(document["run"])
-
-
-def parse_setting(text: str) -> Any:
-    """The value of a ``--set KEY=VALUE`` override: int, float, else the (unquoted) text."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text.strip('"')
-
-
-def apply_settings(values: Mapping[str, Any], items: Iterable[str]) -> dict[str, Any]:
-    """``values`` with ``KEY=VALUE`` overrides applied (``--set`` of the CLI and benchmarks)."""
-    out = dict(values)
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_setting(value.strip())
-    return out
 
 
 @dataclass(frozen=True)
@@ -329,7 +280,7 @@ def simulate(
             )
         raise RuntimeError("the simulation ended without results: see the log above")
     if config.outputs.out_dir:
-        from fedrec.simulations.plots import plot_rounds
+        from fedrec.server.plots import plot_rounds
 
         plot_rounds(results["rounds"], Path(config.outputs.out_dir))
     return results

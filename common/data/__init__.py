@@ -1,7 +1,6 @@
 """fedrec.common.data: from files on disk to what a model trains and is evaluated on.
 
 loaders     MovieLens 100K / 1M / latest and generic CSV into raw ratings (file, line, problem)
-download    public data sets, sha256-checked
 synthetic   the embedded, deterministic generator (the default data set)
 sources     one entry point: ``--data PATH|synthetic`` to interactions
 dataset     raw ratings and dense implicit interactions
@@ -12,16 +11,13 @@ cold        item cold start: items held out of training entirely, and their rank
 examples    training examples: positives plus leak-free negatives
 shard       one user's data as a device holds it
 pack        every user's shard of a split in memory-mapped files (a simulation's workers)
-anonymize   pseudonyms, generalization, k-anonymity (``fedrec data prepare``)
 errors      the data-format error every loader raises
 """
 
 __all__ = [
-    "anonymize",
     "catalog",
     "cold",
     "dataset",
-    "download",
     "errors",
     "examples",
     "features",

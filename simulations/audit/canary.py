@@ -11,7 +11,7 @@ mean pairwise cosine of the movements): the rows of an included canary are train
 same user every round it joins, those of an excluded one move only as other users' sampled
 negatives and through the server optimizer (whose adaptive step moves every row, so a row's
 distance alone says little). The auditor guesses "in" for the highest scores and "out" for the
-lowest (:func:`fedrec.common.audit_stats.best_one_run_audit`, over a fixed grid of guess
+lowest (:func:`fedrec.simulations.audit.stats.best_one_run_audit`, over a fixed grid of guess
 counts at a Bonferroni-corrected confidence, so the maximum over the grid stays a valid 95 %
 bound) and the number of correct guesses gives ε_lb: if the run is (ε, δ)-DP, ε ≥ ε_lb with
 95 % confidence. A lower bound above the claimed ε is a violation.
@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from fedrec.common.audit_stats import DEFAULT_K_FRACTIONS, best_one_run_audit
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import ITEM_TABLE, initial_shared_state
 from fedrec.simulations.audit.rerun import Rerun, train_again, write_data
+from fedrec.simulations.audit.stats import DEFAULT_K_FRACTIONS, best_one_run_audit
 
 __all__ = ["CANARY_DELTA", "CanaryAudit", "canary_audit", "write_canary_data"]
 

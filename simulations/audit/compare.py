@@ -59,7 +59,7 @@ def compare_audits(runs: Sequence[Path], audit: Auditor) -> list[dict[str, Any]]
 
 
 def _figure(rows: list[dict[str, Any]]) -> str:
-    from fedrec.simulations.plots import plt, svg_of
+    from fedrec.server.plots import plt, svg_of
 
     finite = [r["epsilon"] for r in rows if math.isfinite(r["epsilon"])]
     plain_at = 2 * max(finite) if finite else 1.0  # runs without DP, drawn right of the rest

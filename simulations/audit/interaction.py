@@ -48,7 +48,6 @@ from flwr.app import Message
 from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from fedrec.common import keys
-from fedrec.common.audit_stats import AttackResult, average_ranks, summarize_attack
 from fedrec.common.data.catalog import load_catalog
 from fedrec.common.data.cold import split_with_cold_items
 from fedrec.common.data.shard import user_shard
@@ -56,10 +55,11 @@ from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.privacy import clip_delta
 from fedrec.common.records import arrays_of, config_of, numpy_arrays
-from fedrec.common.runs import CATALOG_FILE, CHECKPOINT
 from fedrec.common.secagg import wire
 from fedrec.common.secagg.primitives import decode_vector, wire_dtype
 from fedrec.server.checkpoint import read_checkpoint
+from fedrec.server.runs import CATALOG_FILE, CHECKPOINT
+from fedrec.simulations.audit.stats import AttackResult, average_ranks, summarize_attack
 from fedrec.simulations.inprocess import InProcessGrid, run_inprocess
 
 __all__ = [

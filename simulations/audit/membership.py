@@ -21,7 +21,7 @@ Carlini et al. (S&P 2022, §VI) with a fixed variance: s_r(u) minus the mean of 
 the other reruns o that left u out, over the pooled spread of those out-scores; it removes
 how well u's history fits any model (popular items fit everywhere), which is most of the
 variance of a raw score. Pairs without an out-rerun are skipped. Each view reports AUC and
-TPR at low FPR with bootstrap intervals (:func:`~fedrec.common.audit_stats.summarize_attack`;
+TPR at low FPR with bootstrap intervals (:func:`~fedrec.simulations.audit.stats.summarize_attack`;
 the pairs of one candidate share it, so the intervals are somewhat narrow).
 """
 
@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 from fedrec.client.local import ME, LocalTrainConfig, build_local_model, refresh_user
-from fedrec.common.audit_stats import AttackResult, summarize_attack
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.shard import UserShard
@@ -45,6 +44,7 @@ from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import NO_ITEM, temporal_leave_one_out
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.audit.rerun import Rerun, Retrained, train_again, write_data
+from fedrec.simulations.audit.stats import AttackResult, summarize_attack
 
 __all__ = ["MIN_ITEMS", "VIEWS", "MembershipAudit", "membership_audit", "score_candidates"]
 

@@ -1,4 +1,4 @@
-"""``fedrec audit RUN_DIR``: the privacy audit of one run, as ``audit.json`` and ``report.html``.
+"""``fedrec audit report RUN_DIR``: the privacy audit of one run, as ``audit.json`` and ``report.html``.
 
 :func:`audit_run` reads the run folder (config.json, rounds.jsonl, metrics.json, the
 checkpoint, and ``deployment/deployment.json`` for a deployed run), recomputes the ε ledger
@@ -28,7 +28,7 @@ from jinja2 import Environment
 from fedrec.common.data.catalog import load_catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS, shared_shapes
-from fedrec.common.runs import CATALOG_FILE, CHECKPOINT, METRICS_FILE, ROUNDS_LOG, read_rounds
+from fedrec.server.runs import CATALOG_FILE, CHECKPOINT, METRICS_FILE, ROUNDS_LOG, read_rounds
 from fedrec.simulations.audit.at_rest import inspect_folder, inspect_key_file
 from fedrec.simulations.audit.attribute import attribute_inference
 from fedrec.simulations.audit.canary import canary_audit
@@ -308,7 +308,7 @@ def _record_of_processing(
 
 
 def _epsilon_figure(ledger: dict[str, Any]) -> str:
-    from fedrec.simulations.plots import plt, svg_of
+    from fedrec.server.plots import plt, svg_of
 
     figure, axis = plt.subplots(figsize=(6, 3))
     rounds = ledger["rounds"]
@@ -323,7 +323,7 @@ def _epsilon_figure(ledger: dict[str, Any]) -> str:
 
 def _record_level_figure(summary: dict[str, Any]) -> str:
     """The devices' record-level ε as a distribution: the fraction of devices at or under ε."""
-    from fedrec.simulations.plots import plt, svg_of
+    from fedrec.server.plots import plt, svg_of
 
     deciles = summary.get("epsilon_deciles") or []
     if not deciles:
@@ -338,7 +338,7 @@ def _record_level_figure(summary: dict[str, Any]) -> str:
 
 
 def _roc_figure(attacks: dict[str, Any]) -> str:
-    from fedrec.simulations.plots import plt, svg_of
+    from fedrec.server.plots import plt, svg_of
 
     figure, axis = plt.subplots(figsize=(4.5, 4.5))
     floor = 1e-4

@@ -26,7 +26,7 @@ import numpy as np
 from fedrec.common.data.catalog import Catalog, load_catalog
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.runs import CATALOG_FILE, FINAL_MODEL
+from fedrec.server.runs import CATALOG_FILE, FINAL_MODEL
 
 __all__ = ["Rerun", "Retrained", "rerun_config", "train_again", "write_data"]
 

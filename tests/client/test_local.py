@@ -31,7 +31,7 @@ from fedrec.common.model import (
     initial_shared_state,
     shared_state,
 )
-from fedrec.common.training import evaluate
+from fedrec.simulations.training import evaluate
 
 DIM = 8
 EVAL_KEYS = {

@@ -10,8 +10,9 @@ import pytest
 from builders import catalog_of, federation, with_catalog
 
 from fedrec.client.app import make_client_app
-from fedrec.common import runs
 from fedrec.common.bundle import build_bundle, load_bundle
+from fedrec.common.data.catalog import load_catalog
+from fedrec.server import runs
 from fedrec.server.app import ServerRandomness, run_federation
 from fedrec.simulations.inprocess import InProcessGrid, seeded_task
 
@@ -61,10 +62,25 @@ def test_every_model_sent_names_its_catalog() -> None:
     assert {m.content["config"]["catalog-hash"] for m in with_model} == {catalog_of(CLIENT).hash}
 
 
-def test_a_server_without_a_catalog_says_how_to_build_one() -> None:
+def test_a_server_without_a_catalog_says_how_to_build_one(tmp_path: Path) -> None:
     grid = InProcessGrid(make_client_app(CLIENT), USERS)
     with pytest.raises(ValueError, match="fedrec catalog build --data PATH"):
-        run_federation(grid, CLIENT.replace(catalog=""))
+        run_federation(grid, CLIENT.replace(catalog="", data=str(tmp_path / "ratings.csv")))
+
+
+def test_on_synthetic_data_without_a_catalog_both_ends_build_the_generators(
+    tmp_path: Path,
+) -> None:
+    """`flwr run .` with its defaults: no catalog is set, data is the synthetic generator
+    (public: no user's data). The server builds its catalog (and writes it to the run
+    folder), each simulated node builds the same one: the round's hash matches."""
+    config = CLIENT.replace(catalog="", num_rounds=1, out_dir=str(tmp_path / "run"))
+    grid = InProcessGrid(make_client_app(config), USERS)
+    with seeded_task(1):
+        metrics = run_federation(grid, config, randomness=ServerRandomness.seeded(1))
+    assert [r["clients_replied"] for r in metrics["rounds"][1:]] == [5]  # nobody refused
+    written = load_catalog(tmp_path / "run" / runs.CATALOG_FILE)
+    assert written.hash == catalog_of(CLIENT).hash  # the generator's catalog, as built before
 
 
 def test_metrics_json_is_written_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

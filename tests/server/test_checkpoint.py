@@ -10,9 +10,9 @@ import pytest
 
 from fedrec.common.model import ITEM_TABLE
 from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.runs import CHECKPOINT, CHECKPOINT_META, write_arrays, write_json
 from fedrec.server.checkpoint import Checkpointer, grow_item_rows, read_checkpoint
 from fedrec.server.optimizer import FedAdam
+from fedrec.server.runs import CHECKPOINT, CHECKPOINT_META, write_arrays, write_json
 
 MODEL = {
     ITEM_TABLE: np.arange(12, dtype=np.float32).reshape(3, 4) * 2.0,

@@ -14,11 +14,11 @@ from fedrec.common.data.catalog import Catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import ITEM_TABLE, shared_shapes
 from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.runs import CHECKPOINT, append_round
 from fedrec.server.app import ServerRandomness, compose
 from fedrec.server.checkpoint import Checkpointer
 from fedrec.server.optimizer import FedAdam
 from fedrec.server.resume import resume_from, resume_identity
+from fedrec.server.runs import CHECKPOINT, append_round
 
 Arrays = dict[str, np.ndarray]
 # 8 items of 3 features, a 2-wide user schema; its first 6 items are its earlier version

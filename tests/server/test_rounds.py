@@ -26,11 +26,12 @@ from flwr.serverapp import Grid
 
 from fedrec.common import keys
 from fedrec.common.channel import Channel
+from fedrec.common.cli import SCENARIO_DIR, load_scenario
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import ITEM_TABLE, shared_shapes
 from fedrec.common.records import message_bytes
-from fedrec.common.runs import ROUNDS_LOG, STOP_REQUESTED, RunInterrupted, read_rounds
+from fedrec.common.stop import STOP_REQUESTED, RunInterrupted
 from fedrec.server import cohorts
 from fedrec.server.aggregate import Aggregate, TrainReport, TrainRound
 from fedrec.server.app import ServerRandomness, compose
@@ -42,9 +43,9 @@ from fedrec.server.optimizer import FedAvg, FedAvgM, ServerStep
 from fedrec.server.plain import PlainAggregation
 from fedrec.server.recorder import RoundRecorder
 from fedrec.server.rounds import RoundPlan, Rounds
+from fedrec.server.runs import ROUNDS_LOG, read_rounds
 from fedrec.server.summary import traffic
 from fedrec.server.validation import ReplyValidator
-from fedrec.simulations.runner import SCENARIO_DIR, load_scenario
 
 pytestmark = pytest.mark.usefixtures("server_task")
 

@@ -296,7 +296,7 @@ def _run(seed: int, bad: list[int]) -> tuple[dict, list[list[int]]]:
     return metrics, grid.cohorts
 
 
-@pytest.mark.slow  # six seeded in-process runs of 8 rounds: about 20 s on one core
+@pytest.mark.research  # six seeded in-process runs of 8 rounds with an HR bar
 def test_a_run_with_ten_percent_hostile_devices_learns_as_a_clean_one() -> None:
     """Three seeds, each run clean and with 6 of 60 devices sending a corrupt reply of
     another kind every round: every corrupt reply is refused and counted, the rest

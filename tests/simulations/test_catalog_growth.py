@@ -16,12 +16,13 @@ from builders import federation
 
 from fedrec.client.app import make_client_app
 from fedrec.client.store import ContextStateStore
-from fedrec.common import keys, runs
+from fedrec.common import keys
 from fedrec.common.bundle import build_bundle, load_bundle
 from fedrec.common.data.catalog import Catalog, save_catalog
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.fedconfig import FederationConfig
+from fedrec.server import runs
 from fedrec.server.app import ServerRandomness, run_federation
 from fedrec.server.checkpoint import grow_item_rows, read_checkpoint
 from fedrec.simulations.inprocess import InProcessGrid, seeded_task

@@ -9,7 +9,7 @@ import pytest
 from builders import federation
 from typer.testing import CliRunner
 
-from fedrec.simulations.cli import app
+from fedrec.cli import app
 
 runner = CliRunner()
 
@@ -93,7 +93,7 @@ def test_simulate_rejects_missing_scenario(tmp_path: Path) -> None:
 
 
 def test_a_scenario_with_settings_outside_its_run_table_is_refused(tmp_path: Path) -> None:
-    from fedrec.simulations.runner import load_scenario
+    from fedrec.common.cli import load_scenario
 
     path = tmp_path / "s.toml"
     path.write_text('num-rounds = 50\n[run]\ndata = "synthetic"\n')
@@ -113,8 +113,8 @@ def test_cohorts_larger_than_the_population_are_refused() -> None:
 
 
 def test_scenarios_parse() -> None:
+    from fedrec.common.cli import SCENARIO_DIR, load_scenario
     from fedrec.common.fedconfig import FederationConfig
-    from fedrec.simulations.runner import SCENARIO_DIR, load_scenario
 
     scenarios = sorted(SCENARIO_DIR.glob("*.toml"))
     assert {p.name for p in scenarios} >= {

@@ -7,8 +7,8 @@ from pathlib import Path
 from builders import federation
 from typer.testing import CliRunner
 
+from fedrec.cli import app
 from fedrec.common.data.catalog import load_catalog
-from fedrec.simulations.cli import app
 
 
 def test_catalog_build_writes_a_verified_file_and_show_reads_it(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_simulate_refuses_a_catalog_of_other_data(tmp_path: Path) -> None:
 
 
 def test_simulation_inputs_build_the_catalog_for_the_run(tmp_path: Path) -> None:
-    from fedrec.common.runs import CATALOG_FILE
+    from fedrec.server.runs import CATALOG_FILE
     from fedrec.simulations.runner import simulation_inputs
 
     config = federation(synthetic_users=30, synthetic_items=500, clients_per_round=10)

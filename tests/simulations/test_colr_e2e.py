@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import logging
 
-from test_compression_e2e import BASE, DP, INT8
+import pytest
+from builders import federation
 
 from fedrec.common import keys
 from fedrec.simulations.inprocess import run_inprocess
 
+# a quality bar on seeded in-process runs: make test-slow (CI) runs it
+pytestmark = pytest.mark.research
+
+# the run of tests/simulations/test_compression_e2e.py, with a low-rank table
+BASE = federation(
+    synthetic_users=100, synthetic_items=500, num_rounds=10, clients_per_round=20,
+    eval_every=5, strategy="fedadam", server_lr=0.05, client_weighting="uniform",
+)  # fmt: skip
+DP = {"dp_clip_norm": 0.5, "dp_noise_multiplier": 0.3}
+INT8 = {"download_compression": "int8", "upload_compression": "int8"}
 RANK = 8
 SECURE = {"secure_aggregation": "secagg+"}
 

@@ -12,6 +12,9 @@ from builders import federation
 from fedrec.common import keys
 from fedrec.simulations.inprocess import run_inprocess
 
+# a quality bar on seeded in-process runs: make test-slow (CI) runs it
+pytestmark = pytest.mark.research
+
 BASE = federation(
     synthetic_users=100, synthetic_items=500, num_rounds=10, clients_per_round=20,
     eval_every=5, strategy="fedadam", server_lr=0.05, client_weighting="uniform",

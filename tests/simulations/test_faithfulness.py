@@ -7,6 +7,7 @@ minutes per model: docs/results.md "Explanations on the device")."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.dataset import Interactions
@@ -30,6 +31,7 @@ def _measure(data: Interactions, epochs: int, users: int) -> Faithfulness:
     return faithfulness(shared, Catalog.of(data), shards, 32, seed=0)
 
 
+@pytest.mark.research  # refits against random removals
 def test_explanations_are_faithful_on_synthetic_data() -> None:
     """Measured: drop 0.53 explained against 0.14 random (60 users, paired SE 0.06)."""
     data = load_interactions("synthetic", synthetic=SyntheticConfig(num_users=200, num_items=500))

@@ -156,7 +156,7 @@ def test_grid_delivers_copies_maps_nodes_to_partitions_and_turns_exceptions_into
 def test_cli_server_seed_runs_in_process_and_pairs_runs(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from fedrec.simulations.cli import app
+    from fedrec.cli import app
 
     finals = []
     for name in ("a", "b"):
@@ -185,3 +185,24 @@ def test_a_resumed_runs_metrics_cover_every_round(tmp_path: Path) -> None:
     assert [r["round"] for r in evaluated] == [0, 3, 5]  # the first run's evaluations too
     best = max(evaluated, key=lambda r: (r["eval"]["val-hr@10"], r["round"]))
     assert metrics["best_round"] == best["round"]
+
+
+@pytest.mark.research
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_e2e_settings_learn_over_round_zero(tmp_path: Path, seed: int) -> None:
+    """The engine test's settings (test_simulate_e2e.py), seeded: sampled HR@10 + NDCG@10 on
+    the validation and test items of all 40 users gains over round 0. Over 20 seeded runs
+    of these settings the gain was 0.545 ± 0.107 (min 0.29): the 0.2 bar fails a learning
+    run about once in a thousand, and these three seeds are fixed."""
+    settings = {
+        "synthetic-users": 40, "synthetic-items": 300, "num-rounds": 4,
+        "clients-per-round": 20, "eval-every": 1, "strategy": "fedadam", "server-lr": 0.1,
+        "server-tau": 0.0001, "local-epochs": 2,
+    }  # fmt: skip
+    config = FederationConfig.from_mapping(settings).replace(out_dir=str(tmp_path / "run"))
+    metrics, _ = run_inprocess(config, seed)
+    rounds = metrics["rounds"]
+    quality = lambda e: e["hr@10"] + e["ndcg@10"] + e["val-hr@10"] + e["val-ndcg@10"]  # noqa: E731
+    gain = quality(rounds[-1]["eval"]) - quality(rounds[0]["eval"])
+    assert gain > 0.2, [(r["round"], round(quality(r["eval"]), 3)) for r in rounds]
+    assert rounds[-1]["train_loss"] < rounds[1]["train_loss"]

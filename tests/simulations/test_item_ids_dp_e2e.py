@@ -18,6 +18,9 @@ from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.synthetic import SyntheticConfig, generate_with_truth
 from fedrec.simulations.inprocess import run_inprocess
 
+# a quality bar on seeded in-process runs: make test-slow (CI) runs it
+pytestmark = pytest.mark.research
+
 USERS, ITEMS = 200, 1000
 DP = {"dp_clip_norm": 0.5, "dp_noise_multiplier": 1.0}
 

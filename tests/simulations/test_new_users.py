@@ -26,6 +26,7 @@ def trained() -> tuple:
     return shared_state(model), Catalog.of(data), shards
 
 
+@pytest.mark.research  # a trained federation and its curve
 def test_the_curve_counts_the_users_with_enough_history(trained: tuple) -> None:
     shared, catalog, shards = trained
     curve = history_curve(shared, catalog, shards, 16, lengths=(0, 1, 30, ALL))

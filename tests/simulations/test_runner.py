@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.runs import STOP_REQUESTED, RunInterrupted
+from fedrec.common.stop import STOP_REQUESTED, RunInterrupted
 from fedrec.simulations.inprocess import run_inprocess
 from fedrec.simulations.runner import stop_between_rounds
 

@@ -15,8 +15,8 @@ import pytest
 from builders import catalog_of, federation, with_catalog
 
 from fedrec.client.app import make_client_app
-from fedrec.common.runs import CONFIG_FILE, METRICS_FILE
 from fedrec.server.app import make_server_app
+from fedrec.server.runs import CONFIG_FILE, METRICS_FILE
 from fedrec.simulations.engine import ChunkedGrid, install_fast_polling
 
 pytestmark = pytest.mark.slow

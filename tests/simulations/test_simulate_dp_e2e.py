@@ -14,8 +14,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from fedrec.cli import app
 from fedrec.common.privacy import epsilon
-from fedrec.simulations.cli import app
 
 pytestmark = pytest.mark.slow
 

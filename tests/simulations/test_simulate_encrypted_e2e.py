@@ -14,13 +14,13 @@ import pytest
 from builders import node_context
 from typer.testing import CliRunner
 
+from fedrec.cli import app
 from fedrec.client.encrypted_shards import EncryptedPartitions
 from fedrec.client.partitions import pseudonym
 from fedrec.client.secure_store import EncryptedFileStore
 from fedrec.common import keys
 from fedrec.common.crypto import WrongKeyError, create_key_file, read_key_file
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.simulations.cli import app
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from fedrec.cli import app
 from fedrec.common.secagg import wire
-from fedrec.simulations.cli import app
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import NO_ITEM, Split, temporal_leave_one_out
 from fedrec.common.data.synthetic import SyntheticConfig
 from fedrec.common.model import ModelConfig, SeedModel
-from fedrec.common.training import evaluate, evaluate_cold
+from fedrec.simulations.training import evaluate, evaluate_cold
 
 FRACTION = 0.2  # 200 of 1,000 items: enough untouched ones for 99 candidates
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -51,18 +49,6 @@ def test_different_seed_gives_different_data() -> None:
     b = generate(SyntheticConfig(num_users=120, num_items=300, interactions_per_user=20, seed=2))
     assert len(a.item) != len(b.item) or not np.array_equal(a.item, b.item)
     assert a.item_meta != b.item_meta
-
-
-def test_default_config_is_fast() -> None:
-    generate(SyntheticConfig(num_users=10, num_items=20, interactions_per_user=5))  # warm up
-    best = min(_timed(DEFAULT) for _ in range(2))
-    assert best < 1.0, f"generating the default data set took {best:.3f} s"
-
-
-def _timed(cfg: SyntheticConfig) -> float:
-    start = time.perf_counter()
-    generate(cfg)
-    return time.perf_counter() - start
 
 
 def test_shapes_types_and_metadata(default_data: tuple[RawRatings, SyntheticTruth]) -> None:

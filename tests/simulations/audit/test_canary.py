@@ -37,12 +37,14 @@ def test_canaries_are_written_with_their_items_whether_included_or_not(tmp_path:
     assert written.num_users == data.num_users + int(included.sum())
 
 
+@pytest.mark.research  # a canary rerun with a bound
 def test_a_run_without_dp_gives_a_positive_lower_bound() -> None:
     found = canary_audit(FederationConfig.from_mapping(BASE), _rerun, canaries=60, items=30)
     assert found.claimed_epsilon is None and not found.violates
     assert found.epsilon_lower_bound > 0.5, found
 
 
+@pytest.mark.research  # a canary rerun with a bound
 def test_a_noised_run_stays_under_its_claim() -> None:
     config = FederationConfig.from_mapping(
         {**BASE, "dp-clip-norm": 0.5, "dp-noise-multiplier": 1.0}
@@ -61,7 +63,7 @@ def test_a_model_without_item_ids_is_refused_with_the_audit_that_fits() -> None:
 def test_the_audit_of_a_run_without_item_ids_leaves_the_canary_out_unless_asked(
     tmp_path: Path,
 ) -> None:
-    """`fedrec audit RUN` (attacks: all that apply) on an item-ids = "none" run does not
+    """`fedrec audit report RUN` (attacks: all that apply) on an item-ids = "none" run does not
     run the canary audit; naming it is refused before any other attack's work."""
     from fedrec.simulations.audit.report import ATTACKS, applicable_attacks, audit_run
 

@@ -7,11 +7,13 @@ import math
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from fedrec.simulations.cli import app
+from fedrec.cli import app
 
 
+@pytest.mark.research  # two audited runs and an AUC bar
 def test_runs_are_compared_on_epsilon_utility_and_attack_auc(
     plain_run: Path, protected_run: Path, tmp_path: Path
 ) -> None:
@@ -35,4 +37,4 @@ def test_runs_are_compared_on_epsilon_utility_and_attack_auc(
     html = (out / "compare.html").read_text()
     assert 'id="comparison"' in html and "∞ (no DP)" in html and "<svg" in html
     one = CliRunner().invoke(app, ["audit", "compare", str(plain)])
-    assert one.exit_code == 2 and "at least two" in one.output
+    assert one.exit_code == 2 and "two or more run folders" in one.output

@@ -14,7 +14,7 @@ from fedrec.common.data.catalog import build_catalog, save_catalog
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import initial_shared_state
-from fedrec.common.runs import CATALOG_FILE, FINAL_MODEL, write_arrays
+from fedrec.server.runs import CATALOG_FILE, FINAL_MODEL, write_arrays
 from fedrec.simulations.audit.membership import (
     MIN_ITEMS,
     _candidates,
@@ -43,6 +43,7 @@ def _untrained(config: FederationConfig) -> dict:
     return {}
 
 
+@pytest.mark.research  # three reruns and an AUC bar
 def test_the_members_of_a_memorizing_run_are_found() -> None:
     found = membership_audit(FederationConfig.from_mapping(LEAKY), _rerun, targets=40, shadows=2)
     assert found.reruns == 3 and found.targets == 40

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fedrec.cli import app
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.simulations.audit.report import SCHEMA, audit_run, write_report
-from fedrec.simulations.cli import app
 from fedrec.simulations.inprocess import run_inprocess
 
 
@@ -87,17 +87,17 @@ def test_a_contradicted_claim_fails_the_command(protected_run: Path, tmp_path: P
     records = [json.loads(line) for line in lines]
     records[-1]["privacy"]["user_level"]["epsilon"] /= 2  # the run claims half its ε
     (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    result = CliRunner().invoke(app, ["audit", str(run), "--attacks", "none"])
+    result = CliRunner().invoke(app, ["audit", "report", str(run), "--attacks", "none"])
     assert result.exit_code == 1, result.output
     assert "violation" in result.output and "recomputed" in result.output
     assert (run / "audit" / "report.html").exists()
-    clean = CliRunner().invoke(app, ["audit", str(protected_run), "--attacks", "none",
+    clean = CliRunner().invoke(app, ["audit", "report", str(protected_run), "--attacks", "none",
                                      "--out", str(tmp_path / "clean")])  # fmt: skip
     assert clean.exit_code == 0, clean.output
 
 
 def test_unknown_attacks_and_missing_runs_are_refused(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["audit", str(tmp_path), "--attacks", "none"])
+    result = CliRunner().invoke(app, ["audit", "report", str(tmp_path), "--attacks", "none"])
     assert result.exit_code == 2 and "config.json" in result.output
     with pytest.raises(ValueError, match="unknown attacks"):
         audit_run(tmp_path, attacks=["telepathy"])

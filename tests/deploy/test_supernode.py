@@ -1,4 +1,4 @@
-"""Tests for fedrec.client.supernode: the SuperNode a device starts, and when it gives up.
+"""Tests for fedrec.deploy.supernode: the SuperNode a device starts, and when it gives up.
 
 Joining a live SuperLink runs in tests/simulations/test_deploy_e2e.py (real processes)."""
 
@@ -13,8 +13,8 @@ from flwr.common.config import parse_config_args
 
 from fedrec.client.data import NODE_KEY_FILE, NODE_PASSPHRASE_FILE, NODE_STORE
 from fedrec.client.device import Device
-from fedrec.client.supernode import JoinError, JoinSettings, _refusal, join, node_config
-from fedrec.common.credentials import make_device_key, make_server_credentials
+from fedrec.deploy.credentials import make_device_key, make_server_credentials
+from fedrec.deploy.supernode import JoinError, JoinSettings, _refusal, join, node_config
 
 CATALOG = catalog_of(with_catalog(federation(synthetic_users=20, synthetic_items=150)))
 
@@ -86,7 +86,7 @@ def test_a_supernode_that_keeps_failing_is_given_up_on(
     script.write_text(f"#!{sys.executable}\nprint('[code: 2004] Failed to activate')\n"
                       "raise SystemExit(1)\n")  # fmt: skip
     script.chmod(0o755)
-    monkeypatch.setattr("fedrec.client.supernode.flower_command", lambda name: str(script))
+    monkeypatch.setattr("fedrec.deploy.supernode.flower_command", lambda name: str(script))
     events: list[str] = []
     with pytest.raises(JoinError, match="refused by the SuperLink 3 times in a row") as raised:
         join(settings, tmp_path / "log", retries=2, backoff=0.01, on_event=events.append)

@@ -1,12 +1,12 @@
-"""Tests for fedrec.common.explain: the device's reasons for a recommendation."""
+"""Tests for fedrec.client.explain: the device's reasons for a recommendation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from fedrec.client.explain import explain, influence
 from fedrec.common.bundle import InferenceBundle
-from fedrec.common.explain import explain, influence
 
 ID_DIM, FEATURES, DIM, ITEMS = 4, 2, 6, 12
 

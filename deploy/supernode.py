@@ -28,7 +28,7 @@ from pathlib import Path
 from fedrec.client.data import NODE_KEY_FILE, NODE_PASSPHRASE_FILE, NODE_STORE
 from fedrec.client.device import Device, DeviceError, read_passphrase
 from fedrec.common.crypto import SealedFileError
-from fedrec.common.processes import (
+from fedrec.deploy.processes import (
     Service,
     deployment_env,
     flower_command,

@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.data.anonymize: pseudonyms, generalization, k-anonymity, one pass."""
+"""Tests for fedrec.simulations.anonymize: pseudonyms, generalization, k-anonymity, one pass."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrec.common.data import anonymize as anon
-from fedrec.common.data.anonymize import (
+from fedrec.common.data.dataset import RawRatings
+from fedrec.simulations import anonymize as anon
+from fedrec.simulations.anonymize import (
     SUPPRESSED,
     AnonymizeConfig,
     age_band,
@@ -27,7 +28,6 @@ from fedrec.common.data.anonymize import (
     pseudonymize,
     zip_prefix,
 )
-from fedrec.common.data.dataset import RawRatings
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(32, 64))

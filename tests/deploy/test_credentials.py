@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.credentials: a CA, a server certificate, device keys, no openssl."""
+"""Tests for fedrec.deploy.credentials: a CA, a server certificate, device keys, no openssl."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedrec.common.credentials import make_device_key, make_server_credentials, public_key_of
+from fedrec.deploy.credentials import make_device_key, make_server_credentials, public_key_of
 
 
 def test_the_server_certificate_chains_to_the_ca_for_every_host(tmp_path: Path) -> None:

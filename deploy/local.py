@@ -34,13 +34,12 @@ from typing import Any
 import numpy as np
 
 from fedrec.client.device import Device, Interaction
-from fedrec.client.supernode import JoinSettings
-from fedrec.common.credentials import CA_CERT, make_device_key, make_server_credentials
 from fedrec.common.data.catalog import Catalog, save_catalog
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.sources import load_interactions
-from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.processes import (
+from fedrec.common.fedconfig import SIMULATION_KEYS, FederationConfig
+from fedrec.deploy.credentials import CA_CERT, make_device_key, make_server_credentials
+from fedrec.deploy.processes import (
     Service,
     ServiceError,
     Services,
@@ -48,8 +47,7 @@ from fedrec.common.processes import (
     flower_command,
     free_port,
 )
-from fedrec.common.runs import CATALOG_FILE, prepare_run_dir, write_json
-from fedrec.server.superlink import (
+from fedrec.deploy.superlink import (
     Control,
     DeploymentError,
     RunOutcome,
@@ -57,6 +55,8 @@ from fedrec.server.superlink import (
     follow_run,
     submit_federation,
 )
+from fedrec.deploy.supernode import JoinSettings
+from fedrec.server.runs import CATALOG_FILE, prepare_run_dir, write_json
 
 __all__ = ["DeviceNode", "LocalDeployment", "choose_users", "deployment_config"]
 
@@ -93,7 +93,23 @@ class DeviceNode:
 
 
 def deployment_config(config: FederationConfig, nodes: int) -> FederationConfig:
-    """The synthetic data set of a deployment has one user per node unless told otherwise."""
+    """The deployment's settings: the synthetic data set has one user per node unless told
+    otherwise. Of the simulation settings only the synthetic population applies (it is what
+    the device stores are sealed from); any other is refused, naming it: the deployed server
+    and devices would never see it."""
+    refused = {
+        k: v
+        for k, v in config.to_mapping().items()
+        if k in SIMULATION_KEYS
+        and k not in ("synthetic-users", "synthetic-items")
+        and v != FederationConfig().to_mapping()[k]
+    }
+    if refused:
+        key = next(iter(refused))
+        raise ValueError(
+            f"{key} = {refused[key]!r} is a simulation setting: a deployment's server and"
+            f" devices refuse it; run it with fedrec simulate, or remove {key}"
+        )
     if (
         config.data.data == "synthetic"
         and config.simulation.synthetic_users == FederationConfig().simulation.synthetic_users

@@ -23,7 +23,6 @@ import io
 import json
 import math
 import platform
-import threading
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
@@ -46,8 +45,6 @@ __all__ = [
     "METRICS_FILE",
     "QUALITY_PLOT",
     "ROUNDS_LOG",
-    "STOP_REQUESTED",
-    "RunInterrupted",
     "append_round",
     "prepare_run_dir",
     "read_rounds",
@@ -133,34 +130,26 @@ def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-# Set (by a signal handler: ``fedrec simulate`` on Ctrl-C) to end a run before its next
-# round; the round under way finishes and is checkpointed, so the run resumes from it. Here,
-# not in the server, so that what reports an interruption (every CLI command's error
-# handling) does not import the server and torch.
-STOP_REQUESTED = threading.Event()
-
-
-class RunInterrupted(RuntimeError):
-    """The run stopped between rounds because a stop was requested (Ctrl-C)."""
-
-    def __init__(self, completed_round: int, run_dir: str | Path | None = None) -> None:
-        where = (
-            f": {run_dir} holds its checkpoint, continue with --resume {run_dir}"
-            if run_dir
-            else " (checkpointed)"
-        )
-        super().__init__(f"interrupted after round {completed_round}{where}")
-        self.completed_round = completed_round
-
-
 def run_header() -> dict[str, str]:
-    """Provenance stamped into every config.json."""
-    import torch
+    """Provenance stamped into every config.json: when, where, and the versions of fedrec
+    and of what computes a run's numbers (Flower, torch, Opacus)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import fedrec
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fedrec": fedrec.__version__,
+        "flwr": installed("flwr"),
+        "torch": installed("torch"),
+        "opacus": installed("opacus"),
         "python": platform.python_version(),
-        "torch": torch.__version__,
         "machine": platform.machine(),
     }
 

@@ -1,4 +1,4 @@
-"""Tests for fedrec.simulations.deploy without processes: the devices a deployment builds.
+"""Tests for fedrec.deploy.local without processes: the devices a deployment builds.
 
 A device store built from a data set's user holds exactly what the simulation gives that
 user (train items in time order, the same validation and test items, the same feature row),
@@ -17,7 +17,7 @@ from fedrec.client.device import Device
 from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import temporal_leave_one_out
-from fedrec.simulations.deploy import LocalDeployment, choose_users, deployment_config
+from fedrec.deploy.local import LocalDeployment, choose_users, deployment_config
 
 CONFIG = federation(synthetic_users=40, synthetic_items=400)
 

@@ -1,4 +1,4 @@
-"""Tests for fedrec.server.superlink: what a deployed run is submitted with, and followed by.
+"""Tests for fedrec.deploy.superlink: what a deployed run is submitted with, and followed by.
 
 The SuperLink itself runs in tests/simulations/test_deploy_e2e.py (real processes, TLS)."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from builders import federation
 
-from fedrec.common.credentials import make_server_credentials
 from fedrec.common.fedconfig import SIMULATION_KEYS, FederationConfig
-from fedrec.server.superlink import (
+from fedrec.deploy.credentials import make_server_credentials
+from fedrec.deploy.superlink import (
     SuperLinkSettings,
     _json_of,
     _RoundsTail,

@@ -29,16 +29,16 @@ import pytest
 from builders import federation
 from typer.testing import CliRunner
 
+from fedrec.cli import app
 from fedrec.client.device import Device
 from fedrec.common import keys
-from fedrec.common.credentials import make_device_key
 from fedrec.common.crypto import WrongKeyError
 from fedrec.common.data.catalog import load_catalog
 from fedrec.common.privacy import PrivacyLedger
-from fedrec.common.processes import Service, deployment_env, flower_command, free_port
-from fedrec.common.runs import CHECKPOINT, METRICS_FILE
-from fedrec.simulations.cli import app
-from fedrec.simulations.deploy import LocalDeployment, deployment_config
+from fedrec.deploy.credentials import make_device_key
+from fedrec.deploy.local import LocalDeployment, deployment_config
+from fedrec.deploy.processes import Service, deployment_env, flower_command, free_port
+from fedrec.server.runs import CHECKPOINT, METRICS_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -156,13 +156,11 @@ def test_an_unregistered_device_is_refused(deployed: dict[str, Any], tmp_path: P
             "--superlink", deployment.address, "--root-certificates", str(deployment.ca),
             "--auth-key", str(stranger.private), "--port", str(free_port()), "--retries", "1",
             "--backoff", "0.5", "--log", str(tmp_path / "stranger.log")]  # fmt: skip
-    started = time.perf_counter()
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args)  # two refusals, then it gives up (no wait)
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.split())
     assert "refused to activate this device: either its key is not registered" in said
     assert "refused by the SuperLink 2 times in a row" in said
-    assert time.perf_counter() - started < 60
     assert len(deployment.control.nodes()) == NODES  # nothing new joined
 
 

@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.data.text: the pinned text encoder, embeddings and their cache."""
+"""Tests for fedrec.simulations.text: the pinned text encoder, embeddings and their cache."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrec.common.data import text
 from fedrec.common.data.catalog import build_catalog
 from fedrec.common.data.synthetic import SyntheticConfig
-from fedrec.common.data.text import (
+from fedrec.simulations import text
+from fedrec.simulations.text import (
     PINNED_FILES,
     TEXT_DIM,
     EncoderError,
@@ -98,6 +98,7 @@ def test_the_cache_embeds_each_text_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert encoded[-1] == [TOY]
 
 
+@pytest.mark.slow  # a subprocess in a network namespace
 def test_the_embed_step_works_with_networking_disabled(tmp_path: Path) -> None:
     """`fedrec features embed` in a process with the hub offline and no usable proxy, and,
     where the machine allows it, in a network namespace without any interface but lo."""
@@ -197,7 +198,7 @@ def test_a_cache_that_is_not_unit_vectors_is_rebuilt(
 def test_the_text_block_projects_on_its_principal_components() -> None:
     """Vectors that vary along 2 directions of 6 (plus a little noise) keep their distances
     projected on 2 components; the other blocks and the items are untouched."""
-    from fedrec.common.data.text import project_text_block
+    from fedrec.simulations.text import project_text_block
 
     catalog = build_catalog(
         "synthetic", synthetic=SyntheticConfig(num_users=30, num_items=40, interactions_per_user=10)

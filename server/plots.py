@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from fedrec.common.runs import LOSS_PLOT, QUALITY_PLOT, write_figure
+from fedrec.server.runs import LOSS_PLOT, QUALITY_PLOT, write_figure
 
 __all__ = [
     "plot_rounds",

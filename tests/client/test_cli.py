@@ -9,10 +9,10 @@ from builders import catalog_of, federation, server_message, with_catalog
 from flwr.app import ArrayRecord, Context, RecordDict
 from typer.testing import CliRunner
 
+from fedrec.cli import app
 from fedrec.client.app import make_client_app
 from fedrec.common.data.catalog import save_catalog
 from fedrec.common.model import initial_shared_state
-from fedrec.simulations.cli import app
 
 CONFIG = with_catalog(federation(synthetic_users=60, synthetic_items=400, dim=8))
 

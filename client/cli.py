@@ -8,9 +8,9 @@
     fedrec client install-catalog --store DIR --key-file KEY CATALOG   # a new version
     fedrec client status --store DIR --key-file KEY [--json]
     fedrec client erase --store DIR --key-file KEY --yes
-    fedrec client keygen --out AUTH                      # AUTH (stays) and AUTH.pub (register it)
-    fedrec client join --store DIR --key-file KEY --superlink HOST:PORT \
-        --root-certificates CA --auth-key AUTH
+
+Joining a federation (``fedrec client keygen``, ``fedrec client join``) is a deployment
+command: ``deploy/cli.py`` adds it to this group.
 
 Every command takes ``--key-file KEY`` or ``--passphrase-file FILE`` (the passphrase on the
 file's first line). A history CSV has the header ``item,event,value,timestamp`` (event:
@@ -28,9 +28,9 @@ from typing import Annotated, Any
 
 import typer
 
-from fedrec.simulations.cli_common import console, or_exit
+from fedrec.common.cli import console, or_exit
 
-__all__ = ["client_app"]
+__all__ = ["KeyFileOption", "PassphraseFileOption", "StoreOption", "client_app"]
 
 client_app = typer.Typer(
     help="A device's own encrypted store: feedback, recommendations, joining a federation.",
@@ -236,64 +236,6 @@ def erase_cmd(
     if key_file is not None and not keep_key:
         shred(key_file)
     console.print(f"erased {store}" + ("" if keep_key or key_file is None else f" and {key_file}"))
-
-
-@client_app.command("keygen")
-def keygen_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Private key file to create (and OUT.pub).")],
-) -> None:
-    """This device's authentication key pair (ECDSA P-384, OpenSSH): the private half stays
-    here, the operator registers OUT.pub."""
-    from fedrec.common.credentials import make_device_key
-
-    made = or_exit(lambda: make_device_key(out, out.name))
-    console.print(f"{made.private} (keep it here) and {made.public} (send it to the operator)")
-
-
-@client_app.command("join")
-def join_cmd(
-    store: StoreOption,
-    superlink: Annotated[str, typer.Option("--superlink", help="The SuperLink, HOST:PORT.")],
-    root_certificates: Annotated[
-        Path, typer.Option("--root-certificates", help="The CA that signed the SuperLink's cert.")
-    ],
-    auth_key: Annotated[
-        Path, typer.Option("--auth-key", help="This device's private key (registered).")
-    ],
-    key_file: KeyFileOption = None,
-    passphrase_file: PassphraseFileOption = None,
-    port: Annotated[int, typer.Option(help="The SuperNode's local Runtime API port.")] = 9094,
-    retries: Annotated[int, typer.Option(help="Restarts after the SuperNode fails.")] = 10,
-    backoff: Annotated[
-        float, typer.Option(help="Seconds before the first restart (doubling, at most 60).")
-    ] = 2.0,
-    log: Annotated[
-        Path | None,
-        typer.Option(help="SuperNode log (default: STORE.supernode.log)."),
-    ] = None,
-) -> None:
-    """Take part in a federation: start a SuperNode over this store until Ctrl-C.
-
-    Each round the device trains on its own history (feedback recorded since the last round
-    included), keeps its private row and DP ledger in the store, and caches the new model."""
-    from fedrec.client.supernode import JoinSettings, join
-
-    settings = or_exit(
-        lambda: JoinSettings(
-            superlink=superlink,
-            root_certificates=root_certificates,
-            auth_key=auth_key,
-            store=store,
-            key_file=key_file,
-            passphrase_file=passphrase_file,
-            port=port,
-        )
-    )
-    log_file = log or store.resolve().parent / f"{store.resolve().name}.supernode.log"
-    console.print(f"joining {superlink} (log: {log_file}); Ctrl-C leaves")
-    or_exit(
-        lambda: join(settings, log_file, retries=retries, backoff=backoff, on_event=console.print)
-    )
 
 
 def _read_history(path: Path) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.runs: run folders and atomic, strict JSON files."""
+"""Tests for fedrec.server.runs: run folders and atomic, strict JSON files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedrec.common import files
-from fedrec.common.runs import (
+from fedrec.server.runs import (
     CHECKPOINT,
     CONFIG_FILE,
     METRICS_FILE,
@@ -180,8 +180,15 @@ def test_write_json_is_atomic_when_the_rename_fails(
 
 
 def test_run_header_keys_and_serializable(tmp_path: Path) -> None:
+    """Every config.json names the versions of fedrec and of what computes its numbers."""
+    from importlib.metadata import version
+
+    import fedrec
+
     header = run_header()
-    assert set(header) >= {"created", "python", "torch", "machine"}
+    assert set(header) >= {"created", "fedrec", "flwr", "torch", "opacus", "python", "machine"}
+    assert header["fedrec"] == fedrec.__version__ == version("fedrec")
+    assert header["flwr"] == version("flwr") and header["opacus"] == version("opacus")
     assert all(isinstance(v, str) and v for v in header.values())
     assert header["created"].endswith("+00:00")
     assert json.loads(write_json(tmp_path / "h.json", header).read_text()) == header

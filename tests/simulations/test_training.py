@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.training and fedrec.common.baselines."""
+"""Tests for fedrec.simulations.training and fedrec.simulations.baselines."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from fedrec.common.baselines import MatrixFactorization, MostPopular
 from fedrec.common.data.dataset import Interactions, to_implicit
 from fedrec.common.data.examples import (
     Examples,
@@ -18,7 +17,8 @@ from fedrec.common.data.features import UserFeatureSchema
 from fedrec.common.data.split import Split, temporal_leave_one_out
 from fedrec.common.data.synthetic import SyntheticConfig, generate
 from fedrec.common.model import ModelConfig, SeedModel
-from fedrec.common.training import evaluate, train_epoch
+from fedrec.simulations.baselines import MatrixFactorization, MostPopular
+from fedrec.simulations.training import evaluate, train_epoch
 
 METRIC_KEYS = {"hr@10", "ndcg@10", "full_hr@10", "full_ndcg@10"}
 

@@ -1,12 +1,17 @@
-"""``fedrec server`` and ``fedrec deploy``: a real Flower deployment, and one on this machine.
+"""``fedrec server``, ``fedrec deploy`` and a device's ``fedrec client keygen/join``.
 
-The operator's commands, in the order of a first deployment::
+A real Flower deployment, and one on this machine. The operator's commands, in the order of a
+first deployment::
 
     fedrec server certs --out creds --host link.example.org --host 203.0.113.7
     fedrec server keys --out keys --count 3              # or each device makes its own
     fedrec server start --credentials creds --database state.db
     fedrec server register keys/device-000.pub --credentials creds
     fedrec server run --config SCENARIO --catalog catalog.npz --out runs/r1 --credentials creds
+
+On each device: ``fedrec client keygen --out AUTH`` (the operator registers AUTH.pub), then
+``fedrec client join --store DIR --key-file KEY --superlink HOST:PORT --root-certificates
+CA --auth-key AUTH`` (:func:`add_device_commands` puts them in the ``client`` group).
 
 ``fedrec deploy local --nodes N --rounds R --out DIR`` does all of it on loopback, with one
 device store per user of the data source, and stops every process it started.
@@ -22,16 +27,11 @@ from typing import Annotated, Any
 
 import typer
 
-from fedrec.simulations.cli_common import (
-    console,
-    federation_config,
-    or_exit,
-    print_results,
-    progress_view,
-    round_line,
-)
+from fedrec.client.cli import KeyFileOption, PassphraseFileOption, StoreOption
+from fedrec.common.cli import console, federation_config, or_exit
+from fedrec.server.progress import print_results, progress_view, round_line
 
-__all__ = ["deploy_app", "server_app"]
+__all__ = ["add_device_commands", "deploy_app", "server_app"]
 
 server_app = typer.Typer(
     help="Run the server side of a real deployment (SuperLink over TLS).", no_args_is_help=True
@@ -57,7 +57,7 @@ def certs_cmd(
     days: Annotated[int, typer.Option(help="Validity in days.")] = 365,
 ) -> None:
     """A certificate authority and a SuperLink certificate for its names and addresses."""
-    from fedrec.common.credentials import DEFAULT_HOSTS, make_server_credentials
+    from fedrec.deploy.credentials import DEFAULT_HOSTS, make_server_credentials
 
     hosts = tuple(host) if host else DEFAULT_HOSTS
     made = or_exit(lambda: make_server_credentials(out, hosts, days=days))
@@ -72,7 +72,7 @@ def keys_cmd(
     prefix: Annotated[str, typer.Option(help="File name prefix.")] = "device",
 ) -> None:
     """ECDSA P-384 device key pairs in OpenSSH format: NAME (private) and NAME.pub."""
-    from fedrec.common.credentials import make_device_key
+    from fedrec.deploy.credentials import make_device_key
 
     if count < 1:
         console.print(f"[red]error:[/] --count must be at least 1, got {count}")
@@ -91,8 +91,8 @@ def start_cmd(
     log: Annotated[Path | None, typer.Option(help="Log file (default: beside --database).")] = None,
 ) -> None:
     """Start the SuperLink (TLS, node authentication, state database) until Ctrl-C."""
-    from fedrec.common.processes import Services, deployment_env, interrupt_on_sigterm
-    from fedrec.server.superlink import SuperLinkSettings
+    from fedrec.deploy.processes import Services, deployment_env, interrupt_on_sigterm
+    from fedrec.deploy.superlink import SuperLinkSettings
 
     settings = or_exit(
         lambda: SuperLinkSettings(credentials.resolve(), database.resolve(), host, port)
@@ -117,8 +117,8 @@ def start_cmd(
 
 
 def _control(credentials: Path, superlink: str, home: Path | None) -> Any:
-    from fedrec.common.credentials import CA_CERT
-    from fedrec.server.superlink import Control
+    from fedrec.deploy.credentials import CA_CERT
+    from fedrec.deploy.superlink import Control
 
     home = home or credentials / "flwr-home"
     return or_exit(lambda: Control(home, superlink, credentials / CA_CERT))
@@ -164,7 +164,9 @@ def run_cmd(
     catalog: Annotated[Path, typer.Option("--catalog", help="The published catalog (.npz).")],
     config: Annotated[Path | None, typer.Option("--config", help="Scenario TOML.")] = None,
     superlink: SuperLinkOption = "127.0.0.1:8000",
-    num_rounds: Annotated[int | None, typer.Option("--num-rounds")] = None,
+    num_rounds: Annotated[
+        int | None, typer.Option("--num-rounds", help="Rounds (the num-rounds setting).")
+    ] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Checkpoint to resume.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting.")] = None,
     flwr_home: FlwrHomeOption = None,
@@ -179,9 +181,9 @@ def run_cmd(
     """Submit a federation to the SuperLink (flwr run) and follow it to its run folder.
 
     Run it on the SuperLink's host: the ServerApp reads --catalog and writes --out there."""
-    from fedrec.common.runs import prepare_run_dir
-    from fedrec.server.superlink import follow_run, submit_federation
-    from fedrec.simulations.plots import plot_rounds
+    from fedrec.deploy.superlink import follow_run, submit_federation
+    from fedrec.server.plots import plot_rounds
+    from fedrec.server.runs import prepare_run_dir
 
     fed = federation_config(
         config,
@@ -244,12 +246,12 @@ def deploy_local_cmd(
 
     With --data synthetic the data set has one user per node (unless synthetic-users is
     set); a larger data set gives N of its users, drawn with the seed."""
-    from fedrec.common.processes import interrupt_on_sigterm
-    from fedrec.simulations.deploy import LocalDeployment, deployment_config
-    from fedrec.simulations.plots import plot_rounds
+    from fedrec.deploy.local import LocalDeployment, deployment_config
+    from fedrec.deploy.processes import interrupt_on_sigterm
+    from fedrec.server.plots import plot_rounds
 
     fed = federation_config(config, set_, {"data": data, "num-rounds": rounds})
-    fed = deployment_config(fed, nodes)
+    fed = or_exit(lambda: deployment_config(fed, nodes))
     with progress_view() as progress:
         task = progress.add_task(
             "deploy", total=fed.rounds.num_rounds, info="building device stores"
@@ -274,3 +276,66 @@ def deploy_local_cmd(
     timings = json.dumps({k: round(v, 1) for k, v in deployment.timings.items()})
     console.print(f"deployment: {nodes} SuperNodes, run {outcome.run_id}; seconds {timings}")
     print_results(outcome.metrics, out)
+
+
+# --- the device's side: added to the `fedrec client` group (fedrec/cli.py) ------------------
+def add_device_commands(client_app: typer.Typer) -> None:
+    """``fedrec client keygen`` and ``fedrec client join``: a device's part of a deployment."""
+    client_app.command("keygen")(keygen_cmd)
+    client_app.command("join")(join_cmd)
+
+
+def keygen_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Private key file to create (and OUT.pub).")],
+) -> None:
+    """This device's authentication key pair (ECDSA P-384, OpenSSH): the private half stays
+    here, the operator registers OUT.pub."""
+    from fedrec.deploy.credentials import make_device_key
+
+    made = or_exit(lambda: make_device_key(out, out.name))
+    console.print(f"{made.private} (keep it here) and {made.public} (send it to the operator)")
+
+
+def join_cmd(
+    store: StoreOption,
+    superlink: Annotated[str, typer.Option("--superlink", help="The SuperLink, HOST:PORT.")],
+    root_certificates: Annotated[
+        Path, typer.Option("--root-certificates", help="The CA that signed the SuperLink's cert.")
+    ],
+    auth_key: Annotated[
+        Path, typer.Option("--auth-key", help="This device's private key (registered).")
+    ],
+    key_file: KeyFileOption = None,
+    passphrase_file: PassphraseFileOption = None,
+    port: Annotated[int, typer.Option(help="The SuperNode's local Runtime API port.")] = 9094,
+    retries: Annotated[int, typer.Option(help="Restarts after the SuperNode fails.")] = 10,
+    backoff: Annotated[
+        float, typer.Option(help="Seconds before the first restart (doubling, at most 60).")
+    ] = 2.0,
+    log: Annotated[
+        Path | None,
+        typer.Option(help="SuperNode log (default: STORE.supernode.log)."),
+    ] = None,
+) -> None:
+    """Take part in a federation: start a SuperNode over this store until Ctrl-C.
+
+    Each round the device trains on its own history (feedback recorded since the last round
+    included), keeps its private row and DP ledger in the store, and caches the new model."""
+    from fedrec.deploy.supernode import JoinSettings, join
+
+    settings = or_exit(
+        lambda: JoinSettings(
+            superlink=superlink,
+            root_certificates=root_certificates,
+            auth_key=auth_key,
+            store=store,
+            key_file=key_file,
+            passphrase_file=passphrase_file,
+            port=port,
+        )
+    )
+    log_file = log or store.resolve().parent / f"{store.resolve().name}.supernode.log"
+    console.print(f"joining {superlink} (log: {log_file}); Ctrl-C leaves")
+    or_exit(
+        lambda: join(settings, log_file, retries=retries, backoff=backoff, on_event=console.print)
+    )

@@ -1,4 +1,9 @@
-"""What every ``fedrec`` subcommand shares: the console, the error exit, the settings."""
+"""A run as the commands show it: a live view of its rounds, and its results at the end.
+
+On a terminal, ``fedrec simulate``, ``fedrec server run`` and ``fedrec deploy local`` show
+a live bar with the current round's figures; off one (a log file, CI) they print one plain
+line per round. :func:`print_results` states what the run folder holds.
+"""
 
 from __future__ import annotations
 
@@ -6,65 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.runs import RunInterrupted
+from fedrec.common.cli import console
 
-__all__ = [
-    "PlainProgress",
-    "console",
-    "federation_config",
-    "or_exit",
-    "print_results",
-    "progress_view",
-    "round_line",
-]
-
-# Off a terminal (a pipe, a log file, CI) nothing is hard-wrapped: scripts and tests parse
-# whole lines, and where a wrap would fall depends on the width and on path lengths.
-console = Console(soft_wrap=True)
-
-
-def federation_config(
-    config: Path | None,
-    set_: list[str] | None,
-    options: dict[str, Any],
-    *,
-    deployed: bool = False,
-) -> FederationConfig:
-    """Scenario TOML, then ``--set KEY=VALUE`` overrides, then the named options (if given),
-    parsed once into a FederationConfig (one red line and exit 2 on any error); a deployment
-    (``deployed``) refuses simulation settings."""
-    from fedrec.simulations.runner import apply_settings, load_scenario
-
-    values: dict[str, Any] = or_exit(lambda: load_scenario(config)) if config else {}
-    values = or_exit(lambda: apply_settings(values, set_ or []))
-    for key, value in options.items():
-        if value is not None:
-            values[key] = str(value) if isinstance(value, Path) else value
-    parsed: FederationConfig = or_exit(
-        lambda: FederationConfig.from_mapping(values, deployed=deployed)
-    )
-    return parsed
-
-
-def or_exit(fn: Any) -> Any:
-    """Run ``fn``; turn expected user errors into one red line and exit code 2, an
-    interruption (Ctrl-C) into one line and exit code 130."""
-    try:
-        return fn()
-    except RunInterrupted as stop:  # Ctrl-C between rounds: resumable
-        console.print(f"[yellow]{stop}[/]")
-        raise typer.Exit(code=130) from stop
-    except KeyboardInterrupt as stop:  # Ctrl-C in a run of this process (--server-seed)
-        console.print("[yellow]interrupted[/]: every completed round is checkpointed (--resume)")
-        raise typer.Exit(code=130) from stop
-    except (ValueError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(code=2) from err
+__all__ = ["PlainProgress", "print_results", "progress_view", "round_line"]
 
 
 def progress_view() -> Progress | PlainProgress:
@@ -193,3 +145,7 @@ def _print_privacy(privacy: dict[str, Any]) -> None:
             f"{record['epsilon_median']:.3f}/{record['epsilon_max']:.3f} (δ {record['delta']:g}),"
             f" {record['clients_at_budget']} device(s) reached their budget"
         )
+
+
+# the scenarios shipped with fedrec (simulations/*.toml, in the repository and the wheel)
+SCENARIO_DIR = Path(__file__).resolve().parents[1] / "simulations"

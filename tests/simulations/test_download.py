@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrec.common.data.download import (
+from fedrec.simulations.download import (
     DATASETS,
     ChecksumError,
     DownloadError,

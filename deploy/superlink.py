@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedrec.common.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.files import write_atomic
-from fedrec.common.processes import deployment_env, flower_command
-from fedrec.common.runs import METRICS_FILE, ROUNDS_LOG
+from fedrec.deploy.credentials import CA_CERT, SERVER_CERT, SERVER_KEY
+from fedrec.deploy.processes import deployment_env, flower_command
+from fedrec.server.runs import METRICS_FILE, ROUNDS_LOG
 
 __all__ = [
     "CONNECTION",

@@ -1,4 +1,4 @@
-"""Tests for fedrec.common.processes: what a command starts, it stops, children included."""
+"""Tests for fedrec.deploy.processes: what a command starts, it stops, children included."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrec.common.processes import Service, ServiceError, Services, interrupt_on_sigterm
+from fedrec.deploy.processes import Service, ServiceError, Services, interrupt_on_sigterm
 
 # A parent that starts a child in a session of its own (as Flower's SuperExec does), prints
 # the child's pid and sleeps; the child sleeps too.

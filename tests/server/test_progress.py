@@ -1,5 +1,5 @@
-"""What the subcommands share (simulations/cli_common.py): off a terminal the live view
-becomes plain progress lines, so a log file or CI shows how a run is going."""
+"""A run's live view (server/progress.py): off a terminal it becomes plain progress lines,
+so a log file or CI shows how a run is going."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 
 from rich.console import Console
 
-from fedrec.simulations.cli_common import PlainProgress, progress_view
+from fedrec.server.progress import PlainProgress, progress_view
 
 
 def test_a_log_file_gets_one_line_per_change() -> None:
