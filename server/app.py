@@ -236,10 +236,7 @@ class ComposedRun:
     def describe(self) -> str:
         """The composition, as config.json states it: aggregation, DP, the server step."""
         r = self.rounds
-        parts = [type(r.aggregator).__name__]
-        bounds = getattr(r.aggregator, "bounds", None)
-        if bounds:
-            parts.append(f"NormBounding(norm={bounds.norm:g}, row-norm={bounds.row_norm:g})")
+        parts = [repr(r.aggregator)]
         if r.dp is not None:
             parts.append("DPFedAvg")
         parts.append(repr(r.step))

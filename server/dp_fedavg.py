@@ -185,6 +185,10 @@ class DPFedAvg:
         self.rng = rng if rng is not None else np.random.default_rng()
         self.cohorts = PoissonCohort(dp.sample_rate, self.rng)  # the sampling ε assumes
 
+    def state(self) -> dict[str, Any]:
+        """The ledger, as a checkpoint keeps it (ε must survive a restart)."""
+        return self.ledger.to_dict()
+
     def round_config(self, server_round: int) -> dict[str, float]:
         """What the round's train messages carry: C and the ε the run reaches with it."""
         dp = self.dp

@@ -63,6 +63,12 @@ class PlainAggregation:
         self.bounds = bounds if bounds else None
         self.clip_norm = clip_norm
 
+    def __repr__(self) -> str:
+        if self.bounds is None:
+            return "PlainAggregation"
+        b = self.bounds
+        return f"PlainAggregation → NormBounding(norm={b.norm:g}, row-norm={b.row_norm:g})"
+
     def aggregate(self, grid: Grid, round_: TrainRound) -> tuple[Aggregate | None, TrainReport]:
         messages = list(round_.messages)
         per_client = message_bytes(messages[0]) if messages else 0

@@ -146,7 +146,7 @@ class Rounds:
                     model,
                     server_round,
                     self.step.state_dict(list(model)),
-                    self.dp.ledger.to_dict() if self.dp is not None else None,
+                    self.dp.state() if self.dp is not None else None,
                 )
         entry = _train_entry(server_round, report, aggregate, step_size, privacy)
         entry["train_seconds"] = time.perf_counter() - started

@@ -83,6 +83,9 @@ class SecureAggregation:
         self.metric_bounds = dict(SUMMED_METRICS if metric_bounds is None else metric_bounds)
         self._rng = rng if rng is not None else np.random.default_rng()
 
+    def __repr__(self) -> str:
+        return "SecureAggregation(SecAgg+)"
+
     def aggregate(self, grid: Grid, round_: TrainRound) -> tuple[Aggregate | None, TrainReport]:
         train = {m.metadata.dst_node_id: m for m in round_.messages}
         n = len(train)

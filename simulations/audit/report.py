@@ -1,4 +1,4 @@
-"""``fedrec audit report RUN_DIR``: the privacy audit of one run, as ``audit.json`` and ``report.html``.
+"""``fedrec audit report RUN_DIR``: the privacy audit of one run (audit.json, report.html).
 
 :func:`audit_run` reads the run folder (config.json, rounds.jsonl, metrics.json, the
 checkpoint, and ``deployment/deployment.json`` for a deployed run), recomputes the ε ledger

@@ -362,3 +362,24 @@ def _float_top(
     scores[seen[seen >= 0]] = -1.0
     top = np.argsort(-scores, kind="stable")[:k]
     return top, scores[top]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("poison-fraction", 0.1), ("cold-items", 0.2), ("audit-log", "x.jsonl")]
+)
+def test_a_device_refuses_a_simulation_setting_naming_it(
+    tmp_path: Path, initial: ArrayRecord, key: str, value: object
+) -> None:
+    """A deployed device parses the run config as a deployment: a setting of a simulation
+    (poisoning, cold items, the audit log, ...) set by the operator is refused by name, and
+    the device trains nothing."""
+    _device(tmp_path)
+    context = _context(tmp_path)
+    context.run_config.update({key: value, "target-items": "1"})  # poisoning names targets
+    message = server_message("train", initial, 77, 1, catalog=CATALOG)
+    with pytest.raises(ValueError, match=f"{key} = .* is a simulation setting"):
+        make_client_app()(message, context)
+    assert (
+        Device.open(tmp_path / "store", key_file=tmp_path / "device.key").status().rounds_joined
+        == 0
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import catalog_of, federation, with_catalog
+from builders import StaticGrid, catalog_of, federation, with_catalog
 
 from fedrec.client.app import make_client_app
 from fedrec.common.bundle import build_bundle, load_bundle
@@ -179,3 +179,21 @@ def test_a_federation_without_item_ids_sends_no_table_and_resumes_only_as_one(
     with pytest.raises(ValueError, match="item-ids all in the checkpoint, none now"):
         run_federation(InProcessGrid(make_client_app(small), USERS),
                        small.replace(resume=str(plain), num_rounds=4, out_dir=""))  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "value"), [("poison-fraction", 0.1), ("synthetic-users", 50)])
+def test_a_deployed_server_app_refuses_a_simulation_setting_naming_it(
+    key: str, value: object
+) -> None:
+    """The ServerApp as `flwr run` starts it on a deployment (any grid but the simulation
+    runtime's in-memory one): a simulation setting set is refused by name, in one line."""
+    from flwr.app import Context, RecordDict
+
+    from fedrec.server.app import make_server_app
+    from fedrec.server.errors import RunError
+
+    run_config = {key: value, "target-items": "1"}  # poisoning names its targets
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config=run_config)  # type: ignore[arg-type]  # fmt: skip
+    with pytest.raises(RunError, match=f"{key} = .* is a simulation setting"):
+        make_server_app()(StaticGrid([1, 2, 3]), context)  # type: ignore[arg-type]

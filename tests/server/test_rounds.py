@@ -537,7 +537,7 @@ def test_each_scenario_composes_a_named_run(scenario: str) -> None:
     secure = values.get("secure-aggregation", "off") != "off"
     dp = values.get("dp-clip-norm", 0.0) > 0
     strategy = values.get("strategy", "fedavg")
-    expected = ["SecureAggregation" if secure else "PlainAggregation"]
+    expected = ["SecureAggregation(SecAgg+)" if secure else "PlainAggregation"]
     expected += ["DPFedAvg"] if dp else []
     expected += [OPTIMIZERS[strategy]]
     assert run.describe() == " → ".join(expected)

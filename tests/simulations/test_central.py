@@ -74,3 +74,18 @@ def test_a_central_seed_model_without_item_ids(tmp_path: Path) -> None:
         CentralConfig(item_ids="few")
     with pytest.raises(ValueError, match="needs the seed model"):
         CentralConfig(model="mf", item_ids="none")
+
+
+def test_train_central_takes_the_federation_settings_that_mean_the_same() -> None:
+    """`fedrec train-central --set KEY=VALUE`: a federation key that means the same thing
+    is checked and typed as a federation checks it; any other is refused by name."""
+    from fedrec.simulations.central import CentralConfig, with_settings
+
+    config = with_settings(
+        CentralConfig(), {"dim": "16", "item-ids": "none", "synthetic-users": 60, "seed": 3}
+    )
+    assert (config.dim, config.item_ids, config.synthetic_users, config.seed) == (16, "none", 60, 3)
+    with pytest.raises(ValueError, match="dim must be >= 1"):
+        with_settings(CentralConfig(), {"dim": 0})
+    with pytest.raises(ValueError, match="num-rounds is a federation setting with no meaning"):
+        with_settings(CentralConfig(), {"num-rounds": 5})
