@@ -19,7 +19,7 @@ handler of that message reads the same resolution.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,7 @@ def make_client_app(
     handlers = Handlers(fixed_config, source)
     app = ClientApp(
         mods=[
+            handlers.one_message,  # outermost: the node is resolved for this message only
             MessageRecorder(handlers.audit_path),
             SharedOnlyGuard(handlers.shared_shapes),
             CatalogCheck(handlers.catalog_of),
@@ -145,6 +146,17 @@ class Handlers:
         node = Node(config, source, catalog, shapes)
         self._last = (context, node)
         return node
+
+    def one_message(
+        self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
+        """A mod: whatever resolves the node during this message, none of it outlives the
+        message (a grid that keeps one Context per node, the in-process one, resolves it
+        anew for the next)."""
+        try:
+            return call_next(msg, context)
+        finally:
+            self._last = None
 
     def config_of(self, context: Context) -> FederationConfig:
         return self.node(context).config

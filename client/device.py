@@ -112,7 +112,7 @@ class Recommendation:
     item: str  # the catalog's item id
     title: str
     score: float  # σ(r): the model's probability that the user would interact
-    # with explain=True (common/explain.py): the user's own items with the largest influence
+    # with explain=True (client/explain.py): the user's own items with the largest influence
     # on this item's score, the item's genres with their share of it, and the user's items
     # nearest to it in the catalog's text features
     because: tuple[str, ...] = ()

@@ -17,9 +17,9 @@ that the model cannot take, is refused with ``PAYLOAD_ERROR``). Then:
 
 It does what Flower's ``fixedclipping_mod`` does, but that mod (1.42) divides by ‖Δ‖ and
 fails on the zero update of a device that declined the round, and it fails every message
-without a clipping norm. A reply whose arrays are not the model's is left as it is, for the
-guard outside to block; a diverged round (NaN or inf in Δ) is refused with
-``NON_FINITE_ERROR``. Messages that carry no model, and plain float32 rounds without a clip,
+without a clipping norm. A reply whose arrays are not the model's is replaced by a refusal
+(``PRIVACY_GUARD_ERROR``): nothing of it leaves unclipped; a diverged round (NaN or inf in
+Δ) is refused with ``NON_FINITE_ERROR``. Messages that carry no model, and plain float32 rounds without a clip,
 pass through untouched.
 
 The upload's rounding draws from ``rounding_seed(context)`` and the round (a simulated node:
@@ -36,7 +36,7 @@ from flwr.app import Array, ArrayRecord, Context, Error, Message
 from fedrec.common import keys
 from fedrec.common.channel import Channel, SecureUpload
 from fedrec.common.compression import PayloadError
-from fedrec.common.keys import NON_FINITE_ERROR, PAYLOAD_ERROR
+from fedrec.common.keys import NON_FINITE_ERROR, PAYLOAD_ERROR, PRIVACY_GUARD_ERROR
 from fedrec.common.privacy import NonFiniteUpdate, clip_delta, clip_update
 from fedrec.common.records import arrays_of, config_of, numpy_arrays, round_rng, scalar
 from fedrec.common.secagg import wire
@@ -96,7 +96,10 @@ class ExchangeMod:
             return reply  # an error, an evaluation (metrics only)
         local = numpy_arrays(arrays_of(reply.content))
         if {k: np.shape(v) for k, v in local.items()} != {k: v.shape for k, v in start.items()}:
-            return reply  # not the model's arrays: left as it is, for the guard to block
+            # not the model's arrays: nothing of them leaves unclipped or unencoded
+            names = sorted(local)
+            reason = f"the reply's arrays {names} are not the model's: nothing is sent"
+            return _refusal(msg, PRIVACY_GUARD_ERROR, reason)
         seed = self.rounding_seed(context) if self.rounding_seed is not None else None
         try:
             delta, _ = clip_delta(start, local, None)

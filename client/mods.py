@@ -9,7 +9,7 @@
 * The exchange mod (``client/exchange.py``) decodes the model, clips the update for
   user-level DP and encodes it in the round channel's upload form; the guard then checks the
   reply against that form's exact layout (names, shapes, dtypes).
-* Under secure aggregation (common/secagg/device.py) the answer to a stage request must be
+* Under secure aggregation (client/secagg.py) the answer to a stage request must be
   one ``secagg`` ConfigRecord of that stage, with the keys the stage declares
   (``common/secagg/wire.REPLY_KEYS``), bytes and text only, and no arrays or metrics.
 * :class:`MessageRecorder` appends a description of every reply (record names, array

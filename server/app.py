@@ -143,7 +143,7 @@ def _run_under_flower(
         config = FederationConfig.from_mapping(context.run_config, deployed=not simulated)
         if simulated:
             _check_simulated_population(config, len(list(grid.get_node_ids())))
-        return run_federation(grid, config, on_round)
+        return run_federation(grid, config, on_round, synthetic_catalog=simulated)
     except (ValueError, OSError, RuntimeError) as err:
         raise RunError(str(err)) from err
 
@@ -167,6 +167,7 @@ def run_federation(
     provenance: Mapping[str, Any] | None = None,
     *,
     expected_nodes: int = 0,
+    synthetic_catalog: bool = False,
 ) -> dict[str, Any]:
     """Run ``config.num_rounds`` rounds (fewer if resuming) and write the run folder.
 
@@ -174,8 +175,12 @@ def run_federation(
     None, as in every deployment: OS entropy, so no one who knows the run's config can
     regenerate the cohorts or the noise. ``provenance``: extra top-level entries of
     metrics.json (how a research run was made reproducible), written with it, once.
+    ``synthetic_catalog``: a simulation of the synthetic data without a catalog set builds
+    the generator's (``flwr run .`` with its defaults); a deployment never does: it needs
+    the catalog its devices hold.
     """
-    catalog = _catalog(config)
+    catalog = _catalog(config, synthetic=synthetic_catalog)
+    _check_targets(config, catalog)
     fresh = {
         k: v.detach().cpu().numpy()
         for k, v in initial_shared_state(
@@ -187,6 +192,7 @@ def run_federation(
         if config.outputs.resume
         else None
     )
+    _check_before_waiting(config, catalog, resumed)  # fail now, not after the wait for nodes
     wanted = max(config.rounds.min_clients, expected_nodes)
     num_nodes = len(connected_nodes(grid, wanted, config.rounds.round_timeout, what="run start"))
     start = resumed.model if resumed is not None else fresh
@@ -256,14 +262,10 @@ def compose(
 ) -> ComposedRun:
     """The run's layers over ``num_nodes`` connected nodes, for a run that starts from the
     model ``start`` (a fresh one, or ``resumed``'s; see the module docstring)."""
+    _check_before_waiting(config, catalog, resumed)
     shapes = shared_shapes(catalog, config.model.dim, item_ids=config.model.item_id_table)
     start_round = resumed.round if resumed is not None else 0
     remaining = config.rounds.num_rounds - start_round
-    if remaining < 1:
-        raise ValueError(
-            f"checkpoint is at round {start_round}; num-rounds {config.rounds.num_rounds}"
-            " leaves none"
-        )
     dp, budget_stop = None, None
     if config.user_dp.enabled:  # the central stop: never start a round the budget cannot pay
         dp, budget_stop = _user_level_dp(config, num_nodes, randomness, resumed, remaining)
@@ -272,7 +274,6 @@ def compose(
     validator = _validator(config, shapes, start)
     aggregator: Aggregator
     if config.secure.enabled:
-        check_secure_sizing(config, shapes)
         aggregator = SecureAggregation(config.secagg_settings(), validator, rng=randomness.graph)
     else:
         aggregator = PlainAggregation(
@@ -388,13 +389,14 @@ def _channels(
     return channel
 
 
-def _catalog(config: FederationConfig) -> Catalog:
-    """The published catalog the run is built on. Without one, the embedded synthetic data's
-    own (``flwr run .`` with its defaults: the generator is public, no user's data), written
-    to the run folder as a simulation writes its catalog."""
+def _catalog(config: FederationConfig, *, synthetic: bool = False) -> Catalog:
+    """The published catalog the run is built on. Without one, in a simulation of the
+    embedded synthetic data (``synthetic``), the generator's own (``flwr run .`` with its
+    defaults: the generator is public, no user's data), written to the run folder as a
+    simulation writes its catalog."""
     if config.data.catalog:
         return load_catalog(config.data.catalog)
-    if config.data.data != SYNTHETIC:
+    if not synthetic or config.data.data != SYNTHETIC:
         raise ValueError(
             "the server needs the published catalog: build it with `fedrec catalog build"
             " --data PATH|synthetic --out FILE` and set catalog = FILE (fedrec simulate builds"
@@ -406,6 +408,33 @@ def _catalog(config: FederationConfig) -> Catalog:
     if config.outputs.out_dir:
         save_catalog(catalog, Path(config.outputs.out_dir) / CATALOG_FILE)
     return catalog
+
+
+def _check_targets(config: FederationConfig, catalog: Catalog) -> None:
+    """Target items (exposure) are named by id here; ``tail:N`` is drawn from the data, by
+    the simulation runner only. Every named target is in the catalog."""
+    if config.simulation.tail_targets():
+        raise ValueError(
+            f'target-items = "{config.simulation.target_items}" is drawn from the data by the'
+            " simulation runner (fedrec simulate); here name the items by id"
+        )
+    catalog.indices_of(config.simulation.target_item_ids())  # refuses an id not listed
+
+
+def _check_before_waiting(
+    config: FederationConfig, catalog: Catalog, resumed: Resumed | None
+) -> None:
+    """What the settings alone decide, checked before the wait for nodes: a resumed run
+    with no round left, and a secure round that cannot be sized."""
+    start_round = resumed.round if resumed is not None else 0
+    if config.rounds.num_rounds - start_round < 1:
+        raise ValueError(
+            f"checkpoint is at round {start_round}; num-rounds {config.rounds.num_rounds}"
+            " leaves none"
+        )
+    if config.secure.enabled:
+        shapes = shared_shapes(catalog, config.model.dim, item_ids=config.model.item_id_table)
+        check_secure_sizing(config, shapes)
 
 
 def _validator(

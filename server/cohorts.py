@@ -119,6 +119,6 @@ def connected_nodes(
         if time.monotonic() >= deadline:
             raise RuntimeError(
                 f"{what}: only {len(nodes)} node(s) connected after {timeout:g} s,"
-                f" {minimum} needed (min-clients / expected-nodes)"
+                f" {minimum} needed (min-clients; a simulation waits for every user)"
             )
         time.sleep(poll)

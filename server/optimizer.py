@@ -115,8 +115,13 @@ class FedAvgM(ServerOptimizer):
     has_step_size = True
     state_names = ("momentum_vector",)
 
+    def __post_init__(self) -> None:
+        # decided once, from the settings, as Flower's FedAvgM does (a schedule that later
+        # reaches 1 keeps stepping)
+        self.stepping = self.momentum != 0.0 or self.lr != 1.0
+
     def step(self, current: Mapping[str, np.ndarray], mean: Arrays, server_round: int) -> Arrays:
-        if self.momentum == 0.0 and self.lr == 1.0:
+        if not self.stepping:
             return mean
         old = self.previous if self.previous is not None else dict(current)
         pseudo_gradient = {k: old[k] - mean[k] for k in mean}

@@ -67,7 +67,7 @@ class PlainAggregation:
         if self.bounds is None:
             return "PlainAggregation"
         b = self.bounds
-        return f"PlainAggregation → NormBounding(norm={b.norm:g}, row-norm={b.row_norm:g})"
+        return f"PlainAggregation(norm-bound={b.norm:g}, row-norm-bound={b.row_norm:g})"
 
     def aggregate(self, grid: Grid, round_: TrainRound) -> tuple[Aggregate | None, TrainReport]:
         messages = list(round_.messages)

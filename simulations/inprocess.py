@@ -4,16 +4,18 @@
 DP noise drawn from OS entropy. Two such runs of one scenario differ in every cohort, so
 their test HR@10 moves by about ±0.015 on ml-100k and a 1 % effect (secure aggregation's
 quantization, say) cannot be seen between them. This module runs the *same* code —
-:func:`fedrec.server.app.run_federation` (strategy, DP-FedAvg, SecAgg+ grid, recorder, run
-folder) and :func:`fedrec.client.app.make_client_app` (mods, trainers, private state) —
+:func:`fedrec.server.app.run_federation` (the round loop, its aggregators, DP-FedAvg, the
+server step, the run folder) and :func:`fedrec.client.app.make_client_app` (mods, trainers,
+private state) —
 with an :class:`InProcessGrid` in place of the engine's:
 
 * node ``i + 1`` is partition ``i`` (the engine draws node ids at random);
 * every message and reply travels as Flower's protobuf, as through the engine's link state,
   so no object is shared between server and client;
 * a ClientApp exception becomes an error reply, as in the engine;
-* Flower's cohort sampler (the ``random`` module) and the server's generator (Poisson
-  cohorts, DP noise, the SecAgg+ graph) are seeded from ``seed``.
+* the server's draws (``ServerRandomness.seeded``: uniform and Poisson cohorts, the
+  evaluation panel, DP noise, the SecAgg+ graph) and the ``random`` module are seeded from
+  ``seed``.
 
 Two runs with one seed then see the same cohorts, the same client randomness and the same
 noise (bit for bit without SecAgg+; its devices quantize with fresh randomness, so two
@@ -155,9 +157,8 @@ def seeded_task(seed: int) -> Iterator[None]:
     """Flower's task identity for this process and a seeded ``random``, restored afterwards.
 
     Flower sets the identity (private class attributes, no public setter in 1.42) when it
-    starts a ServerApp; creating a Message needs it. ``random`` is seeded because Flower's
-    strategies shuffle what they send with it (fedrec puts the messages back in cohort order,
-    but the seeded run should not depend on that).
+    starts a ServerApp; creating a Message needs it. ``random`` is seeded too, so that
+    nothing a seeded run calls can draw from the process's own state.
     """
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     state = random.getstate()

@@ -1,6 +1,6 @@
 """What the server received in a run, from its own record (``rounds.jsonl``: ``received``).
 
-The ServerApp's round recorder describes every reply it accepted by record and key — an
+The ServerApp's aggregators describe every reply they received by record and key — an
 array's shape and dtype, a metric's or config value's type, never a value — and a SecAgg+
 round's four stages each. Here those rounds are merged per message type and checked against
 what the model allows a device to send: the shared arrays of the catalog's model, at their

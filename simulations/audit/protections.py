@@ -334,6 +334,6 @@ def _transport(deployment: Mapping[str, Any] | None) -> Protection:
         "amber",
         "Devices reach the SuperLink over TLS to the operator's CA; only registered keys join.",
         f"SuperLink {deployment.get('superlink', {}).get('address', '?')} started by fedrec"
-        " with TLS and --enable-supernode-auth (server/superlink.py; refusals tested in"
-        " test_deploy_e2e.py); the live link is not probed from here",
+        " with TLS and --enable-supernode-auth (deploy/superlink.py; refusals tested in"
+        " tests/deploy/test_local_e2e.py); the live link is not probed from here",
     )

@@ -108,7 +108,7 @@ def audit_run(
     if not (run_dir / "config.json").exists():
         raise FileNotFoundError(f"{run_dir / 'config.json'} not found: not a fedrec run folder")
     described = json.loads((run_dir / "config.json").read_text())
-    config = FederationConfig.from_mapping(described["config"])
+    config = FederationConfig.from_mapping(described["config"], recorded=True)
     if data is not None:
         config = config.replace(data=data)
     attacks = applicable_attacks(config, attacks)

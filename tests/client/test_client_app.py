@@ -231,7 +231,7 @@ def test_the_app_pickles_by_reference(app: ClientApp, initial: ArrayRecord) -> N
     from ray import cloudpickle
 
     data = cloudpickle.dumps(make_client_app(CONFIG))
-    assert len(data) < 5000, len(data)  # 4.0 kB (it carries the config); closures: 9.6 kB
+    assert len(data) < 6000, len(data)  # 5.2 kB (it carries the config); closures: 9.6 kB
     clone = cloudpickle.loads(data)
     context = node_context(19, USERS)
     reply = clone(server_message("train", initial, context.node_id, 1, catalog=CATALOG), context)

@@ -256,17 +256,30 @@ def test_the_guard_checks_a_compressed_reply_against_its_layout() -> None:
     assert not exchanged(request, node_context(0, 1)).has_error()
 
 
-def test_a_reply_with_a_private_array_is_left_for_the_guard_to_block() -> None:
-    """The exchange does not encode a reply whose arrays are not the model's (here the
-    private user row rides along): it passes it on as it is, and the guard blocks it."""
+def test_a_reply_with_a_private_array_is_refused_and_nothing_of_it_leaves() -> None:
+    """A reply whose arrays are not the model's (here the private user row rides along) is
+    neither encoded nor clipped: the exchange replaces it by a refusal naming the arrays (the
+    guard outside would block it too). Also with float32 weights under a clip, and with an
+    array missing: nothing leaves unclipped."""
 
     def leaky(msg: Message, context: Context) -> Message:
         reply = _trained(msg, context)
         reply.content[keys.ARRAYS]["user_embedding.weight"] = Array(np.ones((1, 4), np.float32))
         return reply
 
+    def missing(msg: Message, context: Context) -> Message:
+        reply = _trained(msg, context)
+        del reply.content[keys.ARRAYS]["head.bias"]
+        return reply
+
     exchanged = ExchangeMod(_shapes)(_request("int8", "int8"), node_context(0, 1), leaky)
-    assert "user_embedding.weight" in exchanged.content[keys.ARRAYS]  # untouched
+    assert exchanged.has_error() and exchanged.error.code == PRIVACY_GUARD_ERROR
+    assert "user_embedding.weight" in (exchanged.error.reason or "")
+    clipped = _request()
+    clipped.content[keys.CONFIG][keys.CLIPPING_NORM] = 0.5
+    for handler in (leaky, missing):
+        refused = ExchangeMod(_shapes)(clipped, node_context(0, 1), handler)
+        assert refused.has_error() and refused.error.code == PRIVACY_GUARD_ERROR
     reply = _app(SharedOnlyGuard(_shapes), ExchangeMod(_shapes), handler=leaky)(
         _request("int8", "int8"), node_context(0, 1)
     )

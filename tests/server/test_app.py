@@ -63,9 +63,23 @@ def test_every_model_sent_names_its_catalog() -> None:
 
 
 def test_a_server_without_a_catalog_says_how_to_build_one(tmp_path: Path) -> None:
+    """A deployment needs the catalog its devices hold: it never makes one up, not even for
+    the default synthetic data (a simulation of it may: the next test)."""
     grid = InProcessGrid(make_client_app(CLIENT), USERS)
     with pytest.raises(ValueError, match="fedrec catalog build --data PATH"):
-        run_federation(grid, CLIENT.replace(catalog="", data=str(tmp_path / "ratings.csv")))
+        run_federation(grid, CLIENT.replace(catalog=""))
+    with pytest.raises(ValueError, match="fedrec catalog build --data PATH"):
+        run_federation(
+            grid, CLIENT.replace(catalog="", data=str(tmp_path / "r.csv")), synthetic_catalog=True
+        )
+
+
+def test_targets_are_named_by_id_and_listed_in_the_catalog() -> None:
+    grid = InProcessGrid(make_client_app(CLIENT), USERS)
+    with pytest.raises(ValueError, match="drawn from the data by the simulation runner"):
+        run_federation(grid, CLIENT.replace(target_items="tail:3"))
+    with pytest.raises(ValueError, match="no-such-item"):
+        run_federation(grid, CLIENT.replace(target_items="no-such-item"))
 
 
 def test_on_synthetic_data_without_a_catalog_both_ends_build_the_generators(
@@ -77,7 +91,9 @@ def test_on_synthetic_data_without_a_catalog_both_ends_build_the_generators(
     config = CLIENT.replace(catalog="", num_rounds=1, out_dir=str(tmp_path / "run"))
     grid = InProcessGrid(make_client_app(config), USERS)
     with seeded_task(1):
-        metrics = run_federation(grid, config, randomness=ServerRandomness.seeded(1))
+        metrics = run_federation(
+            grid, config, randomness=ServerRandomness.seeded(1), synthetic_catalog=True
+        )
     assert [r["clients_replied"] for r in metrics["rounds"][1:]] == [5]  # nobody refused
     written = load_catalog(tmp_path / "run" / runs.CATALOG_FILE)
     assert written.hash == catalog_of(CLIENT).hash  # the generator's catalog, as built before

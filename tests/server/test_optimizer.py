@@ -129,6 +129,32 @@ def test_each_optimizer_takes_flowers_steps_bit_for_bit(name: str, precision: st
     assert name == "fedavg" or state  # the stateful optimizers did keep state
 
 
+@pytest.mark.usefixtures("server_task")
+@pytest.mark.parametrize(("base", "rates"), [(1.0, [1.0, 0.5, 0.25]), (2.0, [2.0, 1.0, 0.5])])
+def test_fedavgm_decides_once_whether_it_steps_as_flower_does(
+    base: float, rates: list[float]
+) -> None:
+    """Flower's FedAvgM decides at construction (momentum 0, server lr 1: FedAvg) whether it
+    takes a server step at all, and a schedule that changes its step size later does not
+    change that: at lr 1.0 it keeps moving to the mean; from 2.0 it steps every round, the
+    one scheduled at exactly 1.0 included (the regression: skipping it left the step it
+    continues from stale). fedrec's takes the same steps bit for bit."""
+    ours = FedAvgM(lr=base, momentum=0.0)
+    theirs = flower.FedAvgM(server_learning_rate=base, server_momentum=0.0)
+    model = _start()
+    for server_round, rate in enumerate(rates, start=1):
+        theirs.configure_train(server_round, _record(model), ConfigRecord(), StaticGrid(NODES))  # type: ignore[arg-type]
+        replies = _replies(model, server_round, "float32")
+        theirs.server_learning_rate = rate  # what fedrec's schedule did to Flower's
+        flower_arrays, _ = theirs.aggregate_train(server_round, replies)
+        assert flower_arrays is not None
+        ours.lr = rate
+        ours_model = ours.step(model, _fedrec_mean(replies), server_round)
+        expected = {k: v.numpy() for k, v in flower_arrays.items()}
+        assert all(np.array_equal(ours_model[k], expected[k]) for k in model), server_round
+        model = {k: np.asarray(v, np.float32) for k, v in ours_model.items()}
+
+
 def test_a_float64_mean_moves_the_adaptive_moments_in_float64() -> None:
     """The DP release is float64: FedAdam's Δ, m_t and v_t keep its precision (x_t is the
     float32 model), and only the model sent is cast."""

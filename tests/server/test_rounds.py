@@ -433,7 +433,7 @@ def test_a_rounds_entry_is_what_each_layer_returned() -> None:
                          received=train_received)  # fmt: skip
     rounds = _rounds(StaticGrid([1, 2]))
     rounds.aggregator = _FixedAggregation(aggregate, report)
-    rounds.step = ServerStep(FedAvgM(lr=1.0), step_size=lambda r: 0.5)
+    rounds.step = ServerStep(FedAvgM(lr=0.5), step_size=lambda r: 0.5)
     rounds.evaluation = _FixedEvaluation(EvaluationPanel(None), rounds.evaluation.validator, 1, 3)
     model = rounds.round(2, MODEL)
     # mean = start + Σ/2 = start + 0.5; FedAvgM at lr 0.5: x − 0.5·(x − mean) = start + 0.25
@@ -514,7 +514,7 @@ def test_a_composition_names_its_norm_bounds() -> None:
     config = federation(dim=4, norm_bound=1.5, row_norm_bound=0.25, strategy="fedavgm")
     run = compose(StaticGrid([1, 2, 3]), config, CATALOG, 3, ServerRandomness.seeded(0),  # type: ignore[arg-type]
                   start=_start(4))  # fmt: skip
-    assert run.describe() == "PlainAggregation → NormBounding(norm=1.5, row-norm=0.25) → FedAvgM"
+    assert run.describe() == "PlainAggregation(norm-bound=1.5, row-norm-bound=0.25) → FedAvgM"
 
 
 SCENARIOS = sorted(p.name for p in SCENARIO_DIR.glob("*.toml"))
