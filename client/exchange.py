@@ -19,8 +19,8 @@ It does what Flower's ``fixedclipping_mod`` does, but that mod (1.42) divides by
 fails on the zero update of a device that declined the round, and it fails every message
 without a clipping norm. A reply whose arrays are not the model's is replaced by a refusal
 (``PRIVACY_GUARD_ERROR``): nothing of it leaves unclipped; a diverged round (NaN or inf in
-Δ) is refused with ``NON_FINITE_ERROR``. Messages that carry no model, and plain float32 rounds without a clip,
-pass through untouched.
+Δ) is refused with ``NON_FINITE_ERROR``. Messages that carry no model, and plain float32
+rounds without a clip, pass through untouched.
 
 The upload's rounding draws from ``rounding_seed(context)`` and the round (a simulated node:
 a seeded run reproduces), or from fresh OS entropy where it gives ``None`` (a device).
