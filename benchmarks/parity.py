@@ -12,7 +12,9 @@ state) and of the inference bundle, and the figures of every round (train loss, 
 ε, clients, bytes); it prints ``identical`` or the largest difference of each, and exits 1 if
 any run differs beyond its tolerance. Every run is exact (tolerance 0) except SecAgg+: its
 devices quantize their updates (step 2c/2^b per coordinate), so its tolerance is stated in
-that step.
+that step; and two runs whose arithmetic changed by design (user-level DP with a compressed
+or low-rank upload: the device's clip is now one clip, from C and the upload's rounding),
+which are reported, not required equal (tolerance ∞).
 """
 
 from __future__ import annotations
@@ -81,6 +83,36 @@ RUNS: dict[str, tuple[str, int, list[str], float]] = {
         1,
         [f"data={ML100K}", "num-rounds=150", "eval-every=50", "cold-items=0.2"],
         0.0,
+    ),
+    # changed by design (the device's user-level clip is decided once: C less the upload's
+    # rounding, in place of a clip to C and another to the rounding's bound): reported, not
+    # required equal
+    "user-dp-int8": (
+        "simulations/ml100k-dp-eps8.toml",
+        1,
+        [
+            f"data={ML100K}",
+            "num-rounds=30",
+            "eval-every=15",
+            "local-dp-noise-multiplier=0",
+            "local-epsilon-budget=0",
+            "download-compression=int8",
+            "upload-compression=int8",
+        ],
+        math.inf,
+    ),
+    "user-dp-colr-8": (
+        "simulations/ml100k-dp-eps8.toml",
+        1,
+        [
+            f"data={ML100K}",
+            "num-rounds=30",
+            "eval-every=15",
+            "local-dp-noise-multiplier=0",
+            "local-epsilon-budget=0",
+            "colr-rank=8",
+        ],
+        math.inf,
     ),
     "item-ids-none": (
         "simulations/ml100k-fedavg.toml",
@@ -213,6 +245,11 @@ def main() -> int:
         before, after = args.before / name, args.after / name
         if not (before / "metrics.json").exists() or not (after / "metrics.json").exists():
             print(f"{name}: missing in {'before' if not before.exists() else 'after'}")
+            continue
+        if math.isinf(steps):  # changed by design: reported only
+            _, lines = compare_run(before, after, 0.0)
+            print(f"{name}: changed by design")
+            print("\n".join(lines))
             continue
         ok, lines = compare_run(before, after, steps * SECAGG_STEP)
         failed += not ok
