@@ -64,6 +64,7 @@ __all__ = [
     "SimulationSettings",
     "StorageSettings",
     "UserDPSettings",
+    "simulation_settings_set",
 ]
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedprox")
@@ -468,17 +469,17 @@ SECTIONS: dict[str, type[Section]] = {
 }
 
 
-def _keys() -> dict[str, tuple[str, str]]:
-    """kebab-case key → (section, field), for every setting."""
-    out: dict[str, tuple[str, str]] = {}
+def _keys() -> dict[str, tuple[str, str, str]]:
+    """kebab-case key → (section, field, the field's type), for every setting."""
+    out: dict[str, tuple[str, str, str]] = {}
     for section, kind in SECTIONS.items():
         for f in fields(kind):  # type: ignore[arg-type]
-            out[key_of(f)] = (section, f.name)
+            out[key_of(f)] = (section, f.name, str(f.type))
     return out
 
 
 KEYS = _keys()
-SIMULATION_KEYS = tuple(k for k, (section, _) in KEYS.items() if section == "simulation")
+SIMULATION_KEYS = tuple(k for k, (section, _, _) in KEYS.items() if section == "simulation")
 
 
 @dataclass(frozen=True)
@@ -580,8 +581,7 @@ class FederationConfig:
             raise ValueError(f"unknown federation setting(s) {unknown}; known: {sorted(KEYS)}")
         by_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
         for key, value in values.items():
-            section, name = KEYS[key]
-            kind = next(f for f in fields(SECTIONS[section]) if f.name == name).type  # type: ignore[arg-type]
+            section, name, kind = KEYS[key]
             by_section[section][name] = _coerce(key, value, kind)
         if deployed:
             _refuse_simulation_settings(by_section["simulation"])
@@ -711,17 +711,25 @@ class FederationConfig:
                 )
 
 
+def simulation_settings_set(simulation: Mapping[str, Any]) -> dict[str, Any]:
+    """Of the simulation section's fields (by name), the ones set to something other than
+    their default, by key, in the order given."""
+    defaults = SimulationSettings()
+    return {
+        defaults.key(name): value
+        for name, value in simulation.items()
+        if value != getattr(defaults, name)
+    }
+
+
 def _refuse_simulation_settings(simulation: Mapping[str, Any]) -> None:
     """A deployed ServerApp or device: no simulation setting may be set."""
-    defaults = SimulationSettings()
-    for name, value in simulation.items():
-        if value != getattr(defaults, name):
-            key = defaults.key(name)
-            raise ValueError(
-                f"{key} = {value!r} is a simulation setting (poisoning, synthetic populations,"
-                " cold items, target items, the audit log): a deployed server or device"
-                f" refuses it; remove {key} from the run config, or run it with fedrec simulate"
-            )
+    for key, value in simulation_settings_set(simulation).items():
+        raise ValueError(
+            f"{key} = {value!r} is a simulation setting (poisoning, synthetic populations,"
+            " cold items, target items, the audit log): a deployed server or device"
+            f" refuses it; remove {key} from the run config, or run it with fedrec simulate"
+        )
 
 
 ID_LISTS = ("target-items",)  # string settings of item ids: a lone id may parse as a number

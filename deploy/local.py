@@ -26,7 +26,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,7 +37,7 @@ from fedrec.client.device import Device, Interaction
 from fedrec.common.data.catalog import Catalog, save_catalog
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.sources import load_interactions
-from fedrec.common.fedconfig import SIMULATION_KEYS, FederationConfig
+from fedrec.common.fedconfig import FederationConfig, simulation_settings_set
 from fedrec.deploy.credentials import CA_CERT, make_device_key, make_server_credentials
 from fedrec.deploy.processes import (
     Service,
@@ -99,10 +99,8 @@ def deployment_config(config: FederationConfig, nodes: int) -> FederationConfig:
     and devices would never see it."""
     refused = {
         k: v
-        for k, v in config.to_mapping().items()
-        if k in SIMULATION_KEYS
-        and k not in ("synthetic-users", "synthetic-items")
-        and v != FederationConfig().to_mapping()[k]
+        for k, v in simulation_settings_set(asdict(config.simulation)).items()
+        if k not in ("synthetic-users", "synthetic-items")
     }
     if refused:
         key = next(iter(refused))

@@ -30,7 +30,13 @@ from flwr.serverapp import Grid
 
 from fedrec.common import keys
 from fedrec.common.privacy import clip_delta
-from fedrec.common.records import describe_received, message_bytes, metrics_of, numpy_arrays
+from fedrec.common.records import (
+    describe_received,
+    message_bytes,
+    metrics_of,
+    numpy_arrays,
+    scalar,
+)
 from fedrec.server.aggregate import Aggregate, TrainReport, TrainRound, fedavg_mean, weighted_means
 from fedrec.server.robust import Bounds, bound
 from fedrec.server.validation import ARRAY_ERRORS, Refusal, ReplyValidator
@@ -157,7 +163,7 @@ class PlainAggregation:
         start: Mapping[str, np.ndarray],
     ) -> tuple[Aggregate, int]:
         """The aggregate of the accepted models, and how many updates the DP clip shortened."""
-        weights = [float(_weight(m, self.weight_key)) for m in metrics]
+        weights = [scalar(m, self.weight_key) for m in metrics]  # validated numbers
         total = {k: np.zeros_like(v) for k, v in start.items()}
         clipped = 0
         for model, weight in zip(models, weights, strict=True):
@@ -168,17 +174,11 @@ class PlainAggregation:
                 total[k] += update[k] * weight
         weight = sum(weights)
         if self.clip_norm is None:  # FedAvg's own average of the float32 models
-            mean = fedavg_mean(models, [_weight(m, self.weight_key) for m in metrics])
+            mean = fedavg_mean(models, weights)
         else:
             mean = {k: start[k] + total[k] / weight for k in start}
         means = weighted_means(metrics, self.weight_key)
         return Aggregate(start, total, weight, len(models), means, mean), clipped
-
-
-def _weight(metrics: Mapping[str, object], key: str) -> float:
-    value = metrics[key]
-    assert isinstance(value, int | float)  # validated: a number in its range
-    return value
 
 
 def _refusal_of_the_round(replies: list[Message]) -> str | None:
