@@ -20,7 +20,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,text]'
+	$(PY) -m pip install -q -e '.[dev,text,torch]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

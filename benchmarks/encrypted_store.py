@@ -64,8 +64,8 @@ def one_call(
     ledger_doc = store.load_json(keys.STATE_RECORD_LEDGER)
     if private is None:  # first visit: what a fresh device model would hold
         private = {
-            "user_embedding.weight": torch.zeros(1, config.dim),  # (1, dim)
-            "user_features": torch.from_numpy(shard.user_features).reshape(1, -1),  # (1, F_u)
+            "user_embedding.weight": np.zeros((1, config.dim), np.float32),  # (1, dim)
+            "user_features": shard.user_features.reshape(1, -1),  # (1, F_u)
         }
     ledger = PrivacyLedger.from_dict(ledger_doc) if ledger_doc else PrivacyLedger()
     ledger.record(1.1, min(1.0, 64 / max(1, len(shard.train_items))), steps=2)

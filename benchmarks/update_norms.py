@@ -31,7 +31,7 @@ from fedrec.common.data.shard import user_shard
 from fedrec.common.data.sources import load_interactions
 from fedrec.common.data.split import temporal_leave_one_out
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.model import ITEM_TABLE, initial_shared_state, shared_state
+from fedrec.common.model import ITEM_TABLE, initial_shared_state
 from fedrec.common.privacy import global_norm
 
 
@@ -68,10 +68,10 @@ def main() -> None:
             shard = user_shard(data, split, user)
             model = build_local_model(catalog, shard, config.dim, start, None, user)
             local_train(model, shard, local_train_config(config), np.random.default_rng(user))
-            after = shared_state(model)
-            norms.append(global_norm({k: (after[k] - start[k]).numpy() for k in after}))
+            after = model.shared_state()
+            norms.append(global_norm({k: after[k] - start[k].numpy() for k in after}))
             if ITEM_TABLE in after:
-                moved = np.linalg.norm((after[ITEM_TABLE] - start[ITEM_TABLE]).numpy(), axis=1)
+                moved = np.linalg.norm(after[ITEM_TABLE] - start[ITEM_TABLE].numpy(), axis=1)
                 rows.append(moved[moved > 0])
                 shares.append(float(np.square(moved).sum()) / max(norms[-1] ** 2, 1e-30))
         size = sum(v.numel() for v in start.values())

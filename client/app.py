@@ -19,13 +19,15 @@ handler of that message reads the same resolution.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.client.data import (
@@ -39,15 +41,16 @@ from fedrec.client.data import (
 from fedrec.client.device import DeviceSource
 from fedrec.client.exchange import ExchangeMod
 from fedrec.client.local import build_local_model, local_evaluate, refresh_user
-from fedrec.client.mods import CatalogCheck, MessageRecorder, SharedOnlyGuard
+from fedrec.client.local_model import LocalModel
+from fedrec.client.mods import CatalogCheck, MessageRecorder, SharedOnlyGuard, packing_mod
 from fedrec.client.secagg import SecAggPlusMod
 from fedrec.client.trainers import local_train_config, trainer_for
 from fedrec.common import keys
 from fedrec.common.colr import LowRank
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.model import SeedModel, private_state, shared_shapes, shared_state
-from fedrec.common.records import arrays_of, config_of, integer
+from fedrec.common.records import arrays_of, config_of, integer, numpy_arrays
+from fedrec.common.shapes import shared_shapes
 
 __all__ = ["Node", "app", "make_client_app", "source_for"]
 
@@ -62,7 +65,8 @@ def make_client_app(
     handlers = Handlers(fixed_config, source)
     app = ClientApp(
         mods=[
-            handlers.one_message,  # outermost: the node is resolved for this message only
+            packing_mod,  # outermost: a deployed message's arrays come packed as one object
+            handlers.one_message,  # the node is resolved for this message only
             MessageRecorder(handlers.audit_path),
             SharedOnlyGuard(handlers.shared_shapes),
             CatalogCheck(handlers.catalog_of),
@@ -196,15 +200,16 @@ class Handlers:
 
     def train(self, msg: Message, context: Context) -> Message:
         config = self.config_of(context)
-        torch.set_num_threads(config.local.threads)
         user = self.local_user(config, context)
         private = _private_row(user, config.model.dim)
         model = self._model(msg, config, user, private, context)
         rng = np.random.default_rng([config.data.seed, user.stream, _round(msg)])
         low_rank = LowRank.of(config_of(msg.content))  # a CoLR round: train the table's factor
         basis = None if low_rank is None else low_rank.training_basis(config.model.dim)
-        trained = trainer_for(config)(model, user.shard, user.store, rng, basis)
-        user.store.save(keys.STATE_PRIVATE, private_state(model))
+        trainer = trainer_for(config)  # DP-SGD's loads torch: set the threads after it
+        _limit_threads(config.local.threads)
+        trained = trainer(model, user.shard, user.store, rng, basis)
+        user.store.save(keys.STATE_PRIVATE, model.private_state())
         if user.device is not None:  # a deployed device keeps the model for its own use
             user.device.cache_model(arrays_of(msg.content), _round(msg), config_of(msg.content))
             user.device.note_round(
@@ -216,12 +221,13 @@ class Handlers:
         ):  # unused; it would tell the history's length
             trained.pop(keys.NUM_EXAMPLES, None)
         metrics = MetricRecord({**trained, keys.UNIT_WEIGHT: 1, keys.RETURNING: returning})
-        content = RecordDict({keys.ARRAYS: ArrayRecord(shared_state(model)), keys.METRICS: metrics})
+        shared = ArrayRecord({n: Array(v) for n, v in model.shared_state().items()})
+        content = RecordDict({keys.ARRAYS: shared, keys.METRICS: metrics})
         return Message(content=content, reply_to=msg)
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         config = self.config_of(context)
-        torch.set_num_threads(config.local.threads)
+        _limit_threads(config.local.threads)
         user = self.local_user(config, context)
         private = _private_row(user, config.model.dim)
         model = self._model(msg, config, user, private, context)
@@ -249,16 +255,16 @@ class Handlers:
         msg: Message,
         config: FederationConfig,
         user: LocalUser,
-        private: Mapping[str, torch.Tensor] | None,
+        private: Mapping[str, np.ndarray] | None,
         context: Context,
-    ) -> SeedModel:
-        shared = arrays_of(msg.content).to_torch_state_dict()
+    ) -> LocalModel:
+        shared = numpy_arrays(arrays_of(msg.content))
         seed = int(np.random.default_rng([config.data.seed, user.stream]).integers(2**31))
         catalog = self.catalog_of(context)
         return build_local_model(catalog, user.shard, config.model.dim, shared, private, seed)
 
 
-def _private_row(user: LocalUser, dim: int) -> Mapping[str, torch.Tensor] | None:
+def _private_row(user: LocalUser, dim: int) -> Mapping[str, np.ndarray] | None:
     """The user's stored private state. A device keeps it across runs, and a later run may
     train a model of another width: its row of the old width is set aside (learnt anew)
     rather than failing every round; in a simulation a mismatch is a bug and stays one."""
@@ -267,6 +273,28 @@ def _private_row(user: LocalUser, dim: int) -> Mapping[str, torch.Tensor] | None
         return private
     row = private.get("user_embedding.weight")
     return private if row is not None and tuple(row.shape) == (1, dim) else None
+
+
+def _limit_threads(threads: int) -> None:
+    """``client-threads``: the threads of NumPy's BLAS (the plain path's matrix products),
+    where threadpoolctl is installed, and torch's where this process has loaded torch
+    (DP-SGD; the plain path never loads it). A one-user model's products are small: extra
+    BLAS threads only spin (measured: twice the CPU time of an evaluate message)."""
+    blas = _blas_controller()
+    if blas is not None:
+        blas.limit(limits=threads, user_api="blas")  # process-wide, as torch's setting
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
+@cache  # a handle on the process's BLAS libraries: finding them costs ~0.5 ms a message
+def _blas_controller() -> Any:
+    try:
+        from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
+    except ImportError:  # a bare device: the BLAS's own default
+        return None
+    return ThreadpoolController()
 
 
 def _round(msg: Message) -> int:

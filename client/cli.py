@@ -257,3 +257,37 @@ def _read_history(path: Path) -> list[Any]:
             except ValueError as err:
                 raise ValueError(f"{path} line {line}: {err}") from err
     return rows
+
+
+@client_app.command("executor")
+def executor_cmd(
+    runtime_api: Annotated[
+        str, typer.Option(help="The SuperNode's Runtime API, HOST:PORT (its --port).")
+    ] = "127.0.0.1:9094",
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="CA of a Runtime API served over TLS (default: HTTP).")
+    ] = None,
+    max_tasks: Annotated[int, typer.Option(help="Recycle after this many tasks (0: never).")] = 0,
+    max_rss_mib: Annotated[
+        float, typer.Option(help="Recycle when resident memory passes this (0: never).")
+    ] = 0.0,
+    wake_file: Annotated[
+        Path | None,
+        typer.Option(help="The SuperNode's log: claim as it grows, not by polling."),
+    ] = None,
+) -> None:
+    """Run this device's ClientApp tasks in one warm process, beside `flower-supernode
+    --isolation process` (`fedrec client join` starts both). Ends on Ctrl-C; exits with
+    code 75 when it recycles itself (its supervisor starts a new one)."""
+    from fedrec.client.executor import ExecutorSettings, run_executor
+
+    settings = or_exit(
+        lambda: ExecutorSettings(
+            runtime_api=runtime_api,
+            root_certificates=root_certificates,
+            max_tasks=max_tasks,
+            max_rss_mib=max_rss_mib,
+            wake_file=wake_file,
+        )
+    )
+    raise typer.Exit(code=or_exit(lambda: run_executor(settings, console.print)))

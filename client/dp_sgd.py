@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.client.local import LocalTrainConfig
+from fedrec.client.local_model import LocalModel
 from fedrec.common.data.shard import UserShard
 from fedrec.common.model import SeedModel, shared_parameter_names
 from fedrec.common.privacy import ACCOUNTANTS, PrivacyLedger, check_accountant
@@ -57,6 +58,8 @@ __all__ = [
     "dp_local_train",
     "planned_use",
     "round_examples",
+    "seed_model_of",
+    "write_back",
 ]
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks")  # ghost: norms only (default); hooks: dense, for comparison
@@ -179,6 +182,29 @@ def dp_local_train(
     return DPTrainResult(
         total / max(seen, 1), seen, taken, ledger.epsilon(dp.delta), declined=False
     )
+
+
+def seed_model_of(model: LocalModel) -> SeedModel:
+    """The torch twin of a device's NumPy model (the same names and values, copied), for
+    Opacus: the one place a device builds a torch model."""
+    with torch.random.fork_rng(devices=[]):  # nothing to initialise: spare the RNG
+        seed = SeedModel(
+            model.config,
+            torch.from_numpy(model.user_features),
+            torch.from_numpy(model.item_features),
+            initialize=False,
+        )
+    params = dict(seed.named_parameters())
+    with torch.no_grad():
+        for name, value in model.params.items():
+            params[name].copy_(torch.from_numpy(value))
+    return seed
+
+
+def write_back(seed: SeedModel, model: LocalModel) -> None:
+    """Copy the trained torch twin's parameters into the device's NumPy model."""
+    for name, value in seed.named_parameters():
+        model.params[name][...] = value.detach().numpy()
 
 
 def round_examples(

@@ -1,38 +1,33 @@
 """What a device does with its own data: train and evaluate, with no server needed (it ranks
 the catalog with the model's NumPy inference bundle, fedrec.common.bundle, not here).
 
-The local model is the seed model with a single user row (this device's user). Its shared
-parameters come from the server each round; its private parameters (the user-id embedding and
-the user features) come from the device's own state store and never leave it.
+The local model is the seed model with a single user row (this device's user), in NumPy
+(client/local_model.py): a device imports no torch unless it trains under DP-SGD. Its shared
+parameters come from the server each round; its private row comes from the device's own
+state store and never leaves it. Forward, backward and the optimizers are written out here,
+step for step as torch computes them (tests/client/test_local.py checks every option against
+the torch SeedModel with autograd and torch.optim after every step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
-from torch import nn
 
+from fedrec.client.local_model import USER_ROW, LocalModel, build_local_model
 from fedrec.common import keys
-from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.cold import ColdShard, cold_ranks
 from fedrec.common.data.shard import UserShard
 from fedrec.common.fedconfig import LOCAL_OPTIMIZERS
 from fedrec.common.metrics import exposure, held_out_ranks, known_positive_mask, summarize
-from fedrec.common.model import (
-    ITEM_TABLE,
-    SeedModel,
-    device_model,
-    load_private_state,
-    load_shared_state,
-    shared_parameter_names,
-)
+from fedrec.common.shapes import ITEM_TABLE
 
 __all__ = [
-    "ME",
+    "FACTOR",
     "FactoredTable",
+    "LocalModel",
     "LocalTrainConfig",
     "build_local_model",
     "local_evaluate",
@@ -40,7 +35,9 @@ __all__ = [
     "refresh_user",
 ]
 
-ME = torch.zeros(1, dtype=torch.long)  # the only user row of a device's model
+FACTOR = "item_embedding.factor"  # a low-rank round's table parameter, in the table's place
+BETAS = (0.9, 0.999)  # torch.optim.Adam(W)'s defaults
+EPS = 1e-8
 
 
 @dataclass(frozen=True)
@@ -73,44 +70,48 @@ class LocalTrainConfig:
             )
 
 
-def build_local_model(
-    catalog: Catalog,
-    shard: UserShard,
-    dim: int,
-    shared: Mapping[str, torch.Tensor] | None,
-    private: Mapping[str, torch.Tensor] | None,
-    seed: int,
-) -> SeedModel:
-    """A one-user seed model: server's shared weights + this device's private state.
+@dataclass
+class FactoredTable:
+    """An item table E = E_start + A·B that trains only A (rows × r, from zero) against the
+    fixed basis B (r × id_dim, orthonormal rows: common/colr.py)."""
 
-    Without stored private state (first participation) the user embedding is initialised
-    from ``seed``, so a device's first round is reproducible. A local generator is used, not
-    ``torch.manual_seed``: that call also reseeds every accelerator backend, on every call.
-    The shared group says whether the model has an item-id table (``item-ids``); a device
-    working offline from scratch builds the default one, with it.
-    """
-    if shared is None:  # no server arrays (a device working offline from scratch)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = device_model(catalog, dim, shard.user_features)
-    else:  # every parameter is set below: skip initialising the tables
-        item_ids = ITEM_TABLE in shared
-        with torch.random.fork_rng(devices=[]):
-            model = device_model(
-                catalog, dim, shard.user_features, initialize=False, item_ids=item_ids
+    start: np.ndarray  # (rows, id_dim) the table at the round's start
+    basis: np.ndarray  # (r, id_dim)
+    factor: np.ndarray  # (rows, r) A, the only trained part
+
+    @classmethod
+    def of(cls, start: np.ndarray, basis: np.ndarray) -> FactoredTable:
+        if basis.ndim != 2 or basis.shape[1] != start.shape[1]:
+            raise ValueError(
+                f"item basis of shape {basis.shape} for a table {tuple(start.shape)} wide"
             )
-        load_shared_state(model, shared)
-    if private is not None:  # the stored row; the features are the shard's (they may change)
-        load_private_state(model, {**private, "user_features": model.user_features.clone()})
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            model.user_embedding.weight.normal_(0.0, model.config.init_std, generator=generator)
-    return model
+        factor = np.zeros((start.shape[0], basis.shape[0]), np.float32)
+        return cls(np.array(start, np.float32), np.asarray(basis, np.float32), factor)
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.start + self.factor @ self.basis
+
+
+@dataclass
+class _Compact:
+    """The model over the round's rows only: trainable ``params`` (SeedModel's order; a
+    low-rank round holds :data:`FACTOR` where the table was) and the rows' features."""
+
+    model: LocalModel  # its item table/features cover the round's rows only
+    factored: FactoredTable | None
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return self.model.params
+
+    def table(self) -> np.ndarray | None:
+        """(rows, id_dim) the current item-id rows, or None without an item-id table."""
+        return self.factored.weight if self.factored is not None else self.model.item_table
 
 
 def local_train(
-    model: SeedModel,
+    model: LocalModel,
     shard: UserShard,
     config: LocalTrainConfig,
     rng: np.random.Generator,
@@ -124,9 +125,11 @@ def local_train(
     that already describes this user rather than a stale or random one.
 
     Training runs on a compact copy holding only the item rows this round touches (the
-    user's items and the sampled negatives): rows outside it get no gradient and would not
-    move under Adam anyway, so the result is the same while the device's memory and time no
-    longer grow with the catalog. The trained rows are written back into ``model``.
+    user's items and the sampled negatives), dense over them as torch's nn.Embedding
+    gradients are (Adam moves a row whose gradient is 0 in a batch by its momentum); rows
+    outside it get no gradient and would not move under Adam anyway, so the result is the
+    same while the device's memory and time no longer grow with the catalog. The trained
+    rows are written back into ``model``.
 
     With ``item_basis`` B (r × id_dim, orthonormal rows: a low-rank round, common/colr.py)
     the item table trains as E_start + A·B, A (rows × r) the only table parameter, from
@@ -137,43 +140,14 @@ def local_train(
     private_plan = [_epoch_examples(shard, config, rng) for _ in range(config.private_epochs)]
     joint_plan = [_epoch_examples(shard, config, rng) for _ in range(config.epochs)]
     rows = np.unique(np.concatenate([items for items, _ in private_plan + joint_plan]))
-    compact = _compact_copy(model, rows)
-    if item_basis is not None:
-        if compact.item_embedding is None:
-            raise ValueError("a low-rank round (colr-rank) needs the model's item-id table")
-        # duck-typed: SeedModel reads only .weight and a lookup from its item table
-        compact.item_embedding = FactoredTable(compact.item_embedding.weight, item_basis)  # type: ignore[assignment]
+    compact = _compact_copy(model, rows, item_basis)
     local = lambda plan: [(np.searchsorted(rows, i), y) for i, y in plan]  # noqa: E731
-    params = dict(compact.named_parameters())
-    private = [compact.user_embedding.weight]
-    shared = [params[n] for n in shared_parameter_names(compact)]
     if private_plan:
-        _private_epochs(compact, _private_optimizer(private, config), local(private_plan), config)
-    anchor = (
-        {n: p.detach().clone() for n, p in compact.named_parameters()}
-        if config.proximal_mu > 0
-        else None
-    )
-    optimizers = [_private_optimizer(private, config), _shared_optimizer(shared, config)]
-    result = _epochs(compact, optimizers, local(joint_plan), config, anchor)
+        _private_epochs(compact, _private_optimizer(config), local(private_plan), config)
+    anchor = {n: p.copy() for n, p in compact.params.items()} if config.proximal_mu > 0 else None
+    result = _epochs(compact, local(joint_plan), config, anchor)
     _write_back(model, compact, rows)
     return result
-
-
-def _private_optimizer(
-    params: Sequence[torch.Tensor], config: LocalTrainConfig
-) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        params, lr=config.private_lr, weight_decay=config.private_weight_decay, fused=True
-    )
-
-
-def _shared_optimizer(
-    params: Sequence[torch.Tensor], config: LocalTrainConfig
-) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, fused=True)
-    return torch.optim.SGD(params, lr=config.lr)
 
 
 def _epoch_examples(
@@ -184,95 +158,187 @@ def _epoch_examples(
     return examples.items, examples.labels
 
 
-def _compact_copy(model: SeedModel, rows: np.ndarray) -> SeedModel:
-    """A SeedModel over the catalog rows ``rows`` only, with ``model``'s current values."""
-    index = torch.from_numpy(rows)
+def _compact_copy(model: LocalModel, rows: np.ndarray, basis: np.ndarray | None) -> _Compact:
+    """A copy of ``model`` over the catalog rows ``rows`` only."""
+    params = {n: (p[rows] if n == ITEM_TABLE else p.copy()) for n, p in model.params.items()}
     config = replace(model.config, num_items=len(rows))
-    with torch.random.fork_rng(devices=[]):  # the towers' init is overwritten: spare the RNG
-        compact = SeedModel(
-            config, model.user_features, model.item_features[index], initialize=False
-        )
-    state = dict(model.state_dict())
-    if ITEM_TABLE in state:
-        state[ITEM_TABLE] = state[ITEM_TABLE][index]
-    state["item_features"] = state["item_features"][index]
-    compact.load_state_dict(state)
-    return compact
+    compact = LocalModel(config, params, model.user_features, model.item_features[rows])
+    if basis is None:
+        return _Compact(compact, None)
+    if ITEM_TABLE not in params:
+        raise ValueError("a low-rank round (colr-rank) needs the model's item-id table")
+    factored = FactoredTable.of(params[ITEM_TABLE], basis)
+    compact.params = {(FACTOR if n == ITEM_TABLE else n): p for n, p in params.items()}
+    compact.params[FACTOR] = factored.factor  # the same array: the optimizers move it in place
+    return _Compact(compact, factored)
 
 
-class FactoredTable(nn.Module):
-    """An item table E = E_start + A·B that trains only A (rows × r, from zero) against the
-    fixed basis B: what ``SeedModel`` reads from ``item_embedding`` (``weight`` and a
-    lookup), so the model trains it unchanged."""
-
-    start: torch.Tensor
-    basis: torch.Tensor
-
-    def __init__(self, start: torch.Tensor, basis: np.ndarray) -> None:
-        super().__init__()
-        if basis.ndim != 2 or basis.shape[1] != start.shape[1]:
-            raise ValueError(
-                f"item basis of shape {basis.shape} for a table {tuple(start.shape)} wide"
-            )
-        self.register_buffer("start", start.detach().clone())
-        self.register_buffer("basis", torch.as_tensor(basis, dtype=start.dtype))
-        self.factor = nn.Parameter(torch.zeros(start.shape[0], basis.shape[0], dtype=start.dtype))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.start + self.factor @ self.basis
-
-    def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.start[items] + self.factor[items] @ self.basis
+def _write_back(model: LocalModel, compact: _Compact, rows: np.ndarray) -> None:
+    table = compact.table()
+    if table is not None:
+        model.params[ITEM_TABLE][rows] = table
+    for name, value in compact.params.items():
+        if name not in (ITEM_TABLE, FACTOR):
+            model.params[name][...] = value
 
 
-def _write_back(model: SeedModel, compact: SeedModel, rows: np.ndarray) -> None:
-    full = dict(model.named_parameters())
-    with torch.no_grad():
-        if compact.item_embedding is not None:
-            full[ITEM_TABLE][torch.from_numpy(rows)] = compact.item_embedding.weight
-        for name, value in compact.named_parameters():
-            if not name.startswith("item_embedding."):
-                full[name].copy_(value)
+# --- forward and backward -------------------------------------------------------------------
+def _loss_and_grads(
+    compact: _Compact, items: np.ndarray, labels: np.ndarray
+) -> tuple[np.float32, dict[str, np.ndarray]]:
+    """Mean BCE with logits of a batch and its gradient for every trainable parameter.
+
+    With h = [e ; f], z = W_u h + b_u, u = ReLU(z), g_j = [E_j ; F_j], s_j = W_v g_j + b_v,
+    v_j = ReLU(s_j), logit_j = w·(u ⊙ v_j) + b and r_j = (σ(logit_j) − y_j) / B:
+        ∂b = Σ_j r_j,   ∂w = u ⊙ (Vᵀr),   ∂z = 1(z > 0) ⊙ w ⊙ (Vᵀr),
+        ∂W_u = ∂z hᵀ,   ∂b_u = ∂z,   ∂e = (W_u)_{:, :id}ᵀ ∂z,
+        ∂s_j = 1(s_j > 0) ⊙ r_j (w ⊙ u),   ∂W_v = Σ_j ∂s_j g_jᵀ,   ∂b_v = Σ_j ∂s_j,
+        ∂E_i = Σ_{j: item i} (W_v)_{:, :id}ᵀ ∂s_j  (dense over the compact rows, 0 if unseen),
+        a low-rank round: ∂A = ∂E Bᵀ  (E = E_start + A·B).
+    """
+    p, model = compact.params, compact.model
+    id_dim = model.config.id_dim
+    h = np.concatenate([p[USER_ROW][0], model.user_features[0]])  # (id + F_u,)
+    z = p["user_tower.weight"] @ h + p["user_tower.bias"]  # (dim,)
+    u = np.maximum(z, 0)
+    table = compact.table()
+    features = model.item_features[items]  # (B, F_i)
+    g = features if table is None else np.concatenate([table[items], features], axis=1)
+    s = g @ p["item_tower.weight"].T + p["item_tower.bias"]  # (B, dim)
+    v = np.maximum(s, 0)
+    w = p["head.weight"][0]  # (dim,)
+    logit = v @ (u * w) + p["head.bias"][0]  # (B,)
+    loss = np.mean(np.maximum(logit, 0) - logit * labels + np.log1p(np.exp(-np.abs(logit))))
+    r = (_sigmoid(logit) - labels) / np.float32(len(items))  # (B,)
+    vr = v.T @ r  # (dim,)
+    grad_z = w * vr * (z > 0)
+    grad_s = r[:, None] * (w * u)[None, :] * (s > 0)  # (B, dim)
+    grads = {
+        USER_ROW: (p["user_tower.weight"][:, :id_dim].T @ grad_z)[None, :],
+        "user_tower.weight": np.outer(grad_z, h),
+        "user_tower.bias": grad_z,
+        "item_tower.weight": grad_s.T @ g,
+        "item_tower.bias": grad_s.sum(axis=0),
+        "head.weight": (u * vr)[None, :],
+        "head.bias": r.sum(keepdims=True),
+    }
+    if table is not None:
+        grad_table = np.zeros_like(table)  # (rows, id)
+        np.add.at(grad_table, items, grad_s @ p["item_tower.weight"][:, :id_dim])
+        if compact.factored is not None:
+            grads[FACTOR] = grad_table @ compact.factored.basis.T  # (rows, r)
+        else:
+            grads[ITEM_TABLE] = grad_table
+    return np.float32(loss), grads
 
 
+def _proximal(
+    compact: _Compact, anchor: Mapping[str, np.ndarray], mu: float, grads: dict[str, np.ndarray]
+) -> np.float32:
+    """FedProx (Li et al., 2020): μ/2 · ‖w − w_t‖² over the shared parameters, its gradient
+    μ (w − w_t) added to ``grads``; in a low-rank round the table's own ‖A·B‖², gradient
+    μ (A·B) Bᵀ."""
+    term = np.float32(0.0)
+    for name in compact.model.shared_names():
+        if name == FACTOR:
+            assert compact.factored is not None
+            diff = compact.params[FACTOR] @ compact.factored.basis  # ΔE = A·B
+            grads[name] = grads[name] + np.float32(mu) * (diff @ compact.factored.basis.T)
+        else:
+            diff = compact.params[name] - anchor[name]
+            grads[name] = grads[name] + np.float32(mu) * diff
+        term += np.sum(diff * diff, dtype=np.float32)
+    return np.float32(0.5 * mu) * term
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) without overflow for large |x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32)
+
+
+# --- optimizers, as torch.optim computes them ------------------------------------------------
+class _SGD:
+    """torch.optim.SGD without momentum: p ← p − lr·∂p."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = np.float32(lr)
+
+    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
+        for name, grad in grads.items():
+            params[name] -= self.lr * grad
+
+
+class _Adam:
+    """torch.optim.Adam / AdamW (betas (0.9, 0.999), eps 1e-8) in torch's order of updates:
+    p ← p·(1 − lr·wd) (AdamW's decoupled decay, first); m ← β₁m + (1 − β₁)∂p;
+    v ← β₂v + (1 − β₂)∂p²; p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)."""
+
+    def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
+        self.lr, self.weight_decay = lr, weight_decay
+        self.moments: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.t = 0
+
+    def step(self, params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> None:
+        self.t += 1
+        beta1, beta2 = BETAS
+        step_size = np.float32(self.lr / (1 - beta1**self.t))
+        bias2_sqrt = np.float32(np.sqrt(1 - beta2**self.t))
+        for name, grad in grads.items():
+            p = params[name]
+            if self.weight_decay:
+                p *= np.float32(1 - self.lr * self.weight_decay)
+            m, v = self.moments.get(name) or (np.zeros_like(p), np.zeros_like(p))
+            m += np.float32(1 - beta1) * (grad - m)  # torch's lerp: m + (1 − β₁)(∂p − m)
+            v *= np.float32(beta2)
+            v += np.float32(1 - beta2) * grad * grad
+            self.moments[name] = (m, v)
+            p -= step_size * m / (np.sqrt(v) / bias2_sqrt + np.float32(EPS))
+
+
+def _private_optimizer(config: LocalTrainConfig) -> _Adam:
+    return _Adam(config.private_lr, config.private_weight_decay)
+
+
+def _shared_optimizer(config: LocalTrainConfig) -> _SGD | _Adam:
+    return _Adam(config.lr) if config.optimizer == "adam" else _SGD(config.lr)
+
+
+# --- epochs -----------------------------------------------------------------------------------
 def _epochs(
-    model: SeedModel,
-    optimizers: list[torch.optim.Optimizer],
+    compact: _Compact,
     plan: list[tuple[np.ndarray, np.ndarray]],
     config: LocalTrainConfig,
-    anchor: Mapping[str, torch.Tensor] | None,
+    anchor: Mapping[str, np.ndarray] | None,
 ) -> tuple[float, int]:
-    loss_fn = nn.BCEWithLogitsLoss()
+    """Joint epochs: every parameter steps on every batch (the private row with AdamW, the
+    shared group with SGD or Adam)."""
+    private, shared = _private_optimizer(config), _shared_optimizer(config)
+    shared_names = compact.model.shared_names()
     total, seen = 0.0, 0
-    model.train()
     for batch, target in _batches(plan, config.batch_size):
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(_logits(model, batch), target)
+        loss, grads = _loss_and_grads(compact, batch, target)
         if anchor is not None and config.proximal_mu > 0:
-            loss = loss + _proximal_term(model, anchor, config.proximal_mu)
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
-        total += float(loss.detach()) * len(batch)
+            loss += _proximal(compact, anchor, config.proximal_mu, grads)
+        private.step(compact.params, {USER_ROW: grads[USER_ROW]})
+        shared.step(compact.params, {n: grads[n] for n in shared_names})
+        total += float(loss) * len(batch)
         seen += len(batch)
     return total / max(seen, 1), seen
 
 
 def _batches(
     plan: list[tuple[np.ndarray, np.ndarray]], batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The (items, labels) mini-batches of a plan of epochs, in order."""
     for items, labels in plan:
-        items_t, labels_t = torch.from_numpy(items), torch.from_numpy(labels)
-        for start in range(0, len(items_t), batch_size):
-            yield items_t[start : start + batch_size], labels_t[start : start + batch_size]
+        for start in range(0, len(items), batch_size):
+            yield items[start : start + batch_size], labels[start : start + batch_size]
 
 
 def _private_epochs(
-    model: SeedModel,
-    optimizer: torch.optim.Optimizer,
+    compact: _Compact,
+    optimizer: _Adam,
     plan: list[tuple[np.ndarray, np.ndarray]],
     config: LocalTrainConfig,
 ) -> None:
@@ -280,52 +346,31 @@ def _private_epochs(
     :func:`_epochs` with the private optimizer alone, at a fraction of its cost.
 
     Everything but e is a constant here, so the item vectors v, the head (w, b) and the
-    feature part of the user tower are computed once, and the gradient of the mean BCE with
-    respect to e is written out (no autograd graph, no gradient for a shared parameter):
+    feature part of the user tower are computed once:
         z = W_e e + (W_f f + b_u),  u = ReLU(z),  logit_j = w·(u ⊙ v_j) + b,
         ∂L/∂e = W_eᵀ [1(z > 0) ⊙ w ⊙ Σ_j v_j (σ(logit_j) − y_j) / B].
-    tests/client/test_local.py checks it against the generic loop step by step.
     """
-    e = model.user_embedding.weight  # (1, id_dim): the only parameter that moves
-    with torch.no_grad():
-        v = model.item_vectors()  # (rows of the compact copy, dim)
-        w, b = model.head.weight[0], model.head.bias[0]
-        tower = model.user_tower.weight
-        w_e = tower[:, : e.shape[1]]
-        c = tower[:, e.shape[1] :] @ model.user_features[0] + model.user_tower.bias
-        for batch, target in _batches(plan, config.batch_size):
-            vb = v[batch]  # (B, dim)
-            z = w_e @ e[0] + c
-            u = torch.relu(z)
-            residual = (torch.sigmoid(vb @ (u * w) + b) - target) / len(vb)
-            grad_z = (vb.T @ residual) * w * (z > 0)
-            e.grad = (w_e.T @ grad_z)[None, :]
-            optimizer.step()
-    e.grad = None
-
-
-def _logits(model: SeedModel, items: torch.Tensor) -> torch.Tensor:
-    """``model(ME.expand(B), items)`` with the one user vector computed once, not B times."""
-    u = model.user_vectors(ME)  # (1, dim), broadcast over the batch
-    return model.head(u * model.item_vectors(items)).squeeze(-1)
-
-
-def _proximal_term(model: SeedModel, anchor: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor:
-    """FedProx (Li et al., 2020): μ/2 · ‖w − w_t‖² over the shared parameters."""
-    params = dict(model.named_parameters())
-    table = model.item_embedding
-    shared = [
-        # a low-rank round: the table's own ‖ΔE‖² (= (d/r)·‖F‖² with the training basis)
-        (table.weight - table.start, torch.zeros(()))
-        if isinstance(table, FactoredTable) and n == "item_embedding.factor"
-        else (params[n], anchor[n])
-        for n in shared_parameter_names(model)
-    ]
-    return 0.5 * mu * sum((((p - a) ** 2).sum() for p, a in shared), torch.zeros(()))
+    p, model = compact.params, compact.model
+    id_dim = model.config.id_dim
+    table = compact.table()
+    features = model.item_features
+    g = features if table is None else np.concatenate([table, features], axis=1)
+    v = np.maximum(g @ p["item_tower.weight"].T + p["item_tower.bias"], 0)  # (rows, dim)
+    w, b = p["head.weight"][0], p["head.bias"][0]
+    w_e = p["user_tower.weight"][:, :id_dim]
+    c = p["user_tower.weight"][:, id_dim:] @ model.user_features[0] + p["user_tower.bias"]
+    e = p[USER_ROW]  # (1, id_dim): the only parameter that moves
+    for batch, target in _batches(plan, config.batch_size):
+        vb = v[batch]  # (B, dim)
+        z = w_e @ e[0] + c
+        u = np.maximum(z, 0)
+        residual = (_sigmoid(vb @ (u * w) + b) - target) / np.float32(len(vb))
+        grad_z = (vb.T @ residual) * w * (z > 0)
+        optimizer.step(p, {USER_ROW: (w_e.T @ grad_z)[None, :]})
 
 
 def refresh_user(
-    model: SeedModel,
+    model: LocalModel,
     shard: UserShard,
     config: LocalTrainConfig,
     epochs: int,
@@ -343,9 +388,9 @@ def refresh_user(
         local_train(model, shard, replace(config, epochs=0, private_epochs=epochs), rng)
 
 
-@torch.no_grad()
+# --- evaluation -------------------------------------------------------------------------------
 def local_evaluate(
-    model: SeedModel, shard: UserShard, k: int = 10, targets: np.ndarray | None = None
+    model: LocalModel, shard: UserShard, k: int = 10, targets: np.ndarray | None = None
 ) -> dict[str, float]:
     """Rank this user's validation and test items (LOO-99 and full ranking) on the device.
 
@@ -358,8 +403,7 @@ def local_evaluate(
     """
     if not shard.evaluable:
         return {}
-    model.eval()
-    scores = model.score_all(ME)[0].numpy()[None, :]  # (1, I)
+    scores = model.score_all()[None, :]  # (1, I)
     out: dict[str, float] = {}
     for prefix, target, other in (
         ("val-", shard.val_item, shard.test_item),
@@ -381,9 +425,9 @@ def local_evaluate(
     return out
 
 
-def _cold_metrics(model: SeedModel, cold: ColdShard, k: int) -> dict[str, float]:
+def _cold_metrics(model: LocalModel, cold: ColdShard, k: int) -> dict[str, float]:
     """The cold target ranked among the cold items, scored from their features alone."""
-    scores = model.score_from_features(ME, torch.from_numpy(cold.items)).numpy()  # (1, C)
+    scores = model.score_from_features(cold.items)[None, :]  # (1, C)
     sampled, full = cold_ranks(
         scores, cold.items, np.array([cold.target]), cold.candidates[None], [cold.seen]
     )

@@ -12,6 +12,8 @@
 * Under secure aggregation (client/secagg.py) the answer to a stage request must be
   one ``secagg`` ConfigRecord of that stage, with the keys the stage declares
   (``common/secagg/wire.REPLY_KEYS``), bytes and text only, and no arrays or metrics.
+* :func:`packing_mod`, outermost: a deployed message's arrays arrive packed as one Flower
+  object (common/packing.py); it unpacks them first and packs the reply last.
 * :class:`MessageRecorder` appends a description of every reply (record names, array
   names/shapes/dtypes, metric keys and values, bytes) to a JSON-lines file. The simulation's
   ClientApps run in Ray worker processes, so a file is the way a test sees their messages.
@@ -35,6 +37,7 @@ from fedrec.common.keys import (
     NON_FINITE_ERROR,
     PRIVACY_GUARD_ERROR,
 )
+from fedrec.common.packing import is_packed, pack, unpack
 from fedrec.common.records import (
     config_of,
     text,
@@ -49,6 +52,7 @@ __all__ = [
     "MessageRecorder",
     "SharedOnlyGuard",
     "describe",
+    "packing_mod",
     "secagg_violations",
     "violations",
 ]
@@ -227,3 +231,18 @@ class MessageRecorder:
             line = json.dumps({"node": context.node_id, "pid": os.getpid(), **describe(reply)})
             append_private(path, line + "\n")  # per-device results: 0600
         return reply
+
+
+def packing_mod(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
+    """The outermost mod: a deployed server sends a message's arrays packed as one Flower
+    object (common/packing.py); unpack them before any other layer sees the message, and
+    pack the reply the same way. A message that is not packed (the simulation's) passes."""
+    if not msg.has_content() or not is_packed(msg.content):
+        return call_next(msg, context)
+    msg.content = unpack(msg.content)  # a PackingError is this message's error reply
+    reply = call_next(msg, context)
+    if reply.has_content():
+        reply.content = pack(reply.content)
+    return reply

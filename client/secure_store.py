@@ -40,7 +40,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -61,9 +61,6 @@ from fedrec.common.crypto import (
 )
 from fedrec.common.data.shard import UserShard
 from fedrec.common.files import fsync_dir, write_atomic
-
-if TYPE_CHECKING:  # imported where tensors are made: a device that only recommends never loads it
-    import torch
 
 __all__ = [
     "ROTATION_MARKER",
@@ -133,22 +130,16 @@ class EncryptedFileStore:
             self._versions()
 
     # -- the StateStore protocol ------------------------------------------------------------
-    def load(self, key: str) -> dict[str, torch.Tensor] | None:
-        arrays = self.load_arrays(key)
-        if arrays is None:
-            return None
-        import torch  # here, not above: the torch-free recommend path reads load_arrays
-
-        return {name: torch.from_numpy(array) for name, array in arrays.items()}
+    def load(self, key: str) -> dict[str, np.ndarray] | None:
+        return self.load_arrays(key)
 
     def load_arrays(self, key: str) -> dict[str, np.ndarray] | None:
-        """What :meth:`load` returns, as NumPy arrays."""
+        """The arrays saved under ``key`` (what :meth:`load` returns)."""
         found = self._read(key, _ARRAYS)
         return None if found is None else found[1]
 
-    def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:
-        numpy = {name: t.detach().cpu().numpy() for name, t in arrays.items()}
-        self._write(key, {"kind": _ARRAYS}, numpy)
+    def save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        self._write(key, {"kind": _ARRAYS}, {name: np.asarray(a) for name, a in arrays.items()})
 
     def load_json(self, key: str) -> dict[str, Any] | None:
         found = self._read(key, _JSON)

@@ -8,13 +8,10 @@ interface with its encrypted on-disk store, so the training code does not change
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
-
-if TYPE_CHECKING:  # imported where tensors are made: a device that only recommends never loads it
-    import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 __all__ = [
     "JSON_FIELD",
@@ -27,10 +24,10 @@ JSON_FIELD = "json"
 
 
 class StateStore(Protocol):
-    """Tensors (private model state) and small JSON documents (a privacy ledger) by key."""
+    """Arrays (private model state, NumPy) and small JSON documents (a privacy ledger) by key."""
 
-    def load(self, key: str) -> dict[str, torch.Tensor] | None: ...
-    def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None: ...
+    def load(self, key: str) -> dict[str, np.ndarray] | None: ...
+    def save(self, key: str, arrays: dict[str, np.ndarray]) -> None: ...
     def load_json(self, key: str) -> dict[str, Any] | None: ...
     def save_json(self, key: str, document: dict[str, Any]) -> None: ...
 
@@ -41,18 +38,16 @@ class ContextStateStore:
     def __init__(self, state: RecordDict) -> None:
         self._state = state
 
-    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+    def load(self, key: str) -> dict[str, np.ndarray] | None:
         if key not in self._state:
             return None
         record = self._state[key]
         if not isinstance(record, ArrayRecord):
             raise TypeError(f"node state '{key}' holds a {type(record).__name__}, not arrays")
-        import torch
+        return {name: np.array(arr.numpy()) for name, arr in record.items()}
 
-        return {name: torch.from_numpy(np.array(arr.numpy())) for name, arr in record.items()}
-
-    def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:
-        self._state[key] = ArrayRecord({k: v.detach().cpu().clone() for k, v in arrays.items()})
+    def save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        self._state[key] = ArrayRecord({k: Array(np.array(v)) for k, v in arrays.items()})
 
     def load_json(self, key: str) -> dict[str, Any] | None:
         if key not in self._state:
@@ -70,15 +65,15 @@ class MemoryStateStore:
     """A plain-dict :class:`StateStore` for tests and offline use."""
 
     def __init__(self) -> None:
-        self._data: dict[str, dict[str, torch.Tensor]] = {}
+        self._data: dict[str, dict[str, np.ndarray]] = {}
         self._documents: dict[str, str] = {}
 
-    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+    def load(self, key: str) -> dict[str, np.ndarray] | None:
         stored = self._data.get(key)
-        return None if stored is None else {k: v.clone() for k, v in stored.items()}
+        return None if stored is None else {k: v.copy() for k, v in stored.items()}
 
-    def save(self, key: str, arrays: dict[str, torch.Tensor]) -> None:
-        self._data[key] = {k: v.detach().clone() for k, v in arrays.items()}
+    def save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        self._data[key] = {k: np.array(v) for k, v in arrays.items()}
 
     def load_json(self, key: str) -> dict[str, Any] | None:
         stored = self._documents.get(key)

@@ -7,16 +7,17 @@ metrics the reply may carry.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from fedrec.client.local import LocalTrainConfig, local_train
+from fedrec.client.local_model import LocalModel
 from fedrec.client.store import StateStore
 from fedrec.common import keys
 from fedrec.common.data.shard import UserShard
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.model import SeedModel
 from fedrec.common.privacy import PrivacyLedger
 
 __all__ = [
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 class Trainer(Protocol):
     def __call__(
         self,
-        model: SeedModel,
+        model: LocalModel,
         shard: UserShard,
         store: StateStore,
         rng: np.random.Generator,
@@ -50,7 +51,7 @@ class PlainTraining:
 
     def __call__(
         self,
-        model: SeedModel,
+        model: LocalModel,
         shard: UserShard,
         store: StateStore,
         rng: np.random.Generator,
@@ -75,7 +76,7 @@ class DPSGDTraining:
 
     def __call__(
         self,
-        model: SeedModel,
+        model: LocalModel,
         shard: UserShard,
         store: StateStore,
         rng: np.random.Generator,
@@ -83,7 +84,7 @@ class DPSGDTraining:
     ) -> dict[str, float | int]:
         if item_basis is not None:  # FederationConfig refuses the pair; a device says so too
             raise ValueError("a low-rank round (colr-rank) cannot train under local DP-SGD")
-        from fedrec.client.dp_sgd import dp_local_train  # Opacus loads only where DP-SGD runs
+        dp_sgd = _dp_sgd_module()  # torch and Opacus load only where DP-SGD runs
 
         saved = store.load_json(keys.STATE_RECORD_LEDGER)
         ledger = PrivacyLedger.from_dict(saved) if saved else PrivacyLedger(self.dp.accountant)
@@ -91,7 +92,9 @@ class DPSGDTraining:
         # noise it could regenerate and subtract protects nobody. DP-SGD's sampling and
         # noise come from fresh OS entropy instead, so DP rounds do not reproduce bit for bit.
         secret = np.random.default_rng()
-        result = dp_local_train(model, shard, self.config, self.dp, ledger, secret)
+        twin = dp_sgd.seed_model_of(model)
+        result = dp_sgd.dp_local_train(twin, shard, self.config, self.dp, ledger, secret)
+        dp_sgd.write_back(twin, model)
         store.save_json(keys.STATE_RECORD_LEDGER, ledger.to_dict())
         return {
             keys.TRAIN_LOSS: result.loss,
@@ -99,6 +102,19 @@ class DPSGDTraining:
             keys.RECORD_EPSILON: result.epsilon,
             keys.BUDGET_EXHAUSTED: int(result.declined),
         }
+
+
+def _dp_sgd_module() -> ModuleType:
+    """fedrec.client.dp_sgd, or an error naming the install extra when torch or Opacus is
+    missing (a device installs them only to train under DP-SGD)."""
+    try:
+        from fedrec.client import dp_sgd
+    except ImportError as error:
+        raise ImportError(
+            "local DP-SGD (local-dp-noise-multiplier > 0) needs torch and Opacus, which this"
+            f" device does not have ({error}): pip install 'fedrec[torch]'"
+        ) from error
+    return dp_sgd
 
 
 def local_train_config(config: FederationConfig) -> LocalTrainConfig:
@@ -120,9 +136,7 @@ def trainer_for(config: FederationConfig) -> Trainer:
     local = local_train_config(config)
     if not config.record_dp.enabled:
         return PlainTraining(local)
-    from fedrec.client.dp_sgd import RecordDPConfig
-
-    dp = RecordDPConfig(
+    dp = _dp_sgd_module().RecordDPConfig(
         noise_multiplier=config.record_dp.noise_multiplier,
         max_grad_norm=config.record_dp.clip_norm,
         delta=config.record_dp.delta,

@@ -3,7 +3,8 @@
 Pure pieces first, then the small stateful ones and the Flower glue both sides use:
 
     data/       data sets, the public catalog, splits, examples, shards (fedrec.common.data)
-    model       the seed model and its shared / private parameter groups
+    shapes      the seed model's configuration and parameter shapes, without torch
+    model       the seed model (torch) and its shared / private parameter groups
     bundle      the model's inference bundle: a device ranks the catalog with NumPy alone
     metrics     HR@K, NDCG@K and the evaluation protocol (LOO-99 and full ranking)
     privacy     ε accounting (Opacus), the privacy ledger, clipping
@@ -16,6 +17,7 @@ Pure pieces first, then the small stateful ones and the Flower glue both sides u
     fedconfig   the federation's settings, parsed once into frozen sections
     keys        names of message records, metrics and config keys
     records     typed access to Flower records; message sizes
+    packing     a message's arrays as one Flower object on a deployment's wire
     stop        stopping a run between rounds
     cli         what every command shares: the console, the error exit, scenario files
 """
@@ -33,8 +35,10 @@ __all__ = [
     "keys",
     "metrics",
     "model",
+    "packing",
     "privacy",
     "records",
     "secagg",
+    "shapes",
     "stop",
 ]

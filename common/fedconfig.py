@@ -224,7 +224,7 @@ class ServerSettings(Section):
 class LocalSettings(Section):
     """Training on the device."""
 
-    threads: int = setting(1, "client-threads")  # torch threads per ClientApp call
+    threads: int = setting(1, "client-threads")  # BLAS (and DP-SGD's torch) threads per call
     epochs: int = setting(1, "local-epochs")
     optimizer: str = setting("sgd", "local-optimizer")  # of the shared parameters: sgd | adam
     lr: float = setting(1.0, "local-lr")

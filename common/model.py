@@ -16,19 +16,37 @@ every item, seen or new, is scored from its features, and the shared group shrin
 towers and the head (on ml-100k with text features 144,065 → 32,321 parameters; user-level
 DP adds the same noise to each coordinate, and what fewer of them buy is measured in
 docs/results.md, "A smaller shared model under DP").
+
+The layout without the model (its config, parameter names and the shared group's shapes)
+lives in common/shapes.py, torch-free: a device checks every message against it and trains
+the same model in NumPy (client/local_model.py, client/local.py). This module is the
+server's and the centralized trainer's, and DP-SGD's on a device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
-import torch
-from torch import nn
+
+try:
+    import torch
+    from torch import nn
+except ImportError as missing:  # a device install: its plain path never comes here
+    raise ImportError(
+        "the torch seed model (fedrec's server, simulations, centralized training and"
+        " record-level DP-SGD) needs torch: pip install 'fedrec[torch]'"
+    ) from missing
 
 from fedrec.common.data.catalog import Catalog
+from fedrec.common.shapes import (
+    CATALOG_KEYS,
+    ITEM_TABLE,
+    PRIVATE_KEYS,
+    ModelConfig,
+    device_config,
+    shared_shapes,
+)
 
 __all__ = [
     "CATALOG_KEYS",
@@ -46,41 +64,6 @@ __all__ = [
     "shared_shapes",
     "shared_state",
 ]
-
-PRIVATE_KEYS = ("user_embedding.weight", "user_features")
-CATALOG_KEYS = ("item_features",)
-ITEM_TABLE = "item_embedding.weight"  # the item-id table's name in the shared group
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    num_users: int  # rows of the user-id table (1 on a device: its own user)
-    num_items: int  # catalog size
-    user_feature_dim: int  # width of the user feature vector (0 if none)
-    item_feature_dim: int  # width of the item feature vector (genres, text embedding)
-    id_dim: int = 32  # width of the user-id and item-id embeddings
-    dim: int = 32  # width of u and v
-    init_std: float = 0.1  # std of the id-embedding initialisation
-    item_ids: bool = True  # an item-id table (False: items are their features alone)
-
-    def __post_init__(self) -> None:
-        for name in ("num_users", "num_items", "id_dim", "dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("user_feature_dim", "item_feature_dim"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ModelConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.item_ids and self.item_feature_dim == 0:
-            raise ValueError(
-                "a model without item ids scores items from their features, and this catalog"
-                " has none: build the catalog with genres or text (fedrec catalog build"
-                " --embed), or keep the item-id table"
-            )
-
-    @property
-    def item_id_dim(self) -> int:
-        """Width of the item-id part of g: id_dim, or 0 without an item-id table."""
-        return self.id_dim if self.item_ids else 0
 
 
 class SeedModel(nn.Module):
@@ -175,7 +158,7 @@ def device_model(
     """
     features = np.asarray(user_features, dtype=np.float32).reshape(1, -1)
     return SeedModel(
-        _device_config(catalog, dim, item_ids),
+        device_config(catalog, dim, item_ids),
         torch.from_numpy(features),
         torch.from_numpy(catalog.item_features),
         initialize=initialize,
@@ -191,39 +174,6 @@ def initial_shared_state(
         zeros = np.zeros(catalog.user_feature_dim, np.float32)
         model = device_model(catalog, dim, zeros, item_ids=item_ids)
     return shared_state(model)
-
-
-def shared_shapes(
-    catalog: Catalog, dim: int, *, item_ids: bool = True
-) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the shared group over ``catalog`` (what may leave a device),
-    from a model built on the ``meta`` device: no memory, no initialisation."""
-    return dict(_shapes(_device_config(catalog, dim, item_ids)))
-
-
-@lru_cache(maxsize=8)  # pure: the guard asks for it with every reply a device sends
-def _shapes(config: ModelConfig) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    with torch.device("meta"):
-        model = SeedModel(
-            config,
-            torch.empty(1, config.user_feature_dim),
-            torch.empty(config.num_items, config.item_feature_dim),
-            initialize=False,
-        )
-    params = dict(model.named_parameters())
-    return tuple((name, tuple(params[name].shape)) for name in shared_parameter_names(model))
-
-
-def _device_config(catalog: Catalog, dim: int, item_ids: bool) -> ModelConfig:
-    return ModelConfig(
-        num_users=1,
-        num_items=catalog.num_items,
-        user_feature_dim=catalog.user_feature_dim,
-        item_feature_dim=catalog.item_feature_dim,
-        id_dim=dim,
-        dim=dim,
-        item_ids=item_ids,
-    )
 
 
 def _embedding(rows: int, width: int, initialize: bool) -> nn.Embedding:

@@ -240,6 +240,13 @@ def deploy_local_cmd(
             " loaded machine Flower's SQLite lock can time out and lose a reply).",
         ),
     ] = False,
+    per_message: Annotated[
+        bool,
+        typer.Option(
+            help="Devices run each message in a fresh process (Flower's default) instead of"
+            " their warm executor: to compare."
+        ),
+    ] = False,
 ) -> None:
     """A whole deployment on loopback: CA and keys, SuperLink (TLS, node auth), one sealed
     device store per user, N SuperNodes, the run; every process stopped at the end.
@@ -265,7 +272,9 @@ def deploy_local_cmd(
             info = round_line(record)
             progress.update(task, completed=record["round"], info=info, description="federation")
 
-        deployment = LocalDeployment(out, nodes, fed, on_event=on_event, keep_state=keep_state)
+        deployment = LocalDeployment(
+            out, nodes, fed, on_event=on_event, keep_state=keep_state, warm=not per_message
+        )
         try:
             with interrupt_on_sigterm(), deployment:
                 outcome = or_exit(lambda: deployment.run(on_round))
@@ -308,6 +317,19 @@ def join_cmd(
     key_file: KeyFileOption = None,
     passphrase_file: PassphraseFileOption = None,
     port: Annotated[int, typer.Option(help="The SuperNode's local Runtime API port.")] = 9094,
+    per_message: Annotated[
+        bool,
+        typer.Option(
+            help="Run each message in a fresh process, as Flower does by default, instead of"
+            " the warm executor (fedrec client executor)."
+        ),
+    ] = False,
+    max_tasks: Annotated[
+        int, typer.Option(help="The executor recycles itself after this many tasks (0: never).")
+    ] = 0,
+    max_rss_mib: Annotated[
+        float, typer.Option(help="... or when its resident memory passes this (0: never).")
+    ] = 0.0,
     retries: Annotated[int, typer.Option(help="Restarts after the SuperNode fails.")] = 10,
     backoff: Annotated[
         float, typer.Option(help="Seconds before the first restart (doubling, at most 60).")
@@ -317,7 +339,8 @@ def join_cmd(
         typer.Option(help="SuperNode log (default: STORE.supernode.log)."),
     ] = None,
 ) -> None:
-    """Take part in a federation: start a SuperNode over this store until Ctrl-C.
+    """Take part in a federation: start a SuperNode over this store and the warm executor
+    that runs its rounds (one process, the app imported once), until Ctrl-C.
 
     Each round the device trains on its own history (feedback recorded since the last round
     included), keeps its private row and DP ledger in the store, and caches the new model."""
@@ -332,6 +355,9 @@ def join_cmd(
             key_file=key_file,
             passphrase_file=passphrase_file,
             port=port,
+            warm=not per_message,
+            max_tasks=max_tasks,
+            max_rss_mib=max_rss_mib,
         )
     )
     log_file = log or store.resolve().parent / f"{store.resolve().name}.supernode.log"

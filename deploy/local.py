@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from fedrec.client.device import Device, Interaction
+from fedrec.client.executor import RECYCLE_EXIT
 from fedrec.common.data.catalog import Catalog, save_catalog
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.sources import load_interactions
@@ -54,6 +55,7 @@ from fedrec.deploy.superlink import (
     SuperLinkSettings,
     follow_run,
     submit_federation,
+    write_echo_app,
 )
 from fedrec.deploy.supernode import JoinSettings
 from fedrec.server.runs import CATALOG_FILE, prepare_run_dir, write_json
@@ -79,9 +81,10 @@ class DeviceNode:
     log: Path
     flwr_home: Path
     node_id: int | None = None
-    service: Service | None = None
+    service: Service | None = None  # its SuperNode (or `fedrec client join`)
+    executor: Service | None = None  # its warm executor, beside a bare SuperNode
 
-    def settings(self, superlink: str, ca: Path) -> JoinSettings:
+    def settings(self, superlink: str, ca: Path, *, warm: bool = True) -> JoinSettings:
         return JoinSettings(
             superlink=superlink,
             root_certificates=ca,
@@ -89,6 +92,7 @@ class DeviceNode:
             store=self.store,
             key_file=self.key_file,
             port=self.port,
+            warm=warm,
         )
 
 
@@ -138,6 +142,8 @@ class LocalDeployment:
     on_event: EventCallback = lambda line: None
     startup_timeout: float = 180.0
     keep_state: bool = False  # the SuperLink's state in a database file (see start_superlink)
+    warm: bool = True  # devices run their tasks in a warm executor (False: Flower's process
+    # per message)
     services: Services = field(default_factory=Services)
     devices: list[DeviceNode] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -151,6 +157,7 @@ class LocalDeployment:
         self.ca = self.root / "credentials" / CA_CERT
         self.address = ""
         self.port = 0
+        self.restarts: dict[str, int] = {}  # executors started again, by device
 
     # --- the whole command -----------------------------------------------------------------
     def run(self, on_round: RoundCallback | None = None) -> RunOutcome:
@@ -269,29 +276,42 @@ class LocalDeployment:
         SuperNode with backoff, e.g. while the link still counts a crashed session online);
         else ``flower-supernode`` itself, one process fewer per device."""
         node.port = node.port or free_port()
-        settings = node.settings(self.address, self.ca)
+        settings = node.settings(self.address, self.ca, warm=self.warm)
         env = deployment_env({"FLWR_HOME": str(node.flwr_home)})
         # N devices share this machine's cores: they yield to the SuperLink, whose SQLite
         # state waits at most 5 s for its lock (a reply pushed past that is lost to Flower)
         nice = [found, "-n", str(DEVICE_NICENESS)] if (found := shutil.which("nice")) else []
-        if via_join:
+        if via_join:  # join starts and supervises the executor itself
             argv = [flower_command("fedrec"), "client", "join", "--store", str(node.store),
                     "--key-file", str(node.key_file), "--superlink", self.address,
                     "--root-certificates", str(self.ca), "--auth-key", str(node.auth_key),
-                    "--port", str(node.port), "--backoff", "1", "--log", str(node.log)]  # fmt: skip
+                    "--port", str(node.port), "--backoff", "1", "--log", str(node.log),
+                    *([] if self.warm else ["--per-message"])]  # fmt: skip
             log = node.log.with_name(node.log.stem + ".join.log")
             node.service = self.services.start(node.name, nice + argv, log, env=env)
         else:
             argv = nice + settings.argv()
             node.service = self.services.start(node.name, argv, node.log, env=env)
+            if self.warm:
+                self.start_executor(node)
         return node.service
+
+    def start_executor(self, node: DeviceNode) -> Service:
+        """(Re)start a device's warm executor beside its bare SuperNode."""
+        nice = [found, "-n", str(DEVICE_NICENESS)] if (found := shutil.which("nice")) else []
+        argv = nice + node.settings(self.address, self.ca).executor_argv(node.log)
+        log = node.log.with_name(node.log.stem + ".executor.log")
+        env = deployment_env({"FLWR_HOME": str(node.flwr_home)})
+        node.executor = self.services.start(f"{node.name}-executor", argv, log, env=env)
+        return node.executor
 
     def kill_device(self, node: DeviceNode) -> None:
         """Stop one device abruptly (SIGKILL: a phone that died), e.g. mid-run."""
-        if node.service is not None:
-            node.service.stop(grace=0.0)
-            self.services.forget(node.service)
-            node.service = None
+        for service in (node.service, node.executor):
+            if service is not None:
+                service.stop(grace=0.0)
+                self.services.forget(service)
+        node.service = node.executor = None
 
     def stop_superlink(self) -> None:
         if self.link is not None:
@@ -313,8 +333,44 @@ class LocalDeployment:
         self.write_record(outcome)
         return outcome
 
+    def federate_echo(
+        self, rounds: int, payload_floats: int, **settings: float | int | str
+    ) -> RunOutcome:
+        """The null app (server/echo.py, client/echo.py) on this deployment: rounds of
+        fedrec's shape carrying ``payload_floats`` float32 values, nothing computed;
+        ``settings`` are its other run-config keys (``payload_shapes``, ``round_timeout``,
+        ``fail_round``, ``task_seconds``)."""
+        control = self._control()
+        control.wait_online(len(self.devices), self.startup_timeout, self.check_alive)
+        out = self.root / "echo" / f"run-{len(list((self.root / 'echo').glob('run-*')))}"
+        out.mkdir(parents=True)
+        app = write_echo_app(self.root / "echo" / "app")
+        run_config = out / "run-config.toml"
+        values = {
+            "num-rounds": rounds,
+            "min-clients": len(self.devices),
+            "payload-floats": payload_floats,
+            "round-timeout": 600.0,
+            "out-dir": str(out),
+        }
+        values |= {k.replace("_", "-"): v for k, v in settings.items()}  # fmt: skip
+        run_config.write_text("".join(f"{k} = {v!r}\n" for k, v in values.items()))
+        run_id = control.submit(app, run_config)
+        return follow_run(control, run_id, out, alive=self.check_alive)
+
     def check_alive(self) -> None:
-        """ServiceError if the SuperLink or a device that should be up has exited."""
+        """ServiceError if the SuperLink or a device that should be up has exited. A device's
+        executor that exited is started again: it recycles itself (RECYCLE_EXIT), and after
+        a crash the SuperNode answers the task it lost with Flower's error reply."""
+        for node in self.devices:
+            executor = node.executor
+            if executor is not None and not executor.running():
+                code = executor.stop()
+                self.services.forget(executor)
+                self.restarts[node.name] = self.restarts.get(node.name, 0) + 1
+                if code != RECYCLE_EXIT:
+                    self.on_event(f"{node.name}: executor exited (code {code}), restarted")
+                self.start_executor(node)
         for service in self.services:
             if not service.running():
                 raise ServiceError(
@@ -330,6 +386,8 @@ class LocalDeployment:
             "devices": [
                 {"name": d.name, "node_id": d.node_id, "runtime_port": d.port} for d in self.devices
             ],
+            "runtime": "warm executor" if self.warm else "a process per message (Flower's)",
+            "executor_restarts": self.restarts,
             "timings": self.timings,
             "run": outcome.info if outcome is not None else None,
         }

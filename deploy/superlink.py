@@ -42,6 +42,7 @@ __all__ = [
     "follow_run",
     "submit_federation",
     "write_app",
+    "write_echo_app",
     "write_run_config",
 ]
 
@@ -222,6 +223,39 @@ def write_app(folder: str | Path) -> Path:
         "",
         "[tool.flwr.app.config]",
         *_toml_pairs(defaults),
+    ]
+    path = Path(folder) / "pyproject.toml"
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
+    return path.parent
+
+
+def write_echo_app(folder: str | Path) -> Path:
+    """The null app's folder (``fedrec.server.echo``, ``fedrec.client.echo``): the same
+    deployment with nothing computed, to measure what fedrec's work adds to a round."""
+    lines = [
+        "[project]",
+        'name = "fedrec-echo"',
+        'version = "1.0.0"',
+        'description = "the null app: Flower\'s floor on a fedrec deployment"',
+        'license = "Apache-2.0"',
+        "dependencies = []",
+        "",
+        "[tool.flwr.app]",
+        'publisher = "fedrec"',
+        "",
+        "[tool.flwr.app.components]",
+        'serverapp = "fedrec.server.echo:app"',
+        'clientapp = "fedrec.client.echo:app"',
+        "",
+        "[tool.flwr.app.config]",
+        "num-rounds = 2",
+        "min-clients = 1",
+        "payload-floats = 1",
+        "round-timeout = 600.0",
+        'payload-shapes = ""',
+        "fail-round = 0",
+        "task-seconds = 0.0",
+        'out-dir = ""',
     ]
     path = Path(folder) / "pyproject.toml"
     write_atomic(path, ("\n".join(lines) + "\n").encode())

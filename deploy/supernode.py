@@ -18,7 +18,9 @@ live in ``flwr_home``, by default a temporary folder removed on exit.
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from fedrec.client.data import NODE_KEY_FILE, NODE_PASSPHRASE_FILE, NODE_STORE
 from fedrec.client.device import Device, DeviceError, read_passphrase
+from fedrec.client.executor import RECYCLE_EXIT
 from fedrec.common.crypto import SealedFileError
 from fedrec.deploy.processes import (
     Service,
@@ -69,6 +72,9 @@ class JoinSettings:
     key_file: Path | None = None
     passphrase_file: Path | None = None
     port: int = 9094  # the SuperNode's local Runtime API (127.0.0.1 only)
+    warm: bool = True  # tasks run in fedrec's warm executor (False: a process per message)
+    max_tasks: int = 0  # the executor recycles itself after this many tasks (0: never)
+    max_rss_mib: float = 0.0  # ... or once its resident memory passes this (0: never)
 
     def __post_init__(self) -> None:
         host, sep, port = self.superlink.rpartition(":")
@@ -95,6 +101,20 @@ class JoinSettings:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--node-config", node_config(self),
+            *(["--isolation", "process"] if self.warm else []),
+        ]  # fmt: skip
+
+    def executor_argv(self, supernode_log: Path | None = None) -> list[str]:
+        """The warm executor beside the SuperNode (client/executor.py): ``python -m``, not the
+        ``fedrec`` command line, which imports every command group. With the SuperNode's
+        log it wakes when the log grows rather than polling."""
+        return [
+            sys.executable, "-m", "fedrec.client.executor",
+            "--runtime-api", f"127.0.0.1:{self.port}",
+            "--max-tasks", str(self.max_tasks),
+            "--max-rss-mib", str(self.max_rss_mib),
+            *(["--wake-file", str(Path(supernode_log).resolve())] if supernode_log else []),
+            "--parent-pid", str(os.getpid()),  # it ends with whoever supervises it
         ]  # fmt: skip
 
 
@@ -142,13 +162,18 @@ def join(
         interrupt_on_sigterm(),
     ):
         env = deployment_env({"FLWR_HOME": str(Path(flwr_home or scratch).resolve())})
+        executor = _Supervised(settings, log, env, on_event) if settings.warm else None
         try:
             while True:
                 started, offset = time.monotonic(), _size(log)
                 service = Service("SuperNode", settings.argv(), log, env=env)
                 on_event(f"SuperNode started (pid {service.pid}), dialling {settings.superlink}")
                 try:
-                    code = service.process.wait()
+                    while service.running():
+                        if executor is not None:
+                            executor.check()
+                        time.sleep(0.5)
+                    code = service.returncode
                 finally:
                     service.stop()
                 reason = _refusal(log, offset)
@@ -168,6 +193,52 @@ def join(
                 time.sleep(wait)
         except KeyboardInterrupt:
             on_event("stopped")
+        finally:
+            if executor is not None:
+                executor.stop()
+
+
+class _Supervised:
+    """The device's warm executor, started again whenever it exits: at once after recycling
+    itself, else with its error logged; one that crashes more than ``crashes`` times within
+    a minute is a JoinError (a broken install, not a transient failure)."""
+
+    def __init__(
+        self,
+        settings: JoinSettings,
+        log: Path,
+        env: dict[str, str],
+        on_event: Callable[[str], None],
+        crashes: int = 5,
+    ) -> None:
+        self.settings, self.env, self.on_event, self.crashes = settings, env, on_event, crashes
+        self.supernode_log, self.log = log, log.with_name(log.stem + ".executor.log")
+        self.crashed_at: list[float] = []
+        self.service = self._start()
+
+    def _start(self) -> Service:
+        argv = self.settings.executor_argv(self.supernode_log)
+        service = Service("executor", argv, self.log, env=self.env)
+        self.on_event(f"executor started (pid {service.pid}, log {self.log})")
+        return service
+
+    def check(self) -> None:
+        if self.service.running():
+            return
+        code = self.service.stop()
+        if code != RECYCLE_EXIT:
+            now = time.monotonic()
+            self.crashed_at = [t for t in self.crashed_at if now - t < 60] + [now]
+            if len(self.crashed_at) > self.crashes:
+                raise JoinError(
+                    f"the executor exited {len(self.crashed_at)} times within a minute"
+                    f" (last code {code}):\n" + log_tail(self.log)
+                )
+            self.on_event(f"executor exited (code {code}); starting it again")
+        self.service = self._start()
+
+    def stop(self) -> None:
+        self.service.stop()
 
 
 def _size(path: Path) -> int:

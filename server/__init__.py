@@ -19,6 +19,8 @@ runs        run folders: file names and writers
 plots       the quality and loss figures of a run folder
 progress    a run as the commands show it: live view and results
 errors      a run's setting errors as one line under Flower's runtime
+grid        how a deployed server waits for a stage's replies: promptly, not for a lost one
+echo        the null ServerApp: rounds of fedrec's shape, nothing computed
 """
 
 __all__ = [
@@ -27,8 +29,10 @@ __all__ = [
     "checkpoint",
     "cohorts",
     "dp_fedavg",
+    "echo",
     "errors",
     "evaluation",
+    "grid",
     "optimizer",
     "plain",
     "plots",

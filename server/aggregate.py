@@ -71,6 +71,7 @@ class TrainReport:
     sampled: int  # nodes the round went to
     contributed: int = 0  # replies that entered the aggregate (secure: survivors)
     failed: int = 0  # replies that did not (errors, refusals, dropouts)
+    unanswered: int = 0  # messages without a reply when the stage closed (server/grid.py)
     errors: list[str] = field(default_factory=list)  # up to three, shortened
     bytes_down: int = 0  # every training byte sent (secure: all four stages)
     bytes_up: int = 0
@@ -94,6 +95,7 @@ class TrainReport:
             "bytes_down_per_client": self.bytes_down_per_client,
             "clients_replied": self.contributed,
             "clients_failed": self.failed,
+            "clients_unanswered": self.unanswered,
             "errors": self.errors[:3],
             "bytes_up_per_client": self.bytes_up_per_client,
             "bytes_up_total": self.bytes_up,

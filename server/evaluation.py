@@ -98,6 +98,7 @@ class FederatedEvaluation:
         record: dict[str, Any] = {
             "eval_bytes_down_total": sum(message_bytes(m) for m in messages),
             "eval_bytes_up_total": sum(message_bytes(m) for m in ok),
+            "eval_unanswered": len(messages) - len(replies),
         }
         if accepted:
             means = aggregate_user_metrics([metrics_of(m.content) for m in accepted])

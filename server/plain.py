@@ -84,6 +84,7 @@ class PlainAggregation:
             bytes_down=per_client * len(messages),
         )
         replies = list(grid.send_and_receive(messages, timeout=round_.timeout))
+        report.unanswered = len(messages) - len(replies)
         ok = [m for m in replies if not m.has_error()]
         failed = [m for m in replies if m.has_error()]
         ups = [message_bytes(m) for m in ok]

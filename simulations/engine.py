@@ -28,14 +28,15 @@ from collections.abc import Iterable
 from queue import Queue
 
 import flwr
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.linkstate import LinkState
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
 
-__all__ = ["DEFAULT_CHUNK", "ChunkedGrid", "GridWrapper", "install_fast_polling"]
+from fedrec.server.grid import GridWrapper
+
+__all__ = ["DEFAULT_CHUNK", "ChunkedGrid", "install_fast_polling"]
 
 DEFAULT_CHUNK = 32
 
@@ -69,44 +70,6 @@ def _sweep_pending_nodes(
             for msg in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(msg)
         f_stop.wait(0.1)
-
-
-class GridWrapper(Grid):
-    """Delegates every Grid method to ``grid``."""
-
-    def __init__(self, grid: Grid) -> None:
-        self.grid = grid
-
-    @property
-    def run(self) -> Run:
-        return self.grid.run
-
-    def set_run(self, run: Run) -> None:
-        self.grid.set_run(run)
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self.grid.send_and_receive(messages, timeout=timeout)
 
 
 class ChunkedGrid(GridWrapper):

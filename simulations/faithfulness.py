@@ -27,11 +27,10 @@ import numpy as np
 import torch
 
 from fedrec.client.explain import explain
-from fedrec.client.local import ME, LocalTrainConfig, build_local_model, local_train
+from fedrec.client.local import LocalModel, LocalTrainConfig, build_local_model, local_train
 from fedrec.common.bundle import build_bundle
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.shard import UserShard
-from fedrec.common.model import SeedModel
 
 __all__ = ["Faithfulness", "faithfulness"]
 
@@ -73,7 +72,7 @@ def faithfulness(
         if len(history) < 2 * k:
             continue
 
-        def refit(removed: np.ndarray, shard: UserShard = shard, index: int = index) -> SeedModel:
+        def refit(removed: np.ndarray, shard: UserShard = shard, index: int = index) -> LocalModel:
             own = shard.train_items
             kept = replace(shard, train_items=own[~np.isin(own, removed)])
             model = build_local_model(catalog, kept, dim, shared, None, seed=seed + index)
@@ -81,7 +80,7 @@ def faithfulness(
             return model
 
         model = refit(np.zeros(0, np.int64))
-        row = model.user_embedding.weight[0].detach().numpy()
+        row = model.user_row[0]
         u = bundle.user_vector(row, shard.user_features)
         seen = np.concatenate([history, [shard.val_item, shard.test_item], shard.never_negative()])
         top, _ = bundle.top_k(u, 1, seen[seen >= 0])
@@ -110,7 +109,5 @@ def faithfulness(
     )
 
 
-@torch.no_grad()
-def _logit(model: torch.nn.Module, item: int) -> float:
-    model.eval()
-    return float(model(ME, torch.tensor([item]))[0])
+def _logit(model: LocalModel, item: int) -> float:
+    return float(model.logits(np.array([item]))[0])

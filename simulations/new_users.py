@@ -61,8 +61,7 @@ def history_curve(
                 continue
             model = build_local_model(catalog, shard, dim, shared, None, seed=seed + index)
             if n == 0:
-                with torch.no_grad():
-                    model.user_embedding.weight.zero_()  # a new user: its features alone
+                model.user_row[...] = 0.0  # a new user: its features alone
             else:
                 kept = shard.train_items if n == ALL else shard.train_items[-n:]
                 recent = replace(shard, train_items=kept)

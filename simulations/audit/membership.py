@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from fedrec.client.local import ME, LocalTrainConfig, build_local_model, refresh_user
+from fedrec.client.local import LocalTrainConfig, build_local_model, refresh_user
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.shard import UserShard
@@ -124,7 +123,7 @@ def score_candidates(
     """The ``loss`` and ``rank`` score of each candidate under one released model (see the
     module docstring): higher means "fits like a member"."""
     index = {item: i for i, item in enumerate(catalog.item_ids)}
-    weights = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in shared.items()}
+    weights = {k: np.asarray(v, np.float32) for k, v in shared.items()}
     fit = LocalTrainConfig(
         epochs=0,
         batch_size=config.local.batch_size,
@@ -140,8 +139,7 @@ def score_candidates(
         shard = UserShard(features, train, NO_ITEM, NO_ITEM, np.empty(0, np.int64), len(index))
         model = build_local_model(catalog, shard, config.model.dim, weights, None, seed + c)
         refresh_user(model, shard, fit, fit_epochs, np.random.default_rng(seed + c))
-        with torch.no_grad():
-            logits = model.score_all(ME)[0].double().numpy()
+        logits = model.score_all().astype(np.float64)
         positive, negative = logits[train], logits[negatives]
         bce = np.concatenate([np.logaddexp(0, -positive), np.logaddexp(0, negative)])
         scores["loss"].append(-float(bce.mean()))

@@ -24,6 +24,7 @@ from fedrec.common.data.shard import UserShard
 from fedrec.common.data.split import NO_ITEM
 from fedrec.common.fedconfig import FederationConfig
 from fedrec.common.model import PRIVATE_KEYS, initial_shared_state, shared_shapes
+from fedrec.common.records import numpy_arrays
 
 USERS, DIM, SEED, NEGATIVES = 60, 8, 0, 4  # negatives: the default (4 per positive)
 CONFIG = with_catalog(federation(synthetic_users=USERS, synthetic_items=400, dim=DIM, seed=SEED))
@@ -127,15 +128,10 @@ def test_second_round_starts_from_the_stored_embedding(
 
     # round 2 continued from the stored row: redo it by hand from the stored state
     shard = shards.local_user(CONFIG, context).shard
-    model = build_local_model(
-        catalog, shard, DIM, shared.to_torch_state_dict(),
-        {k: torch.from_numpy(v) for k, v in first.items()}, seed=123,
-    )  # fmt: skip
+    model = build_local_model(catalog, shard, DIM, numpy_arrays(shared), first, seed=123)
     rng = np.random.default_rng([SEED, 7, 2])
     local_train(model, shard, local_train_config(CONFIG), rng)
-    np.testing.assert_allclose(
-        second["user_embedding.weight"], model.user_embedding.weight.detach().numpy(), atol=1e-6
-    )
+    np.testing.assert_allclose(second["user_embedding.weight"], model.user_row, atol=1e-6)
 
     # ... and not from the seeded initialisation that a fresh node uses in round 2
     fresh2 = node_context(7, USERS)

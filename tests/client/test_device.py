@@ -349,13 +349,18 @@ def _float_top(
     """The top ``k`` of the float32 seed model (torch) over ``shared`` and the device's row."""
     import torch
 
-    from fedrec.client.local import build_local_model
+    from fedrec.common.model import device_model, load_private_state, load_shared_state
 
     tensors = {name: torch.from_numpy(np.asarray(a)) for name, a in shared.items()}
     dim = int(tensors["head.weight"].shape[1])
     private = device.store.load(keys.STATE_PRIVATE)
+    assert private is not None
     shard = device.shard()
-    model = build_local_model(device.catalog, shard, dim, tensors, private, 0)
+    item_ids = "item_embedding.weight" in tensors
+    model = device_model(device.catalog, dim, shard.user_features, item_ids=item_ids)
+    load_shared_state(model, tensors)
+    row = torch.from_numpy(private["user_embedding.weight"])
+    load_private_state(model, {"user_embedding.weight": row, "user_features": model.user_features})
     with torch.no_grad():
         scores = torch.sigmoid(model.score_all(torch.zeros(1, dtype=torch.long))[0]).numpy()
     seen = np.concatenate([shard.train_items, [shard.val_item, shard.test_item]])

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedrec.client import dp_sgd as impl
 from fedrec.client.dp_sgd import RecordDPConfig, dp_local_train, planned_use
-from fedrec.client.local import ME, LocalTrainConfig, build_local_model
+from fedrec.client.local import LocalTrainConfig, build_local_model
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.data.dataset import Interactions
 from fedrec.common.data.shard import UserShard, user_shard
@@ -31,6 +31,7 @@ DIM = 8
 DP = RecordDPConfig(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-4)
 CONFIG = LocalTrainConfig(epochs=1, lr=0.5, batch_size=32, negatives=4)
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "dp_memory.py"
+ME = torch.zeros(1, dtype=torch.long)  # the only user row of a device's model
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def shard(data: Interactions, split: Split) -> UserShard:
 
 def _model(catalog: Catalog, shard: UserShard, seed: int = 0) -> SeedModel:
     shared = initial_shared_state(catalog, DIM, seed=seed)
-    return build_local_model(catalog, shard, DIM, shared, None, seed=seed)
+    return impl.seed_model_of(build_local_model(catalog, shard, DIM, shared, None, seed=seed))
 
 
 def _params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -394,3 +395,23 @@ def test_one_dp_round_on_a_100k_catalog_stays_under_1_gib() -> None:
     assert "error" not in row, row
     assert row["steps"] == 4
     assert row["peak_after_mib"] < 1024, row
+
+
+def test_the_torch_twin_carries_the_numpy_model_both_ways(
+    catalog: Catalog, shard: UserShard
+) -> None:
+    """DP-SGD trains a torch copy of the device's NumPy model (Opacus needs one): the copy
+    starts with the model's values and scores as it does, and what it learnt comes back."""
+    model = build_local_model(catalog, shard, DIM, initial_shared_state(catalog, DIM, 0), None, 0)
+    twin = impl.seed_model_of(model)
+    for name, value in twin.named_parameters():
+        np.testing.assert_array_equal(value.detach().numpy(), model.params[name])
+    with torch.no_grad():
+        scores = twin.score_all(ME)[0].numpy()
+    np.testing.assert_allclose(scores, model.score_all(), atol=1e-6, rtol=1e-5)
+    before = {n: v.copy() for n, v in model.params.items()}
+    dp_local_train(twin, shard, CONFIG, DP, PrivacyLedger(), np.random.default_rng(0))
+    impl.write_back(twin, model)
+    for name, value in twin.named_parameters():
+        np.testing.assert_array_equal(model.params[name], value.detach().numpy())
+        assert not np.array_equal(model.params[name], before[name]), name  # noise everywhere

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import node_context, server_message
+from builders import model_arrays, node_context, server_message
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -179,3 +179,27 @@ def test_describe_names_other_records_and_errors() -> None:
     assert described["records"] == {"config": {"kind": "ConfigRecord", "keys": ["a"]}}
     error = Message(error=Error(code=PRIVACY_GUARD_ERROR, reason="blocked"), reply_to=request)
     assert describe(error) == {"type": "train", "error": True}
+
+
+@pytest.mark.usefixtures("server_task")
+def test_the_packing_mod_unpacks_first_and_packs_the_reply() -> None:
+    from fedrec.client.mods import packing_mod
+    from fedrec.common.packing import is_packed, pack, unpack
+
+    seen: list[RecordDict] = []
+
+    def handler(msg: Message, context: Context) -> Message:
+        seen.append(msg.content)
+        return Message(RecordDict({keys.ARRAYS: msg.content[keys.ARRAYS]}), reply_to=msg)
+
+    context = node_context(0, 1)
+    packed = server_message("train", model_arrays(), 1)
+    packed.content = pack(packed.content)
+    reply = packing_mod(packed, context, handler)
+    assert not is_packed(seen[0]) and list(seen[0][keys.ARRAYS]) == list(model_arrays())
+    assert is_packed(reply.content)
+    got = unpack(reply.content)[keys.ARRAYS]
+    for name, value in model_arrays().items():
+        np.testing.assert_array_equal(got[name].numpy(), value.numpy())
+    plain = server_message("train", model_arrays(), 1)  # the simulation's: passes as it is
+    assert not is_packed(packing_mod(plain, context, handler).content)

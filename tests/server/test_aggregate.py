@@ -31,16 +31,17 @@ def test_an_aggregate_of_nobody_is_refused(count: int) -> None:
 def test_a_plain_report_records_its_train_fields() -> None:
     received = {"arrays/head.bias": {"kind": "array", "shape": [1], "messages": 2}}
     report = TrainReport(
-        sampled=3, contributed=2, failed=1, errors=["a", "b", "c", "d"],
+        sampled=4, contributed=2, failed=1, unanswered=1, errors=["a", "b", "c", "d"],
         bytes_down=300, bytes_up=180, bytes_down_per_client=100.0, bytes_up_per_client=90.0,
         received=received, rejected={"shape": 1}, bounded={"updates": 1, "rows": 4},
         clipped=1, node_metrics=[(1, {keys.TRAIN_LOSS: 0.5})],
     )  # fmt: skip
     assert report.record() == {
-        "clients_sampled": 3,
+        "clients_sampled": 4,
         "bytes_down_per_client": 100.0,
         "clients_replied": 2,
         "clients_failed": 1,
+        "clients_unanswered": 1,
         "errors": ["a", "b", "c"],  # three at most
         "bytes_up_per_client": 90.0,
         "bytes_up_total": 180,

@@ -150,8 +150,9 @@ def test_a_run_counts_the_bytes_each_way_and_describes_what_it_received() -> Non
 def test_a_run_without_replies_records_only_what_it_sent() -> None:
     grid = ScriptedGrid([1, 2], lambda message: None)
     record = _evaluation().run(grid, 1, model_record(MODEL, Channel(SHAPES)), {}, 30.0)
-    assert set(record) == {"eval_bytes_down_total", "eval_bytes_up_total"}
+    assert set(record) == {"eval_bytes_down_total", "eval_bytes_up_total", "eval_unanswered"}
     assert record["eval_bytes_up_total"] == 0 and record["eval_bytes_down_total"] > 0
+    assert record["eval_unanswered"] == 2  # both messages went unanswered
     assert message_bytes(grid.sent[0]) * 2 == record["eval_bytes_down_total"]
 
 

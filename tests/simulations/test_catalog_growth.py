@@ -155,7 +155,7 @@ def test_a_federation_resumes_on_a_grown_catalog_and_ranks_the_new_items(tmp_pat
     for context in grid1.contexts.values():
         private = ContextStateStore(context.state).load(keys.STATE_PRIVATE)
         if private is not None:
-            row = private["user_embedding.weight"].numpy()[0]
+            row = private["user_embedding.weight"][0]
             tops.append(at_once.top_k(at_once.user_vector(row, np.zeros(0)), 10)[0])
     assert len(tops) >= 10
     with_new = sum(bool((top >= OLD).any()) for top in tops)

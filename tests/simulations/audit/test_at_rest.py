@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from fedrec.client.secure_store import ROTATION_MARKER, EncryptedFileStore
 from fedrec.common.crypto import Argon2idParams, Passphrase, create_key_file, describe_kdf
@@ -23,7 +23,7 @@ FAST = Argon2idParams(iterations=1, lanes=1, memory_kib=8)
 def _store(root: Path, key: bytes | Passphrase, users: int = 3) -> None:
     for u in range(users):
         store = EncryptedFileStore(root / f"user-{u}", key, f"user-{u}")
-        store.save("row", {"user_embedding.weight": torch.zeros(1, 4)})
+        store.save("row", {"user_embedding.weight": np.zeros((1, 4), np.float32)})
         store.save_json("ledger", {"steps": u})
 
 

@@ -93,7 +93,7 @@ def test_without_item_ids_the_item_tower_still_tells_the_items() -> None:
     from fedrec.common.data.sources import load_interactions
     from fedrec.common.data.split import temporal_leave_one_out
     from fedrec.common.data.synthetic import SyntheticConfig
-    from fedrec.common.model import initial_shared_state, shared_state
+    from fedrec.common.model import initial_shared_state
 
     data = load_interactions("synthetic", synthetic=SyntheticConfig(num_users=DEVICES,
                              num_items=ITEMS))  # fmt: skip
@@ -104,7 +104,7 @@ def test_without_item_ids_the_item_tower_still_tells_the_items() -> None:
         shard = user_shard(data, split, u)
         model = build_local_model(catalog, shard, DIM, start, None, seed=u)
         local_train(model, shard, LocalTrainConfig(lr=1.0), np.random.default_rng(u))
-        deltas[u] = {k: (v - start[k]).numpy() for k, v in shared_state(model).items()}
+        deltas[u] = {k: v - start[k].numpy() for k, v in model.shared_state().items()}
         items[u] = shard.train_items
     model = {k: v.numpy() for k, v in start.items()}
     observed = Observation(deltas, items, ITEMS, round=1,
