@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrec.client.data import (
@@ -49,7 +49,7 @@ from fedrec.common import keys
 from fedrec.common.colr import LowRank
 from fedrec.common.data.catalog import Catalog
 from fedrec.common.fedconfig import FederationConfig
-from fedrec.common.records import arrays_of, config_of, integer, numpy_arrays
+from fedrec.common.records import array_record, arrays_of, config_of, integer, numpy_arrays
 from fedrec.common.shapes import shared_shapes
 
 __all__ = ["Node", "app", "make_client_app", "source_for"]
@@ -221,7 +221,7 @@ class Handlers:
         ):  # unused; it would tell the history's length
             trained.pop(keys.NUM_EXAMPLES, None)
         metrics = MetricRecord({**trained, keys.UNIT_WEIGHT: 1, keys.RETURNING: returning})
-        shared = ArrayRecord({n: Array(v) for n, v in model.shared_state().items()})
+        shared = array_record(model.shared_state())
         content = RecordDict({keys.ARRAYS: shared, keys.METRICS: metrics})
         return Message(content=content, reply_to=msg)
 

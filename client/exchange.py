@@ -31,14 +31,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Error, Message
+from flwr.app import Context, Error, Message
 
 from fedrec.common import keys
 from fedrec.common.channel import Channel, SecureUpload
 from fedrec.common.compression import PayloadError
 from fedrec.common.keys import NON_FINITE_ERROR, PAYLOAD_ERROR, PRIVACY_GUARD_ERROR
 from fedrec.common.privacy import NonFiniteUpdate, clip_delta, clip_update
-from fedrec.common.records import arrays_of, config_of, numpy_arrays, round_rng, scalar
+from fedrec.common.records import (
+    array_record,
+    arrays_of,
+    config_of,
+    numpy_arrays,
+    round_rng,
+    scalar,
+)
 from fedrec.common.secagg import wire
 
 __all__ = ["ROUNDING_STREAM", "ExchangeMod", "channel_of"]
@@ -90,7 +97,7 @@ class ExchangeMod:
             reason = f"the model this round sent is not a valid {channel.download} payload: {err}"
             return _refusal(msg, PAYLOAD_ERROR, reason)
         if channel.compressed:
-            msg.content[keys.ARRAYS] = ArrayRecord({k: Array(v) for k, v in start.items()})
+            msg.content[keys.ARRAYS] = array_record(start)
         reply = call_next(msg, context)
         if reply.has_error() or not reply.has_content() or keys.ARRAYS not in reply.content:
             return reply  # an error, an evaluation (metrics only)
@@ -111,7 +118,7 @@ class ExchangeMod:
             return _refusal(msg, NON_FINITE_ERROR, str(err))
         except ValueError as err:  # the clip norm is within the channel's rounding
             return _refusal(msg, PAYLOAD_ERROR, str(err))
-        reply.content[keys.ARRAYS] = ArrayRecord({k: Array(v) for k, v in payload.items()})
+        reply.content[keys.ARRAYS] = array_record(payload)
         return reply
 
 

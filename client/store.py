@@ -11,7 +11,9 @@ import json
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from fedrec.common.records import array_record, numpy_arrays
 
 __all__ = [
     "JSON_FIELD",
@@ -44,10 +46,10 @@ class ContextStateStore:
         record = self._state[key]
         if not isinstance(record, ArrayRecord):
             raise TypeError(f"node state '{key}' holds a {type(record).__name__}, not arrays")
-        return {name: np.array(arr.numpy()) for name, arr in record.items()}
+        return numpy_arrays(record)  # copies
 
     def save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        self._state[key] = ArrayRecord({k: Array(np.array(v)) for k, v in arrays.items()})
+        self._state[key] = array_record(arrays)
 
     def load_json(self, key: str) -> dict[str, Any] | None:
         if key not in self._state:

@@ -20,6 +20,8 @@ import json
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from fedrec.common.records import array_of, to_numpy
+
 __all__ = ["LAYOUT_PREFIX", "PACKED", "PackingError", "is_packed", "pack", "unpack"]
 
 PACKED = "packed"  # the one array of a packed record
@@ -41,10 +43,10 @@ def pack(content: RecordDict) -> RecordDict:
     out = RecordDict()
     for name, record in content.items():
         if isinstance(record, ArrayRecord) and len(record) > 1:
-            arrays = {k: np.asarray(v.numpy(), order="C") for k, v in record.items()}
+            arrays = {k: np.asarray(to_numpy(v), order="C") for k, v in record.items()}
             layout = [[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()]
             data = b"".join(a.tobytes() for a in arrays.values())
-            out[name] = ArrayRecord({PACKED: Array(np.frombuffer(data, dtype=np.uint8))})
+            out[name] = ArrayRecord({PACKED: array_of(np.frombuffer(data, dtype=np.uint8))})
             out[LAYOUT_PREFIX + name] = ConfigRecord({_LAYOUT: json.dumps(layout)})
         else:
             out[name] = record
@@ -68,7 +70,7 @@ def unpack(content: RecordDict) -> RecordDict:
 def _unpacked(name: str, record: object, layout: ConfigRecord) -> ArrayRecord:
     if not isinstance(record, ArrayRecord) or list(record) != [PACKED]:
         raise PackingError(f"record {name!r} has a packing layout but is not one packed array")
-    data = record[PACKED].numpy()
+    data = to_numpy(record[PACKED])
     try:
         entries = json.loads(str(layout[_LAYOUT]))
         arrays: dict[str, Array] = {}
@@ -79,7 +81,7 @@ def _unpacked(name: str, record: object, layout: ConfigRecord) -> ArrayRecord:
             if offset + size > data.size:
                 raise PackingError(f"record {name!r}: the layout needs more bytes than it has")
             value = data[offset : offset + size].view(kind).reshape(shape)
-            arrays[str(key)] = Array(np.array(value))
+            arrays[str(key)] = array_of(value)
             offset += size
     except (KeyError, TypeError, ValueError) as err:
         if isinstance(err, PackingError):

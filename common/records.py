@@ -9,13 +9,17 @@ key named when a message does not carry what its reader expects.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from io import BytesIO
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedrec.common import keys
 
 __all__ = [
+    "array_of",
+    "array_record",
     "arrays_of",
     "config_of",
     "describe_received",
@@ -27,6 +31,7 @@ __all__ = [
     "round_rng",
     "scalar",
     "text",
+    "to_numpy",
 ]
 
 
@@ -53,7 +58,62 @@ def config_of(content: RecordDict, name: str = keys.CONFIG) -> ConfigRecord:
 
 def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     """The record's arrays as NumPy, in its order."""
-    return {k: v.numpy() for k, v in record.items()}
+    return {k: to_numpy(v) for k, v in record.items()}
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def to_numpy(array: Array) -> np.ndarray:
+    """``array.numpy()`` (a writable copy) without ``np.load``, which parses each array's
+    ``.npy`` header with ``ast.literal_eval``: the dtype and shape Flower keeps beside the
+    bytes say what the header says. Anything unusual (another serialization, a Fortran-order
+    array, bytes that do not match) goes through ``array.numpy()`` and its checks."""
+    data = array.data
+    if array.stype != "numpy.ndarray" or data[:6] != _NPY_MAGIC or data[6] not in (1, 2, 3):
+        return array.numpy()
+    width = 2 if data[6] == 1 else 4
+    start = 8 + width + int.from_bytes(data[8 : 8 + width], "little")
+    if b"'fortran_order': True" in data[8 + width : start]:
+        return array.numpy()
+    try:
+        dtype, shape = np.dtype(array.dtype), tuple(int(n) for n in array.shape)
+    except TypeError:
+        return array.numpy()
+    count = int(np.prod(shape, dtype=np.int64))
+    if dtype.hasobject or len(data) - start != count * dtype.itemsize:
+        return array.numpy()
+    return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape).copy()
+
+
+def array_of(value: np.ndarray) -> Array:
+    """``Array(value)``, the same bytes, with the ``.npy`` header made once per dtype and
+    shape rather than by ``np.save`` for every array of every message."""
+    value = np.asarray(value)
+    if value.dtype.hasobject:
+        return Array(value)  # Flower refuses it, with its own message
+    value = np.require(value, requirements="C")
+    data = _npy_header(value.dtype.str, value.shape) + value.tobytes()
+    return Array(dtype=str(value.dtype), shape=tuple(value.shape), stype="numpy.ndarray", data=data)
+
+
+def array_record(values: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord of ``values`` in their order (:func:`array_of` each)."""
+    return ArrayRecord({k: array_of(v) for k, v in values.items()})
+
+
+@lru_cache(maxsize=256)
+def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    """What ``np.save`` writes before a C-order array's bytes (format 1.0, else 2.0)."""
+    buffer = BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": shape}  # fmt: skip
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:  # a header too long for format 1.0
+        buffer = BytesIO()
+        np.lib.format.write_array_header_2_0(buffer, header)
+    return buffer.getvalue()
 
 
 def scalar(record: Mapping[str, object], key: str, default: float | None = None) -> float:

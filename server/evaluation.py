@@ -16,12 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedrec.common import keys
 from fedrec.common.channel import Channel
-from fedrec.common.records import describe_received, integer, message_bytes, metrics_of, scalar
+from fedrec.common.records import (
+    array_record,
+    describe_received,
+    integer,
+    message_bytes,
+    metrics_of,
+    scalar,
+)
 from fedrec.server.cohorts import EvaluationPanel
 from fedrec.server.validation import Refusal, ReplyValidator
 
@@ -51,7 +58,7 @@ def model_record(model: Mapping[str, np.ndarray], channel: Channel) -> ArrayReco
     the exchange is encoded, else the float32 arrays as they are."""
     if channel.compressed or channel.low_rank is not None:
         model = channel.encode_model(model)
-    return ArrayRecord({k: Array(np.asarray(v)) for k, v in model.items()})
+    return array_record(model)
 
 
 @dataclass

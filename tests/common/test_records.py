@@ -83,3 +83,42 @@ def test_a_second_shape_of_one_key_is_kept_not_overwritten() -> None:
     entry = received["arrays/w"]
     assert entry["shape"] == [2, 3] and entry["other_shapes"] == [[3, 3]]
     assert entry["other_dtypes"] == ["float64"] and entry["messages"] == 3
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.array(3.0),
+        np.zeros((0, 5), np.float32),
+        np.arange(5, dtype=np.int64),
+        np.ones((2, 3), dtype=">f4"),
+        np.arange(6, dtype=np.uint8)[::2],  # not contiguous
+        np.array([True, False]),
+    ],
+)
+def test_arrays_encode_as_flower_does_and_decode_to_writable_copies(value: np.ndarray) -> None:
+    from fedrec.common.records import array_of, to_numpy
+
+    ours, flowers = array_of(value), Array(value)
+    assert (ours.data, ours.dtype, list(ours.shape)) == (
+        flowers.data,
+        flowers.dtype,
+        list(flowers.shape),
+    )  # byte for byte
+    for array in (ours, flowers):
+        got = to_numpy(array)
+        assert got.dtype == value.dtype and got.shape == value.shape and got.flags.writeable
+        np.testing.assert_array_equal(got, value)
+
+
+def test_decoding_anything_unusual_goes_through_flowers_own_checks() -> None:
+    from fedrec.common.records import to_numpy
+
+    fortran = Array(np.asfortranarray(np.arange(6.0).reshape(2, 3)))
+    np.testing.assert_array_equal(to_numpy(fortran), np.arange(6.0).reshape(2, 3))
+    lying = Array(
+        dtype="float32", shape=(5,), stype="numpy.ndarray", data=Array(np.ones(4, np.float32)).data
+    )
+    # bytes that do not match the claimed shape: read as Flower reads them (their own header)
+    assert to_numpy(lying).shape == lying.numpy().shape == (4,)
