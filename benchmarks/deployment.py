@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import threading
@@ -164,7 +165,7 @@ def deployed(nodes: int, rounds: int, data: str, out: Path, warm: bool) -> dict[
         time.sleep(5)  # every executor has imported its app: the run measures rounds only
         catalog = load_catalog(deployment.catalog_path)
         shapes = shared_shapes(catalog, config.model.dim, item_ids=config.model.item_id_table)
-        payload = sum(int(_prod(s)) for s in shapes.values())
+        payload = sum(math.prod(s) for s in shapes.values())
         sampler = Sampler(deployment)
         sampler.start()
 
@@ -210,13 +211,6 @@ def deployed(nodes: int, rounds: int, data: str, out: Path, warm: bool) -> dict[
         "run_seconds": deployment.timings["run_seconds"],
         "supernodes_online_seconds": deployment.timings["supernodes_online_seconds"],
     }
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
 
 
 def simulated(nodes: int, rounds: int, data: str, out: Path) -> dict[str, Any]:

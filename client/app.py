@@ -280,9 +280,7 @@ def _limit_threads(threads: int) -> None:
     where threadpoolctl is installed, and torch's where this process has loaded torch
     (DP-SGD; the plain path never loads it). A one-user model's products are small: extra
     BLAS threads only spin (measured: twice the CPU time of an evaluate message)."""
-    blas = _blas_controller()
-    if blas is not None:
-        blas.limit(limits=threads, user_api="blas")  # process-wide, as torch's setting
+    _blas_controller().limit(limits=threads, user_api="blas")  # process-wide, as torch's
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
@@ -290,10 +288,8 @@ def _limit_threads(threads: int) -> None:
 
 @cache  # a handle on the process's BLAS libraries: finding them costs ~0.5 ms a message
 def _blas_controller() -> Any:
-    try:
-        from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
-    except ImportError:  # a bare device: the BLAS's own default
-        return None
+    from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
+
     return ThreadpoolController()
 
 

@@ -187,11 +187,18 @@ class TaskClaimer:
 class ClaimedTask:
     """One claimed task: what ``flwr-clientapp --token`` does with it, step by step."""
 
-    def __init__(self, address: str, root_certificates: bytes | None, ticket: Ticket) -> None:
+    def __init__(
+        self,
+        address: str,
+        root_certificates: bytes | None,
+        ticket: Ticket,
+        claimed: PullTaskInputResponse | None = None,
+    ) -> None:
+        """``claimed``: the input another process claimed (a handed-over task)."""
         self.ticket = ticket
         self.cancelled = threading.Event()  # the SuperNode no longer runs this task
         self._client = _client(address, root_certificates, "flwr-clientapp", ticket.token)
-        self._input: PullTaskInputResponse | None = None
+        self._input = claimed
 
     def claim_input(self) -> tuple[Any, bytes]:
         """The task's FAB (to see which app it is) and the raw ``PullTaskInputResponse``.
@@ -352,8 +359,8 @@ def run_handed_over(address: str, root_certificates: Path | None, token: str, ra
     from flwr.clientapp.utils import get_load_client_app_fn
 
     certificates = Path(root_certificates).read_bytes() if root_certificates else None
-    task = ClaimedTask(address, certificates, Ticket(token, 0, 0, ""))
-    task._input = PullTaskInputResponse.FromString(raw)
+    claimed = PullTaskInputResponse.FromString(raw)
+    task = ClaimedTask(address, certificates, Ticket(token, 0, 0, ""), claimed)
     message: Message | None = None
     context: Context | None = None
     sub_status, details, reply = FAILED, "ClientApp task failed due to unknown reason", None

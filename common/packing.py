@@ -83,9 +83,9 @@ def _unpacked(name: str, record: object, layout: ConfigRecord) -> ArrayRecord:
             value = data[offset : offset + size].view(kind).reshape(shape)
             arrays[str(key)] = array_of(value)
             offset += size
+    except PackingError:
+        raise
     except (KeyError, TypeError, ValueError) as err:
-        if isinstance(err, PackingError):
-            raise
         raise PackingError(f"record {name!r}: its packing layout does not parse: {err}") from err
     if offset != data.size:
         raise PackingError(f"record {name!r}: {data.size - offset} bytes beyond its layout")

@@ -278,9 +278,7 @@ class LocalDeployment:
         node.port = node.port or free_port()
         settings = node.settings(self.address, self.ca, warm=self.warm)
         env = deployment_env({"FLWR_HOME": str(node.flwr_home)})
-        # N devices share this machine's cores: they yield to the SuperLink, whose SQLite
-        # state waits at most 5 s for its lock (a reply pushed past that is lost to Flower)
-        nice = [found, "-n", str(DEVICE_NICENESS)] if (found := shutil.which("nice")) else []
+        nice = _nice()
         if via_join:  # join starts and supervises the executor itself
             argv = [flower_command("fedrec"), "client", "join", "--store", str(node.store),
                     "--key-file", str(node.key_file), "--superlink", self.address,
@@ -298,8 +296,7 @@ class LocalDeployment:
 
     def start_executor(self, node: DeviceNode) -> Service:
         """(Re)start a device's warm executor beside its bare SuperNode."""
-        nice = [found, "-n", str(DEVICE_NICENESS)] if (found := shutil.which("nice")) else []
-        argv = nice + node.settings(self.address, self.ca).executor_argv(node.log)
+        argv = _nice() + node.settings(self.address, self.ca).executor_argv(node.log)
         log = node.log.with_name(node.log.stem + ".executor.log")
         env = deployment_env({"FLWR_HOME": str(node.flwr_home)})
         node.executor = self.services.start(f"{node.name}-executor", argv, log, env=env)
@@ -408,6 +405,14 @@ class LocalDeployment:
         trace: TracebackType | None,
     ) -> None:
         self.services.stop_all()
+
+
+def _nice() -> list[str]:
+    """The prefix every device process starts with: N devices share this machine's cores,
+    so they yield to the SuperLink, whose SQLite state waits at most 5 s for its lock (a
+    reply pushed past that is lost to Flower)."""
+    found = shutil.which("nice")
+    return [found, "-n", str(DEVICE_NICENESS)] if found else []
 
 
 def _listening(port: int) -> bool:

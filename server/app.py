@@ -51,7 +51,7 @@ from fedrec.server.cohorts import (
 from fedrec.server.dp_fedavg import DPFedAvg, RecordLevelTally, UserLevelDP
 from fedrec.server.errors import RunError, report_in_one_line
 from fedrec.server.evaluation import FederatedEvaluation
-from fedrec.server.grid import PackingGrid, PromptGrid
+from fedrec.server.grid import deployed_grid
 from fedrec.server.optimizer import WEIGHT_KEYS, ServerStep, scheduled_lr, server_optimizer
 from fedrec.server.plain import PlainAggregation
 from fedrec.server.recorder import RoundRecorder
@@ -144,7 +144,7 @@ def _run_under_flower(
         config = FederationConfig.from_mapping(context.run_config, deployed=not simulated)
         if simulated:
             _check_simulated_population(config, len(list(grid.get_node_ids())))
-        prompt = grid if simulated else PromptGrid(PackingGrid(grid))  # see server/grid.py
+        prompt = deployed_grid(grid)
         return run_federation(prompt, config, on_round, synthetic_catalog=simulated)
     except (ValueError, OSError, RuntimeError) as err:
         raise RunError(str(err)) from err

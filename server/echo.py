@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.superlink.grid import InMemoryGrid
 
 from fedrec.server.cohorts import connected_nodes
-from fedrec.server.grid import PackingGrid, PromptGrid
+from fedrec.server.grid import deployed_grid
 from fedrec.server.runs import METRICS_FILE, ROUNDS_LOG
 
 __all__ = ["app"]
@@ -39,7 +38,7 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(config["out-dir"]))
     out.mkdir(parents=True, exist_ok=True)
     nodes = connected_nodes(grid, int(config.get("min-clients", 1)), timeout, what="echo start")
-    prompt = grid if isinstance(grid, InMemoryGrid) else PromptGrid(PackingGrid(grid))
+    prompt = deployed_grid(grid)
     # random values: Flower stores and sends objects by content, so a payload of zeros would
     # travel as one chunk repeated, and cost less than a model's; and a model's arrays, not
     # one: Flower sends each array (and its chunks) as an object, one request each

@@ -27,10 +27,11 @@ from contextlib import suppress
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+from flwr.superlink.grid import InMemoryGrid
 
 from fedrec.common.packing import PackingError, pack, unpack
 
-__all__ = ["GridWrapper", "PackingGrid", "PromptGrid"]
+__all__ = ["GridWrapper", "PackingGrid", "PromptGrid", "deployed_grid"]
 
 
 class GridWrapper(Grid):
@@ -151,3 +152,9 @@ class PackingGrid(GridWrapper):
                 with suppress(PackingError):  # validation refuses it, as any malformed reply
                     reply.content = unpack(reply.content)
         return replies
+
+
+def deployed_grid(grid: Grid) -> Grid:
+    """What a ServerApp sends through: a deployment's grid waits promptly and packs arrays;
+    the simulation's in-memory grid (no HTTP, its own polling) is used as it is."""
+    return grid if isinstance(grid, InMemoryGrid) else PromptGrid(PackingGrid(grid))
